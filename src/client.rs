@@ -1,0 +1,193 @@
+//! `drover status`: fetch `/status` and print it as a table (or raw with `--json`).
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+pub const DEFAULT_URL: &str = "http://127.0.0.1:9900";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("`{0}` is not a status URL (write http://HOST:PORT or unix:/path)")]
+    BadUrl(String),
+    #[error("cannot reach drover at {url}: {err} (is it running, and is supervisor.status set to this address?)")]
+    Connect { url: String, err: std::io::Error },
+    #[error("reading from {url}: {err}")]
+    Io { url: String, err: std::io::Error },
+    #[error("{url} answered {status}: {body}")]
+    Status {
+        url: String,
+        status: String,
+        body: String,
+    },
+    #[error("{url} did not answer with status JSON: {0}", url = .1)]
+    Json(serde_json::Error, String),
+}
+
+/// GET `path` from a drover status endpoint, returning the body.
+pub fn get(url: &str, path: &str) -> Result<String, ClientError> {
+    let timeout = Duration::from_secs(5);
+    let req =
+        |host: &str| format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let io = |err| ClientError::Io {
+        url: url.to_string(),
+        err,
+    };
+    let raw = if let Some(p) = url.strip_prefix("unix:") {
+        let mut s =
+            std::os::unix::net::UnixStream::connect(p).map_err(|err| ClientError::Connect {
+                url: url.into(),
+                err,
+            })?;
+        s.set_read_timeout(Some(timeout)).ok();
+        s.write_all(req("localhost").as_bytes()).map_err(io)?;
+        let mut v = Vec::new();
+        s.read_to_end(&mut v).map_err(io)?;
+        v
+    } else {
+        let hostport = url
+            .strip_prefix("http://")
+            .unwrap_or(url)
+            .trim_end_matches('/');
+        if hostport.is_empty() || hostport.contains('/') {
+            return Err(ClientError::BadUrl(url.into()));
+        }
+        let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(hostport)
+            .map_err(|_| ClientError::BadUrl(url.into()))?
+            .collect();
+        let addr = addrs
+            .first()
+            .ok_or_else(|| ClientError::BadUrl(url.into()))?;
+        let mut s = std::net::TcpStream::connect_timeout(addr, timeout).map_err(|err| {
+            ClientError::Connect {
+                url: url.into(),
+                err,
+            }
+        })?;
+        s.set_read_timeout(Some(timeout)).ok();
+        s.write_all(req(hostport).as_bytes()).map_err(io)?;
+        let mut v = Vec::new();
+        s.read_to_end(&mut v).map_err(io)?;
+        v
+    };
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .lines()
+        .next()
+        .unwrap_or("")
+        .splitn(2, ' ')
+        .nth(1)
+        .unwrap_or("")
+        .to_string();
+    if !status.starts_with("200") {
+        return Err(ClientError::Status {
+            url: url.into(),
+            status,
+            body: body.trim().into(),
+        });
+    }
+    Ok(body.to_string())
+}
+
+fn fmt_uptime(s: f64) -> String {
+    let s = s as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s / 60) % 60),
+    }
+}
+
+fn fmt_exit(v: &serde_json::Value) -> String {
+    if v.is_null() {
+        return "-".into();
+    }
+    let mut parts = vec![];
+    if let Some(c) = v.get("code") {
+        parts.push(format!("code {c}"));
+    }
+    if let Some(s) = v.get("signal").and_then(|s| s.as_str()) {
+        parts.push(format!("SIG{s}"));
+    }
+    if let Some(r) = v.get("reason").and_then(|s| s.as_str()) {
+        parts.push(format!("({r})"));
+    }
+    if let Some(e) = v.get("error").and_then(|s| s.as_str()) {
+        parts.push(e.to_string());
+    }
+    parts.join(" ")
+}
+
+/// Render the status document as a table.
+pub fn render(doc: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+    out.push_str(&format!(
+        "drover {} (pid {}, up {}, config {})\n",
+        s(&doc["state"]),
+        doc["pid"],
+        fmt_uptime(doc["uptime_s"].as_f64().unwrap_or(0.0)),
+        s(&doc["config"])
+    ));
+    if let Some(steps) = doc["steps"].as_array() {
+        for st in steps {
+            out.push_str(&format!(
+                "step {:<20} {:<10} {}\n",
+                s(&st["name"]),
+                s(&st["state"]),
+                fmt_exit(&st["exit"])
+            ));
+        }
+    }
+    if let Some(socks) = doc["sockets"].as_array() {
+        for so in socks {
+            out.push_str(&format!(
+                "socket {:<18} {}\n",
+                s(&so["name"]),
+                s(&so["listen"])
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "\n{:<16} {:>3} {:>8} {:<9} {:>8} {:>8} {:>9}  {}\n",
+        "PROGRAM", "#", "PID", "STATE", "RESTARTS", "UPTIME", "RSS", "LAST EXIT"
+    ));
+    for p in doc["programs"].as_array().into_iter().flatten() {
+        for w in p["workers"].as_array().into_iter().flatten() {
+            let pid = w["pid"]
+                .as_i64()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into());
+            let up = w["uptime_s"]
+                .as_f64()
+                .map(fmt_uptime)
+                .unwrap_or_else(|| "-".into());
+            let rss = w["memory_bytes"]
+                .as_u64()
+                .map(|b| format!("{:.1}MiB", b as f64 / 1048576.0))
+                .unwrap_or_else(|| "-".into());
+            out.push_str(&format!(
+                "{:<16} {:>3} {:>8} {:<9} {:>8} {:>8} {:>9}  {}\n",
+                s(&p["name"]),
+                w["index"].to_string(),
+                pid,
+                s(&w["state"]),
+                w["restarts"].to_string(),
+                up,
+                rss,
+                fmt_exit(&w["last_exit"])
+            ));
+        }
+    }
+    out
+}
+
+pub fn status(url: &str, json: bool) -> Result<String, ClientError> {
+    let body = get(url, "/status")?;
+    if json {
+        return Ok(body);
+    }
+    let doc: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| ClientError::Json(e, url.into()))?;
+    Ok(render(&doc))
+}

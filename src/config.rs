@@ -1,0 +1,1335 @@
+//! TOML -> typed configuration, collecting *every* problem with its line and column.
+//!
+//! serde stops at the first error, so the file is parsed with `toml_edit` (which keeps spans)
+//! into a small tree and walked by hand. Each typed field is read through a `Ctx` that records
+//! problems instead of returning early; the caller gets either a whole `Config` or the whole list.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One problem in a configuration file, with its 1-based position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+/// Every problem found in one file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub file: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{}: {} problem{} found; nothing was started",
+            self.file,
+            n,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  {}:{}:{}: {}", self.file, p.line, p.col, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandSpec {
+    /// exec'd directly
+    Argv(Vec<String>),
+    /// run by `/bin/sh -c`
+    Shell(String),
+}
+
+impl CommandSpec {
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            CommandSpec::Argv(v) => v.clone(),
+            CommandSpec::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
+        }
+    }
+}
+
+impl fmt::Display for CommandSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CommandSpec::Argv(v) => write!(f, "{}", v.join(" ")),
+            CommandSpec::Shell(s) => write!(f, "sh -c {s:?}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Auto,
+    Text,
+    Json,
+    Journald,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExhausted {
+    Exit,
+    Stay,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogMode {
+    Capture,
+    Inherit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffCfg {
+    pub initial: Duration,
+    pub max: Duration,
+    pub reset_after: Duration,
+}
+
+impl Default for BackoffCfg {
+    fn default() -> Self {
+        BackoffCfg {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+            reset_after: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SupervisorCfg {
+    pub status: Option<ListenAddr>,
+    pub control_token_file: Option<PathBuf>,
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+    /// `None`: chosen by mode (exit as PID 1, stay otherwise).
+    pub on_exhausted: Option<OnExhausted>,
+    /// consecutive quick failures of every replica before a program counts as crash-looping
+    pub exhausted_after: u32,
+}
+
+impl Default for SupervisorCfg {
+    fn default() -> Self {
+        SupervisorCfg {
+            status: Some(ListenAddr::Tcp("127.0.0.1:9900".parse().unwrap())),
+            control_token_file: None,
+            shutdown_timeout: Duration::from_secs(30),
+            log_format: LogFormat::Auto,
+            on_exhausted: None,
+            exhausted_after: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StepCfg {
+    pub name: String,
+    pub command: CommandSpec,
+    pub timeout: Option<Duration>,
+    pub retries: u32,
+    pub retry_delay: Duration,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SocketCfg {
+    pub name: String,
+    pub listen: ListenAddr,
+    pub backlog: i32,
+    /// file mode of a unix socket
+    pub mode: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProgramCfg {
+    pub name: String,
+    pub command: CommandSpec,
+    pub sockets: Vec<String>,
+    pub workers: u32,
+    pub restart: RestartPolicy,
+    pub backoff: BackoffCfg,
+    pub stop_signal: i32,
+    pub stop_timeout: Duration,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub log: LogMode,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub supervisor: SupervisorCfg,
+    pub prestart: Vec<StepCfg>,
+    pub sockets: Vec<SocketCfg>,
+    pub programs: Vec<ProgramCfg>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// A spanned tree, so tables and inline tables read the same way.
+
+#[derive(Debug, Clone)]
+enum V {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Arr(Vec<Node>),
+    Table(Vec<(String, Range<usize>, Node)>),
+    Other(&'static str),
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    v: V,
+    span: Range<usize>,
+}
+
+fn span_or(s: Option<Range<usize>>, fallback: &Range<usize>) -> Range<usize> {
+    s.unwrap_or_else(|| fallback.clone())
+}
+
+fn from_value(v: &toml_edit::Value, parent: &Range<usize>) -> Node {
+    use toml_edit::Value as TV;
+    let span = span_or(v.span(), parent);
+    let v = match v {
+        TV::String(s) => V::Str(s.value().clone()),
+        TV::Integer(i) => V::Int(*i.value()),
+        TV::Float(f) => V::Float(*f.value()),
+        TV::Boolean(b) => V::Bool(*b.value()),
+        TV::Datetime(_) => V::Other("a date-time"),
+        TV::Array(a) => V::Arr(a.iter().map(|x| from_value(x, &span)).collect()),
+        TV::InlineTable(t) => V::Table(
+            t.iter()
+                .map(|(k, val)| {
+                    let ks = span_or(t.key(k).and_then(|k| k.span()), &span);
+                    (k.to_string(), ks.clone(), from_value(val, &ks))
+                })
+                .collect(),
+        ),
+    };
+    Node { v, span }
+}
+
+fn from_table(t: &toml_edit::Table, parent: &Range<usize>) -> Node {
+    let span = span_or(t.span(), parent);
+    let entries = t
+        .iter()
+        .map(|(k, item)| {
+            let ks = span_or(t.key(k).and_then(|k| k.span()), &span);
+            (k.to_string(), ks.clone(), from_item(item, &ks))
+        })
+        .collect();
+    Node {
+        v: V::Table(entries),
+        span,
+    }
+}
+
+fn from_item(item: &toml_edit::Item, parent: &Range<usize>) -> Node {
+    match item {
+        toml_edit::Item::Value(v) => from_value(v, parent),
+        toml_edit::Item::Table(t) => from_table(t, parent),
+        toml_edit::Item::ArrayOfTables(a) => {
+            let span = span_or(a.span(), parent);
+            Node {
+                v: V::Arr(a.iter().map(|t| from_table(t, &span)).collect()),
+                span,
+            }
+        }
+        toml_edit::Item::None => Node {
+            v: V::Other("nothing"),
+            span: parent.clone(),
+        },
+    }
+}
+
+fn kind(n: &Node) -> &'static str {
+    match &n.v {
+        V::Str(_) => "a string",
+        V::Int(_) => "an integer",
+        V::Float(_) => "a float",
+        V::Bool(_) => "a boolean",
+        V::Arr(_) => "an array",
+        V::Table(_) => "a table",
+        V::Other(k) => k,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Ctx<'a> {
+    src: &'a str,
+    problems: Vec<Problem>,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, span: &Range<usize>, message: impl Into<String>) {
+        let (line, col) = line_col(self.src, span.start);
+        self.problems.push(Problem {
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+
+    /// Check a table's keys against the allowed list; `later` are known keys another
+    /// capability will implement (an error that says so, never silently ignored).
+    fn keys(
+        &mut self,
+        what: &str,
+        entries: &[(String, Range<usize>, Node)],
+        allowed: &[&str],
+        later: &[&str],
+    ) {
+        for (k, ks, _) in entries {
+            if allowed.contains(&k.as_str()) {
+                continue;
+            }
+            if later.contains(&k.as_str()) {
+                self.err(
+                    ks,
+                    format!("{what}: `{k}` is not supported yet in this version of drover; remove it to run"),
+                );
+                continue;
+            }
+            let hint = did_you_mean(k, allowed)
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            self.err(ks, format!("{what}: unknown key `{k}`{hint}"));
+        }
+    }
+
+    fn expand(&mut self, n: &Node, s: &str) -> Option<String> {
+        match expand_env(s, self.env) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.err(&n.span, e);
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, what: &str, n: &Node) -> Option<String> {
+        match &n.v {
+            V::Str(s) => self.expand(n, s),
+            _ => {
+                self.err(
+                    &n.span,
+                    format!("{what}: expected a string, found {}", kind(n)),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, what: &str, n: &Node) -> Option<Duration> {
+        let s = self.string(what, n)?;
+        match parse_duration(&s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(&n.span, format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn uint(&mut self, what: &str, n: &Node, min: i64, max: i64) -> Option<i64> {
+        match &n.v {
+            V::Int(i) if (min..=max).contains(i) => Some(*i),
+            V::Int(i) => {
+                self.err(
+                    &n.span,
+                    format!("{what}: {i} is out of range (allowed {min}..={max})"),
+                );
+                None
+            }
+            _ => {
+                self.err(
+                    &n.span,
+                    format!("{what}: expected an integer, found {}", kind(n)),
+                );
+                None
+            }
+        }
+    }
+
+    fn choice<T: Copy>(&mut self, what: &str, n: &Node, options: &[(&str, T)]) -> Option<T> {
+        let s = self.string(what, n)?;
+        if let Some((_, v)) = options.iter().find(|(k, _)| *k == s) {
+            return Some(*v);
+        }
+        let names: Vec<&str> = options.iter().map(|(k, _)| *k).collect();
+        self.err(
+            &n.span,
+            format!("{what}: `{s}` is not one of {}", names.join(" | ")),
+        );
+        None
+    }
+
+    fn table<'n>(&mut self, what: &str, n: &'n Node) -> Option<&'n [(String, Range<usize>, Node)]> {
+        match &n.v {
+            V::Table(t) => Some(t),
+            _ => {
+                self.err(
+                    &n.span,
+                    format!("{what}: expected a table, found {}", kind(n)),
+                );
+                None
+            }
+        }
+    }
+
+    fn command(&mut self, what: &str, n: &Node) -> Option<CommandSpec> {
+        match &n.v {
+            V::Str(s) => {
+                let s = self.expand(n, s)?;
+                if s.trim().is_empty() {
+                    self.err(&n.span, format!("{what}: the command is empty"));
+                    return None;
+                }
+                Some(CommandSpec::Shell(s))
+            }
+            V::Arr(items) => {
+                if items.is_empty() {
+                    self.err(&n.span, format!("{what}: the command is empty"));
+                    return None;
+                }
+                let mut out = Vec::new();
+                let mut ok = true;
+                for it in items {
+                    match self.string(what, it) {
+                        Some(s) => out.push(s),
+                        None => ok = false,
+                    }
+                }
+                if ok && out[0].is_empty() {
+                    self.err(&n.span, format!("{what}: the program name is empty"));
+                    return None;
+                }
+                ok.then_some(CommandSpec::Argv(out))
+            }
+            _ => {
+                self.err(
+                    &n.span,
+                    format!(
+                        "{what}: expected an argv array or a shell string, found {}",
+                        kind(n)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn env_table(&mut self, what: &str, n: &Node) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let Some(t) = self.table(what, n) else {
+            return out;
+        };
+        for (k, ks, v) in t {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                self.err(
+                    ks,
+                    format!("{what}: `{k}` is not a valid environment variable name"),
+                );
+                continue;
+            }
+            let val = match &v.v {
+                V::Str(s) => self.expand(v, s),
+                V::Int(i) => Some(i.to_string()),
+                V::Float(f) => Some(f.to_string()),
+                V::Bool(b) => Some(b.to_string()),
+                _ => {
+                    self.err(
+                        &v.span,
+                        format!("{what}.{k}: expected a string, found {}", kind(v)),
+                    );
+                    None
+                }
+            };
+            if let Some(val) = val {
+                out.push((k.clone(), val));
+            }
+        }
+        out
+    }
+
+    fn listen(&mut self, what: &str, n: &Node) -> Option<ListenAddr> {
+        let s = self.string(what, n)?;
+        match parse_listen(&s) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.err(&n.span, format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+}
+
+pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let before = &src[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map(|i| before[i + 1..].chars().count() + 1)
+        .unwrap_or_else(|| before.chars().count() + 1);
+    (line, col)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+pub fn did_you_mean<'a>(word: &str, options: &[&'a str]) -> Option<&'a str> {
+    options
+        .iter()
+        .map(|o| (levenshtein(word, o), *o))
+        .filter(|(d, o)| *d <= 2.max(o.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, o)| o)
+}
+
+/// `${VAR}`, `${VAR:-default}`; `$$` is a literal `$`.
+pub fn expand_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(a) = after.strip_prefix('$') {
+            out.push('$');
+            rest = a;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let Some(end) = body.find('}') else {
+                return Err(format!("unclosed `${{` in {s:?}"));
+            };
+            let inner = &body[..end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (inner, None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("`${{{inner}}}` is not a valid variable reference"));
+            }
+            match (env(name), default) {
+                (Some(v), _) if !(v.is_empty() && default.is_some()) => out.push_str(&v),
+                (_, Some(d)) => out.push_str(d),
+                (Some(v), None) => out.push_str(&v),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
+                    ))
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"1m30s"`, `"0"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let bad = || format!("`{s}` is not a duration (write e.g. \"500ms\", \"30s\", \"5m\", \"1h\")");
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        if num_end == 0 {
+            return Err(bad());
+        }
+        let n: f64 = rest[..num_end].parse().map_err(|_| bad())?;
+        let unit_rest = &rest[num_end..];
+        let unit_end = unit_rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(unit_rest.len());
+        let unit = &unit_rest[..unit_end];
+        let secs = match unit {
+            "ms" => n / 1000.0,
+            "s" => n,
+            "m" | "min" => n * 60.0,
+            "h" => n * 3600.0,
+            "us" => n / 1_000_000.0,
+            _ => return Err(bad()),
+        };
+        total += Duration::try_from_secs_f64(secs).map_err(|_| bad())?;
+        rest = &unit_rest[unit_end..];
+    }
+    Ok(total)
+}
+
+/// `"512MiB"`, `"2GiB"`, `"100MB"`, `"4096"` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let bad = || format!("`{s}` is not a size (write e.g. \"512MiB\", \"2GiB\")");
+    let num_end = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    if num_end == 0 {
+        return Err(bad());
+    }
+    let n: f64 = t[..num_end].parse().map_err(|_| bad())?;
+    let mult: f64 = match t[num_end..].trim() {
+        "" | "B" => 1.0,
+        "K" | "KiB" => 1024.0,
+        "KB" => 1e3,
+        "M" | "MiB" => 1024.0 * 1024.0,
+        "MB" => 1e6,
+        "G" | "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "GB" => 1e9,
+        "T" | "TiB" => 1024f64.powi(4),
+        "TB" => 1e12,
+        _ => return Err(bad()),
+    };
+    let v = n * mult;
+    if !v.is_finite() || v >= u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(v as u64)
+}
+
+pub fn parse_listen(s: &str) -> Result<ListenAddr, String> {
+    if let Some(p) = s.strip_prefix("unix:") {
+        if p.is_empty() {
+            return Err("`unix:` needs a path, e.g. \"unix:/run/app.sock\"".into());
+        }
+        return Ok(ListenAddr::Unix(PathBuf::from(p)));
+    }
+    s.parse::<SocketAddr>().map(ListenAddr::Tcp).map_err(|_| {
+        format!("`{s}` is not an address (write \"host:port\", \"[::1]:port\" or \"unix:/path\")")
+    })
+}
+
+pub fn parse_signal(s: &str) -> Option<i32> {
+    let s = s.trim().to_ascii_uppercase();
+    let s = s.strip_prefix("SIG").unwrap_or(&s);
+    Some(match s {
+        "TERM" => libc::SIGTERM,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "HUP" => libc::SIGHUP,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "WINCH" => libc::SIGWINCH,
+        "ABRT" => libc::SIGABRT,
+        _ => return None,
+    })
+}
+
+pub fn signal_name(sig: i32) -> String {
+    let n = match sig {
+        libc::SIGHUP => "HUP",
+        libc::SIGINT => "INT",
+        libc::SIGQUIT => "QUIT",
+        libc::SIGILL => "ILL",
+        libc::SIGTRAP => "TRAP",
+        libc::SIGABRT => "ABRT",
+        libc::SIGBUS => "BUS",
+        libc::SIGFPE => "FPE",
+        libc::SIGKILL => "KILL",
+        libc::SIGUSR1 => "USR1",
+        libc::SIGSEGV => "SEGV",
+        libc::SIGUSR2 => "USR2",
+        libc::SIGPIPE => "PIPE",
+        libc::SIGALRM => "ALRM",
+        libc::SIGTERM => "TERM",
+        libc::SIGCHLD => "CHLD",
+        libc::SIGCONT => "CONT",
+        libc::SIGSTOP => "STOP",
+        libc::SIGTSTP => "TSTP",
+        libc::SIGTTIN => "TTIN",
+        libc::SIGTTOU => "TTOU",
+        libc::SIGXCPU => "XCPU",
+        libc::SIGXFSZ => "XFSZ",
+        libc::SIGWINCH => "WINCH",
+        libc::SIGSYS => "SYS",
+        _ => return format!("SIG{sig}"),
+    };
+    n.to_string()
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+const TOP_KEYS: &[&str] = &["supervisor", "prestart", "socket", "program"];
+const TOP_LATER: &[&str] = &["budget"];
+const SUP_KEYS: &[&str] = &[
+    "status",
+    "control_token_file",
+    "shutdown_timeout",
+    "log_format",
+    "on_exhausted",
+    "exhausted_after",
+];
+const STEP_KEYS: &[&str] = &[
+    "name",
+    "command",
+    "timeout",
+    "retries",
+    "retry_delay",
+    "env",
+    "cwd",
+];
+const SOCKET_KEYS: &[&str] = &["listen", "backlog", "mode"];
+const PROGRAM_KEYS: &[&str] = &[
+    "command",
+    "sockets",
+    "workers",
+    "restart",
+    "backoff",
+    "stop_signal",
+    "stop_timeout",
+    "env",
+    "cwd",
+    "log",
+];
+const PROGRAM_LATER: &[&str] = &["budget", "health", "autoscale", "watch", "user", "group"];
+const BACKOFF_KEYS: &[&str] = &["initial", "max", "reset_after"];
+
+/// Parse and type-check one configuration text. `env` resolves `${VAR}`.
+pub fn parse(
+    file: &str,
+    src: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let doc = match toml_edit::Document::parse(src) {
+        Ok(d) => d,
+        Err(e) => {
+            let (line, col) = line_col(src, e.span().map(|s| s.start).unwrap_or(0));
+            let msg = e.message().trim().replace('\n', " ");
+            return Err(ConfigErrors {
+                file: file.into(),
+                problems: vec![Problem {
+                    line,
+                    col,
+                    message: format!("TOML syntax error: {msg}"),
+                }],
+            });
+        }
+    };
+    let root = from_table(doc.as_table(), &(0..0));
+    let mut cx = Ctx {
+        src,
+        problems: Vec::new(),
+        env,
+    };
+    let mut cfg = Config::default();
+    let V::Table(top) = &root.v else {
+        unreachable!("the root of a TOML document is a table")
+    };
+    cx.keys("top level", top, TOP_KEYS, TOP_LATER);
+    for (k, _, n) in top {
+        match k.as_str() {
+            "supervisor" => read_supervisor(&mut cx, n, &mut cfg.supervisor),
+            "prestart" => match &n.v {
+                V::Arr(items) => {
+                    for (i, it) in items.iter().enumerate() {
+                        if let Some(s) = read_step(&mut cx, i, it) {
+                            cfg.prestart.push(s);
+                        }
+                    }
+                }
+                _ => cx.err(
+                    &n.span,
+                    format!("prestart: expected [[prestart]] entries, found {}", kind(n)),
+                ),
+            },
+            "socket" => {
+                if let Some(t) = cx.table("socket", n) {
+                    for (name, ks, sn) in t {
+                        if !is_name(name) {
+                            cx.err(
+                                ks,
+                                format!("socket `{name}`: names use letters, digits, `-` and `_`"),
+                            );
+                        }
+                        if let Some(s) = read_socket(&mut cx, name, sn) {
+                            cfg.sockets.push(s);
+                        }
+                    }
+                }
+            }
+            "program" => {
+                if let Some(t) = cx.table("program", n) {
+                    for (name, ks, pn) in t {
+                        if !is_name(name) {
+                            cx.err(
+                                ks,
+                                format!("program `{name}`: names use letters, digits, `-` and `_`"),
+                            );
+                        }
+                        if let Some(p) = read_program(&mut cx, name, pn) {
+                            cfg.programs.push(p);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    cross_check(&mut cx, &cfg, top);
+    if cx.problems.is_empty() {
+        Ok(cfg)
+    } else {
+        cx.problems.sort_by_key(|p| (p.line, p.col));
+        Err(ConfigErrors {
+            file: file.into(),
+            problems: cx.problems,
+        })
+    }
+}
+
+fn read_supervisor(cx: &mut Ctx, n: &Node, s: &mut SupervisorCfg) {
+    let Some(t) = cx.table("supervisor", n) else {
+        return;
+    };
+    cx.keys("[supervisor]", t, SUP_KEYS, &[]);
+    for (k, _, v) in t {
+        match k.as_str() {
+            "status" => {
+                if let Some(st) = cx.string("supervisor.status", v) {
+                    if st.is_empty() || st == "off" {
+                        s.status = None;
+                    } else if let Ok(a) = parse_listen(&st) {
+                        s.status = Some(a);
+                    } else {
+                        s.status = cx.listen("supervisor.status", v);
+                    }
+                }
+            }
+            "control_token_file" => {
+                s.control_token_file = cx
+                    .string("supervisor.control_token_file", v)
+                    .map(PathBuf::from)
+            }
+            "shutdown_timeout" => {
+                if let Some(d) = cx.duration("supervisor.shutdown_timeout", v) {
+                    s.shutdown_timeout = d
+                }
+            }
+            "log_format" => {
+                if let Some(f) = cx.choice(
+                    "supervisor.log_format",
+                    v,
+                    &[
+                        ("auto", LogFormat::Auto),
+                        ("text", LogFormat::Text),
+                        ("json", LogFormat::Json),
+                        ("journald", LogFormat::Journald),
+                    ],
+                ) {
+                    if f == LogFormat::Journald {
+                        cx.err(&v.span, "supervisor.log_format: `journald` is not supported yet in this version of drover; use auto, text or json");
+                    }
+                    s.log_format = f
+                }
+            }
+            "on_exhausted" => {
+                s.on_exhausted = cx.choice(
+                    "supervisor.on_exhausted",
+                    v,
+                    &[("exit", OnExhausted::Exit), ("stay", OnExhausted::Stay)],
+                )
+            }
+            "exhausted_after" => {
+                if let Some(i) = cx.uint("supervisor.exhausted_after", v, 1, 1000) {
+                    s.exhausted_after = i as u32
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn read_step(cx: &mut Ctx, i: usize, n: &Node) -> Option<StepCfg> {
+    let t = cx.table("[[prestart]]", n)?;
+    let what = format!("[[prestart]] #{}", i + 1);
+    cx.keys(&what, t, STEP_KEYS, &[]);
+    let mut name = None;
+    let mut command = None;
+    let mut step = StepCfg {
+        name: String::new(),
+        command: CommandSpec::Argv(vec![]),
+        timeout: None,
+        retries: 0,
+        retry_delay: Duration::from_secs(1),
+        env: vec![],
+        cwd: None,
+    };
+    let mut ok = true;
+    for (k, _, v) in t {
+        let w = format!("{what}.{k}");
+        match k.as_str() {
+            "name" => {
+                name = cx.string(&w, v);
+                if let Some(nm) = &name {
+                    if !is_name(nm) {
+                        cx.err(
+                            &v.span,
+                            format!("{w}: `{nm}` is not a valid name (letters, digits, `-`, `_`)"),
+                        );
+                    }
+                }
+            }
+            "command" => {
+                command = cx.command(&w, v);
+                ok &= command.is_some();
+            }
+            "timeout" => step.timeout = cx.duration(&w, v),
+            "retries" => step.retries = cx.uint(&w, v, 0, 1000).unwrap_or(0) as u32,
+            "retry_delay" => {
+                if let Some(d) = cx.duration(&w, v) {
+                    step.retry_delay = d
+                }
+            }
+            "env" => step.env = cx.env_table(&w, v),
+            "cwd" => step.cwd = cx.string(&w, v).map(PathBuf::from),
+            _ => {}
+        }
+    }
+    if !t.iter().any(|(k, _, _)| k == "command") {
+        cx.err(&n.span, format!("{what}: `command` is missing"));
+        ok = false;
+    }
+    step.name = name.unwrap_or_else(|| format!("step{}", i + 1));
+    step.command = command?;
+    ok.then_some(step)
+}
+
+fn read_socket(cx: &mut Ctx, name: &str, n: &Node) -> Option<SocketCfg> {
+    let what = format!("[socket.{name}]");
+    let t = cx.table(&what, n)?;
+    cx.keys(&what, t, SOCKET_KEYS, &[]);
+    let mut listen = None;
+    let mut backlog = 1024;
+    let mut mode = None;
+    for (k, _, v) in t {
+        let w = format!("socket.{name}.{k}");
+        match k.as_str() {
+            "listen" => listen = cx.listen(&w, v),
+            "backlog" => backlog = cx.uint(&w, v, 1, 65535).unwrap_or(1024) as i32,
+            "mode" => {
+                mode = match &v.v {
+                    V::Str(s) => match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
+                        Ok(m) if m <= 0o777 => Some(m),
+                        _ => {
+                            cx.err(
+                                &v.span,
+                                format!("{w}: `{s}` is not an octal file mode like \"0660\""),
+                            );
+                            None
+                        }
+                    },
+                    _ => {
+                        cx.err(
+                            &v.span,
+                            format!(
+                                "{w}: expected an octal string like \"0660\", found {}",
+                                kind(v)
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if !t.iter().any(|(k, _, _)| k == "listen") {
+        cx.err(&n.span, format!("{what}: `listen` is missing"));
+    }
+    Some(SocketCfg {
+        name: name.into(),
+        listen: listen?,
+        backlog,
+        mode,
+    })
+}
+
+fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
+    let what = format!("[program.{name}]");
+    let t = cx.table(&what, n)?;
+    cx.keys(&what, t, PROGRAM_KEYS, PROGRAM_LATER);
+    let mut p = ProgramCfg {
+        name: name.into(),
+        command: CommandSpec::Argv(vec![]),
+        sockets: vec![],
+        workers: 1,
+        restart: RestartPolicy::Always,
+        backoff: BackoffCfg::default(),
+        stop_signal: libc::SIGTERM,
+        stop_timeout: Duration::from_secs(10),
+        env: vec![],
+        cwd: None,
+        log: LogMode::Capture,
+    };
+    let mut command = None;
+    for (k, _, v) in t {
+        let w = format!("program.{name}.{k}");
+        match k.as_str() {
+            "command" => command = cx.command(&w, v),
+            "sockets" => match &v.v {
+                V::Arr(items) => {
+                    for it in items {
+                        if let Some(s) = cx.string(&w, it) {
+                            p.sockets.push(s);
+                        }
+                    }
+                }
+                _ => cx.err(&v.span, format!("{w}: expected an array of socket names, found {}", kind(v))),
+            },
+            "workers" => match &v.v {
+                V::Str(s) if s == "auto" => cx.err(
+                    &v.span,
+                    format!("{w}: \"auto\" is not supported yet in this version of drover; give a number"),
+                ),
+                _ => {
+                    if let Some(i) = cx.uint(&w, v, 0, 10_000) {
+                        p.workers = i as u32
+                    }
+                }
+            },
+            "restart" => {
+                if let Some(r) = cx.choice(
+                    &w,
+                    v,
+                    &[
+                        ("always", RestartPolicy::Always),
+                        ("on-failure", RestartPolicy::OnFailure),
+                        ("never", RestartPolicy::Never),
+                    ],
+                ) {
+                    p.restart = r
+                }
+            }
+            "backoff" => {
+                if let Some(bt) = cx.table(&w, v) {
+                    cx.keys(&w, bt, BACKOFF_KEYS, &[]);
+                    for (bk, _, bv) in bt {
+                        let bw = format!("{w}.{bk}");
+                        let d = match bk.as_str() {
+                            "initial" => &mut p.backoff.initial,
+                            "max" => &mut p.backoff.max,
+                            "reset_after" => &mut p.backoff.reset_after,
+                            _ => continue,
+                        };
+                        if let Some(x) = cx.duration(&bw, bv) {
+                            *d = x
+                        }
+                    }
+                    if p.backoff.max < p.backoff.initial {
+                        cx.err(&v.span, format!("{w}: `max` ({:?}) is below `initial` ({:?})", p.backoff.max, p.backoff.initial));
+                    }
+                }
+            }
+            "stop_signal" => {
+                if let Some(s) = cx.string(&w, v) {
+                    match parse_signal(&s) {
+                        Some(sig) => p.stop_signal = sig,
+                        None => cx.err(&v.span, format!("{w}: `{s}` is not a signal drover sends (TERM, INT, QUIT, HUP, KILL, USR1, USR2, WINCH, ABRT)")),
+                    }
+                }
+            }
+            "stop_timeout" => {
+                if let Some(d) = cx.duration(&w, v) {
+                    p.stop_timeout = d
+                }
+            }
+            "env" => p.env = cx.env_table(&w, v),
+            "cwd" => p.cwd = cx.string(&w, v).map(PathBuf::from),
+            "log" => {
+                if let Some(m) = cx.choice(
+                    &w,
+                    v,
+                    &[("capture", LogMode::Capture), ("inherit", LogMode::Inherit)],
+                ) {
+                    p.log = m
+                }
+            }
+            _ => {}
+        }
+    }
+    if !t.iter().any(|(k, _, _)| k == "command") {
+        cx.err(&n.span, format!("{what}: `command` is missing"));
+    }
+    p.command = command?;
+    Some(p)
+}
+
+/// Checks that span several sections: references, duplicates.
+fn cross_check(cx: &mut Ctx, cfg: &Config, top: &[(String, Range<usize>, Node)]) {
+    let socket_names: Vec<&str> = cfg.sockets.iter().map(|s| s.name.as_str()).collect();
+    let find = |sect: &str, name: &str| -> Option<Range<usize>> {
+        let (_, _, n) = top.iter().find(|(k, _, _)| k == sect)?;
+        let V::Table(t) = &n.v else { return None };
+        let (_, _, pn) = t.iter().find(|(k, _, _)| k == name)?;
+        let V::Table(pt) = &pn.v else {
+            return Some(pn.span.clone());
+        };
+        pt.iter()
+            .find(|(k, _, _)| k == "sockets")
+            .map(|(_, _, v)| v.span.clone())
+            .or(Some(pn.span.clone()))
+    };
+    for p in &cfg.programs {
+        for s in &p.sockets {
+            if !socket_names.contains(&s.as_str()) {
+                let span = find("program", &p.name).unwrap_or(0..0);
+                let hint = did_you_mean(s, &socket_names)
+                    .map(|x| format!("; did you mean `{x}`?"))
+                    .unwrap_or_else(|| {
+                        if socket_names.is_empty() {
+                            "; define it with a [socket.NAME] section".into()
+                        } else {
+                            format!("; defined sockets: {}", socket_names.join(", "))
+                        }
+                    });
+                cx.err(
+                    &span,
+                    format!("program.{}.sockets: no socket named `{s}`{hint}", p.name),
+                );
+            }
+        }
+    }
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in &cfg.prestart {
+        *seen.entry(&s.name).or_default() += 1;
+    }
+    for (name, count) in seen {
+        if count > 1 {
+            let span = top
+                .iter()
+                .find(|(k, _, _)| k == "prestart")
+                .map(|(_, _, n)| n.span.clone())
+                .unwrap_or(0..0);
+            cx.err(&span, format!("[[prestart]]: the name `{name}` is used {count} times; step names must be unique"));
+        }
+    }
+    let mut addrs: BTreeMap<String, &str> = BTreeMap::new();
+    for s in &cfg.sockets {
+        let key = s.listen.to_string();
+        if let Some(other) = addrs.insert(key.clone(), &s.name) {
+            let span = find("socket", &s.name).unwrap_or(0..0);
+            cx.err(
+                &span,
+                format!(
+                    "socket.{}.listen: {key} is also the address of socket `{other}`",
+                    s.name
+                ),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "HOME_DIR" => Some("/home/x".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn durations() {
+        let cases = [
+            ("500ms", Some(500)),
+            ("30s", Some(30_000)),
+            ("5m", Some(300_000)),
+            ("1h", Some(3_600_000)),
+            ("1m30s", Some(90_000)),
+            ("1.5s", Some(1500)),
+            ("0", Some(0)),
+            ("", None),
+            ("10", None),
+            ("s", None),
+            ("5 parsecs", None),
+            ("-1s", None),
+        ];
+        for (s, want) in cases {
+            let got = parse_duration(s).ok().map(|d| d.as_millis() as u64);
+            assert_eq!(got, want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("100MB").unwrap(), 100_000_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("12XB").is_err());
+    }
+
+    #[test]
+    fn expansion() {
+        assert_eq!(expand_env("${HOME_DIR}/app", &env).unwrap(), "/home/x/app");
+        assert_eq!(expand_env("${NOPE:-d}", &env).unwrap(), "d");
+        assert_eq!(expand_env("${EMPTY:-d}", &env).unwrap(), "d");
+        assert_eq!(expand_env("$$HOME", &env).unwrap(), "$HOME");
+        assert_eq!(expand_env("a$b", &env).unwrap(), "a$b");
+        assert!(expand_env("${NOPE}", &env)
+            .unwrap_err()
+            .contains("NOPE is not set"));
+        assert!(expand_env("${OPEN", &env).unwrap_err().contains("unclosed"));
+        assert!(expand_env("${a b}", &env)
+            .unwrap_err()
+            .contains("not a valid"));
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(did_you_mean("comand", PROGRAM_KEYS), Some("command"));
+        assert_eq!(did_you_mean("worker", PROGRAM_KEYS), Some("workers"));
+        assert_eq!(did_you_mean("zzzzzz", PROGRAM_KEYS), None);
+    }
+
+    fn problems(src: &str) -> Vec<String> {
+        match parse("t.toml", src, &env) {
+            Ok(_) => vec![],
+            Err(e) => e
+                .problems
+                .iter()
+                .map(|p| format!("{}:{}: {}", p.line, p.col, p.message))
+                .collect(),
+        }
+    }
+
+    /// Table-driven: bad input -> the exact message with its position.
+    #[test]
+    fn plan_errors() {
+        let cases: &[(&str, &str)] = &[
+            ("[program.a]\ncomand = \"x\"\n", "2:1: [program.a]: unknown key `comand`; did you mean `command`?"),
+            ("[program.a]\ncommand = \"x\"\nworkers = -1\n", "3:11: program.a.workers: -1 is out of range (allowed 0..=10000)"),
+            ("[program.a]\ncommand = []\n", "2:11: program.a.command: the command is empty"),
+            ("[program.a]\ncommand = 5\n", "2:11: program.a.command: expected an argv array or a shell string, found an integer"),
+            ("[program.a]\ncommand = \"x\"\nrestart = \"sometimes\"\n", "3:11: program.a.restart: `sometimes` is not one of always | on-failure | never"),
+            ("[program.a]\ncommand = \"x\"\nstop_timeout = \"forever\"\n", "3:16: program.a.stop_timeout: `forever` is not a duration (write e.g. \"500ms\", \"30s\", \"5m\", \"1h\")"),
+            ("[program.a]\ncommand = \"x\"\nsockets = [\"web\"]\n", "3:11: program.a.sockets: no socket named `web`; define it with a [socket.NAME] section"),
+            ("[socket.http]\nlisten = \"localhost\"\n", "2:10: socket.http.listen: `localhost` is not an address (write \"host:port\", \"[::1]:port\" or \"unix:/path\")"),
+            ("[socket.http]\nbacklog = 10\n", "1:1: [socket.http]: `listen` is missing"),
+            ("[program.a]\ncommand = \"${DB_URL}\"\n", "2:11: environment variable DB_URL is not set (write ${DB_URL:-default} to give a default)"),
+            ("[program.a]\ncommand = \"x\"\n[program.a.health]\nhttp = \"/\"\n", "3:12: [program.a]: `health` is not supported yet in this version of drover; remove it to run"),
+            ("[budget]\nmemory = \"1GiB\"\n", "1:2: top level: `budget` is not supported yet in this version of drover; remove it to run"),
+            ("[supervisor]\nshutdown_timout = \"1s\"\n", "2:1: [supervisor]: unknown key `shutdown_timout`; did you mean `shutdown_timeout`?"),
+            ("[supervisor]\non_exhausted = \"die\"\n", "2:16: supervisor.on_exhausted: `die` is not one of exit | stay"),
+            ("[[prestart]]\nname = \"m\"\n", "1:1: [[prestart]] #1: `command` is missing"),
+            ("[program.a]\ncommand = \"x\"\nstop_signal = \"BANANA\"\n", "3:15: program.a.stop_signal: `BANANA` is not a signal drover sends (TERM, INT, QUIT, HUP, KILL, USR1, USR2, WINCH, ABRT)"),
+            ("[program.a\n", "1:11: TOML syntax error"),
+            ("[program.a]\ncommand = \"x\"\nbackoff = { initial = \"2s\", max = \"1s\" }\n", "3:11: program.a.backoff: `max` (1s) is below `initial` (2s)"),
+        ];
+        for (src, want) in cases {
+            let got = problems(src);
+            assert!(
+                got.iter().any(|g| g.starts_with(want)),
+                "input:\n{src}\nwanted a problem starting with:\n  {want}\ngot:\n  {got:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let src = "[supervisor]\nbogus = 1\n[program.a]\ncommand = []\nworkers = \"many\"\n[program.b]\nrestart = \"x\"\n";
+        let got = problems(src);
+        assert_eq!(got.len(), 5, "{got:#?}");
+    }
+
+    #[test]
+    fn good_config_parses() {
+        let src = r#"
+[supervisor]
+status = "127.0.0.1:0"
+shutdown_timeout = "5s"
+[[prestart]]
+name = "migrate"
+command = ["true"]
+timeout = "5m"
+retries = 2
+env = { A = "${HOME_DIR}" }
+[socket.http]
+listen = "[::1]:8000"
+[program.api]
+command = "exec sleep 10"
+sockets = ["http"]
+workers = 3
+backoff = { initial = "50ms", max = "5s", reset_after = "2s" }
+stop_signal = "INT"
+"#;
+        let cfg = parse("t.toml", src, &env).unwrap();
+        assert_eq!(cfg.prestart[0].env, vec![("A".into(), "/home/x".into())]);
+        assert_eq!(cfg.programs[0].workers, 3);
+        assert_eq!(cfg.programs[0].stop_signal, libc::SIGINT);
+        assert_eq!(cfg.programs[0].backoff.initial, Duration::from_millis(50));
+        assert_eq!(
+            cfg.sockets[0].listen,
+            ListenAddr::Tcp("[::1]:8000".parse().unwrap())
+        );
+    }
+}

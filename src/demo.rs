@@ -1,0 +1,164 @@
+//! `drover demo-worker`: a tiny HTTP/1.1 server on the inherited fd 3 (systemd-style socket
+//! passing). It is how the demo config and the Python-free tests get a real worker.
+//!
+//! Routes: `/` answers with the worker's name and pid; `/healthz`; `/pid`; `/sleep/MS` answers
+//! after MS milliseconds; `/exit/CODE` answers, then exits with CODE (to demonstrate restarts).
+
+use std::os::fd::FromRawFd;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+const MAX_HEADER: usize = 16 * 1024;
+
+pub fn main() -> i32 {
+    let fds: u32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    if fds < 1 {
+        eprintln!("demo-worker: no listening socket was passed (LISTEN_FDS is not set); run it under `drover run`");
+        return 2;
+    }
+    if let Some(p) = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    {
+        if p != me {
+            eprintln!(
+                "demo-worker: LISTEN_PID={p} is not this process ({me}); the sockets are not ours"
+            );
+            return 2;
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("demo-worker: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    let name = format!(
+        "{}.{}",
+        std::env::var("DROVER_PROGRAM").unwrap_or_else(|_| "demo".into()),
+        std::env::var("DROVER_WORKER").unwrap_or_else(|_| "0".into())
+    );
+    rt.block_on(async move {
+        // SAFETY: fd 3 was handed to us by the supervisor (LISTEN_FDS >= 1) and nothing else owns it.
+        let sock = unsafe { socket2::Socket::from_raw_fd(3) };
+        let _ = sock.set_nonblocking(true);
+        let is_unix = sock.local_addr().map(|a| a.is_unix()).unwrap_or(false);
+        println!("demo-worker {name} (pid {me}) serving on fd 3");
+        if is_unix {
+            let std_l: std::os::unix::net::UnixListener = sock.into();
+            let l = tokio::net::UnixListener::from_std(std_l).expect("fd 3 is a unix listener");
+            loop {
+                if let Ok((s, _)) = l.accept().await {
+                    tokio::spawn(conn(s, name.clone(), me));
+                }
+            }
+        } else {
+            let std_l: std::net::TcpListener = sock.into();
+            let l = tokio::net::TcpListener::from_std(std_l).expect("fd 3 is a TCP listener");
+            loop {
+                match l.accept().await {
+                    Ok((s, _)) => {
+                        tokio::spawn(conn(s, name.clone(), me));
+                    }
+                    Err(e) => {
+                        eprintln!("demo-worker: accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }
+    })
+}
+
+async fn conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, name: String, pid: i32) {
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    let mut tmp = [0u8; 4096];
+    loop {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > MAX_HEADER {
+                let _ = s.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                return;
+            }
+            match s.read(&mut tmp).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let reqline = lines.next().unwrap_or("");
+        let path = reqline.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let mut body_len = 0usize;
+        let mut close = reqline.ends_with("HTTP/1.0");
+        for l in lines {
+            let lower = l.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                body_len = v.trim().parse().unwrap_or(0);
+            } else if lower.starts_with("connection:") {
+                close = lower.contains("close");
+            }
+        }
+        buf.drain(..end);
+        while buf.len() < body_len {
+            match s.read(&mut tmp).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            }
+        }
+        buf.drain(..body_len);
+
+        let mut exit_after = None;
+        let (status, body) = if path == "/" {
+            (
+                "200 OK",
+                format!("hello from drover demo-worker {name} pid {pid}\n"),
+            )
+        } else if path == "/healthz" {
+            ("200 OK", "ok\n".to_string())
+        } else if path == "/pid" {
+            ("200 OK", format!("{pid}\n"))
+        } else if let Some(ms) = path
+            .strip_prefix("/sleep/")
+            .and_then(|m| m.parse::<u64>().ok())
+        {
+            tokio::time::sleep(Duration::from_millis(ms.min(600_000))).await;
+            ("200 OK", format!("slept {ms}ms in pid {pid}\n"))
+        } else if let Some(code) = path
+            .strip_prefix("/exit/")
+            .and_then(|c| c.parse::<i32>().ok())
+        {
+            exit_after = Some(code);
+            ("200 OK", format!("pid {pid} exiting with code {code}\n"))
+        } else {
+            ("404 Not Found", "not found\n".to_string())
+        };
+        let resp = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-worker-pid: {pid}\r\n{}\r\n{body}",
+            body.len(),
+            if close { "connection: close\r\n" } else { "" }
+        );
+        if s.write_all(resp.as_bytes()).await.is_err() {
+            return;
+        }
+        if let Some(code) = exit_after {
+            let _ = s.flush().await;
+            std::process::exit(code);
+        }
+        if close {
+            return;
+        }
+    }
+}

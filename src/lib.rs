@@ -1,0 +1,36 @@
+//! drover: a node-level process supervisor for API workers.
+//!
+//! # Layout
+//!
+//! - `config`     TOML -> typed `Config`, every problem collected with its line and column
+//! - `plan`       the resolved plan `drover check` prints, and its warnings
+//! - `state`      the pure worker-slot state machine and backoff; no I/O
+//! - `supervisor` the event loop: owns all state, executes actions, publishes a `Snapshot`
+//! - `spawn`      `SpawnSpec` -> pid; raw syscalls only between fork and exec; never waits
+//! - `reaper`     the only caller of `waitpid`
+//! - `signals`    signals -> events
+//! - `sockets`    bind once, keep the fds, lay them out at 3.. for each spawn
+//! - `guard`      the process that kills worker groups if drover itself is SIGKILLed
+//! - `output`     worker/step output: line splitting, prefixes, one writer thread
+//! - `status`     axum router over the `Snapshot`
+//! - `logging`    drover's own logs: text on a TTY, JSON otherwise
+//! - `demo`       `drover demo-worker`, a tiny HTTP worker on the inherited fd 3
+//! - `client`     `drover status`: the status endpoint as a table
+
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod guard;
+pub mod logging;
+pub mod output;
+pub mod plan;
+pub mod reaper;
+pub mod signals;
+pub mod sockets;
+pub mod spawn;
+pub mod state;
+pub mod status;
+pub mod supervisor;
+
+/// The configuration `drover run` uses when none is found: a step, a socket, two demo workers.
+pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");

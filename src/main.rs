@@ -1,0 +1,256 @@
+//! The `drover` command: parse, configure, guard, bind, supervise. Exit codes follow SPEC §1:
+//! 0 clean shutdown, 1 runtime failure, 2 bad configuration or usage, 3 a pre-start step failed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tracing::{error, info};
+
+use drover::config::{self, Config, ListenAddr};
+use drover::{client, guard, logging, output, plan, reaper, signals, sockets, status, supervisor};
+
+#[derive(Parser)]
+#[command(
+    name = "drover",
+    version,
+    about = "Supervise replicated API workers on one node"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Supervise: run pre-start steps, bind sockets, run and restart workers.
+    Run {
+        /// Configuration file (default: $DROVER_CONFIG, ./drover.toml, /etc/drover/drover.toml, else the demo)
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration and print the resolved plan (exit 0 good, 2 bad).
+    Check {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Show programs and workers from a running drover's status endpoint.
+    Status {
+        /// http://HOST:PORT or unix:/path (default: $DROVER_STATUS_URL or http://127.0.0.1:9900)
+        #[arg(long)]
+        url: Option<String>,
+        /// Print the raw /status JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A tiny built-in HTTP worker serving on the inherited fd 3 (for the demo and tests).
+    DemoWorker,
+}
+
+enum Source {
+    File(PathBuf),
+    Demo,
+}
+
+impl Source {
+    fn label(&self) -> String {
+        match self {
+            Source::File(p) => p.display().to_string(),
+            Source::Demo => "embedded demo".into(),
+        }
+    }
+}
+
+fn find_config(flag: Option<PathBuf>) -> Source {
+    if let Some(p) = flag {
+        return Source::File(p);
+    }
+    if let Some(p) = std::env::var_os("DROVER_CONFIG").filter(|p| !p.is_empty()) {
+        return Source::File(p.into());
+    }
+    for p in ["./drover.toml", "/etc/drover/drover.toml"] {
+        if std::path::Path::new(p).exists() {
+            return Source::File(p.into());
+        }
+    }
+    Source::Demo
+}
+
+/// Load and validate; on failure print every problem and return exit code 2.
+fn load(src: &Source) -> Result<Config, u8> {
+    if std::env::var_os("DROVER_EXE").is_none() {
+        if let Ok(exe) = std::env::current_exe() {
+            std::env::set_var("DROVER_EXE", exe);
+        }
+    }
+    let (name, text) = match src {
+        Source::Demo => (
+            "<embedded demo>".to_string(),
+            drover::DEMO_CONFIG.to_string(),
+        ),
+        Source::File(p) => match std::fs::read_to_string(p) {
+            Ok(t) => (p.display().to_string(), t),
+            Err(e) => {
+                eprintln!(
+                    "drover: cannot read configuration {}: {e}; nothing was started",
+                    p.display()
+                );
+                return Err(2);
+            }
+        },
+    };
+    config::parse(&name, &text, &|k| std::env::var(k).ok()).map_err(|e| {
+        eprint!("drover: {e}");
+        2
+    })
+}
+
+/// fds 0-2 must be open, or the first pipe or socket would land on one of them.
+fn ensure_stdio() {
+    for fd in 0..3 {
+        // SAFETY: fcntl(F_GETFD) only queries; open of /dev/null fills the lowest free fd.
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) < 0 {
+                libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    ensure_stdio();
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        Cmd::Run { config } => run(find_config(config)),
+        Cmd::Check { config } => check(find_config(config)),
+        Cmd::Status { url, json } => {
+            let url = url
+                .or_else(|| std::env::var("DROVER_STATUS_URL").ok())
+                .unwrap_or_else(|| client::DEFAULT_URL.into());
+            match client::status(&url, json) {
+                Ok(s) => {
+                    print!("{s}");
+                    if json {
+                        println!();
+                    }
+                    0
+                }
+                Err(e) => {
+                    eprintln!("drover status: {e}");
+                    1
+                }
+            }
+        }
+        Cmd::DemoWorker => drover::demo::main(),
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn check(src: Source) -> i32 {
+    let cfg = match load(&src) {
+        Ok(c) => c,
+        Err(c) => return c as i32,
+    };
+    print!("{}", plan::render(&cfg, &src.label()));
+    let warns = plan::warnings(&cfg);
+    if !warns.is_empty() {
+        println!("warnings:");
+        for w in warns {
+            println!("  {w} (at run time: logged, backed off and retried)");
+        }
+    }
+    println!("ok: {} is valid", src.label());
+    0
+}
+
+fn run(src: Source) -> i32 {
+    let cfg = match load(&src) {
+        Ok(c) => c,
+        Err(c) => return c as i32,
+    };
+    // SAFETY: getpid has no preconditions.
+    let pid1 = unsafe { libc::getpid() } == 1;
+    // The guard must be forked while drover is still single-threaded.
+    let guard = if pid1 {
+        None
+    } else {
+        // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only sets a process attribute.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        match guard::Guard::start() {
+            Ok(g) => Some(g),
+            Err(e) => {
+                eprintln!("drover: cannot start the guard process: {e}; workers would outlive a killed drover, so not starting");
+                return supervisor::EXIT_RUNTIME;
+            }
+        }
+    };
+    let style = logging::init(cfg.supervisor.log_format);
+    match &src {
+        Source::Demo => info!(
+            "no configuration found (-c, $DROVER_CONFIG, ./drover.toml, /etc/drover/drover.toml): running the embedded demo config; try http://127.0.0.1:8000/ and `drover status`"
+        ),
+        Source::File(p) => info!("drover {} starting with {}", env!("CARGO_PKG_VERSION"), p.display()),
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the event loop: {e}");
+            return supervisor::EXIT_RUNTIME;
+        }
+    };
+    rt.block_on(async move {
+        // handlers first, so no exit and no signal is missed
+        let (reaper, signals) = match (reaper::Reaper::new(), signals::Signals::new()) {
+            (Ok(r), Ok(s)) => (r, s),
+            (Err(e), _) | (_, Err(e)) => {
+                error!("cannot install signal handlers: {e}");
+                return supervisor::EXIT_RUNTIME;
+            }
+        };
+        let bound = match sockets::bind_all(&cfg.sockets) {
+            Ok(b) => b,
+            Err(e) => {
+                error!("{e}; no step or worker was started; exiting with code 1");
+                return supervisor::EXIT_RUNTIME;
+            }
+        };
+        for b in &bound {
+            info!("socket {} listening on {}", b.name, b.local);
+        }
+        let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(status::Snapshot::default()));
+        if let Some(addr) = &cfg.supervisor.status {
+            let listener = match addr {
+                ListenAddr::Tcp(a) => tokio::net::TcpListener::bind(a).await.map(|l| {
+                    let local = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                    (status::Listener::Tcp(l), local)
+                }),
+                ListenAddr::Unix(p) => {
+                    let _ = std::fs::remove_file(p);
+                    tokio::net::UnixListener::bind(p).map(|l| (status::Listener::Unix(l), format!("unix:{}", p.display())))
+                }
+            };
+            match listener {
+                Ok((l, local)) => {
+                    info!("status endpoint on {local} (GET /status, /healthz)");
+                    tokio::spawn(status::serve(l, snap_rx));
+                }
+                Err(e) => {
+                    error!("status endpoint: cannot listen on {addr}: {e}; no step or worker was started; exiting with code 1");
+                    return supervisor::EXIT_RUNTIME;
+                }
+            }
+        }
+        let cx = supervisor::Context {
+            config_label: src.label(),
+            pid1,
+            guard,
+            output: output::Output::start(style),
+            snapshot: snap_tx,
+        };
+        supervisor::Supervisor::new(cfg, bound, cx).run(reaper, signals).await
+    })
+}

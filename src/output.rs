@@ -1,0 +1,170 @@
+//! Worker and step output: read from a pipe per process, split into lines, prefixed, written by
+//! one writer thread.
+//!
+//! Memory is bounded: each reader holds one read buffer and at most `MAX_LINE` bytes of a pending
+//! line (longer lines are split and marked, never lost), and the channel to the writer is
+//! bounded. When the terminal or log collector is slower than a worker, the reader waits, the
+//! pipe fills and the worker blocks on write, as it would on a terminal; drover's event loop is
+//! never in that path.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+pub const MAX_LINE: usize = 16 * 1024;
+const READ_BUF: usize = 4096;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Style {
+    Text { color: bool },
+    Json,
+}
+
+pub struct Line {
+    pub source: Arc<Source>,
+    pub text: Vec<u8>,
+    /// the line was split because it exceeded MAX_LINE; more of it follows
+    pub split: bool,
+}
+
+#[derive(Debug)]
+pub struct Source {
+    /// `api.0` or `step.migrate`
+    pub label: String,
+    pub program: String,
+    pub worker: Option<u32>,
+    pub color: u8,
+}
+
+#[derive(Clone)]
+pub struct Output {
+    tx: mpsc::Sender<Line>,
+}
+
+impl Output {
+    /// Start the writer thread.
+    pub fn start(style: Style) -> Output {
+        let (tx, mut rx) = mpsc::channel::<Line>(256);
+        std::thread::Builder::new()
+            .name("drover-output".into())
+            .spawn(move || {
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::with_capacity(16 * 1024, stdout.lock());
+                while let Some(first) = rx.blocking_recv() {
+                    write_line(&mut out, style, &first);
+                    while let Ok(more) = rx.try_recv() {
+                        write_line(&mut out, style, &more);
+                    }
+                    let _ = out.flush();
+                }
+            })
+            .expect("spawning the output thread");
+        Output { tx }
+    }
+
+    /// Read `fd` to EOF, forwarding lines. Returns the last `keep` lines (for step errors).
+    pub async fn pump(&self, source: Arc<Source>, fd: OwnedFd, keep: usize) -> VecDeque<String> {
+        let mut tail = VecDeque::new();
+        let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+            return tail;
+        };
+        let mut buf = vec![0u8; READ_BUF];
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let n = match rx.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut chunk = &buf[..n];
+            while !chunk.is_empty() {
+                if let Some(i) = chunk.iter().position(|&b| b == b'\n') {
+                    pending.extend_from_slice(&chunk[..i]);
+                    chunk = &chunk[i + 1..];
+                    let text = std::mem::take(&mut pending);
+                    self.emit(&source, text, false, keep, &mut tail).await;
+                } else {
+                    let room = MAX_LINE - pending.len();
+                    let take = room.min(chunk.len());
+                    pending.extend_from_slice(&chunk[..take]);
+                    chunk = &chunk[take..];
+                    if pending.len() >= MAX_LINE {
+                        let text = std::mem::take(&mut pending);
+                        self.emit(&source, text, true, keep, &mut tail).await;
+                    }
+                }
+            }
+        }
+        if !pending.is_empty() {
+            self.emit(&source, pending, false, keep, &mut tail).await;
+        }
+        tail
+    }
+
+    async fn emit(
+        &self,
+        source: &Arc<Source>,
+        text: Vec<u8>,
+        split: bool,
+        keep: usize,
+        tail: &mut VecDeque<String>,
+    ) {
+        if keep > 0 {
+            if tail.len() == keep {
+                tail.pop_front();
+            }
+            let mut s = String::from_utf8_lossy(&text).into_owned();
+            s.truncate(s.floor_char_boundary(512));
+            tail.push_back(s);
+        }
+        let _ = self
+            .tx
+            .send(Line {
+                source: source.clone(),
+                text,
+                split,
+            })
+            .await;
+    }
+}
+
+const COLORS: [u8; 6] = [36, 32, 33, 35, 34, 31];
+
+pub fn color_for(name: &str) -> u8 {
+    let h = name
+        .bytes()
+        .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32));
+    COLORS[(h as usize) % COLORS.len()]
+}
+
+fn write_line(out: &mut impl Write, style: Style, l: &Line) {
+    let text = String::from_utf8_lossy(&l.text);
+    let text = text.strip_suffix('\r').unwrap_or(&text);
+    let marker = if l.split { " [line continues]" } else { "" };
+    let _ = match style {
+        Style::Text { color: true } => writeln!(
+            out,
+            "\x1b[{}m{} |\x1b[0m {}{}",
+            l.source.color, l.source.label, text, marker
+        ),
+        Style::Text { color: false } => writeln!(out, "{} | {}{}", l.source.label, text, marker),
+        Style::Json => {
+            let mut v = serde_json::json!({
+                "timestamp": crate::logging::now_rfc3339(),
+                "program": l.source.program,
+                "source": l.source.label,
+                "line": text,
+            });
+            if let Some(w) = l.source.worker {
+                v["worker"] = w.into();
+            }
+            if l.split {
+                v["split"] = true.into();
+            }
+            writeln!(out, "{v}")
+        }
+    };
+}

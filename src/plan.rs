@@ -1,0 +1,177 @@
+//! The resolved plan that `drover check` prints, and the warnings a valid file can still earn
+//! (a command that is not installed here: at run time that worker backs off and retries).
+
+use std::fmt::Write;
+
+use crate::config::{signal_name, CommandSpec, Config, ListenAddr, OnExhausted};
+use crate::spawn;
+
+pub fn warnings(cfg: &Config) -> Vec<String> {
+    let mut w = Vec::new();
+    let path = std::env::var("PATH").ok();
+    let mut check = |what: String,
+                     cmd: &CommandSpec,
+                     env: &[(String, String)],
+                     cwd: Option<&std::path::Path>| {
+        let CommandSpec::Argv(argv) = cmd else { return };
+        let p = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .or_else(|| path.clone());
+        match spawn::resolve(&argv[0], p.as_deref(), cwd) {
+            Some(exe) if spawn::is_executable(&exe) => {}
+            Some(exe) if exe.exists() => {
+                w.push(format!("{what}: {} is not executable", exe.display()))
+            }
+            Some(exe) => w.push(format!("{what}: {} does not exist here", exe.display())),
+            None => w.push(format!("{what}: command `{}` not found in PATH", argv[0])),
+        }
+    };
+    for s in &cfg.prestart {
+        check(
+            format!("pre-start step {}", s.name),
+            &s.command,
+            &s.env,
+            s.cwd.as_deref(),
+        );
+    }
+    for p in &cfg.programs {
+        check(
+            format!("program {}", p.name),
+            &p.command,
+            &p.env,
+            p.cwd.as_deref(),
+        );
+    }
+    for p in &cfg.programs {
+        if let Some(c) = &p.cwd {
+            if !c.is_dir() {
+                w.push(format!(
+                    "program {}: cwd {} is not a directory here",
+                    p.name,
+                    c.display()
+                ));
+            }
+        }
+    }
+    w
+}
+
+pub fn render(cfg: &Config, source: &str) -> String {
+    let mut o = String::new();
+    let s = &cfg.supervisor;
+    let _ = writeln!(o, "configuration: {source}");
+    let _ = writeln!(
+        o,
+        "supervisor: status {}, shutdown timeout {:?}, log format {:?}",
+        s.status
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into()),
+        s.shutdown_timeout,
+        s.log_format
+    );
+    let _ = writeln!(
+        o,
+        "  crash loop: a program whose every worker failed {} times in a row, each before its reset_after -> {}",
+        s.exhausted_after,
+        match s.on_exhausted {
+            Some(OnExhausted::Exit) => "exit 1".to_string(),
+            Some(OnExhausted::Stay) => "stay up, degraded".to_string(),
+            None => "exit 1 as PID 1 (containers), stay up otherwise".to_string(),
+        }
+    );
+    let _ = writeln!(
+        o,
+        "  control API: {}",
+        if s.control_token_file.is_some() {
+            "token file configured (mutating routes arrive with the operations capability)"
+        } else {
+            "off"
+        }
+    );
+    let _ = writeln!(
+        o,
+        "sockets ({}), bound once before the steps run:",
+        cfg.sockets.len()
+    );
+    for k in &cfg.sockets {
+        let kind = match &k.listen {
+            ListenAddr::Tcp(_) => "tcp, SO_REUSEADDR, TCP_NODELAY".to_string(),
+            ListenAddr::Unix(_) => format!(
+                "unix, mode {}",
+                k.mode
+                    .map(|m| format!("{m:o}"))
+                    .unwrap_or_else(|| "default".into())
+            ),
+        };
+        let _ = writeln!(
+            o,
+            "  {:<12} {} ({kind}, backlog {})",
+            k.name, k.listen, k.backlog
+        );
+    }
+    let _ = writeln!(
+        o,
+        "pre-start steps ({}), in order, without the sockets:",
+        cfg.prestart.len()
+    );
+    for (i, st) in cfg.prestart.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "  {}. {:<12} {} (timeout {}, {} retr{}, delay {:?})",
+            i + 1,
+            st.name,
+            st.command,
+            st.timeout
+                .map(|t| format!("{t:?}"))
+                .unwrap_or_else(|| "none".into()),
+            st.retries,
+            if st.retries == 1 { "y" } else { "ies" },
+            st.retry_delay
+        );
+    }
+    let _ = writeln!(o, "programs ({}):", cfg.programs.len());
+    for p in &cfg.programs {
+        let _ = writeln!(
+            o,
+            "  {}: {} worker{} (as configured)",
+            p.name,
+            p.workers,
+            if p.workers == 1 { "" } else { "s" }
+        );
+        let _ = writeln!(o, "    command  {}", p.command);
+        if !p.sockets.is_empty() {
+            let fds: Vec<String> = p
+                .sockets
+                .iter()
+                .enumerate()
+                .map(|(i, n)| format!("{n} at fd {}", 3 + i))
+                .collect();
+            let _ = writeln!(
+                o,
+                "    sockets  {} (LISTEN_FDS={})",
+                fds.join(", "),
+                p.sockets.len()
+            );
+        }
+        let _ = writeln!(
+            o,
+            "    restart  {:?}; backoff {:?} doubling to {:?}, reset after {:?} up",
+            p.restart, p.backoff.initial, p.backoff.max, p.backoff.reset_after
+        );
+        let _ = writeln!(
+            o,
+            "    stop     SIG{} to the process group, SIGKILL after {:?}",
+            signal_name(p.stop_signal),
+            p.stop_timeout
+        );
+        let _ = writeln!(o, "    output   {:?}", p.log);
+    }
+    let _ = writeln!(
+        o,
+        "budgets: none (CPU/memory budgets are not supported yet in this version)"
+    );
+    o
+}

@@ -535,15 +535,16 @@ pub fn did_you_mean<'a>(word: &str, options: &[&'a str]) -> Option<&'a str> {
         .map(|(_, o)| o)
 }
 
-/// `${VAR}`, `${VAR:-default}`; `$$` is a literal `$`.
+/// `${VAR}`, `${VAR:-default}`; `$${` is a literal `${`. Any other `$` is left alone, so shell
+/// commands keep their `$1`, `$$` and `$HOME`.
 pub fn expand_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
-        if let Some(a) = after.strip_prefix('$') {
-            out.push('$');
+        if let Some(a) = after.strip_prefix("${") {
+            out.push_str("${");
             rest = a;
         } else if let Some(body) = after.strip_prefix('{') {
             let Some(end) = body.find('}') else {
@@ -1233,7 +1234,8 @@ mod tests {
         assert_eq!(expand_env("${HOME_DIR}/app", &env).unwrap(), "/home/x/app");
         assert_eq!(expand_env("${NOPE:-d}", &env).unwrap(), "d");
         assert_eq!(expand_env("${EMPTY:-d}", &env).unwrap(), "d");
-        assert_eq!(expand_env("$$HOME", &env).unwrap(), "$HOME");
+        assert_eq!(expand_env("$${HOME}", &env).unwrap(), "${HOME}");
+        assert_eq!(expand_env("echo $$ $1 $HOME", &env).unwrap(), "echo $$ $1 $HOME");
         assert_eq!(expand_env("a$b", &env).unwrap(), "a$b");
         assert!(expand_env("${NOPE}", &env)
             .unwrap_err()

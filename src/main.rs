@@ -106,8 +106,24 @@ fn load(src: &Source) -> Result<Config, u8> {
     })
 }
 
-/// fds 0-2 must be open, or the first pipe or socket would land on one of them.
+/// fds 0-2 must be open, or the first pipe or socket would land on one of them; every fd drover
+/// inherited above them is marked close-on-exec so no worker or step receives it.
 fn ensure_stdio() {
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        let fds: Vec<i32> = dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|fd| *fd > 2)
+            .collect();
+        for fd in fds {
+            // SAFETY: setting FD_CLOEXEC on an fd number; harmless if it was the dir's own fd.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                }
+            }
+        }
+    }
     for fd in 0..3 {
         // SAFETY: fcntl(F_GETFD) only queries; open of /dev/null fills the lowest free fd.
         unsafe {

@@ -94,6 +94,7 @@ pub fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 const STAGE_EXEC: i32 = 1;
 const STAGE_CHDIR: i32 = 2;
 const STAGE_FDS: i32 = 3;
@@ -169,7 +170,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<libc::pid_t, SpawnError> {
 
     // SAFETY: after fork the child only runs the code inside `if pid == 0`, which calls
     // async-signal-safe syscalls (sigprocmask, sigaction, setpgid, prctl, getppid, open, dup2,
-    // fcntl, close, chdir, getpid, execve, write, _exit) on memory prepared above; it never
+    // fcntl, close, close_range, chdir, getpid, execve, write, _exit) on memory prepared above; it never
     // allocates, locks, logs, or returns into Rust code that might.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -362,6 +363,9 @@ unsafe fn child(a: ChildArgs) -> ! {
         }
         i += 1;
     }
+
+    // Whatever drover itself inherited without close-on-exec stops here.
+    libc::syscall(libc::SYS_close_range, floor as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC);
 
     if a.n_socks > 0 {
         // format our pid into the pre-allocated LISTEN_PID buffer

@@ -1,0 +1,203 @@
+//! Shared helpers for the integration tests: run the real binary in a temp dir, read back the
+//! addresses it bound (port 0), poll with deadlines, and kill everything on drop.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_drover");
+
+/// Poll `cond` until it returns Some or the deadline passes.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        if Instant::now() > end {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Drover {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub pid: i32,
+    exit: Option<std::process::ExitStatus>,
+}
+
+impl Drover {
+    /// Start `drover run -c <dir>/drover.toml` with the given config text. `{dir}` in the text
+    /// is replaced by the temp dir, `{bin}` by the drover binary.
+    pub fn start(config: &str) -> Drover {
+        Self::start_with(config, &[], &[])
+    }
+
+    /// `prefix` runs drover under another command (e.g. `unshare --pid --fork`).
+    pub fn start_with(config: &str, env: &[(&str, &str)], prefix: &[&str]) -> Drover {
+        let dir = tempfile::tempdir().unwrap();
+        let text = config
+            .replace("{dir}", dir.path().to_str().unwrap())
+            .replace("{bin}", BIN);
+        std::fs::write(dir.path().join("drover.toml"), text).unwrap();
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        cmd.arg("run").arg("-c").arg(dir.path().join("drover.toml"));
+        cmd.current_dir(dir.path())
+            .env_remove("DROVER_CONFIG")
+            .env("DROVER_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn drover");
+        let pid = child.id() as i32;
+        Drover { child: Some(child), dir, pid, exit: None }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.path("stdout.log")).unwrap_or_default()
+    }
+
+    /// The address logged after `marker` (e.g. "socket http listening on ").
+    pub fn logged_addr(&self, marker: &str) -> String {
+        wait_until(Duration::from_secs(20), marker, || {
+            let log = self.stderr();
+            let i = log.find(marker)?;
+            let rest = &log[i + marker.len()..];
+            let end = rest.find(|c: char| c.is_whitespace() || c == '"' || c == ',')?;
+            Some(rest[..end].to_string())
+        })
+    }
+
+    pub fn status_addr(&self) -> String {
+        self.logged_addr("status endpoint on ")
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let addr = self.status_addr();
+        let body = http_get(&addr, "/status").expect("GET /status");
+        serde_json::from_str(&body).expect("status JSON")
+    }
+
+    /// Poll /status until `cond` holds on it.
+    pub fn wait_status(&self, what: &str, timeout: Duration, cond: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let addr = self.status_addr();
+        wait_until(timeout, what, || {
+            let body = http_get(&addr, "/status")?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            cond(&v).then_some(v)
+        })
+    }
+
+    pub fn worker_pids(v: &serde_json::Value, program: &str) -> Vec<i64> {
+        v["programs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["name"] == program)
+            .flat_map(|p| p["workers"].as_array().unwrap().iter())
+            .filter_map(|w| w["pid"].as_i64())
+            .collect()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.pid, sig) };
+    }
+
+    /// Wait for drover to exit; returns its exit code (or 128+signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        if let Some(st) = self.exit {
+            return code_of(st);
+        }
+        let child = self.child.as_mut().unwrap();
+        let st = wait_until(timeout, "drover to exit", || child.try_wait().ok().flatten());
+        self.exit = Some(st);
+        code_of(st)
+    }
+}
+
+fn code_of(st: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
+}
+
+impl Drop for Drover {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if self.exit.is_none() {
+                // SIGKILL: drover's guard then kills every worker group it started
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// A tiny HTTP/1.0 GET; None if the connection fails.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    let (status, body) = http_get_status(addr, path)?;
+    (status == 200).then_some(body)
+}
+
+pub fn http_get_status(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// Alive and not a zombie.
+pub fn alive(pid: i64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let state = s.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next()).flatten();
+            !matches!(state, Some('Z') | Some('X') | None)
+        }
+        Err(_) => false,
+    }
+}
+
+pub fn read_pids(path: &Path) -> Vec<i64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+pub fn port_free(addr: &str) -> bool {
+    std::net::TcpListener::bind(addr).is_ok()
+}
+
+/// Minimal config around one program.
+pub fn one_program(program: &str) -> String {
+    format!(
+        "[supervisor]\nstatus = \"127.0.0.1:0\"\nshutdown_timeout = \"10s\"\n\n[program.w]\n{program}\n"
+    )
+}

@@ -1,0 +1,183 @@
+//! Pre-start steps and socket binding, with the real binary.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+#[test]
+fn steps_run_in_order_before_any_worker() {
+    let mut d = Drover::start(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+[[prestart]]
+name = "first"
+command = "sleep 0.2; echo first >> {dir}/order; echo first step says hello"
+[[prestart]]
+name = "second"
+command = ["sh", "-c", "echo second >> {dir}/order; echo \"sockets=${LISTEN_FDS:-none}\" >> {dir}/order"]
+[socket.http]
+listen = "127.0.0.1:0"
+[program.w]
+command = "echo worker$DROVER_WORKER >> {dir}/order; exec sleep 1000"
+sockets = ["http"]
+workers = 2
+"#,
+    );
+    wait_until(T, "two workers to write", || {
+        let s = std::fs::read_to_string(d.path("order")).ok()?;
+        (s.lines().count() >= 5).then_some(())
+    });
+    let order = std::fs::read_to_string(d.path("order")).unwrap();
+    let lines: Vec<&str> = order.lines().collect();
+    assert_eq!(&lines[..3], &["first", "second", "sockets=none"], "steps first, without sockets: {order}");
+    let mut workers = lines[3..].to_vec();
+    workers.sort();
+    assert_eq!(workers, vec!["worker0", "worker1"]);
+    let st = d.status();
+    assert_eq!(st["steps"][0]["state"], "succeeded");
+    assert_eq!(st["steps"][1]["state"], "succeeded");
+    // step output is streamed into the log under the step's name
+    let out = d.stdout();
+    assert!(out.contains("first step says hello") && out.contains("step.first"), "{out}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(T), 0);
+}
+
+#[test]
+fn failing_step_exits_3_and_starts_no_worker() {
+    let mut d = Drover::start(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+[[prestart]]
+name = "migrate"
+command = "echo attempt >> {dir}/attempts; echo 'connecting to db'; echo 'FATAL: relation users does not exist' >&2; exit 4"
+retries = 2
+retry_delay = "50ms"
+[program.w]
+command = "touch {dir}/worker-started; exec sleep 1000"
+"#,
+    );
+    assert_eq!(d.wait_exit(T), 3, "stderr: {}", d.stderr());
+    let err = d.stderr();
+    assert!(err.contains("pre-start step migrate failed after 3 attempts: exit code 4"), "{err}");
+    assert!(err.contains("FATAL: relation users does not exist"), "the last output lines are quoted: {err}");
+    assert_eq!(std::fs::read_to_string(d.path("attempts")).unwrap().lines().count(), 3);
+    assert!(!d.path("worker-started").exists(), "no worker may start after a failed step");
+}
+
+#[test]
+fn step_timeout_kills_its_whole_process_group() {
+    let mut d = Drover::start(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+[[prestart]]
+name = "hang"
+command = "sleep 1000 & echo $! > {dir}/gc; echo $$ > {dir}/step; wait"
+timeout = "300ms"
+[program.w]
+command = "exec sleep 1000"
+"#,
+    );
+    assert_eq!(d.wait_exit(T), 3);
+    assert!(d.stderr().contains("pre-start step hang failed after 1 attempt: timed out"), "{}", d.stderr());
+    let pids = [read_pids(&d.path("gc")), read_pids(&d.path("step"))].concat();
+    assert_eq!(pids.len(), 2);
+    wait_until(T, "step and its child to be gone", || pids.iter().all(|p| !alive(*p)).then_some(()));
+}
+
+#[test]
+fn step_that_cannot_start_is_named() {
+    let mut d = Drover::start(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+[[prestart]]
+name = "missing"
+command = ["/nonexistent/migrate-tool", "up"]
+[program.w]
+command = "exec sleep 1000"
+"#,
+    );
+    assert_eq!(d.wait_exit(T), 3);
+    let err = d.stderr();
+    assert!(err.contains("pre-start step missing failed") && err.contains("/nonexistent/migrate-tool"), "{err}");
+}
+
+#[test]
+fn address_in_use_exits_1_before_any_step() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap().to_string();
+    let mut d = Drover::start(&format!(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+[[prestart]]
+name = "m"
+command = "touch {{dir}}/step-ran"
+[socket.http]
+listen = "{addr}"
+[program.w]
+command = "exec sleep 1000"
+sockets = ["http"]
+"#
+    ));
+    assert_eq!(d.wait_exit(T), 1);
+    let err = d.stderr();
+    assert!(err.contains(&format!("socket http: cannot listen on {addr}")), "{err}");
+    assert!(!d.path("step-ran").exists());
+}
+
+#[test]
+fn sockets_are_passed_like_systemd() {
+    let d = Drover::start(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+[socket.http]
+listen = "127.0.0.1:0"
+[socket.admin]
+listen = "unix:{dir}/admin.sock"
+mode = "0600"
+[program.w]
+command = "echo \"$LISTEN_FDS $LISTEN_PID $$ $LISTEN_FDNAMES\" > {dir}/env.$DROVER_WORKER; exec sleep 1000"
+sockets = ["http", "admin"]
+workers = 2
+"#,
+    );
+    for w in 0..2 {
+        let env = wait_until(T, "worker env", || {
+            let s = std::fs::read_to_string(d.path(&format!("env.{w}"))).ok()?;
+            s.ends_with('\n').then_some(s)
+        });
+        let f: Vec<&str> = env.split_whitespace().collect();
+        assert_eq!(f[0], "2", "LISTEN_FDS");
+        assert_eq!(f[1], f[2], "LISTEN_PID is the worker's own pid");
+        assert_eq!(f[3], "http:admin", "LISTEN_FDNAMES");
+        // the exec'd worker holds exactly what it inherited: stdio and the two sockets
+        let pid = f[2];
+        let fds = wait_until(T, "the worker to exec sleep", || {
+            let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+            cmd.starts_with("sleep").then(|| {
+                let mut v: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                    .unwrap()
+                    .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect();
+                v.sort();
+                v
+            })
+        });
+        assert_eq!(fds, vec![0, 1, 2, 3, 4], "only stdio and the two sockets are inherited");
+        for fd in [3, 4] {
+            let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+            assert!(link.to_string_lossy().starts_with("socket:["), "fd {fd} is {link:?}");
+        }
+    }
+    let meta = std::fs::metadata(d.path("admin.sock")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+}

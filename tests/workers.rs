@@ -1,0 +1,190 @@
+//! Replicated workers: restarts, backoff, crash loops, stop escalation, cleanup, signals, output.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+fn demo(workers: u32, extra: &str) -> String {
+    format!(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+shutdown_timeout = "10s"
+{extra}
+[socket.http]
+listen = "127.0.0.1:0"
+[program.web]
+command = ["{{bin}}", "demo-worker"]
+sockets = ["http"]
+workers = {workers}
+stop_timeout = "5s"
+"#
+    )
+}
+
+#[test]
+fn kill_9_gets_a_replacement_and_the_socket_keeps_serving() {
+    let mut d = Drover::start(&demo(2, ""));
+    let http = d.logged_addr("socket http listening on ");
+    let st = d.wait_status("2 running workers", T, |v| {
+        v["programs"][0]["workers"].as_array().unwrap().iter().filter(|w| w["state"] == "running").count() == 2
+    });
+    let old = st["programs"][0]["workers"][0]["pid"].as_i64().unwrap();
+    // SAFETY: killing a worker we just read from the status endpoint.
+    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    let st = d.wait_status("a replacement in slot 0", T, |v| {
+        let w = &v["programs"][0]["workers"][0];
+        w["pid"].as_i64().is_some_and(|p| p != old) && w["restarts"] == 1
+    });
+    let w = &st["programs"][0]["workers"][0];
+    assert_eq!(w["last_exit"]["signal"], "KILL");
+    let body = wait_until(T, "the socket to serve", || http_get(&http, "/"));
+    assert!(body.starts_with("hello from drover demo-worker web."), "{body}");
+    // `drover status` renders the same as a table
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--url", &format!("http://{}", d.status_addr())])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    let new = w["pid"].as_i64().unwrap().to_string();
+    assert!(table.contains(&new) && table.contains("SIGKILL"), "{table}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(T), 0);
+}
+
+#[test]
+fn a_crash_loop_backs_off_instead_of_spinning() {
+    let d = Drover::start(&one_program(
+        "command = \"echo x >> {dir}/spawns; exit 1\"\nbackoff = { initial = \"100ms\", max = \"1s\", reset_after = \"10s\" }",
+    ));
+    // let it crash-loop for 5 s (a window, not a timing assertion: the bound is 100x apart)
+    let start = std::time::Instant::now();
+    wait_until(T, "5 s of crash looping", || (start.elapsed() >= Duration::from_secs(5)).then_some(()));
+    let spawns = std::fs::read_to_string(d.path("spawns")).unwrap_or_default().lines().count();
+    // 100, 200, 400, 800, 1000, 1000 ms … ≈ 8 spawns in 5 s; a busy loop would make thousands
+    assert!((3..=20).contains(&spawns), "spawns in 5 s: {spawns}");
+    let st = d.status();
+    let w = &st["programs"][0]["workers"][0];
+    assert_eq!(w["last_exit"]["code"], 1);
+    assert!(w["restarts"].as_u64().unwrap() >= 2);
+}
+
+#[test]
+fn on_exhausted_exit_stops_drover_with_code_1() {
+    let mut d = Drover::start(
+        "[supervisor]\nstatus = \"127.0.0.1:0\"\non_exhausted = \"exit\"\nexhausted_after = 3\n[program.bad]\ncommand = \"exit 7\"\nworkers = 2\nbackoff = { initial = \"10ms\", max = \"50ms\" }\n",
+    );
+    assert_eq!(d.wait_exit(T), 1, "{}", d.stderr());
+    let err = d.stderr();
+    assert!(err.contains("program bad: all 2 workers are crash-looping"), "{err}");
+    assert!(err.contains("exit code 7"), "{err}");
+}
+
+#[test]
+fn on_exhausted_stay_keeps_running_degraded() {
+    let mut d = Drover::start(
+        "[supervisor]\nstatus = \"127.0.0.1:0\"\non_exhausted = \"stay\"\nexhausted_after = 2\n[program.bad]\ncommand = \"exit 7\"\nbackoff = { initial = \"10ms\", max = \"50ms\" }\n",
+    );
+    let st = d.wait_status("the crash loop to be reported", T, |v| v["programs"][0]["crash_looping"] == true);
+    assert_eq!(st["state"], "running");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(T), 0);
+}
+
+#[test]
+fn a_term_ignoring_worker_and_its_grandchild_are_killed_after_stop_timeout() {
+    let mut d = Drover::start(&one_program(
+        "command = \"trap '' TERM; sleep 1000 & echo $! > {dir}/gc; echo $$ > {dir}/w; wait\"\nstop_timeout = \"500ms\"",
+    ));
+    let pids = wait_until(T, "worker and grandchild pids", || {
+        let p = [read_pids(&d.path("w")), read_pids(&d.path("gc"))].concat();
+        (p.len() == 2).then_some(p)
+    });
+    assert!(pids.iter().all(|p| alive(*p)));
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(T), 0);
+    assert!(d.stderr().contains("did not stop in time; sending SIGKILL to its process group"), "{}", d.stderr());
+    for p in pids {
+        assert!(!alive(p), "pid {p} survived the stop");
+    }
+}
+
+#[test]
+fn sigkill_of_drover_leaves_nothing_behind() {
+    let mut d = Drover::start(&demo(
+        2,
+        "[[prestart]]\nname = \"noop\"\ncommand = \"true\"\n",
+    ));
+    // add a grandchild to each worker's group by running a side program too
+    let http = d.logged_addr("socket http listening on ");
+    let st = d.wait_status("2 workers", T, |v| Drover::worker_pids(v, "web").len() == 2);
+    let mut pids = Drover::worker_pids(&st, "web");
+    let gc = Drover::start(&one_program("command = \"sleep 1000 & echo $! > {dir}/gc; exec sleep 1000\""));
+    let gpids = wait_until(T, "grandchild", || {
+        let p = read_pids(&gc.path("gc"));
+        (!p.is_empty()).then_some(p)
+    });
+    let gst = gc.wait_status("worker", T, |v| Drover::worker_pids(v, "w").len() == 1);
+    pids.extend(Drover::worker_pids(&gst, "w"));
+    pids.extend(gpids);
+    // SAFETY: SIGKILL to both drovers we started.
+    unsafe {
+        libc::kill(d.pid, libc::SIGKILL);
+        libc::kill(gc.pid, libc::SIGKILL);
+    }
+    d.wait_exit(T);
+    wait_until(T, "every worker and grandchild to die", || pids.iter().all(|p| !alive(*p)).then_some(()));
+    wait_until(T, "the port to be free", || port_free(&http).then_some(()));
+}
+
+#[test]
+fn ttin_ttou_scale_and_usr1_is_forwarded() {
+    let mut d = Drover::start(&one_program(
+        "command = \"trap 'echo usr1 >> {dir}/usr1.$DROVER_WORKER' USR1; while true; do sleep 0.05; done\"\nworkers = 1\nstop_timeout = \"2s\"",
+    ));
+    d.wait_status("1 worker", T, |v| Drover::worker_pids(v, "w").len() == 1);
+    d.signal(libc::SIGTTIN);
+    d.wait_status("2 workers", T, |v| Drover::worker_pids(v, "w").len() == 2 && v["programs"][0]["desired"] == 2);
+    d.signal(libc::SIGUSR1);
+    for w in 0..2 {
+        wait_until(T, "USR1 to reach each worker", || d.path(&format!("usr1.{w}")).exists().then_some(()));
+    }
+    d.signal(libc::SIGTTOU);
+    let st = d.wait_status("back to 1 worker", T, |v| {
+        let ws = v["programs"][0]["workers"].as_array().unwrap();
+        ws.len() == 1 && ws[0]["index"] == 0
+    });
+    assert_eq!(st["programs"][0]["desired"], 1);
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(T), 0);
+}
+
+#[test]
+fn captured_output_is_prefixed_and_long_lines_are_split_not_lost() {
+    let mut d = Drover::start(
+        "[supervisor]\nstatus = \"127.0.0.1:0\"\nlog_format = \"text\"\n[program.talk]\nrestart = \"never\"\ncommand = \"echo hello; head -c 40000 /dev/zero | tr '\\\\0' a; echo; echo bye\"\n",
+    );
+    d.wait_status("the worker to finish", T, |v| v["programs"][0]["workers"][0]["state"] == "stopped");
+    let out = wait_until(T, "output", || {
+        let o = d.stdout();
+        o.contains("talk.0 | bye").then_some(o)
+    });
+    assert!(out.contains("talk.0 | hello\n"), "{out}");
+    let a_count: usize = out.lines().filter_map(|l| l.strip_prefix("talk.0 | a")).map(|l| 1 + l.matches('a').count()).sum();
+    assert_eq!(a_count, 40000, "every byte of the long line arrives");
+    assert!(out.lines().filter(|l| l.ends_with("[line continues]")).count() >= 2);
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(T), 0);
+}
+
+#[test]
+fn a_missing_command_backs_off_with_a_clear_reason() {
+    let d = Drover::start(&one_program("command = [\"/no/such/server\"]\nbackoff = { initial = \"50ms\", max = \"200ms\" }"));
+    let st = d.wait_status("spawn failure in status", T, |v| v["programs"][0]["workers"][0]["last_exit"]["reason"] == "spawn");
+    let w = &st["programs"][0]["workers"][0];
+    assert!(w["last_exit"]["error"].as_str().unwrap().contains("/no/such/server"), "{w}");
+    assert!(d.stderr().contains("worker w.0: spawn /no/such/server"), "{}", d.stderr());
+}

@@ -75,10 +75,9 @@ pub fn get(url: &str, path: &str) -> Result<String, ClientError> {
         .lines()
         .next()
         .unwrap_or("")
-        .splitn(2, ' ')
-        .nth(1)
-        .unwrap_or("")
-        .to_string();
+        .split_once(' ')
+        .map(|(_, r)| r.to_string())
+        .unwrap_or_default();
     if !status.starts_with("200") {
         return Err(ClientError::Status {
             url: url.into(),

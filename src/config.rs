@@ -334,11 +334,11 @@ impl Ctx<'_> {
         }
     }
 
-    fn expand(&mut self, n: &Node, s: &str) -> Option<String> {
+    fn expand(&mut self, what: &str, n: &Node, s: &str) -> Option<String> {
         match expand_env(s, self.env) {
             Ok(v) => Some(v),
             Err(e) => {
-                self.err(&n.span, e);
+                self.err(&n.span, format!("{what}: {e}"));
                 None
             }
         }
@@ -346,7 +346,7 @@ impl Ctx<'_> {
 
     fn string(&mut self, what: &str, n: &Node) -> Option<String> {
         match &n.v {
-            V::Str(s) => self.expand(n, s),
+            V::Str(s) => self.expand(what, n, s),
             _ => {
                 self.err(
                     &n.span,
@@ -417,7 +417,7 @@ impl Ctx<'_> {
     fn command(&mut self, what: &str, n: &Node) -> Option<CommandSpec> {
         match &n.v {
             V::Str(s) => {
-                let s = self.expand(n, s)?;
+                let s = self.expand(what, n, s)?;
                 if s.trim().is_empty() {
                     self.err(&n.span, format!("{what}: the command is empty"));
                     return None;
@@ -470,7 +470,7 @@ impl Ctx<'_> {
                 continue;
             }
             let val = match &v.v {
-                V::Str(s) => self.expand(v, s),
+                V::Str(s) => self.expand(&format!("{what}.{k}"), v, s),
                 V::Int(i) => Some(i.to_string()),
                 V::Float(f) => Some(f.to_string()),
                 V::Bool(b) => Some(b.to_string()),
@@ -527,6 +527,12 @@ fn levenshtein(a: &str, b: &str) -> usize {
 }
 
 pub fn did_you_mean<'a>(word: &str, options: &[&'a str]) -> Option<&'a str> {
+    if let Some(o) = options
+        .iter()
+        .find(|o| o.len() >= 3 && (word.starts_with(**o) || o.starts_with(word)) && word.len() >= 3)
+    {
+        return Some(o);
+    }
     options
         .iter()
         .map(|o| (levenshtein(word, o), *o))
@@ -749,6 +755,28 @@ const PROGRAM_KEYS: &[&str] = &[
 ];
 const PROGRAM_LATER: &[&str] = &["budget", "health", "autoscale", "watch", "user", "group"];
 const BACKOFF_KEYS: &[&str] = &["initial", "max", "reset_after"];
+
+/// Bytes -> text, or the position of the first byte that is not UTF-8.
+pub fn decode(file: &str, bytes: &[u8]) -> Result<String, ConfigErrors> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Ok(s.to_string()),
+        Err(e) => {
+            let good = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or("");
+            let (line, col) = line_col(good, good.len());
+            Err(ConfigErrors {
+                file: file.into(),
+                problems: vec![Problem {
+                    line,
+                    col,
+                    message: format!(
+                        "byte 0x{:02x} is not valid UTF-8; a configuration file must be UTF-8 text",
+                        bytes[e.valid_up_to()]
+                    ),
+                }],
+            })
+        }
+    }
+}
 
 /// Parse and type-check one configuration text. `env` resolves `${VAR}`.
 pub fn parse(
@@ -1235,7 +1263,10 @@ mod tests {
         assert_eq!(expand_env("${NOPE:-d}", &env).unwrap(), "d");
         assert_eq!(expand_env("${EMPTY:-d}", &env).unwrap(), "d");
         assert_eq!(expand_env("$${HOME}", &env).unwrap(), "${HOME}");
-        assert_eq!(expand_env("echo $$ $1 $HOME", &env).unwrap(), "echo $$ $1 $HOME");
+        assert_eq!(
+            expand_env("echo $$ $1 $HOME", &env).unwrap(),
+            "echo $$ $1 $HOME"
+        );
         assert_eq!(expand_env("a$b", &env).unwrap(), "a$b");
         assert!(expand_env("${NOPE}", &env)
             .unwrap_err()
@@ -1251,6 +1282,7 @@ mod tests {
         assert_eq!(did_you_mean("comand", PROGRAM_KEYS), Some("command"));
         assert_eq!(did_you_mean("worker", PROGRAM_KEYS), Some("workers"));
         assert_eq!(did_you_mean("zzzzzz", PROGRAM_KEYS), None);
+        assert_eq!(did_you_mean("maximum", BACKOFF_KEYS), Some("max"));
     }
 
     fn problems(src: &str) -> Vec<String> {
@@ -1277,7 +1309,7 @@ mod tests {
             ("[program.a]\ncommand = \"x\"\nsockets = [\"web\"]\n", "3:11: program.a.sockets: no socket named `web`; define it with a [socket.NAME] section"),
             ("[socket.http]\nlisten = \"localhost\"\n", "2:10: socket.http.listen: `localhost` is not an address (write \"host:port\", \"[::1]:port\" or \"unix:/path\")"),
             ("[socket.http]\nbacklog = 10\n", "1:1: [socket.http]: `listen` is missing"),
-            ("[program.a]\ncommand = \"${DB_URL}\"\n", "2:11: environment variable DB_URL is not set (write ${DB_URL:-default} to give a default)"),
+            ("[program.a]\ncommand = \"${DB_URL}\"\n", "2:11: program.a.command: environment variable DB_URL is not set (write ${DB_URL:-default} to give a default)"),
             ("[program.a]\ncommand = \"x\"\n[program.a.health]\nhttp = \"/\"\n", "3:12: [program.a]: `health` is not supported yet in this version of drover; remove it to run"),
             ("[budget]\nmemory = \"1GiB\"\n", "1:2: top level: `budget` is not supported yet in this version of drover; remove it to run"),
             ("[supervisor]\nshutdown_timout = \"1s\"\n", "2:1: [supervisor]: unknown key `shutdown_timout`; did you mean `shutdown_timeout`?"),

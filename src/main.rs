@@ -89,8 +89,14 @@ fn load(src: &Source) -> Result<Config, u8> {
             "<embedded demo>".to_string(),
             drover::DEMO_CONFIG.to_string(),
         ),
-        Source::File(p) => match std::fs::read_to_string(p) {
-            Ok(t) => (p.display().to_string(), t),
+        Source::File(p) => match std::fs::read(p) {
+            Ok(bytes) => match config::decode(&p.display().to_string(), &bytes) {
+                Ok(t) => (p.display().to_string(), t),
+                Err(e) => {
+                    eprint!("drover: {e}");
+                    return Err(2);
+                }
+            },
             Err(e) => {
                 eprintln!(
                     "drover: cannot read configuration {}: {e}; nothing was started",

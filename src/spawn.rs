@@ -350,10 +350,8 @@ unsafe fn child(a: ChildArgs) -> ! {
             libc::close(null);
         }
     }
-    if a.out_fd >= 0 {
-        if libc::dup2(a.out_fd, 1) < 0 || libc::dup2(a.out_fd, 2) < 0 {
-            fail(STAGE_FDS, err_w);
-        }
+    if a.out_fd >= 0 && (libc::dup2(a.out_fd, 1) < 0 || libc::dup2(a.out_fd, 2) < 0) {
+        fail(STAGE_FDS, err_w);
     }
     let mut i = 0;
     while i < a.n_socks {
@@ -365,7 +363,12 @@ unsafe fn child(a: ChildArgs) -> ! {
     }
 
     // Whatever drover itself inherited without close-on-exec stops here.
-    libc::syscall(libc::SYS_close_range, floor as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC);
+    libc::syscall(
+        libc::SYS_close_range,
+        floor as libc::c_uint,
+        libc::c_uint::MAX,
+        CLOSE_RANGE_CLOEXEC,
+    );
 
     if a.n_socks > 0 {
         // format our pid into the pre-allocated LISTEN_PID buffer

@@ -32,7 +32,11 @@ workers = 2
     });
     let order = std::fs::read_to_string(d.path("order")).unwrap();
     let lines: Vec<&str> = order.lines().collect();
-    assert_eq!(&lines[..3], &["first", "second", "sockets=none"], "steps first, without sockets: {order}");
+    assert_eq!(
+        &lines[..3],
+        &["first", "second", "sockets=none"],
+        "steps first, without sockets: {order}"
+    );
     let mut workers = lines[3..].to_vec();
     workers.sort();
     assert_eq!(workers, vec!["worker0", "worker1"]);
@@ -41,7 +45,10 @@ workers = 2
     assert_eq!(st["steps"][1]["state"], "succeeded");
     // step output is streamed into the log under the step's name
     let out = d.stdout();
-    assert!(out.contains("first step says hello") && out.contains("step.first"), "{out}");
+    assert!(
+        out.contains("first step says hello") && out.contains("step.first"),
+        "{out}"
+    );
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit(T), 0);
 }
@@ -63,10 +70,25 @@ command = "touch {dir}/worker-started; exec sleep 1000"
     );
     assert_eq!(d.wait_exit(T), 3, "stderr: {}", d.stderr());
     let err = d.stderr();
-    assert!(err.contains("pre-start step migrate failed after 3 attempts: exit code 4"), "{err}");
-    assert!(err.contains("FATAL: relation users does not exist"), "the last output lines are quoted: {err}");
-    assert_eq!(std::fs::read_to_string(d.path("attempts")).unwrap().lines().count(), 3);
-    assert!(!d.path("worker-started").exists(), "no worker may start after a failed step");
+    assert!(
+        err.contains("pre-start step migrate failed after 3 attempts: exit code 4"),
+        "{err}"
+    );
+    assert!(
+        err.contains("FATAL: relation users does not exist"),
+        "the last output lines are quoted: {err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.path("attempts"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+    assert!(
+        !d.path("worker-started").exists(),
+        "no worker may start after a failed step"
+    );
 }
 
 #[test]
@@ -84,10 +106,17 @@ command = "exec sleep 1000"
 "#,
     );
     assert_eq!(d.wait_exit(T), 3);
-    assert!(d.stderr().contains("pre-start step hang failed after 1 attempt: timed out"), "{}", d.stderr());
+    assert!(
+        d.stderr()
+            .contains("pre-start step hang failed after 1 attempt: timed out"),
+        "{}",
+        d.stderr()
+    );
     let pids = [read_pids(&d.path("gc")), read_pids(&d.path("step"))].concat();
     assert_eq!(pids.len(), 2);
-    wait_until(T, "step and its child to be gone", || pids.iter().all(|p| !alive(*p)).then_some(()));
+    wait_until(T, "step and its child to be gone", || {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    });
 }
 
 #[test]
@@ -105,7 +134,10 @@ command = "exec sleep 1000"
     );
     assert_eq!(d.wait_exit(T), 3);
     let err = d.stderr();
-    assert!(err.contains("pre-start step missing failed") && err.contains("/nonexistent/migrate-tool"), "{err}");
+    assert!(
+        err.contains("pre-start step missing failed") && err.contains("/nonexistent/migrate-tool"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -128,7 +160,10 @@ sockets = ["http"]
     ));
     assert_eq!(d.wait_exit(T), 1);
     let err = d.stderr();
-    assert!(err.contains(&format!("socket http: cannot listen on {addr}")), "{err}");
+    assert!(
+        err.contains(&format!("socket http: cannot listen on {addr}")),
+        "{err}"
+    );
     assert!(!d.path("step-ran").exists());
 }
 
@@ -171,10 +206,17 @@ workers = 2
                 v
             })
         });
-        assert_eq!(fds, vec![0, 1, 2, 3, 4], "only stdio and the two sockets are inherited");
+        assert_eq!(
+            fds,
+            vec![0, 1, 2, 3, 4],
+            "only stdio and the two sockets are inherited"
+        );
         for fd in [3, 4] {
             let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
-            assert!(link.to_string_lossy().starts_with("socket:["), "fd {fd} is {link:?}");
+            assert!(
+                link.to_string_lossy().starts_with("socket:["),
+                "fd {fd} is {link:?}"
+            );
         }
     }
     let meta = std::fs::metadata(d.path("admin.sock")).unwrap();

@@ -29,7 +29,13 @@ fn kill_9_gets_a_replacement_and_the_socket_keeps_serving() {
     let mut d = Drover::start(&demo(2, ""));
     let http = d.logged_addr("socket http listening on ");
     let st = d.wait_status("2 running workers", T, |v| {
-        v["programs"][0]["workers"].as_array().unwrap().iter().filter(|w| w["state"] == "running").count() == 2
+        v["programs"][0]["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["state"] == "running")
+            .count()
+            == 2
     });
     let old = st["programs"][0]["workers"][0]["pid"].as_i64().unwrap();
     // SAFETY: killing a worker we just read from the status endpoint.
@@ -41,7 +47,10 @@ fn kill_9_gets_a_replacement_and_the_socket_keeps_serving() {
     let w = &st["programs"][0]["workers"][0];
     assert_eq!(w["last_exit"]["signal"], "KILL");
     let body = wait_until(T, "the socket to serve", || http_get(&http, "/"));
-    assert!(body.starts_with("hello from drover demo-worker web."), "{body}");
+    assert!(
+        body.starts_with("hello from drover demo-worker web."),
+        "{body}"
+    );
     // `drover status` renders the same as a table
     let out = std::process::Command::new(BIN)
         .args(["status", "--url", &format!("http://{}", d.status_addr())])
@@ -62,8 +71,13 @@ fn a_crash_loop_backs_off_instead_of_spinning() {
     ));
     // let it crash-loop for 5 s (a window, not a timing assertion: the bound is 100x apart)
     let start = std::time::Instant::now();
-    wait_until(T, "5 s of crash looping", || (start.elapsed() >= Duration::from_secs(5)).then_some(()));
-    let spawns = std::fs::read_to_string(d.path("spawns")).unwrap_or_default().lines().count();
+    wait_until(T, "5 s of crash looping", || {
+        (start.elapsed() >= Duration::from_secs(5)).then_some(())
+    });
+    let spawns = std::fs::read_to_string(d.path("spawns"))
+        .unwrap_or_default()
+        .lines()
+        .count();
     // 100, 200, 400, 800, 1000, 1000 ms … ≈ 8 spawns in 5 s; a busy loop would make thousands
     assert!((3..=20).contains(&spawns), "spawns in 5 s: {spawns}");
     let st = d.status();
@@ -79,7 +93,10 @@ fn on_exhausted_exit_stops_drover_with_code_1() {
     );
     assert_eq!(d.wait_exit(T), 1, "{}", d.stderr());
     let err = d.stderr();
-    assert!(err.contains("program bad: all 2 workers are crash-looping"), "{err}");
+    assert!(
+        err.contains("program bad: all 2 workers are crash-looping"),
+        "{err}"
+    );
     assert!(err.contains("exit code 7"), "{err}");
 }
 
@@ -88,7 +105,9 @@ fn on_exhausted_stay_keeps_running_degraded() {
     let mut d = Drover::start(
         "[supervisor]\nstatus = \"127.0.0.1:0\"\non_exhausted = \"stay\"\nexhausted_after = 2\n[program.bad]\ncommand = \"exit 7\"\nbackoff = { initial = \"10ms\", max = \"50ms\" }\n",
     );
-    let st = d.wait_status("the crash loop to be reported", T, |v| v["programs"][0]["crash_looping"] == true);
+    let st = d.wait_status("the crash loop to be reported", T, |v| {
+        v["programs"][0]["crash_looping"] == true
+    });
     assert_eq!(st["state"], "running");
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit(T), 0);
@@ -106,7 +125,12 @@ fn a_term_ignoring_worker_and_its_grandchild_are_killed_after_stop_timeout() {
     assert!(pids.iter().all(|p| alive(*p)));
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit(T), 0);
-    assert!(d.stderr().contains("did not stop in time; sending SIGKILL to its process group"), "{}", d.stderr());
+    assert!(
+        d.stderr()
+            .contains("did not stop in time; sending SIGKILL to its process group"),
+        "{}",
+        d.stderr()
+    );
     for p in pids {
         assert!(!alive(p), "pid {p} survived the stop");
     }
@@ -122,7 +146,9 @@ fn sigkill_of_drover_leaves_nothing_behind() {
     let http = d.logged_addr("socket http listening on ");
     let st = d.wait_status("2 workers", T, |v| Drover::worker_pids(v, "web").len() == 2);
     let mut pids = Drover::worker_pids(&st, "web");
-    let gc = Drover::start(&one_program("command = \"sleep 1000 & echo $! > {dir}/gc; exec sleep 1000\""));
+    let gc = Drover::start(&one_program(
+        "command = \"sleep 1000 & echo $! > {dir}/gc; exec sleep 1000\"",
+    ));
     let gpids = wait_until(T, "grandchild", || {
         let p = read_pids(&gc.path("gc"));
         (!p.is_empty()).then_some(p)
@@ -136,21 +162,35 @@ fn sigkill_of_drover_leaves_nothing_behind() {
         libc::kill(gc.pid, libc::SIGKILL);
     }
     d.wait_exit(T);
-    wait_until(T, "every worker and grandchild to die", || pids.iter().all(|p| !alive(*p)).then_some(()));
+    wait_until(T, "every worker and grandchild to die", || {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    });
     wait_until(T, "the port to be free", || port_free(&http).then_some(()));
 }
 
 #[test]
 fn ttin_ttou_scale_and_usr1_is_forwarded() {
     let mut d = Drover::start(&one_program(
-        "command = \"trap 'echo usr1 >> {dir}/usr1.$DROVER_WORKER' USR1; while true; do sleep 0.05; done\"\nworkers = 1\nstop_timeout = \"2s\"",
+        "command = \"trap 'echo usr1 >> {dir}/usr1.$DROVER_WORKER' USR1; echo $$ > {dir}/ready.$DROVER_WORKER; while true; do sleep 0.05; done\"\nworkers = 1\nstop_timeout = \"2s\"",
     ));
     d.wait_status("1 worker", T, |v| Drover::worker_pids(v, "w").len() == 1);
     d.signal(libc::SIGTTIN);
-    d.wait_status("2 workers", T, |v| Drover::worker_pids(v, "w").len() == 2 && v["programs"][0]["desired"] == 2);
+    d.wait_status("2 workers", T, |v| {
+        Drover::worker_pids(v, "w").len() == 2 && v["programs"][0]["desired"] == 2
+    });
+    // the trap must be installed before USR1 arrives (its default action is to terminate)
+    let st = d.status();
+    for w in 0..2 {
+        let pid = Drover::worker_pids(&st, "w")[w];
+        wait_until(T, "worker trap installed", || {
+            (read_pids(&d.path(&format!("ready.{w}"))) == vec![pid]).then_some(())
+        });
+    }
     d.signal(libc::SIGUSR1);
     for w in 0..2 {
-        wait_until(T, "USR1 to reach each worker", || d.path(&format!("usr1.{w}")).exists().then_some(()));
+        wait_until(T, "USR1 to reach each worker", || {
+            d.path(&format!("usr1.{w}")).exists().then_some(())
+        });
     }
     d.signal(libc::SIGTTOU);
     let st = d.wait_status("back to 1 worker", T, |v| {
@@ -167,24 +207,49 @@ fn captured_output_is_prefixed_and_long_lines_are_split_not_lost() {
     let mut d = Drover::start(
         "[supervisor]\nstatus = \"127.0.0.1:0\"\nlog_format = \"text\"\n[program.talk]\nrestart = \"never\"\ncommand = \"echo hello; head -c 40000 /dev/zero | tr '\\\\0' a; echo; echo bye\"\n",
     );
-    d.wait_status("the worker to finish", T, |v| v["programs"][0]["workers"][0]["state"] == "stopped");
+    d.wait_status("the worker to finish", T, |v| {
+        v["programs"][0]["workers"][0]["state"] == "stopped"
+    });
     let out = wait_until(T, "output", || {
         let o = d.stdout();
         o.contains("talk.0 | bye").then_some(o)
     });
     assert!(out.contains("talk.0 | hello\n"), "{out}");
-    let a_count: usize = out.lines().filter_map(|l| l.strip_prefix("talk.0 | a")).map(|l| 1 + l.matches('a').count()).sum();
+    let a_count: usize = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("talk.0 | a"))
+        .map(|l| 1 + l.matches('a').count())
+        .sum();
     assert_eq!(a_count, 40000, "every byte of the long line arrives");
-    assert!(out.lines().filter(|l| l.ends_with("[line continues]")).count() >= 2);
+    assert!(
+        out.lines()
+            .filter(|l| l.ends_with("[line continues]"))
+            .count()
+            >= 2
+    );
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit(T), 0);
 }
 
 #[test]
 fn a_missing_command_backs_off_with_a_clear_reason() {
-    let d = Drover::start(&one_program("command = [\"/no/such/server\"]\nbackoff = { initial = \"50ms\", max = \"200ms\" }"));
-    let st = d.wait_status("spawn failure in status", T, |v| v["programs"][0]["workers"][0]["last_exit"]["reason"] == "spawn");
+    let d = Drover::start(&one_program(
+        "command = [\"/no/such/server\"]\nbackoff = { initial = \"50ms\", max = \"200ms\" }",
+    ));
+    let st = d.wait_status("spawn failure in status", T, |v| {
+        v["programs"][0]["workers"][0]["last_exit"]["reason"] == "spawn"
+    });
     let w = &st["programs"][0]["workers"][0];
-    assert!(w["last_exit"]["error"].as_str().unwrap().contains("/no/such/server"), "{w}");
-    assert!(d.stderr().contains("worker w.0: spawn /no/such/server"), "{}", d.stderr());
+    assert!(
+        w["last_exit"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("/no/such/server"),
+        "{w}"
+    );
+    assert!(
+        d.stderr().contains("worker w.0: spawn /no/such/server"),
+        "{}",
+        d.stderr()
+    );
 }

@@ -64,7 +64,12 @@ impl Drover {
         }
         let child = cmd.spawn().expect("spawn drover");
         let pid = child.id() as i32;
-        Drover { child: Some(child), dir, pid, exit: None }
+        Drover {
+            child: Some(child),
+            dir,
+            pid,
+            exit: None,
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -101,7 +106,12 @@ impl Drover {
     }
 
     /// Poll /status until `cond` holds on it.
-    pub fn wait_status(&self, what: &str, timeout: Duration, cond: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let addr = self.status_addr();
         wait_until(timeout, what, || {
             let body = http_get(&addr, "/status")?;
@@ -132,7 +142,9 @@ impl Drover {
             return code_of(st);
         }
         let child = self.child.as_mut().unwrap();
-        let st = wait_until(timeout, "drover to exit", || child.try_wait().ok().flatten());
+        let st = wait_until(timeout, "drover to exit", || {
+            child.try_wait().ok().flatten()
+        });
         self.exit = Some(st);
         code_of(st)
     }
@@ -176,7 +188,9 @@ pub fn http_get_status(addr: &str, path: &str) -> Option<(u16, String)> {
 pub fn alive(pid: i64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => {
-            let state = s.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next()).flatten();
+            let state = s
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next());
             !matches!(state, Some('Z') | Some('X') | None)
         }
         Err(_) => false,

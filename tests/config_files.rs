@@ -1,0 +1,114 @@
+//! `drover check` on files: every malformed file in tests/bad_configs exits 2 with the
+//! positioned message its first line expects (never a panic); every file in config/ passes.
+
+mod common;
+use common::BIN;
+use std::process::Command;
+
+#[test]
+fn malformed_configs_exit_2_with_a_positioned_message() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/bad_configs");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 15, "the corpus has {} files", files.len());
+    let mut wrong = vec![];
+    for f in files {
+        let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
+        let expect = text
+            .lines()
+            .next()
+            .unwrap()
+            .strip_prefix("# expect: ")
+            .expect("first line: # expect: …")
+            .trim();
+        let out = Command::new(BIN)
+            .current_dir(dir)
+            .arg("check")
+            .arg("-c")
+            .arg(f.file_name().unwrap())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(2)
+            || !err.contains(expect)
+            || !err.contains("nothing was started")
+            || err.contains("panicked")
+        {
+            wrong.push(format!(
+                "{} (exit {:?}):\n  expected: {expect}\n  got: {err}",
+                f.display(),
+                out.status.code()
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn every_problem_in_a_file_is_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("many.toml");
+    std::fs::write(&p, "[supervisor]\nshutdown_timeout = \"soon\"\n[program.a]\ncomand = \"x\"\n[program.b]\ncommand = \"y\"\nworkers = -1\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("-c")
+        .arg(&p)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("4 problems found"), "{err}");
+    for pos in [
+        "many.toml:2:20",
+        "many.toml:3:1",
+        "many.toml:4:1",
+        "many.toml:7:11",
+    ] {
+        assert!(err.contains(pos), "{pos} missing in:\n{err}");
+    }
+}
+
+#[test]
+fn every_shipped_config_passes_check() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let mut n = 0;
+    for f in std::fs::read_dir(dir).unwrap().flatten() {
+        let out = Command::new(BIN)
+            .arg("check")
+            .arg("-c")
+            .arg(f.path())
+            .env("DROVER_TOKEN_FILE", "/dev/null")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            f.path().display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let plan = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            plan.contains("programs (") && plan.contains("is valid"),
+            "{plan}"
+        );
+        n += 1;
+    }
+    assert!(n >= 4, "config/ holds the demo and one example per use");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = Command::new(BIN).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(BIN)
+        .args(["check", "-c", "/nonexistent/drover.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("cannot read configuration /nonexistent/drover.toml"));
+}

@@ -1,0 +1,138 @@
+//! drover as PID 1, for real, inside `unshare --pid --fork --mount-proc`.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+fn unshare_works() -> bool {
+    std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn children(pid: i32) -> Vec<i64> {
+    let mut out = vec![];
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let p = t.path().join("children");
+        out.extend(
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|s| s.parse::<i64>().ok()),
+        );
+    }
+    out
+}
+
+/// (pid, state, cmdline) of every process whose parent is `ppid`.
+fn procs_with_parent(ppid: i64) -> Vec<(i64, char, String)> {
+    let mut v = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i64>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 2 && f[1].parse::<i64>().ok() == Some(ppid) {
+            let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .replace('\0', " ");
+            v.push((pid, f[0].chars().next().unwrap_or('?'), cmd));
+        }
+    }
+    v
+}
+
+#[test]
+fn as_pid1_orphans_are_reaped_and_term_exits_0() {
+    if !unshare_works() {
+        println!("SKIPPED: unshare --pid --fork --mount-proc does not work here (needs root or user namespaces)");
+        return;
+    }
+    let mut d = Drover::start_with(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+[program.spawner]
+# 20 double-forked orphans: each subshell exits at once, its sleep is re-parented to PID 1
+command = "for i in $(seq 20); do (sleep 0.7 &); done; touch {dir}/forked; exec sleep 1000"
+"#,
+        &[],
+        &["unshare", "--pid", "--fork", "--mount-proc"],
+    );
+    // unshare forks drover, which is PID 1 inside; find its pid outside
+    let drover = wait_until(T, "drover inside the namespace", || {
+        children(d.pid).first().copied()
+    });
+    let st = d.wait_status("the status endpoint", T, |v| v["state"] == "running");
+    assert_eq!(st["pid"], 1, "drover sees itself as PID 1");
+    assert_eq!(st["pid1"], true);
+    wait_until(T, "the orphans to be forked", || {
+        d.path("forked").exists().then_some(())
+    });
+    // they were re-parented to drover…
+    let orphans = procs_with_parent(drover)
+        .into_iter()
+        .filter(|(_, _, c)| c.starts_with("sleep 0.7"))
+        .count();
+    assert!(
+        orphans > 0,
+        "orphans should be drover's children now: {:?}",
+        procs_with_parent(drover)
+    );
+    // …and once they exit, none stays a zombie
+    wait_until(
+        T,
+        "orphans exited and reaped (no zombie children of drover)",
+        || {
+            let kids = procs_with_parent(drover);
+            let left = kids
+                .iter()
+                .filter(|(_, s, c)| *s == 'Z' || c.starts_with("sleep 0.7"))
+                .count();
+            (left == 0).then_some(())
+        },
+    );
+    // SAFETY: TERM to the drover we started (outer pid of the namespace's PID 1).
+    unsafe { libc::kill(drover as i32, libc::SIGTERM) };
+    assert_eq!(
+        d.wait_exit(T),
+        0,
+        "unshare passes on drover's exit code: {}",
+        d.stderr()
+    );
+}
+
+#[test]
+fn as_pid1_a_crash_looping_program_exits_1_by_default() {
+    if !unshare_works() {
+        println!("SKIPPED: unshare --pid --fork --mount-proc does not work here");
+        return;
+    }
+    let mut d = Drover::start_with(
+        "[supervisor]\nstatus = \"127.0.0.1:0\"\nexhausted_after = 3\n[program.bad]\ncommand = \"exit 1\"\nbackoff = { initial = \"10ms\", max = \"40ms\" }\n",
+        &[],
+        &["unshare", "--pid", "--fork", "--mount-proc"],
+    );
+    // no on_exhausted set: as PID 1 the default is exit, so Kubernetes sees CrashLoopBackOff
+    assert_eq!(d.wait_exit(T), 1, "{}", d.stderr());
+    assert!(
+        d.stderr().contains("on_exhausted = \\\"exit\\\"")
+            || d.stderr().contains("on_exhausted = \"exit\""),
+        "{}",
+        d.stderr()
+    );
+}

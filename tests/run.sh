@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs what the tests need, then runs them.
+#   - Debian packages: util-linux (unshare, for the PID-1 tests), python3 + venv if missing
+#   - a Python venv in .venv with FastAPI and uvicorn (the end-to-end test's real workload)
+#   - cargo fmt / clippy checks, then every unit and integration test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_install() {
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "tests/run.sh: installing Debian packages: $*"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    echo "tests/run.sh: please install: $* (tests that need them will print SKIPPED)" >&2
+  fi
+}
+
+need=()
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  need+=(python3-venv)
+fi
+[ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
+
+if ! .venv/bin/python -c 'import fastapi, uvicorn' >/dev/null 2>&1; then
+  echo "tests/run.sh: creating .venv with FastAPI and uvicorn"
+  rm -rf .venv
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r examples/fastapi/requirements.txt
+fi
+export DROVER_TEST_PYTHON="$PWD/.venv/bin/python"
+
+cargo fmt --check
+cargo clippy --all-targets --quiet -- -D warnings
+cargo test --all-targets

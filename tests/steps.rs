@@ -223,3 +223,43 @@ workers = 2
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 }
+
+#[test]
+fn ipv6_and_unix_sockets_serve_the_demo_worker() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        println!("SKIPPED: no IPv6 loopback on this machine");
+        return;
+    }
+    let mut d = Drover::start(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+[socket.v6]
+listen = "[::1]:0"
+[program.web]
+command = ["{bin}", "demo-worker"]
+sockets = ["v6"]
+[socket.local]
+listen = "unix:{dir}/web.sock"
+[program.local]
+command = ["{bin}", "demo-worker"]
+sockets = ["local"]
+"#,
+    );
+    let addr = d.logged_addr("socket v6 listening on ");
+    assert!(addr.starts_with("[::1]:"), "{addr}");
+    let body = wait_until(T, "an answer over IPv6", || http_get(&addr, "/"));
+    assert!(body.contains("demo-worker web.0"), "{body}");
+    let sock = d.path("web.sock");
+    let body = wait_until(T, "an answer over the unix socket", || {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut b = String::new();
+        s.read_to_string(&mut b).ok()?;
+        Some(b)
+    });
+    assert!(body.contains("demo-worker local.0"), "{body}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(T), 0);
+}

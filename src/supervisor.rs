@@ -81,18 +81,7 @@ enum StepEnd {
 
 impl Supervisor {
     pub fn new(cfg: Config, sockets: Vec<Bound>, cx: Context) -> Supervisor {
-        let base_env: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| {
-                !matches!(
-                    k.as_str(),
-                    "LISTEN_FDS"
-                        | "LISTEN_PID"
-                        | "LISTEN_FDNAMES"
-                        | "NOTIFY_SOCKET"
-                        | "DROVER_CONFIG"
-                )
-            })
-            .collect();
+        let base_env = base_env();
         let programs = cfg
             .programs
             .iter()
@@ -329,14 +318,7 @@ impl Supervisor {
             Ok(p) => p,
             Err(e) => return (StepEnd::SpawnFailed(format!("pipe: {e}")), vec![]),
         };
-        let mut env: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| {
-                !matches!(
-                    k.as_str(),
-                    "LISTEN_FDS" | "LISTEN_PID" | "LISTEN_FDNAMES" | "NOTIFY_SOCKET"
-                )
-            })
-            .collect();
+        let mut env = base_env();
         for (k, v) in &step.env {
             env.retain(|(ek, _)| ek != k);
             env.push((k.clone(), v.clone()));
@@ -806,6 +788,19 @@ impl Supervisor {
         };
         self.cx.snapshot.send_replace(Arc::new(snap));
     }
+}
+
+/// drover's environment minus what is drover's own business (socket activation, sd_notify,
+/// its config path); steps and workers start from this.
+fn base_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "LISTEN_FDS" | "LISTEN_PID" | "LISTEN_FDNAMES" | "NOTIFY_SOCKET" | "DROVER_CONFIG"
+            )
+        })
+        .collect()
 }
 
 fn exit_json(e: &LastExit) -> serde_json::Value {

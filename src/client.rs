@@ -25,9 +25,38 @@ pub enum ClientError {
 
 /// GET `path` from a drover status endpoint, returning the body.
 pub fn get(url: &str, path: &str) -> Result<String, ClientError> {
-    let timeout = Duration::from_secs(5);
-    let req =
-        |host: &str| format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let (code, status, body) = request(url, "GET", path, None, None)?;
+    if code != 200 {
+        return Err(ClientError::Status {
+            url: url.into(),
+            status,
+            body: body.trim().into(),
+        });
+    }
+    Ok(body)
+}
+
+/// One HTTP/1.0 request; returns (status code, status line, body).
+pub fn request(
+    url: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> Result<(u16, String, String), ClientError> {
+    let timeout = Duration::from_secs(10);
+    let req = |host: &str| {
+        let mut r = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n");
+        if let Some(t) = token {
+            r.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        let b = body.unwrap_or("");
+        if body.is_some() {
+            r.push_str("Content-Type: application/json\r\n");
+        }
+        r.push_str(&format!("Content-Length: {}\r\n\r\n{b}", b.len()));
+        r
+    };
     let io = |err| ClientError::Io {
         url: url.to_string(),
         err,
@@ -78,14 +107,12 @@ pub fn get(url: &str, path: &str) -> Result<String, ClientError> {
         .split_once(' ')
         .map(|(_, r)| r.to_string())
         .unwrap_or_default();
-    if !status.starts_with("200") {
-        return Err(ClientError::Status {
-            url: url.into(),
-            status,
-            body: body.trim().into(),
-        });
-    }
-    Ok(body.to_string())
+    let code = status
+        .split_whitespace()
+        .next()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, status, body.to_string()))
 }
 
 fn fmt_uptime(s: f64) -> String {

@@ -140,6 +140,8 @@ pub struct SupervisorCfg {
     pub on_exhausted: Option<OnExhausted>,
     /// consecutive quick failures of every replica before a program counts as crash-looping
     pub exhausted_after: u32,
+    /// after shutdown begins, /readyz says 503 this long before workers are stopped
+    pub drain_delay: Duration,
 }
 
 impl Default for SupervisorCfg {
@@ -151,6 +153,7 @@ impl Default for SupervisorCfg {
             log_format: LogFormat::Auto,
             on_exhausted: None,
             exhausted_after: 5,
+            drain_delay: Duration::ZERO,
         }
     }
 }
@@ -166,7 +169,7 @@ pub struct StepCfg {
     pub cwd: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SocketCfg {
     pub name: String,
     pub listen: ListenAddr,
@@ -175,7 +178,40 @@ pub struct SocketCfg {
     pub mode: Option<u32>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Copy)]
+pub enum ReadyCheck {
+    /// the worker polls or accepts on one of its sockets (seen in /proc)
+    Listening,
+    /// up for `min_uptime`
+    Uptime,
+    /// an exec check (`{pid}` replaced) exits 0
+    Exec,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadinessCfg {
+    pub check: ReadyCheck,
+    pub min_uptime: Duration,
+    pub exec: Vec<String>,
+    pub interval: Duration,
+    /// not ready this long after spawn: recycled (reason start-timeout)
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCfg {
+    /// GET through the program's first TCP/unix socket
+    pub http: Option<String>,
+    /// argv with `{pid}` replaced
+    pub exec: Option<Vec<String>>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub failures: u32,
+    /// per-worker hang detection from /proc (stopped, or running without ever blocking)
+    pub hung: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProgramCfg {
     pub name: String,
     pub command: CommandSpec,
@@ -188,6 +224,11 @@ pub struct ProgramCfg {
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
     pub log: LogMode,
+    pub min_ready: u32,
+    /// `None`: chosen by whether the program has sockets
+    pub readiness: ReadinessCfg,
+    pub health: Option<HealthCfg>,
+    pub watch: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -730,6 +771,7 @@ const SUP_KEYS: &[&str] = &[
     "log_format",
     "on_exhausted",
     "exhausted_after",
+    "drain_delay",
 ];
 const STEP_KEYS: &[&str] = &[
     "name",
@@ -752,8 +794,14 @@ const PROGRAM_KEYS: &[&str] = &[
     "env",
     "cwd",
     "log",
+    "min_ready",
+    "readiness",
+    "health",
+    "watch",
 ];
-const PROGRAM_LATER: &[&str] = &["budget", "health", "autoscale", "watch", "user", "group"];
+const PROGRAM_LATER: &[&str] = &["budget", "autoscale", "user", "group"];
+const READINESS_KEYS: &[&str] = &["check", "min_uptime", "exec", "interval", "timeout"];
+const HEALTH_KEYS: &[&str] = &["http", "exec", "interval", "timeout", "failures", "hung"];
 const BACKOFF_KEYS: &[&str] = &["initial", "max", "reset_after"];
 
 /// Bytes -> text, or the position of the first byte that is not UTF-8.
@@ -928,6 +976,11 @@ fn read_supervisor(cx: &mut Ctx, n: &Node, s: &mut SupervisorCfg) {
                     s.exhausted_after = i as u32
                 }
             }
+            "drain_delay" => {
+                if let Some(d) = cx.duration("supervisor.drain_delay", v) {
+                    s.drain_delay = d
+                }
+            }
             _ => {}
         }
     }
@@ -1054,8 +1107,21 @@ fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
         env: vec![],
         cwd: None,
         log: LogMode::Capture,
+        min_ready: 1,
+        readiness: ReadinessCfg {
+            check: ReadyCheck::Uptime,
+            min_uptime: Duration::from_secs(1),
+            exec: vec![],
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_secs(60),
+        },
+        health: None,
+        watch: vec![],
     };
     let mut command = None;
+    let mut check_set = false;
+    let mut min_uptime_set = false;
+    let mut min_ready_set = false;
     for (k, _, v) in t {
         let w = format!("program.{name}.{k}");
         match k.as_str() {
@@ -1138,8 +1204,163 @@ fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
                     p.log = m
                 }
             }
+            "min_ready" => {
+                if let Some(i) = cx.uint(&w, v, 0, 10_000) {
+                    p.min_ready = i as u32;
+                    min_ready_set = true;
+                }
+            }
+            "watch" => match &v.v {
+                V::Arr(items) => {
+                    for it in items {
+                        if let Some(s) = cx.string(&w, it) {
+                            p.watch.push(PathBuf::from(s));
+                        }
+                    }
+                }
+                _ => cx.err(&v.span, format!("{w}: expected an array of paths, found {}", kind(v))),
+            },
+            "readiness" => {
+                if let Some(t) = cx.table(&w, v) {
+                    cx.keys(&w, t, READINESS_KEYS, &[]);
+                    for (rk, _, rv) in t {
+                        let rw = format!("{w}.{rk}");
+                        match rk.as_str() {
+                            "check" => {
+                                if let Some(c) = cx.choice(
+                                    &rw,
+                                    rv,
+                                    &[
+                                        ("listening", ReadyCheck::Listening),
+                                        ("uptime", ReadyCheck::Uptime),
+                                        ("exec", ReadyCheck::Exec),
+                                    ],
+                                ) {
+                                    p.readiness.check = c;
+                                    check_set = true;
+                                }
+                            }
+                            "min_uptime" => {
+                                if let Some(d) = cx.duration(&rw, rv) {
+                                    p.readiness.min_uptime = d;
+                                    min_uptime_set = true;
+                                }
+                            }
+                            "exec" => {
+                                if let Some(CommandSpec::Argv(a)) = cx.command(&rw, rv) {
+                                    p.readiness.exec = a
+                                } else if let V::Str(_) = rv.v {
+                                    cx.err(&rv.span, format!("{rw}: give an argv array, e.g. [\"sh\", \"-c\", \"…{{pid}}…\"]"));
+                                }
+                            }
+                            "interval" => {
+                                if let Some(d) = cx.duration(&rw, rv) {
+                                    p.readiness.interval = d.max(Duration::from_millis(10))
+                                }
+                            }
+                            "timeout" => {
+                                if let Some(d) = cx.duration(&rw, rv) {
+                                    p.readiness.timeout = d
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    if p.readiness.check == ReadyCheck::Exec && p.readiness.exec.is_empty() {
+                        cx.err(&v.span, format!("{w}: check = \"exec\" needs `exec = [...]`"));
+                    }
+                }
+            }
+            "health" => {
+                if let Some(t) = cx.table(&w, v) {
+                    cx.keys(&w, t, HEALTH_KEYS, &[]);
+                    let mut h = HealthCfg {
+                        http: None,
+                        exec: None,
+                        interval: Duration::from_secs(5),
+                        timeout: Duration::from_secs(2),
+                        failures: 3,
+                        hung: true,
+                    };
+                    for (hk, _, hv) in t {
+                        let hw = format!("{w}.{hk}");
+                        match hk.as_str() {
+                            "http" => {
+                                if let Some(path) = cx.string(&hw, hv) {
+                                    if path.starts_with('/') && !path.contains(char::is_whitespace) {
+                                        h.http = Some(path)
+                                    } else {
+                                        cx.err(&hv.span, format!("{hw}: `{path}` is not a request path like \"/healthz\""));
+                                    }
+                                }
+                            }
+                            "exec" => match cx.command(&hw, hv) {
+                                Some(CommandSpec::Argv(a)) => h.exec = Some(a),
+                                Some(CommandSpec::Shell(sh)) => {
+                                    h.exec = Some(vec!["/bin/sh".into(), "-c".into(), sh])
+                                }
+                                None => {}
+                            },
+                            "interval" => {
+                                if let Some(d) = cx.duration(&hw, hv) {
+                                    h.interval = d.max(Duration::from_millis(50))
+                                }
+                            }
+                            "timeout" => {
+                                if let Some(d) = cx.duration(&hw, hv) {
+                                    h.timeout = d
+                                }
+                            }
+                            "failures" => {
+                                if let Some(i) = cx.uint(&hw, hv, 1, 1000) {
+                                    h.failures = i as u32
+                                }
+                            }
+                            "hung" => match hv.v {
+                                V::Bool(b) => h.hung = b,
+                                _ => cx.err(&hv.span, format!("{hw}: expected true or false, found {}", kind(hv))),
+                            },
+                            _ => {}
+                        }
+                    }
+                    p.health = Some(h);
+                }
+            }
             _ => {}
         }
+    }
+    if !check_set && !p.sockets.is_empty() {
+        p.readiness.check = ReadyCheck::Listening;
+    }
+    if !min_uptime_set && p.readiness.check != ReadyCheck::Uptime {
+        p.readiness.min_uptime = Duration::ZERO;
+    }
+    if !min_ready_set {
+        p.min_ready = p.min_ready.min(p.workers);
+    } else if p.min_ready > p.workers {
+        let span = t
+            .iter()
+            .find(|(k, _, _)| k == "min_ready")
+            .map(|(_, _, v)| v.span.clone())
+            .unwrap_or(n.span.clone());
+        cx.err(
+            &span,
+            format!(
+                "{what}: min_ready ({}) is more than workers ({})",
+                p.min_ready, p.workers
+            ),
+        );
+    }
+    if p.readiness.check == ReadyCheck::Listening && p.sockets.is_empty() && check_set {
+        let span = t
+            .iter()
+            .find(|(k, _, _)| k == "readiness")
+            .map(|(_, _, v)| v.span.clone())
+            .unwrap_or(n.span.clone());
+        cx.err(
+            &span,
+            format!("{what}: readiness check \"listening\" needs the program to have `sockets`"),
+        );
     }
     if !t.iter().any(|(k, _, _)| k == "command") {
         cx.err(&n.span, format!("{what}: `command` is missing"));
@@ -1310,7 +1531,11 @@ mod tests {
             ("[socket.http]\nlisten = \"localhost\"\n", "2:10: socket.http.listen: `localhost` is not an address (write \"host:port\", \"[::1]:port\" or \"unix:/path\")"),
             ("[socket.http]\nbacklog = 10\n", "1:1: [socket.http]: `listen` is missing"),
             ("[program.a]\ncommand = \"${DB_URL}\"\n", "2:11: program.a.command: environment variable DB_URL is not set (write ${DB_URL:-default} to give a default)"),
-            ("[program.a]\ncommand = \"x\"\n[program.a.health]\nhttp = \"/\"\n", "3:12: [program.a]: `health` is not supported yet in this version of drover; remove it to run"),
+            ("[program.a]\ncommand = \"x\"\n[program.a.autoscale]\nmin = 1\n", "3:12: [program.a]: `autoscale` is not supported yet in this version of drover; remove it to run"),
+            ("[program.a]\ncommand = \"x\"\n[program.a.health]\nhttp = \"healthz\"\n", "4:8: program.a.health.http: `healthz` is not a request path like \"/healthz\""),
+            ("[program.a]\ncommand = \"x\"\nworkers = 2\nmin_ready = 3\n", "4:13: [program.a]: min_ready (3) is more than workers (2)"),
+            ("[program.a]\ncommand = \"x\"\nreadiness = { check = \"listening\" }\n", "3:13: [program.a]: readiness check \"listening\" needs the program to have `sockets`"),
+            ("[program.a]\ncommand = \"x\"\nreadiness = { check = \"exec\" }\n", "3:13: program.a.readiness: check = \"exec\" needs `exec = [...]`"),
             ("[budget]\nmemory = \"1GiB\"\n", "1:2: top level: `budget` is not supported yet in this version of drover; remove it to run"),
             ("[supervisor]\nshutdown_timout = \"1s\"\n", "2:1: [supervisor]: unknown key `shutdown_timout`; did you mean `shutdown_timeout`?"),
             ("[supervisor]\non_exhausted = \"die\"\n", "2:16: supervisor.on_exhausted: `die` is not one of exit | stay"),

@@ -12,18 +12,25 @@
 //! - `sockets`    bind once, keep the fds, lay them out at 3.. for each spawn
 //! - `guard`      the process that kills worker groups if drover itself is SIGKILLed
 //! - `output`     worker/step output: line splitting, prefixes, one writer thread
-//! - `status`     axum router over the `Snapshot`
+//! - `probe`      per-worker readiness and liveness from /proc; HTTP probes through the socket
+//! - `control`    requests from the API to the loop; token handling
+//! - `metrics`    counters and the Prometheus text format
+//! - `watch`      dev runner: inotify on `watch` paths -> rolling restart
+//! - `status`     axum router over the `Snapshot`: status, health, readiness, metrics, control
 //! - `logging`    drover's own logs: text on a TTY, JSON otherwise
 //! - `demo`       `drover demo-worker`, a tiny HTTP worker on the inherited fd 3
-//! - `client`     `drover status`: the status endpoint as a table
+//! - `client`     `drover status` and `drover ctl`: the endpoint from the command line
 
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod guard;
 pub mod logging;
+pub mod metrics;
 pub mod output;
 pub mod plan;
+pub mod probe;
 pub mod reaper;
 pub mod signals;
 pub mod sockets;
@@ -31,6 +38,7 @@ pub mod spawn;
 pub mod state;
 pub mod status;
 pub mod supervisor;
+pub mod watch;
 
 /// The configuration `drover run` uses when none is found: a step, a socket, two demo workers.
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");

@@ -46,6 +46,29 @@ enum Cmd {
     },
     /// A tiny built-in HTTP worker serving on the inherited fd 3 (for the demo and tests).
     DemoWorker,
+    /// Control a running drover: restart, reload, scale, stop.
+    Ctl {
+        /// http://HOST:PORT or unix:/path (default: $DROVER_STATUS_URL or http://127.0.0.1:9900)
+        #[arg(long)]
+        url: Option<String>,
+        /// File holding the bearer token (default: $DROVER_TOKEN)
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        #[command(subcommand)]
+        action: CtlAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlAction {
+    /// Rolling restart of a program's workers.
+    Restart { program: String },
+    /// Re-read the configuration file and apply it (like SIGHUP).
+    Reload,
+    /// Set a program's number of workers.
+    Scale { program: String, workers: u32 },
+    /// Stop every worker of a program.
+    Stop { program: String },
 }
 
 enum Source {
@@ -77,13 +100,8 @@ fn find_config(flag: Option<PathBuf>) -> Source {
     Source::Demo
 }
 
-/// Load and validate; on failure print every problem and return exit code 2.
-fn load(src: &Source) -> Result<Config, u8> {
-    if std::env::var_os("DROVER_EXE").is_none() {
-        if let Ok(exe) = std::env::current_exe() {
-            std::env::set_var("DROVER_EXE", exe);
-        }
-    }
+/// Read and validate; every problem in one message.
+fn read_config(src: &Source) -> Result<Config, String> {
     let (name, text) = match src {
         Source::Demo => (
             "<embedded demo>".to_string(),
@@ -92,21 +110,27 @@ fn load(src: &Source) -> Result<Config, u8> {
         Source::File(p) => match std::fs::read(p) {
             Ok(bytes) => match config::decode(&p.display().to_string(), &bytes) {
                 Ok(t) => (p.display().to_string(), t),
-                Err(e) => {
-                    eprint!("drover: {e}");
-                    return Err(2);
-                }
+                Err(e) => return Err(e.to_string()),
             },
             Err(e) => {
-                eprintln!(
-                    "drover: cannot read configuration {}: {e}; nothing was started",
+                return Err(format!(
+                    "cannot read configuration {}: {e}; nothing was started\n",
                     p.display()
-                );
-                return Err(2);
+                ))
             }
         },
     };
-    config::parse(&name, &text, &|k| std::env::var(k).ok()).map_err(|e| {
+    config::parse(&name, &text, &|k| std::env::var(k).ok()).map_err(|e| e.to_string())
+}
+
+/// Load and validate; on failure print every problem and return exit code 2.
+fn load(src: &Source) -> Result<Config, u8> {
+    if std::env::var_os("DROVER_EXE").is_none() {
+        if let Ok(exe) = std::env::current_exe() {
+            std::env::set_var("DROVER_EXE", exe);
+        }
+    }
+    read_config(src).map_err(|e| {
         eprint!("drover: {e}");
         2
     })
@@ -147,9 +171,7 @@ fn main() -> ExitCode {
         Cmd::Run { config } => run(find_config(config)),
         Cmd::Check { config } => check(find_config(config)),
         Cmd::Status { url, json } => {
-            let url = url
-                .or_else(|| std::env::var("DROVER_STATUS_URL").ok())
-                .unwrap_or_else(|| client::DEFAULT_URL.into());
+            let url = status_url(url);
             match client::status(&url, json) {
                 Ok(s) => {
                     print!("{s}");
@@ -165,8 +187,62 @@ fn main() -> ExitCode {
             }
         }
         Cmd::DemoWorker => drover::demo::main(),
+        Cmd::Ctl {
+            url,
+            token_file,
+            action,
+        } => ctl(url, token_file, action),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn status_url(url: Option<String>) -> String {
+    url.or_else(|| std::env::var("DROVER_STATUS_URL").ok())
+        .unwrap_or_else(|| client::DEFAULT_URL.into())
+}
+
+fn ctl(url: Option<String>, token_file: Option<PathBuf>, action: CtlAction) -> i32 {
+    let url = status_url(url);
+    let token = match token_file {
+        Some(p) => match drover::control::read_token(&p) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("drover ctl: {e}");
+                return 2;
+            }
+        },
+        None => std::env::var("DROVER_TOKEN").ok().filter(|t| !t.is_empty()),
+    };
+    let (path, body) = match &action {
+        CtlAction::Restart { program } => (format!("/programs/{program}/restart"), None),
+        CtlAction::Reload => ("/reload".to_string(), None),
+        CtlAction::Scale { program, workers } => (
+            format!("/programs/{program}/scale"),
+            Some(format!("{{\"workers\": {workers}}}")),
+        ),
+        CtlAction::Stop { program } => (format!("/programs/{program}/stop"), None),
+    };
+    match client::request(&url, "POST", &path, body.as_deref(), token.as_deref()) {
+        Ok((code, status, body)) => {
+            let v: serde_json::Value =
+                serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+            let msg = v["message"]
+                .as_str()
+                .or(v["error"].as_str())
+                .unwrap_or(body.trim());
+            if (200..300).contains(&code) {
+                println!("{msg}");
+                0
+            } else {
+                eprintln!("drover ctl: {status}: {msg}");
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("drover ctl: {e}");
+            1
+        }
+    }
 }
 
 fn check(src: Source) -> i32 {
@@ -190,6 +266,16 @@ fn run(src: Source) -> i32 {
     let cfg = match load(&src) {
         Ok(c) => c,
         Err(c) => return c as i32,
+    };
+    let token = match &cfg.supervisor.control_token_file {
+        Some(p) => match drover::control::read_token(p) {
+            Ok(t) => Some(Arc::<str>::from(t)),
+            Err(e) => {
+                eprintln!("drover: {e}; nothing was started");
+                return 2;
+            }
+        },
+        None => None,
     };
     // SAFETY: getpid has no preconditions.
     let pid1 = unsafe { libc::getpid() } == 1;
@@ -244,6 +330,16 @@ fn run(src: Source) -> i32 {
             info!("socket {} listening on {}", b.name, b.local);
         }
         let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(status::Snapshot::default()));
+        let (ctl_tx, ctl_rx) = tokio::sync::mpsc::channel(16);
+        let (token_tx, token_rx) = tokio::sync::watch::channel(token.clone());
+        let unix_status = matches!(cfg.supervisor.status, Some(ListenAddr::Unix(_)));
+        let control_mode = if unix_status {
+            "unix-socket"
+        } else if token.is_some() {
+            "token"
+        } else {
+            "off"
+        };
         if let Some(addr) = &cfg.supervisor.status {
             let listener = match addr {
                 ListenAddr::Tcp(a) => tokio::net::TcpListener::bind(a).await.map(|l| {
@@ -252,13 +348,18 @@ fn run(src: Source) -> i32 {
                 }),
                 ListenAddr::Unix(p) => {
                     let _ = std::fs::remove_file(p);
-                    tokio::net::UnixListener::bind(p).map(|l| (status::Listener::Unix(l), format!("unix:{}", p.display())))
+                    tokio::net::UnixListener::bind(p).and_then(|l| {
+                        // only drover's own user may control it through the socket
+                        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+                        Ok((status::Listener::Unix(l), format!("unix:{}", p.display())))
+                    })
                 }
             };
             match listener {
                 Ok((l, local)) => {
-                    info!("status endpoint on {local} (GET /status, /healthz)");
-                    tokio::spawn(status::serve(l, snap_rx));
+                    info!("status endpoint on {local} (GET /, /status, /healthz, /readyz, /metrics; control API: {control_mode})");
+                    let api = status::Api { snap: snap_rx, control: ctl_tx, token: token_rx, unix: unix_status };
+                    tokio::spawn(status::serve(l, api));
                 }
                 Err(e) => {
                     error!("status endpoint: cannot listen on {addr}: {e}; no step or worker was started; exiting with code 1");
@@ -266,12 +367,30 @@ fn run(src: Source) -> i32 {
                 }
             }
         }
+        let watched: Vec<(String, Vec<PathBuf>)> = cfg
+            .programs
+            .iter()
+            .map(|p| (p.name.clone(), supervisor::watch_paths(p)))
+            .collect();
+        let watch = match drover::watch::start(&watched) {
+            Ok(w) => w,
+            Err(e) => {
+                error!("cannot watch files for the dev runner: {e}; changes will not restart workers");
+                None
+            }
+        };
+        let label = src.label();
         let cx = supervisor::Context {
-            config_label: src.label(),
+            config_label: label,
             pid1,
             guard,
             output: output::Output::start(style),
             snapshot: snap_tx,
+            control: ctl_rx,
+            token: token_tx,
+            control_mode,
+            reload: Box::new(move || read_config(&src)),
+            watch,
         };
         supervisor::Supervisor::new(cfg, bound, cx).run(reaper, signals).await
     })

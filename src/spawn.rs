@@ -33,6 +33,8 @@ pub enum SpawnError {
 pub enum Stdio {
     /// drover's own
     Inherit,
+    /// /dev/null (probes)
+    Null,
     /// both to this fd (the write end of a capture pipe)
     Pipe(RawFd),
 }
@@ -159,9 +161,10 @@ pub fn spawn(spec: &SpawnSpec) -> Result<libc::pid_t, SpawnError> {
     let n_socks = spec.sockets.len() as RawFd;
     let src_fds: Vec<RawFd> = spec.sockets.iter().map(|(_, fd)| *fd).collect();
     let mut tmp_fds: Vec<RawFd> = vec![-1; src_fds.len()];
-    let out_fd = match spec.stdio {
-        Stdio::Inherit => -1,
-        Stdio::Pipe(fd) => fd,
+    let (out_fd, out_null) = match spec.stdio {
+        Stdio::Inherit => (-1, false),
+        Stdio::Null => (-1, true),
+        Stdio::Pipe(fd) => (fd, false),
     };
     let parent = spec.parent.unwrap_or(0);
     let (err_r, err_w) = pipe().map_err(|err| SpawnError::Setup { stage: "pipe", err })?;
@@ -189,6 +192,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<libc::pid_t, SpawnError> {
                     .unwrap_or(std::ptr::null()),
                 devnull: devnull.as_ptr(),
                 out_fd,
+                out_null,
                 src_fds: src_fds.as_ptr(),
                 tmp_fds: tmp_fds.as_mut_ptr(),
                 n_socks,
@@ -267,6 +271,7 @@ struct ChildArgs {
     cwd: *const libc::c_char,
     devnull: *const libc::c_char,
     out_fd: RawFd,
+    out_null: bool,
     src_fds: *const RawFd,
     tmp_fds: *mut RawFd,
     n_socks: RawFd,
@@ -346,6 +351,10 @@ unsafe fn child(a: ChildArgs) -> ! {
     let null = libc::open(a.devnull, libc::O_RDWR);
     if null >= 0 {
         libc::dup2(null, 0);
+        if a.out_null {
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+        }
         if null > 2 {
             libc::close(null);
         }

@@ -37,14 +37,55 @@ impl std::fmt::Display for ExitStatus {
     }
 }
 
+/// Why drover stopped a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StopReason {
+    Shutdown,
+    Scale,
+    /// manual rolling restart
+    Restart,
+    Reload,
+    /// health checks failed or the worker hung
+    Health,
+    /// never became ready within the start timeout
+    StartTimeout,
+    /// stopped through the control API
+    Stop,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Shutdown => "shutdown",
+            StopReason::Scale => "scale",
+            StopReason::Restart => "restart",
+            StopReason::Reload => "reload",
+            StopReason::Health => "health",
+            StopReason::StartTimeout => "start-timeout",
+            StopReason::Stop => "stop",
+        }
+    }
+}
+
 /// Why the previous process of a slot is gone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LastExit {
     Exited(ExitStatus),
     /// fork/exec never produced a running program
     SpawnFailed(String),
-    /// drover stopped it (shutdown, scale down)
-    Stopped(ExitStatus),
+    /// drover stopped it
+    Stopped(ExitStatus, StopReason),
+}
+
+/// What the state machine needs from the program's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotCfg {
+    pub policy: RestartPolicy,
+    pub backoff: BackoffCfg,
+    pub stop_signal: i32,
+    pub stop_timeout: Duration,
+    /// not ready this long after spawn: recycled
+    pub start_timeout: Duration,
 }
 
 /// What the slot should do once its process has stopped.
@@ -60,15 +101,14 @@ pub enum AfterStop {
 pub enum Phase {
     /// not yet spawned (a new slot)
     Idle,
-    /// spawned, not yet up for `STARTING_GRACE`
+    /// spawned, not yet ready; recycled at `ready_by`
     Starting {
         pid: i32,
         since: Instant,
+        ready_by: Instant,
     },
-    Running {
-        pid: i32,
-        since: Instant,
-    },
+    /// passed its readiness check
+    Running { pid: i32, since: Instant },
     /// stop signal sent; KILL at `kill_at`
     Stopping {
         pid: i32,
@@ -76,15 +116,12 @@ pub enum Phase {
         kill_at: Instant,
         killed: bool,
         then: AfterStop,
+        reason: StopReason,
     },
     /// waiting to respawn
-    Backoff {
-        until: Instant,
-    },
+    Backoff { until: Instant },
     /// exited and will not be restarted (policy), or removed
-    Done {
-        failed: bool,
-    },
+    Done { failed: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,11 +136,11 @@ pub enum Action {
     Remove,
 }
 
-/// How long a new process is "starting" before it counts as running.
-pub const STARTING_GRACE: Duration = Duration::from_secs(1);
-
 #[derive(Debug, Clone)]
 pub struct Slot {
+    /// unique for drover's life: a rolling replacement shares the index, not the id
+    pub id: u64,
+    /// the replica position users see (`api.0`) and DROVER_WORKER
     pub index: u32,
     pub phase: Phase,
     /// processes started in this slot after the first
@@ -128,8 +165,9 @@ pub fn backoff_delay(cfg: &BackoffCfg, failures: u32, jitter01: f64) -> Duration
 }
 
 impl Slot {
-    pub fn new(index: u32) -> Slot {
+    pub fn new(id: u64, index: u32) -> Slot {
         Slot {
+            id,
             index,
             phase: Phase::Idle,
             restarts: 0,
@@ -169,11 +207,28 @@ impl Slot {
         }
     }
 
-    pub fn spawned(&mut self, pid: i32, now: Instant) {
+    pub fn spawned(&mut self, pid: i32, now: Instant, cfg: &SlotCfg) {
         if !matches!(self.phase, Phase::Idle) {
             self.restarts += 1;
         }
-        self.phase = Phase::Starting { pid, since: now };
+        self.phase = Phase::Starting {
+            pid,
+            since: now,
+            ready_by: now + cfg.start_timeout,
+        };
+    }
+
+    /// The readiness check passed. Returns the spawn-to-ready time.
+    pub fn ready(&mut self, now: Instant) -> Option<Duration> {
+        if let Phase::Starting { pid, since, .. } = self.phase {
+            self.phase = Phase::Running { pid, since };
+            return Some(now.duration_since(since));
+        }
+        None
+    }
+
+    pub fn is_ready(&self) -> bool {
+        matches!(self.phase, Phase::Running { .. })
     }
 
     /// fork/exec failed: count it as a failure and back off.
@@ -194,31 +249,30 @@ impl Slot {
         &mut self,
         status: ExitStatus,
         now: Instant,
-        policy: RestartPolicy,
-        cfg: &BackoffCfg,
+        c: &SlotCfg,
         jitter: f64,
     ) -> Vec<Action> {
+        let cfg = &c.backoff;
         match self.phase.clone() {
-            Phase::Stopping { since, then, .. } => {
-                self.last_exit = Some(LastExit::Stopped(status));
+            Phase::Stopping {
+                since,
+                then,
+                reason,
+                ..
+            } => {
+                self.last_exit = Some(LastExit::Stopped(status, reason));
                 match then {
                     AfterStop::Remove => {
                         self.phase = Phase::Done { failed: false };
                         vec![Action::Remove]
                     }
-                    AfterStop::Respawn => {
-                        if now.duration_since(since) >= cfg.reset_after {
-                            self.failures = 0;
-                        }
-                        self.last_delay = Duration::ZERO;
-                        self.phase = Phase::Backoff { until: now };
-                        vec![Action::Spawn]
-                    }
+                    // a recycle (health, start timeout) counts like a crash for backoff
+                    AfterStop::Respawn => self.backoff_or_spawn(since, now, cfg, jitter),
                 }
             }
             Phase::Starting { since, .. } | Phase::Running { since, .. } => {
                 self.last_exit = Some(LastExit::Exited(status));
-                let restart = match policy {
+                let restart = match c.policy {
                     RestartPolicy::Always => true,
                     RestartPolicy::OnFailure => !status.success(),
                     RestartPolicy::Never => false,
@@ -229,24 +283,34 @@ impl Slot {
                     };
                     return vec![];
                 }
-                if now.duration_since(since) >= cfg.reset_after {
-                    self.failures = 0;
-                } else {
-                    self.failures += 1;
-                }
-                self.last_delay = backoff_delay(cfg, self.failures, jitter);
-                if self.last_delay.is_zero() {
-                    self.phase = Phase::Backoff { until: now };
-                    vec![Action::Spawn]
-                } else {
-                    self.phase = Phase::Backoff {
-                        until: now + self.last_delay,
-                    };
-                    vec![]
-                }
+                self.backoff_or_spawn(since, now, cfg, jitter)
             }
             // not ours to reap: ignore
             Phase::Idle | Phase::Backoff { .. } | Phase::Done { .. } => vec![],
+        }
+    }
+
+    fn backoff_or_spawn(
+        &mut self,
+        since: Instant,
+        now: Instant,
+        cfg: &BackoffCfg,
+        jitter: f64,
+    ) -> Vec<Action> {
+        if now.duration_since(since) >= cfg.reset_after {
+            self.failures = 0;
+        } else {
+            self.failures += 1;
+        }
+        self.last_delay = backoff_delay(cfg, self.failures, jitter);
+        if self.last_delay.is_zero() {
+            self.phase = Phase::Backoff { until: now };
+            vec![Action::Spawn]
+        } else {
+            self.phase = Phase::Backoff {
+                until: now + self.last_delay,
+            };
+            vec![]
         }
     }
 
@@ -257,15 +321,17 @@ impl Slot {
         signal: i32,
         timeout: Duration,
         then: AfterStop,
+        reason: StopReason,
     ) -> Vec<Action> {
         match self.phase.clone() {
-            Phase::Starting { pid, since } | Phase::Running { pid, since } => {
+            Phase::Starting { pid, since, .. } | Phase::Running { pid, since } => {
                 self.phase = Phase::Stopping {
                     pid,
                     since,
                     kill_at: now + timeout,
                     killed: false,
                     then,
+                    reason,
                 };
                 vec![Action::SignalGroup { pid, signal }]
             }
@@ -275,18 +341,29 @@ impl Slot {
                 since,
                 kill_at,
                 killed,
+                reason: old_reason,
             } => {
                 // a removal wins over a respawn; a fast stop brings the KILL forward
-                let then = if old == AfterStop::Remove { old } else { then };
+                let (then, reason) = if old == AfterStop::Remove {
+                    (old, old_reason)
+                } else {
+                    (then, reason)
+                };
                 let kill_at = kill_at.min(now + timeout);
+                let kill_now = signal == libc::SIGKILL && !killed;
                 self.phase = Phase::Stopping {
                     pid,
                     since,
                     kill_at,
-                    killed,
+                    killed: killed || kill_now,
                     then,
+                    reason,
                 };
-                vec![]
+                if kill_now {
+                    vec![Action::SignalGroup { pid, signal }]
+                } else {
+                    vec![]
+                }
             }
             Phase::Idle | Phase::Backoff { .. } => match then {
                 AfterStop::Remove => {
@@ -305,13 +382,16 @@ impl Slot {
         }
     }
 
-    /// Timers: starting → running, backoff → spawn, stop timeout → KILL.
-    pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+    /// Timers: start timeout → recycle, backoff → spawn, stop timeout → KILL.
+    pub fn tick(&mut self, now: Instant, cfg: &SlotCfg) -> Vec<Action> {
         match self.phase.clone() {
-            Phase::Starting { pid, since } if now >= since + STARTING_GRACE => {
-                self.phase = Phase::Running { pid, since };
-                vec![]
-            }
+            Phase::Starting { ready_by, .. } if now >= ready_by => self.stop(
+                now,
+                cfg.stop_signal,
+                cfg.stop_timeout,
+                AfterStop::Respawn,
+                StopReason::StartTimeout,
+            ),
             Phase::Backoff { until } if now >= until => vec![Action::Spawn],
             Phase::Stopping {
                 pid,
@@ -319,6 +399,7 @@ impl Slot {
                 kill_at,
                 killed: false,
                 then,
+                reason,
             } if now >= kill_at => {
                 self.phase = Phase::Stopping {
                     pid,
@@ -326,6 +407,7 @@ impl Slot {
                     kill_at,
                     killed: true,
                     then,
+                    reason,
                 };
                 vec![Action::SignalGroup {
                     pid,
@@ -339,7 +421,7 @@ impl Slot {
     /// The next instant at which `tick` has something to do.
     pub fn deadline(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Starting { since, .. } => Some(since + STARTING_GRACE),
+            Phase::Starting { ready_by, .. } => Some(ready_by),
             Phase::Backoff { until } => Some(until),
             Phase::Stopping {
                 kill_at,
@@ -360,18 +442,27 @@ impl Slot {
 mod tests {
     use super::*;
 
-    fn cfg() -> BackoffCfg {
-        BackoffCfg {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(30),
-            reset_after: Duration::from_secs(10),
+    fn cfg() -> SlotCfg {
+        SlotCfg {
+            policy: RestartPolicy::Always,
+            backoff: BackoffCfg {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(30),
+                reset_after: Duration::from_secs(10),
+            },
+            stop_signal: libc::SIGTERM,
+            stop_timeout: Duration::from_secs(5),
+            start_timeout: Duration::from_secs(60),
         }
     }
-    const ALWAYS: RestartPolicy = RestartPolicy::Always;
+    fn with(policy: RestartPolicy) -> SlotCfg {
+        SlotCfg { policy, ..cfg() }
+    }
+    const SEC: Duration = Duration::from_secs(1);
 
     #[test]
     fn backoff_table() {
-        let c = cfg();
+        let c = cfg().backoff;
         // (failures, jitter, expected ms)
         let cases = [
             (0, 0.5, 0),
@@ -394,37 +485,44 @@ mod tests {
     }
 
     #[test]
+    fn ready_moves_starting_to_running_and_reports_latency() {
+        let t0 = Instant::now();
+        let mut s = Slot::new(1, 0);
+        s.spawned(10, t0, &cfg());
+        assert_eq!(s.state_name(), "starting");
+        assert!(!s.is_ready());
+        assert_eq!(
+            s.ready(t0 + Duration::from_millis(250)),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(s.state_name(), "running");
+        assert_eq!(s.ready(t0 + SEC), None, "ready once");
+    }
+
+    #[test]
     fn stable_worker_restarts_at_once() {
         let t0 = Instant::now();
-        let mut s = Slot::new(0);
-        s.spawned(10, t0);
-        assert_eq!(s.tick(t0 + Duration::from_secs(2)), vec![]);
-        assert_eq!(s.state_name(), "running");
-        let acts = s.exited(
-            ExitStatus::Signal(9),
-            t0 + Duration::from_secs(60),
-            ALWAYS,
-            &cfg(),
-            0.5,
-        );
+        let mut s = Slot::new(1, 0);
+        s.spawned(10, t0, &cfg());
+        s.ready(t0 + SEC);
+        let acts = s.exited(ExitStatus::Signal(9), t0 + 60 * SEC, &cfg(), 0.5);
         assert_eq!(acts, vec![Action::Spawn]);
         assert_eq!(s.failures, 0);
         assert_eq!(s.last_exit, Some(LastExit::Exited(ExitStatus::Signal(9))));
-        s.spawned(11, t0 + Duration::from_secs(60));
+        s.spawned(11, t0 + 60 * SEC, &cfg());
         assert_eq!(s.restarts, 1);
     }
 
     #[test]
     fn crash_loop_backs_off_exponentially() {
         let mut now = Instant::now();
-        let mut s = Slot::new(0);
+        let mut s = Slot::new(1, 0);
         let mut delays = vec![];
         for pid in 1..=6 {
-            s.spawned(pid, now);
+            s.spawned(pid, now, &cfg());
             let acts = s.exited(
                 ExitStatus::Code(1),
                 now + Duration::from_millis(5),
-                ALWAYS,
                 &cfg(),
                 0.5,
             );
@@ -434,21 +532,21 @@ mod tests {
             };
             delays.push((until - now - Duration::from_millis(5)).as_millis() as u64);
             // nothing happens before the deadline, the spawn comes at it
-            assert_eq!(s.tick(until - Duration::from_millis(1)), vec![]);
-            assert_eq!(s.tick(until), vec![Action::Spawn]);
+            assert_eq!(s.tick(until - Duration::from_millis(1), &cfg()), vec![]);
+            assert_eq!(s.tick(until, &cfg()), vec![Action::Spawn]);
             now = until;
         }
         assert_eq!(delays, vec![100, 200, 400, 800, 1600, 3200]);
-        assert!(s.crash_looping(5) || s.failures == 6);
+        assert!(s.crash_looping(5));
         assert_eq!(s.restarts, 5);
     }
 
     #[test]
     fn policy_decides_restart() {
         let t0 = Instant::now();
-        let later = t0 + Duration::from_secs(60);
+        let later = t0 + 60 * SEC;
         let cases = [
-            (RestartPolicy::Always, ExitStatus::Code(0), true, "running"),
+            (RestartPolicy::Always, ExitStatus::Code(0), true, "backoff"),
             (
                 RestartPolicy::OnFailure,
                 ExitStatus::Code(0),
@@ -459,41 +557,38 @@ mod tests {
                 RestartPolicy::OnFailure,
                 ExitStatus::Code(2),
                 true,
-                "running",
+                "backoff",
             ),
             (
                 RestartPolicy::OnFailure,
                 ExitStatus::Signal(9),
                 true,
-                "running",
+                "backoff",
             ),
             (RestartPolicy::Never, ExitStatus::Code(1), false, "failed"),
             (RestartPolicy::Never, ExitStatus::Code(0), false, "stopped"),
         ];
-        for (policy, st, restarts, _) in cases {
-            let mut s = Slot::new(0);
-            s.spawned(5, t0);
-            let acts = s.exited(st, later, policy, &cfg(), 0.5);
+        for (policy, st, restarts, state) in cases {
+            let mut s = Slot::new(1, 0);
+            s.spawned(5, t0, &with(policy));
+            let acts = s.exited(st, later, &with(policy), 0.5);
             assert_eq!(acts == vec![Action::Spawn], restarts, "{policy:?} {st:?}");
+            assert_eq!(s.state_name(), state, "{policy:?} {st:?}");
         }
-        let mut s = Slot::new(0);
-        s.spawned(5, t0);
-        s.exited(
-            ExitStatus::Code(1),
-            later,
-            RestartPolicy::Never,
-            &cfg(),
-            0.5,
-        );
-        assert_eq!(s.state_name(), "failed");
     }
 
     #[test]
     fn stop_escalates_to_kill_and_removes() {
         let t0 = Instant::now();
-        let mut s = Slot::new(1);
-        s.spawned(42, t0);
-        let acts = s.stop(t0, libc::SIGTERM, Duration::from_secs(5), AfterStop::Remove);
+        let mut s = Slot::new(1, 1);
+        s.spawned(42, t0, &cfg());
+        let acts = s.stop(
+            t0,
+            libc::SIGTERM,
+            5 * SEC,
+            AfterStop::Remove,
+            StopReason::Scale,
+        );
         assert_eq!(
             acts,
             vec![Action::SignalGroup {
@@ -501,41 +596,79 @@ mod tests {
                 signal: libc::SIGTERM
             }]
         );
-        assert_eq!(s.deadline(), Some(t0 + Duration::from_secs(5)));
-        assert_eq!(s.tick(t0 + Duration::from_secs(4)), vec![]);
+        assert_eq!(s.deadline(), Some(t0 + 5 * SEC));
+        assert_eq!(s.tick(t0 + 4 * SEC, &cfg()), vec![]);
         assert_eq!(
-            s.tick(t0 + Duration::from_secs(5)),
+            s.tick(t0 + 5 * SEC, &cfg()),
             vec![Action::SignalGroup {
                 pid: 42,
                 signal: libc::SIGKILL
             }]
         );
-        assert_eq!(
-            s.tick(t0 + Duration::from_secs(6)),
-            vec![],
-            "KILL is sent once"
-        );
+        assert_eq!(s.tick(t0 + 6 * SEC, &cfg()), vec![], "KILL is sent once");
         assert_eq!(s.deadline(), None);
-        let acts = s.exited(
-            ExitStatus::Signal(9),
-            t0 + Duration::from_secs(6),
-            ALWAYS,
-            &cfg(),
-            0.5,
-        );
+        let acts = s.exited(ExitStatus::Signal(9), t0 + 6 * SEC, &cfg(), 0.5);
         assert_eq!(acts, vec![Action::Remove]);
-        assert_eq!(s.last_exit, Some(LastExit::Stopped(ExitStatus::Signal(9))));
+        assert_eq!(
+            s.last_exit,
+            Some(LastExit::Stopped(ExitStatus::Signal(9), StopReason::Scale))
+        );
+    }
+
+    #[test]
+    fn start_timeout_recycles_with_its_reason_and_backs_off() {
+        let t0 = Instant::now();
+        let c = SlotCfg {
+            start_timeout: 10 * SEC,
+            ..cfg()
+        };
+        let mut s = Slot::new(1, 0);
+        s.spawned(7, t0, &c);
+        assert_eq!(s.deadline(), Some(t0 + 10 * SEC));
+        assert_eq!(s.tick(t0 + 9 * SEC, &c), vec![]);
+        assert_eq!(
+            s.tick(t0 + 10 * SEC, &c),
+            vec![Action::SignalGroup {
+                pid: 7,
+                signal: libc::SIGTERM
+            }]
+        );
+        let acts = s.exited(ExitStatus::Signal(15), t0 + 10 * SEC, &c, 0.5);
+        assert_eq!(
+            s.last_exit,
+            Some(LastExit::Stopped(
+                ExitStatus::Signal(15),
+                StopReason::StartTimeout
+            ))
+        );
+        // up 10 s = reset_after: counts as stable, so immediate; a quicker one would back off
+        assert_eq!(acts, vec![Action::Spawn]);
+        let mut s = Slot::new(2, 0);
+        let c2 = SlotCfg {
+            start_timeout: SEC,
+            ..cfg()
+        };
+        s.spawned(8, t0, &c2);
+        s.tick(t0 + SEC, &c2);
+        assert_eq!(s.exited(ExitStatus::Signal(15), t0 + SEC, &c2, 0.5), vec![]);
+        assert_eq!(s.state_name(), "backoff");
     }
 
     #[test]
     fn stop_of_a_waiting_slot_removes_it_at_once() {
         let t0 = Instant::now();
-        let mut s = Slot::new(0);
-        s.spawned(1, t0);
-        s.exited(ExitStatus::Code(1), t0, ALWAYS, &cfg(), 0.5);
+        let mut s = Slot::new(1, 0);
+        s.spawned(1, t0, &cfg());
+        s.exited(ExitStatus::Code(1), t0, &cfg(), 0.5);
         assert_eq!(s.state_name(), "backoff");
         assert_eq!(
-            s.stop(t0, libc::SIGTERM, Duration::from_secs(1), AfterStop::Remove),
+            s.stop(
+                t0,
+                libc::SIGTERM,
+                SEC,
+                AfterStop::Remove,
+                StopReason::Shutdown
+            ),
             vec![Action::Remove]
         );
     }
@@ -543,16 +676,23 @@ mod tests {
     #[test]
     fn a_second_stop_brings_the_kill_forward() {
         let t0 = Instant::now();
-        let mut s = Slot::new(0);
-        s.spawned(7, t0);
+        let mut s = Slot::new(1, 0);
+        s.spawned(7, t0, &cfg());
         s.stop(
             t0,
             libc::SIGTERM,
-            Duration::from_secs(30),
+            30 * SEC,
             AfterStop::Remove,
+            StopReason::Scale,
         );
         assert_eq!(
-            s.stop(t0, libc::SIGTERM, Duration::ZERO, AfterStop::Respawn),
+            s.stop(
+                t0,
+                libc::SIGTERM,
+                Duration::ZERO,
+                AfterStop::Respawn,
+                StopReason::Health
+            ),
             vec![]
         );
         assert_eq!(s.deadline(), Some(t0));
@@ -560,16 +700,31 @@ mod tests {
             s.phase,
             Phase::Stopping {
                 then: AfterStop::Remove,
+                reason: StopReason::Scale,
                 ..
             }
         ));
+        // a fast shutdown's KILL goes out at once
+        assert_eq!(
+            s.stop(
+                t0,
+                libc::SIGKILL,
+                Duration::ZERO,
+                AfterStop::Remove,
+                StopReason::Shutdown
+            ),
+            vec![Action::SignalGroup {
+                pid: 7,
+                signal: libc::SIGKILL
+            }]
+        );
     }
 
     #[test]
     fn spawn_failure_backs_off() {
         let t0 = Instant::now();
-        let mut s = Slot::new(0);
-        s.spawn_failed("no such file".into(), t0, &cfg(), 0.5);
+        let mut s = Slot::new(1, 0);
+        s.spawn_failed("no such file".into(), t0, &cfg().backoff, 0.5);
         assert_eq!(
             s.phase,
             Phase::Backoff {

@@ -1,27 +1,47 @@
-//! The status endpoint (axum) over the snapshot the supervisor loop publishes.
-//! It only reads; it never touches worker state.
+//! The status and control endpoint (axum). Reads go to the snapshot the loop publishes;
+//! mutating routes send a `control::Request` to the loop and wait for its answer. Nothing here
+//! touches worker state.
+//!
+//! Mutating routes need `Authorization: Bearer <token>` (compared in constant time) when the
+//! token file is configured, or a unix-socket listener (its file mode is the access control).
+//! With neither, they answer 403 and say how to turn them on.
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::control::{self, Command, Reply, Request};
+use crate::metrics::Metrics;
+
+/// Largest request body the control API reads.
+pub const MAX_BODY: usize = 4096;
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Snapshot {
-    /// starting | running | stopping
+    /// starting | running | draining | stopping
     pub state: &'static str,
+    /// what /readyz answers
+    pub ready: bool,
     pub pid: u32,
     pub pid1: bool,
     pub config: String,
     pub uptime_s: f64,
+    /// how the mutating routes are protected: token | unix-socket | off
+    pub control: &'static str,
+    pub last_reload: Option<serde_json::Value>,
     pub steps: Vec<StepStatus>,
     pub sockets: Vec<SocketStatus>,
     pub programs: Vec<ProgramStatus>,
+    #[serde(skip)]
+    pub metrics: Metrics,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -44,7 +64,12 @@ pub struct SocketStatus {
 pub struct ProgramStatus {
     pub name: String,
     pub desired: u32,
+    pub min_ready: u32,
+    pub ready_workers: u32,
     pub crash_looping: bool,
+    pub rolling: bool,
+    /// a program-level health problem (probes no worker answered), if any
+    pub health: Option<String>,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -53,10 +78,13 @@ pub struct WorkerStatus {
     pub index: u32,
     pub pid: Option<i32>,
     pub state: &'static str,
+    pub ready: bool,
     pub restarts: u32,
     pub uptime_s: Option<f64>,
     pub last_exit: Option<serde_json::Value>,
+    pub health_failures: u32,
     pub memory_bytes: Option<u64>,
+    pub cpu_seconds: Option<f64>,
     /// needs two samples over time: reported by the budgets capability
     pub cpu_percent: Option<f64>,
 }
@@ -67,57 +95,284 @@ pub enum Listener {
 }
 
 #[derive(Clone)]
-struct AppState {
-    snap: watch::Receiver<Arc<Snapshot>>,
+pub struct Api {
+    pub snap: watch::Receiver<Arc<Snapshot>>,
+    pub control: mpsc::Sender<Request>,
+    pub token: watch::Receiver<Option<Arc<str>>>,
+    /// served on a unix socket: the file mode already decides who may connect
+    pub unix: bool,
 }
 
-pub fn router(snap: watch::Receiver<Arc<Snapshot>>) -> Router {
+pub fn router(api: Api) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/reload", post(reload))
+        .route("/programs/{name}/restart", post(restart))
+        .route("/programs/{name}/reload", post(reload_program))
+        .route("/programs/{name}/scale", post(scale))
+        .route("/programs/{name}/stop", post(stop))
         .fallback(not_found)
-        .with_state(AppState { snap })
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(api)
 }
 
-pub async fn serve(listener: Listener, snap: watch::Receiver<Arc<Snapshot>>) {
-    let app = router(snap);
+pub async fn serve(listener: Listener, api: Api) {
     let r = match listener {
-        Listener::Tcp(l) => axum::serve(l, app).await,
-        Listener::Unix(l) => axum::serve(l, app).await,
+        Listener::Tcp(l) => axum::serve(l, router(api)).await,
+        Listener::Unix(l) => axum::serve(l, router(api)).await,
     };
     if let Err(e) = r {
         tracing::error!("status endpoint stopped: {e}");
     }
 }
 
+fn reply((code, body): Reply) -> Response {
+    let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (code, Json(body)).into_response()
+}
+
 async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-async fn status(State(st): State<AppState>) -> impl IntoResponse {
-    let mut snap: Snapshot = (**st.snap.borrow()).clone();
+async fn readyz(State(api): State<Api>) -> Response {
+    let s = api.snap.borrow().clone();
+    let body = serde_json::json!({
+        "ready": s.ready,
+        "state": s.state,
+        "programs": s.programs.iter().map(|p| serde_json::json!({
+            "name": p.name, "ready_workers": p.ready_workers, "min_ready": p.min_ready
+        })).collect::<Vec<_>>(),
+    });
+    let code = if s.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// The snapshot with per-process figures read from /proc at request time.
+fn live(api: &Api) -> Snapshot {
+    let mut snap: Snapshot = (**api.snap.borrow()).clone();
     for p in &mut snap.programs {
         for w in &mut p.workers {
             w.memory_bytes = w.pid.and_then(rss_bytes);
+            w.cpu_seconds = w.pid.and_then(cpu_seconds);
         }
     }
-    Json(snap)
+    snap
+}
+
+async fn status(State(api): State<Api>) -> impl IntoResponse {
+    Json(live(&api))
+}
+
+async fn metrics(State(api): State<Api>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&live(&api)),
+    )
+}
+
+async fn page() -> impl IntoResponse {
+    Html(include_str!("status.html"))
 }
 
 async fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(serde_json::json!({"error": "no such route; try /status or /healthz"})),
-    )
-        .into_response()
+    reply(control::err(404, "no such route; GET /, /status, /healthz, /readyz, /metrics; POST /reload, /programs/NAME/{restart,reload,scale,stop}"))
 }
 
-/// Resident set size of one process from /proc (the process group's total is the budgets
-/// capability's job).
+async fn method_not_allowed() -> Response {
+    reply(control::err(
+        405,
+        "method not allowed on this route (reads are GET, control actions are POST)",
+    ))
+}
+
+/// Ok if the caller may use mutating routes.
+fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), Reply> {
+    if api.unix {
+        return Ok(());
+    }
+    let token = api.token.borrow().clone();
+    let Some(token) = token else {
+        return Err(control::err(
+            403,
+            "the control API is off: set supervisor.control_token_file (then send Authorization: Bearer <token>) or serve status on a unix socket",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if given.is_empty() {
+        return Err(control::err(401, "missing Authorization: Bearer <token>"));
+    }
+    if !control::constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+        return Err(control::err(401, "wrong token"));
+    }
+    Ok(())
+}
+
+async fn ask(api: &Api, command: Command) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if api
+        .control
+        .send(Request { command, reply: tx })
+        .await
+        .is_err()
+    {
+        return reply(control::err(503, "drover is shutting down"));
+    }
+    match rx.await {
+        Ok(r) => reply(r),
+        Err(_) => reply(control::err(503, "drover is shutting down")),
+    }
+}
+
+fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Reply> {
+    body.map_err(|e| {
+        let code = e.status().as_u16();
+        let msg = if code == 413 {
+            format!("request body too large (limit {MAX_BODY} bytes)")
+        } else {
+            format!("cannot read the request body: {}", e.body_text())
+        };
+        control::err(code, msg)
+    })
+}
+
+async fn reload(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(r) = authorize(&api, &headers).and(body_or_error(body).map(|_| ())) {
+        return reply(r);
+    }
+    ask(&api, Command::Reload).await
+}
+
+async fn reload_program(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(_name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    reload(State(api), headers, body).await
+}
+
+async fn restart(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(r) = authorize(&api, &headers).and(body_or_error(body).map(|_| ())) {
+        return reply(r);
+    }
+    ask(&api, Command::Restart { program: name }).await
+}
+
+async fn stop(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(r) = authorize(&api, &headers).and(body_or_error(body).map(|_| ())) {
+        return reply(r);
+    }
+    ask(&api, Command::Stop { program: name }).await
+}
+
+async fn scale(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(r) = authorize(&api, &headers) {
+        return reply(r);
+    }
+    let body = match body_or_error(body) {
+        Ok(b) => b,
+        Err(r) => return reply(r),
+    };
+    let v: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return reply(control::err(
+                400,
+                format!("body is not JSON ({e}); send {{\"workers\": N}}"),
+            ))
+        }
+    };
+    let Some(obj) = v.as_object() else {
+        return reply(control::err(400, "send a JSON object {\"workers\": N}"));
+    };
+    if let Some(k) = obj.keys().find(|k| *k != "workers") {
+        return reply(control::err(
+            400,
+            format!("unknown field `{k}`; send {{\"workers\": N}}"),
+        ));
+    }
+    let n = match obj.get("workers") {
+        Some(serde_json::Value::Number(n)) => n.as_i64(),
+        Some(_) => return reply(control::err(400, "`workers` must be an integer")),
+        None => {
+            return reply(control::err(
+                400,
+                "missing `workers`; send {\"workers\": N}",
+            ))
+        }
+    };
+    match n {
+        Some(n) if (0..=10_000).contains(&n) => {
+            ask(
+                &api,
+                Command::Scale {
+                    program: name,
+                    workers: n as u32,
+                },
+            )
+            .await
+        }
+        _ => reply(control::err(
+            400,
+            format!(
+                "`workers` must be between 0 and 10000, got {}",
+                obj["workers"]
+            ),
+        )),
+    }
+}
+
+/// Resident set size of one process from /proc.
 pub fn rss_bytes(pid: i32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf has no memory-safety preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
     Some(pages * page)
+}
+
+/// utime + stime of one process, in seconds.
+pub fn cpu_seconds(pid: i32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks as f64 / hz)
 }

@@ -1,25 +1,38 @@
 //! The event loop. It owns every worker's state; nothing else does.
 //!
-//! One task `select!`s over: exits from the reaper, signals, and one timer armed for the nearest
-//! deadline of any slot (backoff, stop timeout, starting grace). Between events it sleeps; it
-//! never polls. After each event it publishes a fresh `Snapshot` for the status endpoint.
+//! One task `select!`s over: exits from the reaper, signals, control requests from the API,
+//! results of asynchronous HTTP probes, file-change notices, and one timer armed for the nearest
+//! deadline (backoff, stop timeout, start timeout, readiness and health checks, drain, debounce).
+//! After each event it advances rolling restarts and publishes a fresh `Snapshot`.
+//!
+//! Rolling restart (reload, `POST …/restart`, a watched file): for each old worker in turn a
+//! replacement is started *beside* it in the same index; only when the replacement has passed
+//! its readiness check is the old one stopped gracefully. The listening socket is held by drover
+//! throughout, so the number of ready workers never drops and no connection is refused. If a
+//! replacement fails to become ready, the roll is abandoned and the old workers keep serving.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::config::{signal_name, Config, LogMode, OnExhausted, ProgramCfg, StepCfg};
+use crate::config::{
+    signal_name, Config, ListenAddr, LogMode, OnExhausted, ProgramCfg, ReadyCheck, StepCfg,
+};
+use crate::control::{self, Command, Reply, Request};
 use crate::guard::Guard;
+use crate::metrics::Metrics;
 use crate::output::{color_for, Output, Source};
+use crate::probe;
 use crate::reaper::Reaper;
 use crate::signals::Signals;
 use crate::sockets::Bound;
 use crate::spawn::{self, SpawnSpec, Stdio};
-use crate::state::{Action, AfterStop, ExitStatus, LastExit, Phase, Slot};
+use crate::state::{Action, AfterStop, ExitStatus, LastExit, Phase, Slot, SlotCfg, StopReason};
 use crate::status::{ProgramStatus, Snapshot, SocketStatus, StepStatus, WorkerStatus};
 
 /// Exit codes (SPEC §1).
@@ -31,6 +44,11 @@ pub const EXIT_STEP: i32 = 3;
 const STEP_TAIL: usize = 10;
 /// After the shutdown timeout everything was KILLed; wait this much more for the reaper.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// Changes under a watched path within this window make one rolling restart.
+const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// Re-reads the configuration for a reload.
+pub type Reloader = Box<dyn Fn() -> Result<Config, String>>;
 
 pub struct Context {
     pub config_label: String,
@@ -38,23 +56,81 @@ pub struct Context {
     pub guard: Option<Guard>,
     pub output: Output,
     pub snapshot: watch::Sender<Arc<Snapshot>>,
+    pub control: mpsc::Receiver<Request>,
+    pub token: watch::Sender<Option<Arc<str>>>,
+    pub control_mode: &'static str,
+    pub reload: Reloader,
+    /// program name -> changes under its watch paths
+    pub watch: Option<mpsc::UnboundedReceiver<String>>,
+}
+
+struct Roll {
+    reason: StopReason,
+    started: Instant,
+    /// old slot ids still to replace
+    pending: VecDeque<u64>,
+    /// (old slot id, its replacement's slot id)
+    current: Option<(u64, u64)>,
 }
 
 struct Program {
+    id: u64,
     cfg: ProgramCfg,
+    slot_cfg: SlotCfg,
     slots: Vec<Slot>,
     desired: u32,
     /// drover's environment plus the program's, computed once
     env: Vec<(String, String)>,
     sockets: Vec<(String, RawFd)>,
+    inodes: Vec<u64>,
+    probe_target: Option<probe::Target>,
     crash_reported: bool,
+    roll: Option<Roll>,
+    /// being removed by a reload: dropped once its slots are gone
+    removing: bool,
+    /// slot id -> next readiness check
+    ready_next: HashMap<u64, Instant>,
+    next_health: Option<Instant>,
+    http_inflight: bool,
+    /// consecutive HTTP probes nobody accepted or answered
+    unattributed_failures: u32,
+    health_note: Option<String>,
+    /// slot id -> (consecutive failures, last liveness sample)
+    health: HashMap<u64, (u32, Option<probe::Sample>)>,
+    watch_due: Option<Instant>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum RunState {
     Starting,
     Running,
-    Stopping { hard_deadline: Instant },
+    /// /readyz says 503; workers keep serving until `until`
+    Draining {
+        until: Instant,
+        fast: bool,
+    },
+    Stopping {
+        hard_deadline: Instant,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ProbeKind {
+    Ready,
+    Health,
+}
+
+struct ExecProbe {
+    prog: u64,
+    slot: u64,
+    kind: ProbeKind,
+    deadline: Instant,
+    killed: bool,
+}
+
+struct HttpResult {
+    prog: u64,
+    outcome: probe::HttpOutcome,
 }
 
 pub struct Supervisor {
@@ -62,14 +138,19 @@ pub struct Supervisor {
     cfg: Config,
     programs: Vec<Program>,
     sockets: Vec<Bound>,
-    /// live worker pid -> (program index, slot index)
-    pids: HashMap<libc::pid_t, (usize, u32)>,
+    /// live worker pid -> (program id, slot id)
+    pids: HashMap<libc::pid_t, (u64, u64)>,
+    probes: HashMap<libc::pid_t, ExecProbe>,
+    http_tx: mpsc::UnboundedSender<HttpResult>,
+    http_rx: mpsc::UnboundedReceiver<HttpResult>,
     steps: Vec<StepStatus>,
     run: RunState,
     exit_code: i32,
     started: Instant,
     rng: u64,
-    on_exhausted: OnExhausted,
+    next_id: u64,
+    metrics: Metrics,
+    last_reload: Option<serde_json::Value>,
 }
 
 enum StepEnd {
@@ -79,34 +160,18 @@ enum StepEnd {
     Shutdown,
 }
 
+fn slot_cfg(p: &ProgramCfg) -> SlotCfg {
+    SlotCfg {
+        policy: p.restart,
+        backoff: p.backoff,
+        stop_signal: p.stop_signal,
+        stop_timeout: p.stop_timeout,
+        start_timeout: p.readiness.timeout,
+    }
+}
+
 impl Supervisor {
     pub fn new(cfg: Config, sockets: Vec<Bound>, cx: Context) -> Supervisor {
-        let base_env = base_env();
-        let programs = cfg
-            .programs
-            .iter()
-            .map(|p| {
-                let mut env = base_env.clone();
-                for (k, v) in &p.env {
-                    env.retain(|(ek, _)| ek != k);
-                    env.push((k.clone(), v.clone()));
-                }
-                let socks = p
-                    .sockets
-                    .iter()
-                    .filter_map(|n| sockets.iter().find(|b| &b.name == n))
-                    .map(|b| (b.name.clone(), b.raw()))
-                    .collect();
-                Program {
-                    cfg: p.clone(),
-                    slots: Vec::new(),
-                    desired: p.workers,
-                    env,
-                    sockets: socks,
-                    crash_reported: false,
-                }
-            })
-            .collect();
         let steps = cfg
             .prestart
             .iter()
@@ -118,28 +183,94 @@ impl Supervisor {
                 duration_s: None,
             })
             .collect();
-        let on_exhausted = cfg.supervisor.on_exhausted.unwrap_or(if cx.pid1 {
-            OnExhausted::Exit
-        } else {
-            OnExhausted::Stay
-        });
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
             | 1;
-        Supervisor {
+        let (http_tx, http_rx) = mpsc::unbounded_channel();
+        let mut s = Supervisor {
             cx,
-            cfg,
-            programs,
+            cfg: cfg.clone(),
+            programs: Vec::new(),
             sockets,
             pids: HashMap::new(),
+            probes: HashMap::new(),
+            http_tx,
+            http_rx,
             steps,
             run: RunState::Starting,
             exit_code: EXIT_OK,
             started: Instant::now(),
             rng: seed,
-            on_exhausted,
+            next_id: 1,
+            metrics: Metrics::default(),
+            last_reload: None,
+        };
+        for p in &cfg.programs {
+            let prog = s.make_program(p.clone());
+            s.programs.push(prog);
+        }
+        s
+    }
+
+    fn on_exhausted(&self) -> OnExhausted {
+        self.cfg.supervisor.on_exhausted.unwrap_or(if self.cx.pid1 {
+            OnExhausted::Exit
+        } else {
+            OnExhausted::Stay
+        })
+    }
+
+    fn make_program(&mut self, p: ProgramCfg) -> Program {
+        let mut env = base_env();
+        for (k, v) in &p.env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        let bound: Vec<&Bound> = p
+            .sockets
+            .iter()
+            .filter_map(|n| self.sockets.iter().find(|b| &b.name == n))
+            .collect();
+        let sockets: Vec<(String, RawFd)> =
+            bound.iter().map(|b| (b.name.clone(), b.raw())).collect();
+        let inodes = probe::inodes(&sockets.iter().map(|(_, fd)| *fd).collect::<Vec<_>>());
+        let probe_target = bound.first().and_then(|b| match &b.cfg_listen {
+            ListenAddr::Tcp(_) => b.local.parse().ok().map(|mut a: std::net::SocketAddr| {
+                if a.ip().is_unspecified() {
+                    a.set_ip(if a.is_ipv4() {
+                        std::net::Ipv4Addr::LOCALHOST.into()
+                    } else {
+                        std::net::Ipv6Addr::LOCALHOST.into()
+                    });
+                }
+                probe::Target::Tcp(a)
+            }),
+            ListenAddr::Unix(path) => Some(probe::Target::Unix(path.clone())),
+        });
+        let id = self.next_id;
+        self.next_id += 1;
+        Program {
+            id,
+            slot_cfg: slot_cfg(&p),
+            desired: p.workers,
+            cfg: p,
+            slots: Vec::new(),
+            env,
+            sockets,
+            inodes,
+            probe_target,
+            crash_reported: false,
+            roll: None,
+            removing: false,
+            ready_next: HashMap::new(),
+            next_health: None,
+            http_inflight: false,
+            unattributed_failures: 0,
+            health_note: None,
+            health: HashMap::new(),
+            watch_due: None,
         }
     }
 
@@ -149,6 +280,19 @@ impl Supervisor {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn new_slot_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn pidx(&self, prog: u64) -> Option<usize> {
+        self.programs.iter().position(|p| p.id == prog)
+    }
+
+    fn slot_mut(&mut self, pi: usize, id: u64) -> Option<&mut Slot> {
+        self.programs[pi].slots.iter_mut().find(|s| s.id == id)
     }
 
     /// Run steps, then supervise until shutdown. Returns the process exit code.
@@ -162,32 +306,40 @@ impl Supervisor {
         for pi in 0..self.programs.len() {
             let n = self.programs[pi].desired;
             for i in 0..n {
-                self.programs[pi].slots.push(Slot::new(i));
-                self.spawn_slot(pi, i, now);
+                self.add_slot(pi, i, now);
             }
+            self.schedule_health(pi, now);
         }
         self.run = RunState::Running;
         let total: u32 = self.programs.iter().map(|p| p.desired).sum();
         info!(
             "supervising {} program{} with {} worker{} in all",
             self.programs.len(),
-            if self.programs.len() == 1 { "" } else { "s" },
+            plural(self.programs.len()),
             total,
-            if total == 1 { "" } else { "s" }
+            plural(total as usize)
         );
         self.publish();
+        let mut watch = self.cx.watch.take();
 
         loop {
             if let RunState::Stopping { .. } = self.run {
                 if self.programs.iter().all(|p| p.slots.is_empty()) {
                     info!("all workers stopped; exiting with code {}", self.exit_code);
+                    self.publish();
                     return self.exit_code;
                 }
             }
-            let deadline = self.next_deadline();
+            let deadline = self.next_deadline(Instant::now());
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let watch_next = async {
+                match watch.as_mut() {
+                    Some(w) => w.recv().await,
                     None => std::future::pending().await,
                 }
             };
@@ -200,10 +352,17 @@ impl Supervisor {
                     self.check_exhausted();
                 }
                 sig = signals.recv() => self.on_signal(sig),
+                Some(req) = self.cx.control.recv() => {
+                    let answer = self.on_control(req.command);
+                    let _ = req.reply.send(answer);
+                }
+                Some(r) = self.http_rx.recv() => self.on_http_result(r, Instant::now()),
+                Some(name) = watch_next => self.on_watch(&name),
                 _ = sleep => {}
             }
+            let now = Instant::now();
             if let RunState::Stopping { hard_deadline } = self.run {
-                if Instant::now() >= hard_deadline {
+                if now >= hard_deadline {
                     let left: Vec<_> = self.pids.keys().copied().collect();
                     error!(
                         "shutdown: {} worker process(es) {:?} still not reaped {}s after SIGKILL; exiting anyway",
@@ -214,7 +373,18 @@ impl Supervisor {
                     return self.exit_code.max(EXIT_RUNTIME);
                 }
             }
-            self.tick(Instant::now());
+            if let RunState::Draining { until, fast } = self.run {
+                if now >= until {
+                    self.stop_everything(fast);
+                }
+            }
+            self.tick(now);
+            self.check_readiness(now);
+            self.check_health(now);
+            self.check_watch(now);
+            self.advance_rolls(now);
+            self.programs
+                .retain(|p| !(p.removing && p.slots.is_empty()));
             self.publish();
         }
     }
@@ -279,6 +449,9 @@ impl Supervisor {
                                     return Err(EXIT_OK);
                                 }
                             }
+                            Some(req) = self.cx.control.recv() => {
+                                let _ = req.reply.send(control::err(503, "pre-start steps are still running"));
+                            }
                         }
                     }
                     continue;
@@ -300,7 +473,7 @@ impl Supervisor {
                     step = %step.name,
                     "pre-start step {} failed after {attempts} attempt{}: {reason}; no worker was started; exiting with code {EXIT_STEP}. Last output:\n{quoted}",
                     step.name,
-                    if attempts == 1 { "" } else { "s" }
+                    plural(attempts as usize)
                 );
                 return Err(EXIT_STEP);
             }
@@ -373,6 +546,9 @@ impl Supervisor {
                     }
                     other => debug!("{} ignored while pre-start steps run", signal_name(other)),
                 },
+                Some(req) = self.cx.control.recv() => {
+                    let _ = req.reply.send(control::err(503, format!("pre-start step {} is still running", step.name)));
+                }
                 _ = sleep => {
                     warn!(step = %step.name, "pre-start step {} timed out; killing its process group", step.name);
                     spawn::signal_group(pid, libc::SIGKILL);
@@ -410,18 +586,25 @@ impl Supervisor {
         }
     }
 
-    fn slot_mut(&mut self, pi: usize, idx: u32) -> Option<&mut Slot> {
-        self.programs[pi].slots.iter_mut().find(|s| s.index == idx)
+    /// A new slot at `index`, spawned at once. Returns its id.
+    fn add_slot(&mut self, pi: usize, index: u32, now: Instant) -> u64 {
+        let id = self.new_slot_id();
+        self.programs[pi].slots.push(Slot::new(id, index));
+        self.spawn_slot(pi, id, now);
+        id
     }
 
-    fn spawn_slot(&mut self, pi: usize, idx: u32, now: Instant) {
+    fn spawn_slot(&mut self, pi: usize, id: u64, now: Instant) {
         let jitter = self.jitter();
         let parent = self.parent_pid();
         let prog = &self.programs[pi];
-        let name = format!("{}.{}", prog.cfg.name, idx);
+        let Some(index) = prog.slots.iter().find(|s| s.id == id).map(|s| s.index) else {
+            return;
+        };
+        let name = format!("{}.{}", prog.cfg.name, index);
         let mut env = prog.env.clone();
         env.push(("DROVER_PROGRAM".into(), prog.cfg.name.clone()));
-        env.push(("DROVER_WORKER".into(), idx.to_string()));
+        env.push(("DROVER_WORKER".into(), index.to_string()));
         let pipe = match prog.cfg.log {
             LogMode::Capture => match spawn::pipe() {
                 Ok(p) => Some(p),
@@ -443,8 +626,10 @@ impl Supervisor {
             },
             parent,
         };
-        let backoff = prog.cfg.backoff;
+        let sc = prog.slot_cfg;
+        let prog_id = prog.id;
         let program_name = prog.cfg.name.clone();
+        let first_check = now + prog.cfg.readiness.interval.min(Duration::from_millis(20));
         match spawn::spawn(&spec) {
             Ok(pid) => {
                 if let Some((r, w)) = pipe {
@@ -452,7 +637,7 @@ impl Supervisor {
                     let source = Arc::new(Source {
                         label: name.clone(),
                         program: program_name.clone(),
-                        worker: Some(idx),
+                        worker: Some(index),
                         color: color_for(&program_name),
                     });
                     let out = self.cx.output.clone();
@@ -463,24 +648,33 @@ impl Supervisor {
                 if let Some(g) = self.cx.guard.as_mut() {
                     g.watch(pid);
                 }
-                self.pids.insert(pid, (pi, idx));
-                if let Some(slot) = self.slot_mut(pi, idx) {
-                    slot.spawned(pid, now);
+                self.pids.insert(pid, (prog_id, id));
+                let p = &mut self.programs[pi];
+                p.ready_next.insert(id, first_check);
+                p.health.remove(&id);
+                if let Some(slot) = p.slots.iter_mut().find(|s| s.id == id) {
+                    slot.spawned(pid, now, &sc);
                 }
-                info!(program = %program_name, worker = idx, pid, "worker {name} started (pid {pid})");
+                info!(program = %program_name, worker = index, pid, "worker {name} started (pid {pid})");
             }
             Err(e) => {
-                if let Some(slot) = self.slot_mut(pi, idx) {
-                    slot.spawn_failed(e.to_string(), now, &backoff, jitter);
+                self.metrics.restart(&program_name, "spawn");
+                if let Some(slot) = self.slot_mut(pi, id) {
+                    slot.spawn_failed(e.to_string(), now, &sc.backoff, jitter);
                     let delay = slot.last_delay;
-                    error!(program = %program_name, worker = idx, "worker {name}: spawn {e} (retrying in {delay:.1?})");
+                    error!(program = %program_name, worker = index, "worker {name}: spawn {e} (retrying in {delay:.1?})");
                 }
             }
         }
     }
 
     fn on_exit(&mut self, pid: libc::pid_t, status: ExitStatus, now: Instant) {
-        let Some((pi, idx)) = self.pids.remove(&pid) else {
+        if let Some(p) = self.probes.remove(&pid) {
+            spawn::signal_group(pid, libc::SIGKILL);
+            self.on_exec_probe(p, status, now);
+            return;
+        }
+        let Some((prog_id, id)) = self.pids.remove(&pid) else {
             if self.cx.guard.as_ref().is_some_and(|g| g.pid == pid) {
                 error!("the guard process (pid {pid}) exited with {status}: workers will not be cleaned up if drover is killed");
             } else {
@@ -493,24 +687,40 @@ impl Supervisor {
         if let Some(g) = self.cx.guard.as_mut() {
             g.unwatch(pid);
         }
+        let Some(pi) = self.pidx(prog_id) else { return };
         let jitter = self.jitter();
-        let (policy, backoff, name) = {
-            let p = &self.programs[pi].cfg;
-            (p.restart, p.backoff, p.name.clone())
-        };
-        let stopping = self.run != RunState::Running;
-        let Some(slot) = self.slot_mut(pi, idx) else {
+        let sc = self.programs[pi].slot_cfg;
+        let name = self.programs[pi].cfg.name.clone();
+        let running =
+            self.run == RunState::Running || matches!(self.run, RunState::Draining { .. });
+        let Some(slot) = self.slot_mut(pi, id) else {
             return;
         };
+        let idx = slot.index;
         let was_stopping = matches!(slot.phase, Phase::Stopping { .. });
         let uptime = slot
             .since()
             .map(|s| now.duration_since(s))
             .unwrap_or_default();
-        let acts = slot.exited(status, now, policy, &backoff, jitter);
+        let acts = slot.exited(status, now, &sc, jitter);
         let label = format!("{name}.{idx}");
+        let restart_reason = match &slot.last_exit {
+            Some(LastExit::Stopped(_, r))
+                if acts.contains(&Action::Spawn) || matches!(slot.phase, Phase::Backoff { .. }) =>
+            {
+                Some(r.as_str().to_string())
+            }
+            Some(LastExit::Exited(_)) if !matches!(slot.phase, Phase::Done { .. }) => {
+                Some("exit".to_string())
+            }
+            _ => None,
+        };
         if was_stopping {
-            info!(program = %name, worker = idx, pid, "worker {label} (pid {pid}) stopped: {status}");
+            let why = match &slot.last_exit {
+                Some(LastExit::Stopped(_, r)) => r.as_str(),
+                _ => "",
+            };
+            info!(program = %name, worker = idx, pid, "worker {label} (pid {pid}) stopped ({why}): {status}");
         } else {
             match &slot.phase {
                 Phase::Backoff { .. } if slot.last_delay.is_zero() => warn!(
@@ -520,75 +730,125 @@ impl Supervisor {
                 Phase::Backoff { .. } => warn!(
                     program = %name, worker = idx, pid,
                     "worker {label} (pid {pid}) exited with {status} after {uptime:.1?}; restarting in {:.1?} ({} consecutive quick failure{})",
-                    slot.last_delay, slot.failures, if slot.failures == 1 { "" } else { "s" }
+                    slot.last_delay, slot.failures, plural(slot.failures as usize)
                 ),
                 _ => info!(
                     program = %name, worker = idx, pid,
-                    "worker {label} (pid {pid}) exited with {status}; restart = {policy:?}: not restarting"
+                    "worker {label} (pid {pid}) exited with {status}; restart = {:?}: not restarting", sc.policy
                 ),
             }
         }
-        if stopping && acts.contains(&Action::Spawn) {
-            // never respawn during shutdown
-            if let Some(slot) = self.slot_mut(pi, idx) {
-                slot.phase = Phase::Done { failed: false };
+        if let Some(r) = restart_reason {
+            if running {
+                self.metrics.restart(&name, &r);
             }
-            self.programs[pi].slots.retain(|s| s.index != idx);
+        }
+        if !running && acts.contains(&Action::Spawn) {
+            // never respawn during shutdown
+            self.programs[pi].slots.retain(|s| s.id != id);
             return;
         }
-        self.apply(pi, idx, acts, now);
+        self.apply(pi, id, acts, now);
     }
 
-    fn apply(&mut self, pi: usize, idx: u32, acts: Vec<Action>, now: Instant) {
+    fn apply(&mut self, pi: usize, id: u64, acts: Vec<Action>, now: Instant) {
         for a in acts {
             match a {
-                Action::Spawn => self.spawn_slot(pi, idx, now),
+                Action::Spawn => self.spawn_slot(pi, id, now),
                 Action::SignalGroup { pid, signal } => {
-                    if signal == libc::SIGKILL {
-                        warn!(
-                            "worker {}.{idx} (pid {pid}) did not stop in time; sending SIGKILL to its process group",
-                            self.programs[pi].cfg.name
-                        );
-                    }
                     spawn::signal_group(pid, signal);
+                    if signal != libc::SIGKILL {
+                        // a SIGSTOPped worker must be continued to act on its stop signal
+                        spawn::signal_group(pid, libc::SIGCONT);
+                    }
                 }
-                Action::Remove => self.programs[pi].slots.retain(|s| s.index != idx),
+                Action::Remove => {
+                    let p = &mut self.programs[pi];
+                    p.slots.retain(|s| s.id != id);
+                    p.ready_next.remove(&id);
+                    p.health.remove(&id);
+                }
             }
         }
     }
 
     fn tick(&mut self, now: Instant) {
         for pi in 0..self.programs.len() {
+            let sc = self.programs[pi].slot_cfg;
+            let pname = self.programs[pi].cfg.name.clone();
+            let check = self.programs[pi].cfg.readiness.check;
             let mut todo = Vec::new();
             for s in &mut self.programs[pi].slots {
-                let acts = s.tick(now);
+                let acts = s.tick(now, &sc);
                 if !acts.is_empty() {
-                    todo.push((s.index, acts));
+                    if acts.contains(&Action::SignalGroup {
+                        pid: s.pid().unwrap_or(0),
+                        signal: libc::SIGKILL,
+                    }) {
+                        warn!(
+                            "worker {}.{} (pid {}) did not stop in time; sending SIGKILL to its process group",
+                            pname,
+                            s.index,
+                            s.pid().unwrap_or(0)
+                        );
+                    }
+                    if matches!(
+                        s.phase,
+                        Phase::Stopping {
+                            reason: StopReason::StartTimeout,
+                            killed: false,
+                            ..
+                        }
+                    ) {
+                        warn!(
+                            "worker {}.{} did not become ready within {:?} ({:?} check); recycling it",
+                            pname, s.index, sc.start_timeout, check
+                        );
+                    }
+                    todo.push((s.id, acts));
                 }
             }
-            for (idx, acts) in todo {
+            for (id, acts) in todo {
                 if self.run != RunState::Running && acts.contains(&Action::Spawn) {
-                    self.programs[pi].slots.retain(|s| s.index != idx);
+                    self.programs[pi].slots.retain(|s| s.id != id);
                     continue;
                 }
-                self.apply(pi, idx, acts, now);
+                self.apply(pi, id, acts, now);
             }
         }
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
-        let slots = self
-            .programs
-            .iter()
-            .flat_map(|p| p.slots.iter())
-            .filter_map(|s| s.deadline())
-            .min();
-        match self.run {
-            RunState::Stopping { hard_deadline } => {
-                Some(slots.map_or(hard_deadline, |s| s.min(hard_deadline)))
+    fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let mut d: Option<Instant> = None;
+        let mut take = |t: Option<Instant>| {
+            if let Some(t) = t {
+                d = Some(d.map_or(t, |x| x.min(t)));
             }
-            _ => slots,
+        };
+        for p in &self.programs {
+            for s in &p.slots {
+                take(s.deadline());
+                if let Phase::Starting { since, .. } = s.phase {
+                    match p.cfg.readiness.check {
+                        ReadyCheck::Uptime => take(Some(since + p.cfg.readiness.min_uptime)),
+                        _ => take(p.ready_next.get(&s.id).copied()),
+                    }
+                }
+            }
+            take(p.next_health);
+            take(p.watch_due);
         }
+        for pr in self.probes.values() {
+            if !pr.killed {
+                take(Some(pr.deadline));
+            }
+        }
+        match self.run {
+            RunState::Stopping { hard_deadline } => take(Some(hard_deadline)),
+            RunState::Draining { until, .. } => take(Some(until)),
+            _ => {}
+        }
+        d.map(|t| t.max(now))
     }
 
     fn check_exhausted(&mut self) {
@@ -596,6 +856,7 @@ impl Supervisor {
             return;
         }
         let threshold = self.cfg.supervisor.exhausted_after;
+        let on_exhausted = self.on_exhausted();
         let mut exit_for = None;
         for p in &mut self.programs {
             let looping = !p.slots.is_empty() && p.slots.iter().all(|s| s.crash_looping(threshold));
@@ -607,7 +868,7 @@ impl Supervisor {
                     .and_then(|s| s.last_exit.as_ref())
                     .map(describe_exit)
                     .unwrap_or_default();
-                match self.on_exhausted {
+                match on_exhausted {
                     OnExhausted::Exit => {
                         error!(program = %p.cfg.name, "program {}: all {} workers are crash-looping ({threshold}+ consecutive quick failures each; last: {last}); on_exhausted = \"exit\": shutting down with exit code {EXIT_RUNTIME}", p.cfg.name, p.slots.len());
                         exit_for = Some(p.cfg.name.clone());
@@ -627,33 +888,749 @@ impl Supervisor {
         }
     }
 
+    // ---- readiness ----------------------------------------------------------------------------
+
+    fn check_readiness(&mut self, now: Instant) {
+        if matches!(self.run, RunState::Stopping { .. }) {
+            return;
+        }
+        for pi in 0..self.programs.len() {
+            let rc = self.programs[pi].cfg.readiness.clone();
+            let mut ready = vec![];
+            let mut exec_due = vec![];
+            {
+                let p = &mut self.programs[pi];
+                for s in &p.slots {
+                    let Phase::Starting { pid, since, .. } = s.phase else {
+                        continue;
+                    };
+                    if now.duration_since(since) < rc.min_uptime && rc.check != ReadyCheck::Uptime {
+                        continue;
+                    }
+                    match rc.check {
+                        ReadyCheck::Uptime => {
+                            if now >= since + rc.min_uptime {
+                                ready.push(s.id);
+                            }
+                        }
+                        ReadyCheck::Listening => {
+                            let due = p.ready_next.get(&s.id).copied().unwrap_or(now);
+                            if now >= due {
+                                if probe::listening(pid, &p.inodes) {
+                                    ready.push(s.id);
+                                } else {
+                                    p.ready_next.insert(s.id, now + rc.interval);
+                                }
+                            }
+                        }
+                        ReadyCheck::Exec => {
+                            let due = p.ready_next.get(&s.id).copied().unwrap_or(now);
+                            if now >= due {
+                                // no second check while this one runs; its result reschedules
+                                p.ready_next.insert(s.id, now + Duration::from_secs(3600));
+                                exec_due.push((s.id, pid));
+                            }
+                        }
+                    }
+                }
+            }
+            for id in ready {
+                self.mark_ready(pi, id, now);
+            }
+            for (id, pid) in exec_due {
+                let argv = self.programs[pi].cfg.readiness.exec.clone();
+                let timeout = self.programs[pi]
+                    .cfg
+                    .readiness
+                    .interval
+                    .max(Duration::from_secs(5));
+                self.spawn_exec_probe(pi, id, pid, &argv, ProbeKind::Ready, timeout, now);
+            }
+        }
+    }
+
+    fn mark_ready(&mut self, pi: usize, id: u64, now: Instant) {
+        let name = self.programs[pi].cfg.name.clone();
+        let Some(slot) = self.slot_mut(pi, id) else {
+            return;
+        };
+        let (idx, pid) = (slot.index, slot.pid().unwrap_or(0));
+        if let Some(lat) = slot.ready(now) {
+            self.programs[pi].ready_next.remove(&id);
+            self.metrics
+                .ready_latency
+                .entry(name.clone())
+                .or_default()
+                .observe(lat.as_secs_f64());
+            info!(program = %name, worker = idx, pid, "worker {name}.{idx} (pid {pid}) ready in {:.2}s", lat.as_secs_f64());
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_exec_probe(
+        &mut self,
+        pi: usize,
+        slot: u64,
+        pid: i32,
+        argv: &[String],
+        kind: ProbeKind,
+        timeout: Duration,
+        now: Instant,
+    ) {
+        let argv: Vec<String> = argv
+            .iter()
+            .map(|a| a.replace("{pid}", &pid.to_string()))
+            .collect();
+        let p = &self.programs[pi];
+        let spec = SpawnSpec {
+            argv,
+            env: p.env.clone(),
+            cwd: p.cfg.cwd.clone(),
+            sockets: vec![],
+            stdio: Stdio::Null,
+            parent: self.parent_pid(),
+        };
+        let prog = p.id;
+        match spawn::spawn(&spec) {
+            Ok(ppid) => {
+                self.probes.insert(
+                    ppid,
+                    ExecProbe {
+                        prog,
+                        slot,
+                        kind,
+                        deadline: now + timeout,
+                        killed: false,
+                    },
+                );
+            }
+            Err(e) => {
+                warn!(
+                    "program {}: {} check could not start: {e}",
+                    p.cfg.name,
+                    if kind == ProbeKind::Ready {
+                        "readiness"
+                    } else {
+                        "health"
+                    }
+                );
+                let ok = false;
+                self.exec_probe_done(pi, slot, kind, ok, format!("could not start: {e}"), now);
+            }
+        }
+    }
+
+    fn on_exec_probe(&mut self, p: ExecProbe, status: ExitStatus, now: Instant) {
+        let Some(pi) = self.pidx(p.prog) else { return };
+        let detail = if p.killed {
+            "timed out".to_string()
+        } else {
+            status.to_string()
+        };
+        self.exec_probe_done(
+            pi,
+            p.slot,
+            p.kind,
+            status.success() && !p.killed,
+            detail,
+            now,
+        );
+    }
+
+    fn exec_probe_done(
+        &mut self,
+        pi: usize,
+        slot: u64,
+        kind: ProbeKind,
+        ok: bool,
+        detail: String,
+        now: Instant,
+    ) {
+        match kind {
+            ProbeKind::Ready => {
+                if ok {
+                    self.mark_ready(pi, slot, now);
+                } else {
+                    let next = now + self.programs[pi].cfg.readiness.interval;
+                    self.programs[pi].ready_next.insert(slot, next);
+                    debug!(
+                        "program {}: readiness check failed ({detail})",
+                        self.programs[pi].cfg.name
+                    );
+                }
+            }
+            ProbeKind::Health => {
+                self.worker_health_result(pi, slot, ok, &format!("exec check {detail}"), now)
+            }
+        }
+    }
+
+    fn kill_overdue_probes(&mut self, now: Instant) {
+        for (pid, p) in self.probes.iter_mut() {
+            if !p.killed && now >= p.deadline {
+                p.killed = true;
+                spawn::signal_group(*pid, libc::SIGKILL);
+            }
+        }
+    }
+
+    // ---- health -------------------------------------------------------------------------------
+
+    fn schedule_health(&mut self, pi: usize, now: Instant) {
+        let p = &mut self.programs[pi];
+        p.next_health = p.cfg.health.as_ref().map(|h| now + h.interval);
+    }
+
+    fn check_health(&mut self, now: Instant) {
+        self.kill_overdue_probes(now);
+        if self.run != RunState::Running {
+            return;
+        }
+        for pi in 0..self.programs.len() {
+            let Some(h) = self.programs[pi].cfg.health.clone() else {
+                continue;
+            };
+            if self.programs[pi].next_health.is_none_or(|t| now < t) {
+                continue;
+            }
+            self.programs[pi].next_health = Some(now + h.interval);
+            let ready: Vec<(u64, i32)> = self.programs[pi]
+                .slots
+                .iter()
+                .filter(|s| s.is_ready())
+                .filter_map(|s| s.pid().map(|p| (s.id, p)))
+                .collect();
+            // per-worker hang detection from /proc
+            if h.hung {
+                for &(id, pid) in &ready {
+                    let cur = probe::sample(pid);
+                    let prev = self.programs[pi].health.get(&id).and_then(|(_, s)| *s);
+                    let verdict = match (prev, cur) {
+                        (Some(a), Some(b)) => probe::hung(&a, &b),
+                        _ => None,
+                    };
+                    if let Some(e) = self.programs[pi].health.get_mut(&id) {
+                        e.1 = cur;
+                    } else {
+                        self.programs[pi].health.insert(id, (0, cur));
+                    }
+                    if let Some(why) = verdict {
+                        self.worker_health_result(pi, id, false, &format!("hung: {why}"), now);
+                    }
+                }
+            }
+            // exec checks per worker
+            if let Some(argv) = h.exec.clone() {
+                for &(id, pid) in &ready {
+                    if !self
+                        .probes
+                        .values()
+                        .any(|p| p.slot == id && p.kind == ProbeKind::Health)
+                    {
+                        self.spawn_exec_probe(
+                            pi,
+                            id,
+                            pid,
+                            &argv,
+                            ProbeKind::Health,
+                            h.timeout,
+                            now,
+                        );
+                    }
+                }
+            }
+            // HTTP through the shared socket, attributed to the worker that accepted it
+            if let (Some(path), Some(target)) =
+                (h.http.clone(), self.programs[pi].probe_target.clone())
+            {
+                if !self.programs[pi].http_inflight && !ready.is_empty() {
+                    self.programs[pi].http_inflight = true;
+                    let tx = self.http_tx.clone();
+                    let prog = self.programs[pi].id;
+                    let timeout = h.timeout;
+                    tokio::spawn(async move {
+                        let outcome = probe::http(target, path, timeout).await;
+                        let _ = tx.send(HttpResult { prog, outcome });
+                    });
+                }
+            }
+        }
+    }
+
+    fn on_http_result(&mut self, r: HttpResult, now: Instant) {
+        let Some(pi) = self.pidx(r.prog) else { return };
+        self.programs[pi].http_inflight = false;
+        if self.run != RunState::Running {
+            return;
+        }
+        let Some(h) = self.programs[pi].cfg.health.clone() else {
+            return;
+        };
+        let pids: Vec<(u64, i32)> = self.programs[pi]
+            .slots
+            .iter()
+            .filter_map(|s| s.pid().map(|p| (s.id, p)))
+            .collect();
+        let owner = r.outcome.server_inode.and_then(|ino| {
+            let only: Vec<i32> = pids.iter().map(|(_, p)| *p).collect();
+            probe::owner_of_socket(ino, &only)
+                .and_then(|pid| pids.iter().find(|(_, p)| *p == pid).map(|(id, _)| *id))
+        });
+        let name = self.programs[pi].cfg.name.clone();
+        if !r.outcome.ok {
+            *self.metrics.probe_failures.entry(name.clone()).or_default() += 1;
+        }
+        match owner {
+            Some(id) => {
+                self.programs[pi].unattributed_failures = 0;
+                self.programs[pi].health_note = None;
+                let detail = format!(
+                    "http {} {}",
+                    h.http.as_deref().unwrap_or(""),
+                    r.outcome.detail
+                );
+                self.worker_health_result(pi, id, r.outcome.ok, &detail, now);
+            }
+            None if r.outcome.ok => {
+                self.programs[pi].unattributed_failures = 0;
+                self.programs[pi].health_note = None;
+            }
+            None => {
+                let p = &mut self.programs[pi];
+                p.unattributed_failures += 1;
+                if p.unattributed_failures >= h.failures {
+                    let note = format!(
+                        "health probe {} not answered by any worker {} times in a row ({})",
+                        h.http.as_deref().unwrap_or(""),
+                        p.unattributed_failures,
+                        r.outcome.detail
+                    );
+                    if p.health_note.as_deref() != Some(note.as_str()) {
+                        error!(program = %name, "program {name}: {note}");
+                    }
+                    p.health_note = Some(note);
+                }
+            }
+        }
+    }
+
+    fn worker_health_result(&mut self, pi: usize, id: u64, ok: bool, detail: &str, now: Instant) {
+        let Some(h) = self.programs[pi].cfg.health.clone() else {
+            return;
+        };
+        let entry = self.programs[pi].health.entry(id).or_insert((0, None));
+        if ok {
+            entry.0 = 0;
+            return;
+        }
+        entry.0 += 1;
+        let n = entry.0;
+        let name = self.programs[pi].cfg.name.clone();
+        let Some(slot) = self.programs[pi].slots.iter().find(|s| s.id == id) else {
+            return;
+        };
+        let (idx, pid) = (slot.index, slot.pid().unwrap_or(0));
+        if n < h.failures {
+            warn!(program = %name, worker = idx, pid, "worker {name}.{idx} (pid {pid}) failed a health check ({n}/{}): {detail}", h.failures);
+            return;
+        }
+        if !slot.is_ready() {
+            return;
+        }
+        error!(program = %name, worker = idx, pid, "worker {name}.{idx} (pid {pid}) failed {n} health checks in a row ({detail}); recycling it");
+        self.programs[pi].health.insert(id, (0, None));
+        let sc = self.programs[pi].slot_cfg;
+        if let Some(slot) = self.slot_mut(pi, id) {
+            let acts = slot.stop(
+                now,
+                sc.stop_signal,
+                sc.stop_timeout,
+                AfterStop::Respawn,
+                StopReason::Health,
+            );
+            self.apply(pi, id, acts, now);
+        }
+    }
+
+    // ---- rolling restarts ---------------------------------------------------------------------
+
+    fn start_roll(&mut self, pi: usize, reason: StopReason, now: Instant) {
+        let p = &mut self.programs[pi];
+        let mut olds: Vec<(u32, u64)> = p
+            .slots
+            .iter()
+            .filter(|s| {
+                !matches!(
+                    s.phase,
+                    Phase::Stopping {
+                        then: AfterStop::Remove,
+                        ..
+                    }
+                )
+            })
+            .map(|s| (s.index, s.id))
+            .collect();
+        olds.sort_unstable();
+        info!(program = %p.cfg.name, "program {}: rolling {} of {} worker{}", p.cfg.name, reason.as_str(), olds.len(), plural(olds.len()));
+        p.roll = Some(Roll {
+            reason,
+            started: now,
+            pending: olds.into_iter().map(|(_, id)| id).collect(),
+            current: None,
+        });
+    }
+
+    fn advance_rolls(&mut self, now: Instant) {
+        if self.run != RunState::Running {
+            for p in &mut self.programs {
+                p.roll = None;
+            }
+            return;
+        }
+        for pi in 0..self.programs.len() {
+            while let Some(roll) = self.programs[pi].roll.as_mut() {
+                let reason = roll.reason;
+                if let Some((old, new)) = roll.current {
+                    let p = &self.programs[pi];
+                    let new_slot = p.slots.iter().find(|s| s.id == new);
+                    match new_slot.map(|s| &s.phase) {
+                        Some(Phase::Running { .. }) => {
+                            self.programs[pi].roll.as_mut().unwrap().current = None;
+                            let sc = self.programs[pi].slot_cfg;
+                            let name = self.programs[pi].cfg.name.clone();
+                            if let Some(s) = self.slot_mut(pi, old) {
+                                let acts = s.stop(
+                                    now,
+                                    sc.stop_signal,
+                                    sc.stop_timeout,
+                                    AfterStop::Remove,
+                                    reason,
+                                );
+                                self.metrics.restart(&name, reason.as_str());
+                                self.apply(pi, old, acts, now);
+                            }
+                            continue;
+                        }
+                        Some(Phase::Starting { .. }) | Some(Phase::Idle) => break,
+                        other => {
+                            let why = match (other, new_slot.and_then(|s| s.last_exit.as_ref())) {
+                                (_, Some(e)) => describe_exit(e),
+                                (None, _) => "it was removed".into(),
+                                _ => "it stopped".into(),
+                            };
+                            let name = self.programs[pi].cfg.name.clone();
+                            let idx = new_slot.map(|s| s.index).unwrap_or(0);
+                            let msg = format!(
+                                "rolling {} of {name} abandoned: the replacement for {name}.{idx} did not become ready ({why}); the old workers keep running",
+                                reason.as_str()
+                            );
+                            error!(program = %name, "{msg}");
+                            if reason == StopReason::Reload {
+                                self.last_reload = Some(
+                                    serde_json::json!({"ok": false, "message": msg, "at": unix_now()}),
+                                );
+                            }
+                            self.programs[pi].roll = None;
+                            if let Some(s) = self.slot_mut(pi, new) {
+                                let acts = s.stop(
+                                    now,
+                                    libc::SIGKILL,
+                                    Duration::ZERO,
+                                    AfterStop::Remove,
+                                    reason,
+                                );
+                                self.apply(pi, new, acts, now);
+                            }
+                            break;
+                        }
+                    }
+                }
+                let next = self.programs[pi].roll.as_mut().unwrap().pending.pop_front();
+                let Some(old) = next else {
+                    let roll = self.programs[pi].roll.take().unwrap();
+                    info!(
+                        program = %self.programs[pi].cfg.name,
+                        "program {}: rolling {} done in {:.2}s",
+                        self.programs[pi].cfg.name,
+                        roll.reason.as_str(),
+                        now.duration_since(roll.started).as_secs_f64()
+                    );
+                    break;
+                };
+                let Some(s) = self.programs[pi].slots.iter().find(|s| s.id == old) else {
+                    continue;
+                };
+                let index = s.index;
+                match s.phase {
+                    Phase::Starting { .. } | Phase::Running { .. } => {
+                        let new = self.add_slot(pi, index, now);
+                        self.programs[pi].roll.as_mut().unwrap().current = Some((old, new));
+                        break;
+                    }
+                    Phase::Stopping { .. } => continue,
+                    // nothing running to preserve: restart it in place
+                    _ => {
+                        let sc = self.programs[pi].slot_cfg;
+                        if let Some(s) = self.slot_mut(pi, old) {
+                            s.failures = 0;
+                            let acts = s.stop(
+                                now,
+                                sc.stop_signal,
+                                sc.stop_timeout,
+                                AfterStop::Respawn,
+                                reason,
+                            );
+                            self.apply(pi, old, acts, now);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- control ------------------------------------------------------------------------------
+
+    fn on_control(&mut self, cmd: Command) -> Reply {
+        let now = Instant::now();
+        if self.run != RunState::Running {
+            return control::err(503, "drover is shutting down");
+        }
+        let find = |s: &Self, name: &str| -> Result<usize, Reply> {
+            s.programs
+                .iter()
+                .position(|p| p.cfg.name == name && !p.removing)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = s.programs.iter().map(|p| p.cfg.name.as_str()).collect();
+                    control::err(
+                        404,
+                        format!("no program named `{name}` (programs: {})", names.join(", ")),
+                    )
+                })
+        };
+        match cmd {
+            Command::Restart { program } => {
+                let pi = match find(self, &program) {
+                    Ok(pi) => pi,
+                    Err(r) => return r,
+                };
+                if self.programs[pi].roll.is_some() {
+                    return control::err(
+                        409,
+                        format!("program {program} is already rolling; try again when it is done"),
+                    );
+                }
+                self.start_roll(pi, StopReason::Restart, now);
+                self.advance_rolls(now);
+                control::ok(format!(
+                    "rolling restart of {program} started ({} workers)",
+                    self.programs[pi].desired
+                ))
+            }
+            Command::Scale { program, workers } => {
+                let pi = match find(self, &program) {
+                    Ok(pi) => pi,
+                    Err(r) => return r,
+                };
+                let min = self.programs[pi].cfg.min_ready;
+                if workers < min {
+                    return control::err(400, format!("{workers} workers is below min_ready ({min}) for program {program}; use /programs/{program}/stop to stop it"));
+                }
+                let from = self.programs[pi].desired;
+                self.scale(pi, workers, now);
+                control::ok(format!("program {program}: {from} -> {workers} workers"))
+            }
+            Command::Stop { program } => {
+                let pi = match find(self, &program) {
+                    Ok(pi) => pi,
+                    Err(r) => return r,
+                };
+                self.programs[pi].roll = None;
+                self.scale_with(pi, 0, now, StopReason::Stop);
+                control::ok(format!(
+                    "program {program}: stopping every worker (scale up to start it again)"
+                ))
+            }
+            Command::Reload => match self.reload(now) {
+                Ok(msg) => control::ok(msg),
+                Err(msg) => control::err(400, msg),
+            },
+        }
+    }
+
+    fn on_watch(&mut self, program: &str) {
+        if let Some(p) = self.programs.iter_mut().find(|p| p.cfg.name == program) {
+            p.watch_due = Some(Instant::now() + WATCH_DEBOUNCE);
+        }
+    }
+
+    fn check_watch(&mut self, now: Instant) {
+        if self.run != RunState::Running {
+            return;
+        }
+        for pi in 0..self.programs.len() {
+            if self.programs[pi].watch_due.is_some_and(|t| now >= t) {
+                self.programs[pi].watch_due = None;
+                if self.programs[pi].roll.is_some() {
+                    // a change during a roll: roll again once this one is done
+                    self.programs[pi].watch_due = Some(now + WATCH_DEBOUNCE);
+                    continue;
+                }
+                info!(
+                    "program {}: change under its watch paths; rolling restart",
+                    self.programs[pi].cfg.name
+                );
+                self.start_roll(pi, StopReason::Restart, now);
+            }
+        }
+    }
+
+    /// Re-read the configuration and apply what changed. On any error nothing changes.
+    fn reload(&mut self, now: Instant) -> Result<String, String> {
+        let result = self.try_reload(now);
+        match &result {
+            Ok(msg) => {
+                self.metrics.reloads_ok += 1;
+                info!("reload: {msg}");
+                self.last_reload =
+                    Some(serde_json::json!({"ok": true, "message": msg, "at": unix_now()}));
+            }
+            Err(msg) => {
+                self.metrics.reloads_failed += 1;
+                error!("reload failed, the running configuration is unchanged: {msg}");
+                self.last_reload =
+                    Some(serde_json::json!({"ok": false, "message": msg, "at": unix_now()}));
+            }
+        }
+        result
+    }
+
+    fn try_reload(&mut self, now: Instant) -> Result<String, String> {
+        let new = (self.cx.reload)()?;
+        if new.sockets != self.cfg.sockets {
+            return Err("the [socket.*] sections changed; sockets are bound once, so changing them needs a restart of drover".into());
+        }
+        let token = match &new.supervisor.control_token_file {
+            Some(p) => Some(Arc::<str>::from(control::read_token(p)?)),
+            None => None,
+        };
+        if new.supervisor.status != self.cfg.supervisor.status {
+            warn!("reload: supervisor.status changed; the status endpoint moves only when drover restarts");
+        }
+        if new
+            .prestart
+            .iter()
+            .map(|s| (&s.name, s.command.to_string()))
+            .ne(self
+                .cfg
+                .prestart
+                .iter()
+                .map(|s| (&s.name, s.command.to_string())))
+        {
+            warn!("reload: [[prestart]] changed; steps run once at start, so the change applies at the next start");
+        }
+        let mut changes = vec![];
+        // programs removed
+        for pi in 0..self.programs.len() {
+            let name = self.programs[pi].cfg.name.clone();
+            if !new.programs.iter().any(|p| p.name == name) && !self.programs[pi].removing {
+                self.programs[pi].removing = true;
+                self.programs[pi].roll = None;
+                self.scale_with(pi, 0, now, StopReason::Reload);
+                changes.push(format!("{name} removed"));
+            }
+        }
+        for np in &new.programs {
+            match self
+                .programs
+                .iter()
+                .position(|p| p.cfg.name == np.name && !p.removing)
+            {
+                None => {
+                    let prog = self.make_program(np.clone());
+                    self.programs.push(prog);
+                    let pi = self.programs.len() - 1;
+                    for i in 0..np.workers {
+                        self.add_slot(pi, i, now);
+                    }
+                    self.schedule_health(pi, now);
+                    changes.push(format!("{} added ({} workers)", np.name, np.workers));
+                }
+                Some(pi) => {
+                    let old = self.programs[pi].cfg.clone();
+                    if old == *np {
+                        continue;
+                    }
+                    let only_count = ProgramCfg {
+                        workers: np.workers,
+                        min_ready: np.min_ready,
+                        ..old.clone()
+                    } == *np;
+                    let fresh = self.make_program(np.clone());
+                    let p = &mut self.programs[pi];
+                    p.cfg = np.clone();
+                    p.slot_cfg = fresh.slot_cfg;
+                    p.env = fresh.env;
+                    p.sockets = fresh.sockets;
+                    p.inodes = fresh.inodes;
+                    p.probe_target = fresh.probe_target;
+                    self.schedule_health(pi, now);
+                    if np.workers != self.programs[pi].desired {
+                        let from = self.programs[pi].desired;
+                        self.scale_with(pi, np.workers, now, StopReason::Reload);
+                        changes.push(format!("{} scaled {from} -> {}", np.name, np.workers));
+                    }
+                    if !only_count {
+                        self.start_roll(pi, StopReason::Reload, now);
+                        changes.push(format!("{} rolling", np.name));
+                    }
+                }
+            }
+        }
+        self.cfg = new;
+        let _ = self.cx.token.send(token);
+        Ok(if changes.is_empty() {
+            "no changes".into()
+        } else {
+            changes.join("; ")
+        })
+    }
+
     // ---- signals and shutdown ---------------------------------------------------------------
 
     fn on_signal(&mut self, sig: i32) {
+        let now = Instant::now();
         match sig {
-            libc::SIGTERM | libc::SIGINT => {
-                if let RunState::Stopping { .. } = self.run {
-                    info!("{} received again: fast shutdown (SIGKILL to every worker)", signal_name(sig));
+            libc::SIGTERM | libc::SIGINT => match self.run {
+                RunState::Stopping { .. } | RunState::Draining { .. } => {
+                    info!(
+                        "{} received again: fast shutdown (SIGKILL to every worker)",
+                        signal_name(sig)
+                    );
                     self.begin_shutdown(true);
-                } else {
+                }
+                _ => {
                     info!("{} received: graceful shutdown", signal_name(sig));
                     self.begin_shutdown(false);
                 }
-            }
+            },
             libc::SIGQUIT => {
                 info!("QUIT received: fast shutdown (SIGKILL to every worker)");
                 self.begin_shutdown(true);
             }
-            libc::SIGHUP => warn!(
-                "HUP received: reload is not supported yet in this version of drover; the running configuration is unchanged"
-            ),
+            libc::SIGHUP if self.run == RunState::Running => {
+                info!("HUP received: reloading the configuration");
+                let _ = self.reload(now);
+            }
             libc::SIGTTIN | libc::SIGTTOU if self.run == RunState::Running => {
-                let now = Instant::now();
                 for pi in 0..self.programs.len() {
+                    if self.programs[pi].removing {
+                        continue;
+                    }
+                    let d = self.programs[pi].desired;
                     if sig == libc::SIGTTIN {
-                        self.scale(pi, self.programs[pi].desired + 1, now);
-                    } else if self.programs[pi].desired > 1 {
-                        self.scale(pi, self.programs[pi].desired - 1, now);
+                        self.scale(pi, d + 1, now);
+                    } else if d > 1 && d > self.programs[pi].cfg.min_ready {
+                        self.scale(pi, d - 1, now);
                     }
                 }
             }
@@ -662,58 +1639,97 @@ impl Supervisor {
                 for &pid in self.pids.keys() {
                     spawn::signal_group(pid, sig);
                 }
-                info!("{} forwarded to {n} worker process group(s)", signal_name(sig));
+                info!(
+                    "{} forwarded to {n} worker process group(s)",
+                    signal_name(sig)
+                );
             }
-            other => debug!("{} ignored", signal_name(other)),
+            other => debug!("{} ignored now", signal_name(other)),
         }
     }
 
     fn scale(&mut self, pi: usize, to: u32, now: Instant) {
+        self.scale_with(pi, to, now, StopReason::Scale)
+    }
+
+    fn scale_with(&mut self, pi: usize, to: u32, now: Instant, reason: StopReason) {
         let from = self.programs[pi].desired;
         self.programs[pi].desired = to;
-        info!(program = %self.programs[pi].cfg.name, "program {}: scaling from {from} to {to} workers", self.programs[pi].cfg.name);
-        if to > from {
-            for _ in from..to {
-                let idx = self.programs[pi]
-                    .slots
-                    .iter()
-                    .map(|s| s.index + 1)
-                    .max()
-                    .unwrap_or(0);
-                self.programs[pi].slots.push(Slot::new(idx));
-                self.spawn_slot(pi, idx, now);
+        if from != to {
+            info!(program = %self.programs[pi].cfg.name, "program {}: scaling from {from} to {to} workers", self.programs[pi].cfg.name);
+        }
+        // the live slots, one per index (a rolling replacement shares its old one's index)
+        let mut indexes: Vec<u32> = self.programs[pi]
+            .slots
+            .iter()
+            .filter(|s| {
+                !matches!(
+                    s.phase,
+                    Phase::Stopping {
+                        then: AfterStop::Remove,
+                        ..
+                    }
+                )
+            })
+            .map(|s| s.index)
+            .collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        let live = indexes.len() as u32;
+        if to > live {
+            let mut next = 0;
+            for _ in live..to {
+                while indexes.contains(&next) {
+                    next += 1;
+                }
+                indexes.push(next);
+                self.add_slot(pi, next, now);
             }
-        } else {
-            // the newest workers go first
-            let (sig, timeout) = (
-                self.programs[pi].cfg.stop_signal,
-                self.programs[pi].cfg.stop_timeout,
-            );
-            let mut live: Vec<u32> = self.programs[pi]
+        } else if to < live {
+            // the newest (highest index) workers go first
+            let sc = self.programs[pi].slot_cfg;
+            let drop: Vec<u32> = indexes
+                .iter()
+                .rev()
+                .take((live - to) as usize)
+                .copied()
+                .collect();
+            let ids: Vec<u64> = self.programs[pi]
                 .slots
                 .iter()
-                .filter(|s| {
-                    !matches!(
-                        s.phase,
-                        Phase::Stopping {
-                            then: AfterStop::Remove,
-                            ..
-                        }
-                    )
-                })
-                .map(|s| s.index)
+                .filter(|s| drop.contains(&s.index))
+                .map(|s| s.id)
                 .collect();
-            live.sort_unstable();
-            for idx in live.into_iter().rev().take((from - to) as usize) {
-                if let Some(s) = self.slot_mut(pi, idx) {
-                    let acts = s.stop(now, sig, timeout, AfterStop::Remove);
-                    self.apply(pi, idx, acts, now);
+            for id in ids {
+                if let Some(s) = self.slot_mut(pi, id) {
+                    let acts = s.stop(
+                        now,
+                        sc.stop_signal,
+                        sc.stop_timeout,
+                        AfterStop::Remove,
+                        reason,
+                    );
+                    self.apply(pi, id, acts, now);
                 }
             }
         }
     }
 
     fn begin_shutdown(&mut self, fast: bool) {
+        let now = Instant::now();
+        let drain = self.cfg.supervisor.drain_delay;
+        if !fast && !drain.is_zero() && self.run == RunState::Running {
+            info!("draining for {drain:?}: /readyz answers 503 while workers keep serving");
+            self.run = RunState::Draining {
+                until: now + drain,
+                fast,
+            };
+            return;
+        }
+        self.stop_everything(fast);
+    }
+
+    fn stop_everything(&mut self, fast: bool) {
         let now = Instant::now();
         let total = self.cfg.supervisor.shutdown_timeout;
         let hard_deadline = match self.run {
@@ -722,19 +1738,24 @@ impl Supervisor {
         };
         self.run = RunState::Stopping { hard_deadline };
         for pi in 0..self.programs.len() {
+            self.programs[pi].roll = None;
             let (sig, timeout) = if fast {
                 (libc::SIGKILL, Duration::ZERO)
             } else {
                 let c = &self.programs[pi].cfg;
                 (c.stop_signal, c.stop_timeout.min(total))
             };
-            let idxs: Vec<u32> = self.programs[pi].slots.iter().map(|s| s.index).collect();
-            for idx in idxs {
-                if let Some(s) = self.slot_mut(pi, idx) {
-                    let acts = s.stop(now, sig, timeout, AfterStop::Remove);
-                    self.apply(pi, idx, acts, now);
+            let ids: Vec<u64> = self.programs[pi].slots.iter().map(|s| s.id).collect();
+            for id in ids {
+                if let Some(s) = self.slot_mut(pi, id) {
+                    let acts = s.stop(now, sig, timeout, AfterStop::Remove, StopReason::Shutdown);
+                    self.apply(pi, id, acts, now);
                 }
             }
+        }
+        for (pid, p) in self.probes.iter_mut() {
+            p.killed = true;
+            spawn::signal_group(*pid, libc::SIGKILL);
         }
     }
 
@@ -742,17 +1763,55 @@ impl Supervisor {
 
     fn publish(&self) {
         let now = Instant::now();
+        let steps_ok = self.steps.iter().all(|s| s.state == "succeeded");
+        let programs: Vec<ProgramStatus> = self
+            .programs
+            .iter()
+            .map(|p| ProgramStatus {
+                name: p.cfg.name.clone(),
+                desired: p.desired,
+                min_ready: p.cfg.min_ready,
+                ready_workers: p.slots.iter().filter(|s| s.is_ready()).count() as u32,
+                crash_looping: p.crash_reported,
+                rolling: p.roll.is_some(),
+                health: p.health_note.clone(),
+                workers: p
+                    .slots
+                    .iter()
+                    .map(|s| WorkerStatus {
+                        index: s.index,
+                        pid: s.pid(),
+                        state: s.state_name(),
+                        ready: s.is_ready(),
+                        restarts: s.restarts,
+                        uptime_s: s.since().map(|t| now.duration_since(t).as_secs_f64()),
+                        last_exit: s.last_exit.as_ref().map(exit_json),
+                        health_failures: p.health.get(&s.id).map(|h| h.0).unwrap_or(0),
+                        memory_bytes: None,
+                        cpu_seconds: None,
+                        cpu_percent: None,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let ready = self.run == RunState::Running
+            && steps_ok
+            && programs.iter().all(|p| p.ready_workers >= p.min_ready);
         let snap = Snapshot {
             state: match self.run {
                 RunState::Starting => "starting",
                 RunState::Running => "running",
+                RunState::Draining { .. } => "draining",
                 RunState::Stopping { .. } => "stopping",
             },
+            ready,
             // SAFETY: getpid has no preconditions.
             pid: unsafe { libc::getpid() } as u32,
             pid1: self.cx.pid1,
             config: self.cx.config_label.clone(),
             uptime_s: now.duration_since(self.started).as_secs_f64(),
+            control: self.cx.control_mode,
+            last_reload: self.last_reload.clone(),
             steps: self.steps.clone(),
             sockets: self
                 .sockets
@@ -762,32 +1821,26 @@ impl Supervisor {
                     listen: b.local.clone(),
                 })
                 .collect(),
-            programs: self
-                .programs
-                .iter()
-                .map(|p| ProgramStatus {
-                    name: p.cfg.name.clone(),
-                    desired: p.desired,
-                    crash_looping: p.crash_reported,
-                    workers: p
-                        .slots
-                        .iter()
-                        .map(|s| WorkerStatus {
-                            index: s.index,
-                            pid: s.pid(),
-                            state: s.state_name(),
-                            restarts: s.restarts,
-                            uptime_s: s.since().map(|t| now.duration_since(t).as_secs_f64()),
-                            last_exit: s.last_exit.as_ref().map(exit_json),
-                            memory_bytes: None,
-                            cpu_percent: None,
-                        })
-                        .collect(),
-                })
-                .collect(),
+            programs,
+            metrics: self.metrics.clone(),
         };
         self.cx.snapshot.send_replace(Arc::new(snap));
     }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// drover's environment minus what is drover's own business (socket activation, sd_notify,
@@ -804,24 +1857,39 @@ fn base_env() -> Vec<(String, String)> {
 }
 
 fn exit_json(e: &LastExit) -> serde_json::Value {
-    let (st, by_drover) = match e {
-        LastExit::SpawnFailed(err) => return serde_json::json!({"reason": "spawn", "error": err}),
-        LastExit::Exited(st) => (st, false),
-        LastExit::Stopped(st) => (st, true),
-    };
-    let mut v = match st {
+    match e {
+        LastExit::SpawnFailed(err) => serde_json::json!({"reason": "spawn", "error": err}),
+        LastExit::Exited(st) => status_json(st),
+        LastExit::Stopped(st, reason) => {
+            let mut v = status_json(st);
+            v["reason"] = reason.as_str().into();
+            v
+        }
+    }
+}
+
+fn status_json(st: &ExitStatus) -> serde_json::Value {
+    match st {
         ExitStatus::Code(c) => serde_json::json!({"code": c}),
         ExitStatus::Signal(s) => serde_json::json!({"signal": signal_name(*s)}),
-    };
-    if by_drover {
-        v["reason"] = "stopped".into();
     }
-    v
 }
 
 fn describe_exit(e: &LastExit) -> String {
     match e {
         LastExit::SpawnFailed(err) => format!("spawn failed: {err}"),
-        LastExit::Exited(st) | LastExit::Stopped(st) => st.to_string(),
+        LastExit::Exited(st) => st.to_string(),
+        LastExit::Stopped(st, r) => format!("{st} (stopped: {})", r.as_str()),
     }
+}
+
+/// The watch paths of a program, resolved against its cwd.
+pub fn watch_paths(p: &ProgramCfg) -> Vec<PathBuf> {
+    p.watch
+        .iter()
+        .map(|w| match (&p.cwd, w.is_relative()) {
+            (Some(c), true) => c.join(w),
+            _ => w.clone(),
+        })
+        .collect()
 }

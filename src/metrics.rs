@@ -1,0 +1,215 @@
+//! Counters the supervisor keeps, and their Prometheus text rendering.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// Upper bounds (seconds) of the spawn-to-ready histogram.
+pub const READY_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    /// cumulative counts per bucket of READY_BUCKETS
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, v: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; READY_BUCKETS.len()];
+        }
+        for (i, b) in READY_BUCKETS.iter().enumerate() {
+            if v <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    /// (program, reason) -> restarts
+    pub restarts: BTreeMap<(String, String), u64>,
+    pub ready_latency: BTreeMap<String, Histogram>,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    /// program -> health probes that failed
+    pub probe_failures: BTreeMap<String, u64>,
+}
+
+impl Metrics {
+    pub fn restart(&mut self, program: &str, reason: &str) {
+        *self
+            .restarts
+            .entry((program.to_string(), reason.to_string()))
+            .or_default() += 1;
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Render the snapshot's figures in the Prometheus text format.
+pub fn render(s: &crate::status::Snapshot) -> String {
+    let m = &s.metrics;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "# HELP drover_up 1 while drover runs.\n# TYPE drover_up gauge\ndrover_up 1"
+    );
+    let _ = writeln!(o, "# HELP drover_ready 1 when /readyz answers 200.\n# TYPE drover_ready gauge\ndrover_ready {}", u8::from(s.ready));
+    let _ = writeln!(
+        o,
+        "# HELP drover_workers Workers by program and state.\n# TYPE drover_workers gauge"
+    );
+    for p in &s.programs {
+        let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
+        for st in [
+            "starting", "running", "stopping", "backoff", "failed", "stopped",
+        ] {
+            by_state.insert(st, 0);
+        }
+        for w in &p.workers {
+            *by_state.entry(w.state).or_default() += 1;
+        }
+        for (st, n) in by_state {
+            let _ = writeln!(
+                o,
+                "drover_workers{{program=\"{}\",state=\"{st}\"}} {n}",
+                esc(&p.name)
+            );
+        }
+    }
+    let _ = writeln!(o, "# HELP drover_workers_desired Workers each program should have.\n# TYPE drover_workers_desired gauge");
+    for p in &s.programs {
+        let _ = writeln!(
+            o,
+            "drover_workers_desired{{program=\"{}\"}} {}",
+            esc(&p.name),
+            p.desired
+        );
+    }
+    let _ = writeln!(o, "# HELP drover_workers_ready Workers that passed their readiness check.\n# TYPE drover_workers_ready gauge");
+    for p in &s.programs {
+        let _ = writeln!(
+            o,
+            "drover_workers_ready{{program=\"{}\"}} {}",
+            esc(&p.name),
+            p.ready_workers
+        );
+    }
+    let _ = writeln!(o, "# HELP drover_restarts_total Worker restarts by program and reason.\n# TYPE drover_restarts_total counter");
+    for ((prog, reason), n) in &m.restarts {
+        let _ = writeln!(
+            o,
+            "drover_restarts_total{{program=\"{}\",reason=\"{}\"}} {n}",
+            esc(prog),
+            esc(reason)
+        );
+    }
+    let _ = writeln!(o, "# HELP drover_worker_memory_bytes Resident memory of each worker's lead process.\n# TYPE drover_worker_memory_bytes gauge");
+    for p in &s.programs {
+        for w in &p.workers {
+            if let Some(b) = w.memory_bytes {
+                let _ = writeln!(
+                    o,
+                    "drover_worker_memory_bytes{{program=\"{}\",worker=\"{}\"}} {b}",
+                    esc(&p.name),
+                    w.index
+                );
+            }
+        }
+    }
+    let _ = writeln!(o, "# HELP drover_worker_cpu_seconds_total CPU time of each worker's lead process.\n# TYPE drover_worker_cpu_seconds_total counter");
+    for p in &s.programs {
+        for w in &p.workers {
+            if let Some(c) = w.cpu_seconds {
+                let _ = writeln!(
+                    o,
+                    "drover_worker_cpu_seconds_total{{program=\"{}\",worker=\"{}\"}} {c}",
+                    esc(&p.name),
+                    w.index
+                );
+            }
+        }
+    }
+    let _ = writeln!(o, "# HELP drover_spawn_to_ready_seconds Time from spawn to passing readiness.\n# TYPE drover_spawn_to_ready_seconds histogram");
+    for (prog, h) in &m.ready_latency {
+        for (i, b) in READY_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "drover_spawn_to_ready_seconds_bucket{{program=\"{}\",le=\"{b}\"}} {}",
+                esc(prog),
+                h.counts.get(i).copied().unwrap_or(0)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "drover_spawn_to_ready_seconds_bucket{{program=\"{}\",le=\"+Inf\"}} {}",
+            esc(prog),
+            h.count
+        );
+        let _ = writeln!(
+            o,
+            "drover_spawn_to_ready_seconds_sum{{program=\"{}\"}} {}",
+            esc(prog),
+            h.sum
+        );
+        let _ = writeln!(
+            o,
+            "drover_spawn_to_ready_seconds_count{{program=\"{}\"}} {}",
+            esc(prog),
+            h.count
+        );
+    }
+    let _ = writeln!(o, "# HELP drover_step_duration_seconds How long each pre-start step took.\n# TYPE drover_step_duration_seconds gauge");
+    for st in &s.steps {
+        if let Some(d) = st.duration_s {
+            let _ = writeln!(
+                o,
+                "drover_step_duration_seconds{{step=\"{}\",state=\"{}\"}} {d}",
+                esc(&st.name),
+                st.state
+            );
+        }
+    }
+    let _ = writeln!(o, "# HELP drover_reloads_total Configuration reloads by result.\n# TYPE drover_reloads_total counter");
+    let _ = writeln!(
+        o,
+        "drover_reloads_total{{result=\"ok\"}} {}\ndrover_reloads_total{{result=\"error\"}} {}",
+        m.reloads_ok, m.reloads_failed
+    );
+    let _ = writeln!(o, "# HELP drover_health_probe_failures_total Failed health probes by program.\n# TYPE drover_health_probe_failures_total counter");
+    for (prog, n) in &m.probe_failures {
+        let _ = writeln!(
+            o,
+            "drover_health_probe_failures_total{{program=\"{}\"}} {n}",
+            esc(prog)
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let mut h = Histogram::default();
+        h.observe(0.07);
+        h.observe(0.3);
+        h.observe(100.0);
+        assert_eq!(h.counts[0], 0); // <= 0.05
+        assert_eq!(h.counts[1], 1); // <= 0.1
+        assert_eq!(h.counts[3], 2); // <= 0.5
+        assert_eq!(*h.counts.last().unwrap(), 2); // <= 60
+        assert_eq!(h.count, 3);
+    }
+}

@@ -127,7 +127,17 @@ async fn conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, name: String, pid: i3
                 format!("hello from drover demo-worker {name} pid {pid}\n"),
             )
         } else if path == "/healthz" {
-            ("200 OK", "ok\n".to_string())
+            // DEMO_UNHEALTHY_WORKER=N makes worker N fail its health checks (for demos and tests)
+            let sick = std::env::var("DEMO_UNHEALTHY_WORKER")
+                .ok()
+                .is_some_and(|w| {
+                    std::env::var("DROVER_WORKER").ok().as_deref() == Some(w.as_str())
+                });
+            if sick {
+                ("503 Service Unavailable", "unhealthy\n".to_string())
+            } else {
+                ("200 OK", "ok\n".to_string())
+            }
         } else if path == "/pid" {
             ("200 OK", format!("{pid}\n"))
         } else if let Some(ms) = path

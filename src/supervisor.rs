@@ -738,6 +738,22 @@ impl Supervisor {
                 ),
             }
         }
+        // a rolling replacement inherits the history of the worker it replaced
+        let inherited = match &slot.last_exit {
+            Some(LastExit::Stopped(_, StopReason::Restart | StopReason::Reload)) => {
+                slot.last_exit.clone()
+            }
+            _ => None,
+        };
+        if let Some(last) = inherited {
+            if let Some(succ) = self.programs[pi]
+                .slots
+                .iter_mut()
+                .find(|s| s.index == idx && s.id != id)
+            {
+                succ.last_exit = Some(last);
+            }
+        }
         if let Some(r) = restart_reason {
             if running {
                 self.metrics.restart(&name, &r);
@@ -1363,7 +1379,11 @@ impl Supervisor {
                 let index = s.index;
                 match s.phase {
                     Phase::Starting { .. } | Phase::Running { .. } => {
+                        let restarts = s.restarts + 1;
                         let new = self.add_slot(pi, index, now);
+                        if let Some(n) = self.slot_mut(pi, new) {
+                            n.restarts = restarts;
+                        }
                         self.programs[pi].roll.as_mut().unwrap().current = Some((old, new));
                         break;
                     }

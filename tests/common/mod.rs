@@ -28,6 +28,8 @@ pub struct Drover {
     pub dir: tempfile::TempDir,
     pub pid: i32,
     exit: Option<std::process::ExitStatus>,
+    /// other temp dirs that must live as long as this drover
+    pub keep: Vec<tempfile::TempDir>,
 }
 
 impl Drover {
@@ -69,6 +71,7 @@ impl Drover {
             dir,
             pid,
             exit: None,
+            keep: vec![],
         }
     }
 
@@ -214,4 +217,116 @@ pub fn one_program(program: &str) -> String {
     format!(
         "[supervisor]\nstatus = \"127.0.0.1:0\"\nshutdown_timeout = \"10s\"\n\n[program.w]\n{program}\n"
     )
+}
+
+/// A raw HTTP/1.0 request with optional body and bearer token: (status code, body).
+pub fn http_req(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    token: Option<&str>,
+) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let _ = s.write_all(body);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// Outcome counts of a bounded loopback load.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LoadStats {
+    pub ok: u64,
+    /// a non-2xx answer
+    pub failed: u64,
+    /// connect() refused
+    pub refused: u64,
+    /// connection reset or closed without a full answer, after connecting
+    pub inflight_errors: u64,
+}
+
+impl LoadStats {
+    pub fn total(&self) -> u64 {
+        self.ok + self.failed + self.refused + self.inflight_errors
+    }
+}
+
+/// `concurrency` threads each doing one request per connection until `stop` is set.
+pub fn start_load(
+    addr: &str,
+    path: &str,
+    concurrency: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<LoadStats>> {
+    (0..concurrency)
+        .map(|_| {
+            let addr: std::net::SocketAddr = addr.parse().unwrap();
+            let path = path.to_string();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut st = LoadStats::default();
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline
+                {
+                    let mut s =
+                        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                            Ok(s) => s,
+                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                                st.refused += 1;
+                                continue;
+                            }
+                            Err(_) => {
+                                st.inflight_errors += 1;
+                                continue;
+                            }
+                        };
+                    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                    let req =
+                        format!("GET {path} HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n");
+                    if s.write_all(req.as_bytes()).is_err() {
+                        st.inflight_errors += 1;
+                        continue;
+                    }
+                    let mut buf = Vec::with_capacity(512);
+                    match s.read_to_end(&mut buf) {
+                        Ok(_)
+                            if buf.starts_with(b"HTTP/1.1 2") || buf.starts_with(b"HTTP/1.0 2") =>
+                        {
+                            st.ok += 1
+                        }
+                        Ok(_) if buf.is_empty() => st.inflight_errors += 1,
+                        Ok(_) => st.failed += 1,
+                        Err(_) => st.inflight_errors += 1,
+                    }
+                }
+                st
+            })
+        })
+        .collect()
+}
+
+pub fn finish_load(handles: Vec<std::thread::JoinHandle<LoadStats>>) -> LoadStats {
+    let mut total = LoadStats::default();
+    for h in handles {
+        let s = h.join().unwrap();
+        total.ok += s.ok;
+        total.failed += s.failed;
+        total.refused += s.refused;
+        total.inflight_errors += s.inflight_errors;
+    }
+    total
 }

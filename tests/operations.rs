@@ -84,7 +84,9 @@ fn control_api_auth_and_validation() {
     let a = d.status_addr();
     let post =
         |path: &str, body: &[u8], tok: Option<&str>| http_req(&a, "POST", path, body, tok).unwrap();
-    let cases: Vec<(&str, &[u8], Option<&str>, u16, &str)> = vec![
+    // (path, body, token, expected code, expected message)
+    type Case<'a> = (&'a str, &'a [u8], Option<&'a str>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "/programs/web/scale",
             b"{\"workers\": 3}",

@@ -6,6 +6,9 @@ use std::fmt::Write;
 use crate::config::{signal_name, CommandSpec, Config, ListenAddr, OnExhausted};
 use crate::spawn;
 
+const RETRY: &str = " (at run time: logged, backed off and retried)";
+
+/// Problems a valid file can still have on this machine, each with what will happen.
 pub fn warnings(cfg: &Config) -> Vec<String> {
     let mut w = Vec::new();
     let path = std::env::var("PATH").ok();
@@ -21,11 +24,18 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
             .or_else(|| path.clone());
         match spawn::resolve(&argv[0], p.as_deref(), cwd) {
             Some(exe) if spawn::is_executable(&exe) => {}
-            Some(exe) if exe.exists() => {
-                w.push(format!("{what}: {} is not executable", exe.display()))
-            }
-            Some(exe) => w.push(format!("{what}: {} does not exist here", exe.display())),
-            None => w.push(format!("{what}: command `{}` not found in PATH", argv[0])),
+            Some(exe) if exe.exists() => w.push(format!(
+                "{what}: {} is not executable{RETRY}",
+                exe.display()
+            )),
+            Some(exe) => w.push(format!(
+                "{what}: {} does not exist here{RETRY}",
+                exe.display()
+            )),
+            None => w.push(format!(
+                "{what}: command `{}` not found in PATH{RETRY}",
+                argv[0]
+            )),
         }
     };
     for s in &cfg.prestart {
@@ -44,11 +54,18 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
             p.cwd.as_deref(),
         );
     }
+    if let Some(t) = &cfg.supervisor.control_token_file {
+        if let Err(e) = crate::control::read_token(t) {
+            w.push(format!(
+                "supervisor: {e} (at run time: drover refuses to start)"
+            ));
+        }
+    }
     for p in &cfg.programs {
         if let Some(c) = &p.cwd {
             if !c.is_dir() {
                 w.push(format!(
-                    "program {}: cwd {} is not a directory here",
+                    "program {}: cwd {} is not a directory here{RETRY}",
                     p.name,
                     c.display()
                 ));
@@ -85,10 +102,12 @@ pub fn render(cfg: &Config, source: &str) -> String {
     let _ = writeln!(
         o,
         "  control API: {}",
-        if s.control_token_file.is_some() {
-            "token file configured (mutating routes arrive with the operations capability)"
-        } else {
-            "off"
+        match (&s.control_token_file, &s.status) {
+            (_, Some(ListenAddr::Unix(_))) =>
+                "on: the status listener is a unix socket (mode 0600)".to_string(),
+            (Some(f), _) => format!("on: Authorization: Bearer <token from {}>", f.display()),
+            (None, _) =>
+                "off (set control_token_file, or serve status on a unix socket)".to_string(),
         }
     );
     let _ = writeln!(
@@ -168,6 +187,56 @@ pub fn render(cfg: &Config, source: &str) -> String {
             p.stop_timeout
         );
         let _ = writeln!(o, "    output   {:?}", p.log);
+        let r = &p.readiness;
+        let how = match r.check {
+            crate::config::ReadyCheck::Listening => {
+                "accepting on its socket (seen in /proc)".to_string()
+            }
+            crate::config::ReadyCheck::Uptime => format!("up for {:?}", r.min_uptime),
+            crate::config::ReadyCheck::Exec => format!("`{}` exits 0", r.exec.join(" ")),
+        };
+        let _ = writeln!(
+            o,
+            "    ready    when {how}; checked every {:?}; not ready within {:?} -> recycled; /readyz needs {} ready",
+            r.interval, r.timeout, p.min_ready
+        );
+        match &p.health {
+            Some(h) => {
+                let mut what = vec![];
+                if let Some(path) = &h.http {
+                    what.push(format!("GET {path} through the socket"));
+                }
+                if let Some(e) = &h.exec {
+                    what.push(format!("`{}`", e.join(" ")));
+                }
+                if h.hung {
+                    what.push("hang detection from /proc".into());
+                }
+                let _ = writeln!(
+                    o,
+                    "    health   {} every {:?} (timeout {:?}); {} failures in a row -> recycled",
+                    what.join(" + "),
+                    h.interval,
+                    h.timeout,
+                    h.failures
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "    health   no checks (add [program.{}.health])",
+                    p.name
+                );
+            }
+        }
+        if !p.watch.is_empty() {
+            let w: Vec<String> = p.watch.iter().map(|x| x.display().to_string()).collect();
+            let _ = writeln!(
+                o,
+                "    watch    {} -> rolling restart on change",
+                w.join(", ")
+            );
+        }
     }
     let _ = writeln!(
         o,

@@ -7,21 +7,9 @@ use common::*;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-fn python() -> Option<String> {
-    let cand = std::env::var("DROVER_TEST_PYTHON")
-        .ok()
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string());
-    let ok = std::process::Command::new(&cand)
-        .args(["-c", "import fastapi, uvicorn"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    ok.then_some(cand)
-}
-
 #[test]
 fn fastapi_under_uvicorn_fd_3_answers_from_both_workers() {
-    let Some(py) = python() else {
+    let Some(py) = fastapi_python() else {
         println!("SKIPPED: no Python with fastapi and uvicorn (run tests/run.sh, or set DROVER_TEST_PYTHON)");
         return;
     };

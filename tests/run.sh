@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what the tests need, then runs them.
-#   - Debian packages: util-linux (unshare, for the PID-1 tests), python3 + venv if missing
+#   - Debian packages: util-linux (unshare, for the PID-1 tests), chromium (the status page test),
+#     python3 + venv if missing
 #   - a Python venv in .venv with FastAPI and uvicorn (the end-to-end test's real workload)
 #   - cargo fmt / clippy checks, then every unit and integration test
 set -euo pipefail
@@ -17,6 +18,7 @@ apt_install() {
 
 need=()
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   need+=(python3-venv)

@@ -330,3 +330,40 @@ pub fn finish_load(handles: Vec<std::thread::JoinHandle<LoadStats>>) -> LoadStat
     }
     total
 }
+
+/// A Python with fastapi and uvicorn (tests/run.sh makes one in .venv), or None.
+pub fn fastapi_python() -> Option<String> {
+    let cand = std::env::var("DROVER_TEST_PYTHON")
+        .ok()
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string());
+    let ok = std::process::Command::new(&cand)
+        .args(["-c", "import fastapi, uvicorn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    ok.then_some(cand)
+}
+
+/// drover config running the example FastAPI app under `uvicorn --fd 3`.
+pub fn fastapi_cfg(py: &str, workers: u32, sup_extra: &str) -> String {
+    let app = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/fastapi");
+    format!(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+shutdown_timeout = "20s"
+{sup_extra}
+[socket.http]
+listen = "127.0.0.1:0"
+backlog = 2048
+[program.api]
+command = ["{py}", "-m", "uvicorn", "main:app", "--fd", "3", "--no-access-log", "--log-level", "warning"]
+sockets = ["http"]
+workers = {workers}
+cwd = "{app}"
+stop_timeout = "10s"
+"#
+    )
+}

@@ -1,0 +1,151 @@
+//! The reference workload under load: FastAPI under `uvicorn --fd 3`, with a bounded loopback
+//! load (one request per connection, 8 client threads) while workers are rolled, killed and
+//! scaled. Prints the figures; asserts the promises: no refused connection ever, no failed
+//! request during a rolling restart or a scale.
+
+mod common;
+use common::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+const CLIENTS: usize = 8;
+
+fn ready(v: &serde_json::Value, n: usize) -> bool {
+    let ws = v["programs"][0]["workers"].as_array().unwrap();
+    ws.len() == n && ws.iter().all(|w| w["ready"] == true) && v["programs"][0]["rolling"] == false
+}
+
+fn start(workers: u32) -> Option<(Drover, String)> {
+    let Some(py) = fastapi_python() else {
+        println!("SKIPPED: no Python with fastapi and uvicorn (run tests/run.sh, or set DROVER_TEST_PYTHON)");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("token");
+    std::fs::write(&tok, "load-test-token-0123456789").unwrap();
+    let mut d = Drover::start(&fastapi_cfg(
+        &py,
+        workers,
+        &format!("control_token_file = \"{}\"", tok.display()),
+    ));
+    d.keep.push(dir);
+    let http = d.logged_addr("socket http listening on ");
+    d.wait_status("all workers ready", T, |v| ready(v, workers as usize));
+    Some((d, http))
+}
+
+fn post(d: &Drover, path: &str, body: &[u8]) -> (u16, String) {
+    http_req(
+        &d.status_addr(),
+        "POST",
+        path,
+        body,
+        Some("load-test-token-0123456789"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn rolling_restart_under_load_fails_no_request() {
+    let Some((mut d, http)) = start(4) else {
+        return;
+    };
+    let old = Drover::worker_pids(&d.status(), "api");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&http, "/", CLIENTS, stop.clone());
+    std::thread::sleep(Duration::from_secs(2)); // load before the roll (a warm-up, not an assertion)
+    let t0 = Instant::now();
+    let (c, b) = post(&d, "/programs/api/restart", b"");
+    assert_eq!(c, 200, "{b}");
+    d.wait_status("every worker replaced", T, |v| {
+        ready(v, 4)
+            && Drover::worker_pids(v, "api")
+                .iter()
+                .all(|p| !old.contains(p))
+    });
+    let roll = t0.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let st = finish_load(load);
+    println!(
+        "FIGURE rolling restart of 4 FastAPI workers under load: took {:.2}s; requests {}, ok {}, failed {}, refused {}, in-flight errors {}",
+        roll.as_secs_f64(), st.total(), st.ok, st.failed, st.refused, st.inflight_errors
+    );
+    assert!(st.ok > 100, "the load ran: {st:?}");
+    assert_eq!((st.failed, st.refused), (0, 0), "{st:?}");
+    // uvicorn's shutdown closes a connection it accepted in its last loop turn but has not read
+    // yet (h11_impl shutdown() with no cycle): a rare reset drover cannot prevent from outside
+    // the worker. Bounded, reported, not hidden.
+    assert!(
+        st.inflight_errors * 1000 <= st.total(),
+        "more resets than uvicorn's race explains: {st:?}"
+    );
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(T), 0);
+}
+
+#[test]
+fn sigkill_every_2s_under_load_refuses_no_connection() {
+    let Some((mut d, http)) = start(4) else {
+        return;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&http, "/", CLIENTS, stop.clone());
+    let mut kills = 0;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_secs(2));
+        let st = d.status();
+        let pids = Drover::worker_pids(&st, "api");
+        let victim = pids[kills % pids.len()];
+        // SAFETY: SIGKILL to a worker read from /status.
+        unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+        kills += 1;
+    }
+    d.wait_status("all 4 back", T, |v| ready(v, 4));
+    stop.store(true, Ordering::Relaxed);
+    let st = finish_load(load);
+    println!(
+        "FIGURE SIGKILL a worker every 2s for 10s ({kills} kills) under load: requests {}, ok {}, failed {}, refused {}, in-flight errors {} (requests inside a killed worker)",
+        st.total(), st.ok, st.failed, st.refused, st.inflight_errors
+    );
+    assert!(st.ok > 100, "the load ran: {st:?}");
+    assert_eq!(st.refused, 0, "{st:?}");
+    assert_eq!(st.failed, 0, "no non-2xx answers: {st:?}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(T), 0);
+}
+
+#[test]
+fn scale_3_4_3_under_load_fails_no_request() {
+    let Some((mut d, http)) = start(3) else {
+        return;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&http, "/", CLIENTS, stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+    let (c, b) = post(&d, "/programs/api/scale", b"{\"workers\": 4}");
+    assert_eq!(c, 200, "{b}");
+    d.wait_status("4 ready", T, |v| ready(v, 4));
+    std::thread::sleep(Duration::from_secs(2));
+    let (c, b) = post(&d, "/programs/api/scale", b"{\"workers\": 3}");
+    assert_eq!(c, 200, "{b}");
+    d.wait_status("3 ready", T, |v| ready(v, 3));
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let st = finish_load(load);
+    println!(
+        "FIGURE scale 3->4->3 under load: requests {}, ok {}, failed {}, refused {}, in-flight errors {}",
+        st.total(), st.ok, st.failed, st.refused, st.inflight_errors
+    );
+    assert!(st.ok > 100, "the load ran: {st:?}");
+    assert_eq!(
+        (st.failed, st.refused, st.inflight_errors),
+        (0, 0, 0),
+        "{st:?}"
+    );
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(T), 0);
+}

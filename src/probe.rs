@@ -190,11 +190,31 @@ pub struct HttpOutcome {
     pub detail: String,
     /// the server side of the probe connection, if a worker accepted it (TCP only)
     pub server_inode: Option<u64>,
+    /// which of the candidate pids holds that socket
+    pub owner: Option<i32>,
 }
 
-/// GET `path` through the shared socket. Keeps the connection open until the accepting
-/// worker has been identified.
-pub async fn http(target: Target, path: String, timeout: Duration) -> HttpOutcome {
+/// GET `path` through the shared socket. The connection stays open until the worker that
+/// accepted it has been identified among `workers` (once it closes, the worker may too).
+pub async fn http(
+    target: Target,
+    path: String,
+    timeout: Duration,
+    workers: Vec<i32>,
+) -> HttpOutcome {
+    let mut o = http_inner(target, path, timeout, &workers).await;
+    if o.owner.is_none() {
+        o.owner = o.server_inode.and_then(|i| owner_of_socket(i, &workers));
+    }
+    o
+}
+
+async fn http_inner(
+    target: Target,
+    path: String,
+    timeout: Duration,
+    workers: &[i32],
+) -> HttpOutcome {
     match target {
         Target::Tcp(addr) => {
             let conn = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await;
@@ -205,6 +225,7 @@ pub async fn http(target: Target, path: String, timeout: Duration) -> HttpOutcom
                         ok: false,
                         detail: format!("connect {addr}: {e}"),
                         server_inode: None,
+                        owner: None,
                     }
                 }
                 Err(_) => {
@@ -212,12 +233,16 @@ pub async fn http(target: Target, path: String, timeout: Duration) -> HttpOutcom
                         ok: false,
                         detail: format!("connect {addr}: timed out"),
                         server_inode: None,
+                        owner: None,
                     }
                 }
             };
             let local = s.local_addr().ok();
             let res = tokio::time::timeout(timeout, exchange(&mut s, &path)).await;
+            // `s` is still open here, so the accepting worker still holds its end
             let server_inode = local.and_then(|l| accepted_inode(addr, l));
+            let owner = server_inode.and_then(|i| owner_of_socket(i, workers));
+            drop(s);
             let (ok, detail) = match res {
                 Ok(r) => r,
                 Err(_) => (false, format!("no answer within {timeout:?}")),
@@ -226,6 +251,7 @@ pub async fn http(target: Target, path: String, timeout: Duration) -> HttpOutcom
                 ok,
                 detail,
                 server_inode,
+                owner,
             }
         }
         Target::Unix(p) => {
@@ -237,6 +263,7 @@ pub async fn http(target: Target, path: String, timeout: Duration) -> HttpOutcom
                             ok: false,
                             detail: format!("connect {}: {e}", p.display()),
                             server_inode: None,
+                            owner: None,
                         }
                     }
                     Err(_) => {
@@ -244,6 +271,7 @@ pub async fn http(target: Target, path: String, timeout: Duration) -> HttpOutcom
                             ok: false,
                             detail: "connect timed out".into(),
                             server_inode: None,
+                            owner: None,
                         }
                     }
                 };
@@ -255,6 +283,7 @@ pub async fn http(target: Target, path: String, timeout: Duration) -> HttpOutcom
                 ok,
                 detail,
                 server_inode: None,
+                owner: None,
             }
         }
     }

@@ -1164,8 +1164,9 @@ impl Supervisor {
                     let tx = self.http_tx.clone();
                     let prog = self.programs[pi].id;
                     let timeout = h.timeout;
+                    let workers: Vec<i32> = ready.iter().map(|(_, p)| *p).collect();
                     tokio::spawn(async move {
-                        let outcome = probe::http(target, path, timeout).await;
+                        let outcome = probe::http(target, path, timeout, workers).await;
                         let _ = tx.send(HttpResult { prog, outcome });
                     });
                 }
@@ -1193,6 +1194,10 @@ impl Supervisor {
                 .and_then(|pid| pids.iter().find(|(_, p)| *p == pid).map(|(id, _)| *id))
         });
         let name = self.programs[pi].cfg.name.clone();
+        debug!(
+            "program {name}: health probe {} (server socket inode {:?}, accepted by {:?})",
+            r.outcome.detail, r.outcome.server_inode, owner
+        );
         if !r.outcome.ok {
             *self.metrics.probe_failures.entry(name.clone()).or_default() += 1;
         }
@@ -1253,7 +1258,7 @@ impl Supervisor {
         if !slot.is_ready() {
             return;
         }
-        error!(program = %name, worker = idx, pid, "worker {name}.{idx} (pid {pid}) failed {n} health checks in a row ({detail}); recycling it");
+        error!(program = %name, worker = idx, pid, "worker {name}.{idx} (pid {pid}) failed {n} health check{} in a row ({detail}); recycling it", plural(n as usize));
         self.programs[pi].health.insert(id, (0, None));
         let sc = self.programs[pi].slot_cfg;
         if let Some(slot) = self.slot_mut(pi, id) {

@@ -116,11 +116,26 @@ impl Drover {
         cond: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
         let addr = self.status_addr();
-        wait_until(timeout, what, || {
-            let body = http_get(&addr, "/status")?;
-            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-            cond(&v).then_some(v)
-        })
+        let end = Instant::now() + timeout;
+        let mut last = String::new();
+        loop {
+            if let Some(body) = http_get(&addr, "/status") {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
+                    if cond(&v) {
+                        return v;
+                    }
+                }
+                last = body;
+            }
+            if Instant::now() > end {
+                // show what drover saw and said, so a failure in CI explains itself
+                let log = self.stderr();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                panic!("timed out after {timeout:?} waiting for: {what}\nlast /status: {last}\ndrover log (tail):\n{tail}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn worker_pids(v: &serde_json::Value, program: &str) -> Vec<i64> {

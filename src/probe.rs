@@ -166,11 +166,14 @@ pub fn sample(pid: i32) -> Option<Sample> {
     })
 }
 
-/// Why a worker looks hung between two samples, if it does.
-pub fn hung(prev: &Sample, cur: &Sample) -> Option<&'static str> {
-    match cur.state {
-        'T' | 't' => Some("stopped (SIGSTOP or traced)"),
-        'R' | 'D' if cur.voluntary == prev.voluntary && cur.syscalls == prev.syscalls => {
+/// Why a worker looks hung, if it does. Being stopped shows in one sample; spinning needs the
+/// previous one to compare with.
+pub fn hung(prev: Option<&Sample>, cur: &Sample) -> Option<&'static str> {
+    match (cur.state, prev) {
+        ('T' | 't', _) => Some("stopped (SIGSTOP or traced)"),
+        ('R' | 'D', Some(prev))
+            if cur.voluntary == prev.voluntary && cur.syscalls == prev.syscalls =>
+        {
             Some("running without blocking or making a syscall")
         }
         _ => None,
@@ -402,22 +405,33 @@ tfd:        7 events:       19 data:     7f8500000007  pos:0 ino:bb00 sdev:9\n";
             voluntary,
             syscalls,
         };
-        assert_eq!(
-            hung(&s('S', 5, 5), &s('T', 5, 5)),
-            Some("stopped (SIGSTOP or traced)")
+        let stopped = Some("stopped (SIGSTOP or traced)");
+        assert_eq!(hung(Some(&s('S', 5, 5)), &s('T', 5, 5)), stopped);
+        assert_eq!(hung(None, &s('T', 5, 5)), stopped, "one sample shows it");
+        assert!(
+            hung(Some(&s('R', 5, 5)), &s('R', 5, 5)).is_some(),
+            "spinning"
         );
-        assert!(hung(&s('R', 5, 5), &s('R', 5, 5)).is_some(), "spinning");
         assert_eq!(
-            hung(&s('R', 5, 5), &s('R', 5, 9)),
+            hung(None, &s('R', 5, 5)),
             None,
-            "busy but making syscalls"
+            "spinning needs two samples"
         );
         assert_eq!(
-            hung(&s('R', 5, 5), &s('R', 6, 5)),
+            hung(Some(&s('R', 5, 5)), &s('R', 5, 9)),
+            None,
+            "busy, making syscalls"
+        );
+        assert_eq!(
+            hung(Some(&s('R', 5, 5)), &s('R', 6, 5)),
             None,
             "blocked at least once"
         );
-        assert_eq!(hung(&s('S', 5, 5), &s('S', 5, 5)), None, "idle, asleep");
+        assert_eq!(
+            hung(Some(&s('S', 5, 5)), &s('S', 5, 5)),
+            None,
+            "idle, asleep"
+        );
     }
 
     #[test]

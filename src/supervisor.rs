@@ -1121,10 +1121,7 @@ impl Supervisor {
                 for &(id, pid) in &ready {
                     let cur = probe::sample(pid);
                     let prev = self.programs[pi].health.get(&id).and_then(|(_, s)| *s);
-                    let verdict = match (prev, cur) {
-                        (Some(a), Some(b)) => probe::hung(&a, &b),
-                        _ => None,
-                    };
+                    let verdict = cur.as_ref().and_then(|c| probe::hung(prev.as_ref(), c));
                     if let Some(e) = self.programs[pi].health.get_mut(&id) {
                         e.1 = cur;
                     } else {

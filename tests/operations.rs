@@ -488,3 +488,75 @@ fn a_change_under_a_watched_path_rolls_the_workers() {
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit(T), 0);
 }
+
+#[test]
+fn a_unix_socket_status_listener_allows_control_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("drover.sock");
+    let cfg = demo_cfg(1, "", "").replace(
+        "status = \"127.0.0.1:0\"",
+        &format!("status = \"unix:{}\"", sock.display()),
+    );
+    let mut d = Drover::start(&cfg);
+    d.keep.push(dir);
+    wait_until(T, "the control socket", || sock.exists().then_some(()));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let url = format!("unix:{}", sock.display());
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(["ctl", "--url", &url])
+            .args(args)
+            .env_remove("DROVER_TOKEN")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    wait_until(T, "the worker ready", || {
+        let out = std::process::Command::new(BIN)
+            .args(["status", "--json", "--url", &url])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["programs"][0]["ready_workers"] == 1 && v["control"] == "unix-socket").then_some(())
+    });
+    let (code, out) = ctl(&["scale", "web", "2"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("web: 1 -> 2 workers"), "{out}");
+    let (code, out) = ctl(&["scale", "nope", "2"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("404") && out.contains("no program named `nope`"),
+        "{out}"
+    );
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(T), 0);
+}
+
+#[test]
+fn ctrl_c_once_is_graceful_twice_is_fast() {
+    // the worker ignores its stop signal: a graceful stop would wait the whole 60 s stop_timeout
+    let mut d = Drover::start(&one_program("command = \"trap '' TERM; echo $$ > {dir}/w; while true; do sleep 0.05; done\"\nstop_timeout = \"60s\""));
+    let pid = wait_until(T, "worker pid", || read_pids(&d.path("w")).first().copied());
+    d.wait_status("running", T, |v| {
+        v["programs"][0]["workers"][0]["state"] == "running"
+    });
+    d.signal(libc::SIGINT);
+    d.wait_status("stopping", T, |v| v["state"] == "stopping");
+    assert!(alive(pid), "the first Ctrl-C only asks");
+    d.signal(libc::SIGINT);
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(20)),
+        0,
+        "the second Ctrl-C kills at once"
+    );
+    assert!(!alive(pid));
+    assert!(d.stderr().contains("INT received again: fast shutdown"));
+}

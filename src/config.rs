@@ -211,6 +211,55 @@ pub struct HealthCfg {
     pub hung: bool,
 }
 
+/// Per-worker budget, `[program.NAME.budget]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WorkerBudget {
+    /// above this: graceful recycle
+    pub memory_soft: Option<u64>,
+    /// above this: killed (by the kernel in a cgroup, by drover when sampling)
+    pub memory_hard: Option<u64>,
+    /// cores
+    pub cpu: Option<f64>,
+}
+
+/// `[program.NAME.autoscale]`: the HPA rule, locally.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoscaleCfg {
+    pub min: u32,
+    pub max: u32,
+    /// percent of the per-worker CPU budget (or of one core)
+    pub target_cpu: f64,
+    pub scale_down_window: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetMode {
+    Auto,
+    Cgroup,
+    Sample,
+    Off,
+}
+
+/// `[budget]`: the whole node or pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeBudget {
+    pub memory: Option<u64>,
+    pub cpu: Option<f64>,
+    pub mode: BudgetMode,
+    pub sample_interval: Duration,
+}
+
+impl Default for NodeBudget {
+    fn default() -> Self {
+        NodeBudget {
+            memory: None,
+            cpu: None,
+            mode: BudgetMode::Auto,
+            sample_interval: Duration::from_secs(1),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProgramCfg {
     pub name: String,
@@ -229,11 +278,16 @@ pub struct ProgramCfg {
     pub readiness: ReadinessCfg,
     pub health: Option<HealthCfg>,
     pub watch: Vec<PathBuf>,
+    /// `workers = "auto"`: `workers` is filled in by `budget::resolve_auto`
+    pub workers_auto: bool,
+    pub budget: WorkerBudget,
+    pub autoscale: Option<AutoscaleCfg>,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     pub supervisor: SupervisorCfg,
+    pub budget: NodeBudget,
     pub prestart: Vec<StepCfg>,
     pub sockets: Vec<SocketCfg>,
     pub programs: Vec<ProgramCfg>,
@@ -406,6 +460,45 @@ impl Ctx<'_> {
                 self.err(&n.span, format!("{what}: {e}"));
                 None
             }
+        }
+    }
+
+    fn size(&mut self, what: &str, n: &Node) -> Option<u64> {
+        let s = match &n.v {
+            V::Int(i) if *i > 0 => return Some(*i as u64),
+            V::Str(s) => self.expand(what, n, s)?,
+            _ => {
+                self.err(&n.span, format!("{what}: expected a size like \"512MiB\", found {}", kind(n)));
+                return None;
+            }
+        };
+        match parse_size(&s) {
+            Ok(0) => {
+                self.err(&n.span, format!("{what}: a size of 0 is no budget; leave the key out instead"));
+                None
+            }
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.err(&n.span, format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn cores(&mut self, what: &str, n: &Node) -> Option<f64> {
+        let x = match n.v {
+            V::Int(i) => i as f64,
+            V::Float(f) => f,
+            _ => {
+                self.err(&n.span, format!("{what}: expected a number of cores like 0.5 or 2, found {}", kind(n)));
+                return None;
+            }
+        };
+        if x > 0.0 && x <= 1024.0 {
+            Some(x)
+        } else {
+            self.err(&n.span, format!("{what}: {x} cores is out of range (0, 1024]"));
+            None
         }
     }
 
@@ -762,8 +855,11 @@ fn is_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-const TOP_KEYS: &[&str] = &["supervisor", "prestart", "socket", "program"];
-const TOP_LATER: &[&str] = &["budget"];
+const TOP_KEYS: &[&str] = &["supervisor", "prestart", "socket", "program", "budget"];
+const TOP_LATER: &[&str] = &[];
+const BUDGET_KEYS: &[&str] = &["memory", "cpu", "mode", "sample_interval"];
+const WORKER_BUDGET_KEYS: &[&str] = &["memory_soft", "memory_hard", "cpu"];
+const AUTOSCALE_KEYS: &[&str] = &["min", "max", "target_cpu", "scale_down_window"];
 const SUP_KEYS: &[&str] = &[
     "status",
     "control_token_file",
@@ -798,8 +894,10 @@ const PROGRAM_KEYS: &[&str] = &[
     "readiness",
     "health",
     "watch",
+    "budget",
+    "autoscale",
 ];
-const PROGRAM_LATER: &[&str] = &["budget", "autoscale", "user", "group"];
+const PROGRAM_LATER: &[&str] = &["user", "group"];
 const READINESS_KEYS: &[&str] = &["check", "min_uptime", "exec", "interval", "timeout"];
 const HEALTH_KEYS: &[&str] = &["http", "exec", "interval", "timeout", "failures", "hung"];
 const BACKOFF_KEYS: &[&str] = &["initial", "max", "reset_after"];
@@ -861,6 +959,7 @@ pub fn parse(
     for (k, _, n) in top {
         match k.as_str() {
             "supervisor" => read_supervisor(&mut cx, n, &mut cfg.supervisor),
+            "budget" => read_budget(&mut cx, n, &mut cfg.budget),
             "prestart" => match &n.v {
                 V::Arr(items) => {
                     for (i, it) in items.iter().enumerate() {
@@ -984,6 +1083,55 @@ fn read_supervisor(cx: &mut Ctx, n: &Node, s: &mut SupervisorCfg) {
             _ => {}
         }
     }
+}
+
+fn read_budget(cx: &mut Ctx, n: &Node, b: &mut NodeBudget) {
+    let Some(t) = cx.table("budget", n) else {
+        return;
+    };
+    cx.keys("[budget]", t, BUDGET_KEYS, &[]);
+    for (k, _, v) in t {
+        let w = format!("budget.{k}");
+        match k.as_str() {
+            "memory" => b.memory = cx.size(&w, v),
+            "cpu" => b.cpu = cx.cores(&w, v),
+            "mode" => {
+                if let Some(m) = cx.choice(
+                    &w,
+                    v,
+                    &[
+                        ("auto", BudgetMode::Auto),
+                        ("cgroup", BudgetMode::Cgroup),
+                        ("sample", BudgetMode::Sample),
+                        ("off", BudgetMode::Off),
+                    ],
+                ) {
+                    b.mode = m
+                }
+            }
+            "sample_interval" => {
+                if let Some(d) = cx.duration(&w, v) {
+                    if d < Duration::from_millis(50) || d > Duration::from_secs(60) {
+                        cx.err(&v.span, format!("{w}: {d:?} is out of range (50ms..=60s)"));
+                    } else {
+                        b.sample_interval = d
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+pub fn fmt_size(b: u64) -> String {
+    const U: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (n, m) in U {
+        if b >= m && b % (m / 16).max(1) == 0 {
+            let v = b as f64 / m as f64;
+            return if v.fract() == 0.0 { format!("{v:.0}{n}") } else { format!("{v:.2}{n}") };
+        }
+    }
+    format!("{b}B")
 }
 
 fn read_step(cx: &mut Ctx, i: usize, n: &Node) -> Option<StepCfg> {
@@ -1117,6 +1265,9 @@ fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
         },
         health: None,
         watch: vec![],
+        workers_auto: false,
+        budget: WorkerBudget::default(),
+        autoscale: None,
     };
     let mut command = None;
     let mut check_set = false;
@@ -1137,10 +1288,7 @@ fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
                 _ => cx.err(&v.span, format!("{w}: expected an array of socket names, found {}", kind(v))),
             },
             "workers" => match &v.v {
-                V::Str(s) if s == "auto" => cx.err(
-                    &v.span,
-                    format!("{w}: \"auto\" is not supported yet in this version of drover; give a number"),
-                ),
+                V::Str(s) if s == "auto" => p.workers_auto = true,
                 _ => {
                     if let Some(i) = cx.uint(&w, v, 0, 10_000) {
                         p.workers = i as u32
@@ -1271,6 +1419,70 @@ fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
                     }
                 }
             }
+            "budget" => {
+                if let Some(t) = cx.table(&w, v) {
+                    cx.keys(&w, t, WORKER_BUDGET_KEYS, &[]);
+                    for (bk, _, bv) in t {
+                        let bw = format!("{w}.{bk}");
+                        match bk.as_str() {
+                            "memory_soft" => p.budget.memory_soft = cx.size(&bw, bv),
+                            "memory_hard" => p.budget.memory_hard = cx.size(&bw, bv),
+                            "cpu" => p.budget.cpu = cx.cores(&bw, bv),
+                            _ => {}
+                        }
+                    }
+                    if let (Some(s), Some(h)) = (p.budget.memory_soft, p.budget.memory_hard) {
+                        if s > h {
+                            cx.err(&v.span, format!("{w}: memory_soft ({}) is above memory_hard ({})", fmt_size(s), fmt_size(h)));
+                        }
+                    }
+                }
+            }
+            "autoscale" => {
+                if let Some(t) = cx.table(&w, v) {
+                    cx.keys(&w, t, AUTOSCALE_KEYS, &[]);
+                    let mut a = AutoscaleCfg {
+                        min: 1,
+                        max: 1,
+                        target_cpu: 50.0,
+                        scale_down_window: Duration::from_secs(300),
+                    };
+                    let mut have_max = false;
+                    for (ak, _, av) in t {
+                        let aw = format!("{w}.{ak}");
+                        match ak.as_str() {
+                            "min" => a.min = cx.uint(&aw, av, 1, 10_000).unwrap_or(1) as u32,
+                            "max" => {
+                                a.max = cx.uint(&aw, av, 1, 10_000).unwrap_or(1) as u32;
+                                have_max = true;
+                            }
+                            "target_cpu" => {
+                                let x = match av.v {
+                                    V::Int(i) => Some(i as f64),
+                                    V::Float(f) => Some(f),
+                                    _ => None,
+                                };
+                                match x {
+                                    Some(x) if x > 0.0 && x <= 100.0 => a.target_cpu = x,
+                                    _ => cx.err(&av.span, format!("{aw}: expected a percentage in (0, 100], found {}", kind(av))),
+                                }
+                            }
+                            "scale_down_window" => {
+                                if let Some(d) = cx.duration(&aw, av) {
+                                    a.scale_down_window = d
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    if !have_max {
+                        cx.err(&v.span, format!("{w}: `max` is missing"));
+                    } else if a.min > a.max {
+                        cx.err(&v.span, format!("{w}: min ({}) is above max ({})", a.min, a.max));
+                    }
+                    p.autoscale = Some(a);
+                }
+            }
             "health" => {
                 if let Some(t) = cx.table(&w, v) {
                     cx.keys(&w, t, HEALTH_KEYS, &[]);
@@ -1371,6 +1583,33 @@ fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
 
 /// Checks that span several sections: references, duplicates.
 fn cross_check(cx: &mut Ctx, cfg: &Config, top: &[(String, Range<usize>, Node)]) {
+    let budget_span = top
+        .iter()
+        .find(|(k, _, _)| k == "budget")
+        .map(|(_, ks, _)| ks.clone())
+        .unwrap_or(0..0);
+    if let Some(node) = cfg.budget.memory {
+        let sum: u64 = cfg
+            .programs
+            .iter()
+            .filter(|p| !p.workers_auto)
+            .map(|p| p.budget.memory_hard.unwrap_or(0) * p.autoscale.as_ref().map_or(p.workers, |a| a.min) as u64)
+            .sum();
+        if sum > node {
+            cx.err(&budget_span, format!("budget.memory: the workers' memory_hard budgets add up to {}, more than the node's {}", fmt_size(sum), fmt_size(node)));
+        }
+    }
+    if let Some(node) = cfg.budget.cpu {
+        let sum: f64 = cfg
+            .programs
+            .iter()
+            .filter(|p| !p.workers_auto)
+            .map(|p| p.budget.cpu.unwrap_or(0.0) * p.autoscale.as_ref().map_or(p.workers, |a| a.min) as f64)
+            .sum();
+        if sum > node + 1e-9 {
+            cx.err(&budget_span, format!("budget.cpu: the workers' cpu budgets add up to {sum} cores, more than the node's {node}"));
+        }
+    }
     let socket_names: Vec<&str> = cfg.sockets.iter().map(|s| s.name.as_str()).collect();
     let find = |sect: &str, name: &str| -> Option<Range<usize>> {
         let (_, _, n) = top.iter().find(|(k, _, _)| k == sect)?;
@@ -1531,12 +1770,16 @@ mod tests {
             ("[socket.http]\nlisten = \"localhost\"\n", "2:10: socket.http.listen: `localhost` is not an address (write \"host:port\", \"[::1]:port\" or \"unix:/path\")"),
             ("[socket.http]\nbacklog = 10\n", "1:1: [socket.http]: `listen` is missing"),
             ("[program.a]\ncommand = \"${DB_URL}\"\n", "2:11: program.a.command: environment variable DB_URL is not set (write ${DB_URL:-default} to give a default)"),
-            ("[program.a]\ncommand = \"x\"\n[program.a.autoscale]\nmin = 1\n", "3:12: [program.a]: `autoscale` is not supported yet in this version of drover; remove it to run"),
+            ("[program.a]\ncommand = \"x\"\nuser = \"app\"\n", "3:1: [program.a]: `user` is not supported yet in this version of drover; remove it to run"),
             ("[program.a]\ncommand = \"x\"\n[program.a.health]\nhttp = \"healthz\"\n", "4:8: program.a.health.http: `healthz` is not a request path like \"/healthz\""),
             ("[program.a]\ncommand = \"x\"\nworkers = 2\nmin_ready = 3\n", "4:13: [program.a]: min_ready (3) is more than workers (2)"),
             ("[program.a]\ncommand = \"x\"\nreadiness = { check = \"listening\" }\n", "3:13: [program.a]: readiness check \"listening\" needs the program to have `sockets`"),
             ("[program.a]\ncommand = \"x\"\nreadiness = { check = \"exec\" }\n", "3:13: program.a.readiness: check = \"exec\" needs `exec = [...]`"),
-            ("[budget]\nmemory = \"1GiB\"\n", "1:2: top level: `budget` is not supported yet in this version of drover; remove it to run"),
+            ("[budget]\nmemory = \"1GiB\"\n[program.a]\ncommand = \"x\"\nworkers = 3\nbudget = { memory_hard = \"512MiB\" }\n", "1:2: budget.memory: the workers' memory_hard budgets add up to 1.50GiB, more than the node's 1GiB"),
+            ("[program.a]\ncommand = \"x\"\nbudget = { memory_soft = \"1GiB\", memory_hard = \"512MiB\" }\n", "3:10: program.a.budget: memory_soft (1GiB) is above memory_hard (512MiB)"),
+            ("[program.a]\ncommand = \"x\"\nbudget = { cpu = 0 }\n", "3:18: program.a.budget.cpu: 0 cores is out of range (0, 1024]"),
+            ("[program.a]\ncommand = \"x\"\nautoscale = { min = 4, max = 2 }\n", "3:13: program.a.autoscale: min (4) is above max (2)"),
+            ("[budget]\nmode = \"cgroups\"\n", "2:8: budget.mode: `cgroups` is not one of auto | cgroup | sample | off"),
             ("[supervisor]\nshutdown_timout = \"1s\"\n", "2:1: [supervisor]: unknown key `shutdown_timout`; did you mean `shutdown_timeout`?"),
             ("[supervisor]\non_exhausted = \"die\"\n", "2:16: supervisor.on_exhausted: `die` is not one of exit | stay"),
             ("[[prestart]]\nname = \"m\"\n", "1:1: [[prestart]] #1: `command` is missing"),

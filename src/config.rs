@@ -468,13 +468,19 @@ impl Ctx<'_> {
             V::Int(i) if *i > 0 => return Some(*i as u64),
             V::Str(s) => self.expand(what, n, s)?,
             _ => {
-                self.err(&n.span, format!("{what}: expected a size like \"512MiB\", found {}", kind(n)));
+                self.err(
+                    &n.span,
+                    format!("{what}: expected a size like \"512MiB\", found {}", kind(n)),
+                );
                 return None;
             }
         };
         match parse_size(&s) {
             Ok(0) => {
-                self.err(&n.span, format!("{what}: a size of 0 is no budget; leave the key out instead"));
+                self.err(
+                    &n.span,
+                    format!("{what}: a size of 0 is no budget; leave the key out instead"),
+                );
                 None
             }
             Ok(b) => Some(b),
@@ -490,14 +496,23 @@ impl Ctx<'_> {
             V::Int(i) => i as f64,
             V::Float(f) => f,
             _ => {
-                self.err(&n.span, format!("{what}: expected a number of cores like 0.5 or 2, found {}", kind(n)));
+                self.err(
+                    &n.span,
+                    format!(
+                        "{what}: expected a number of cores like 0.5 or 2, found {}",
+                        kind(n)
+                    ),
+                );
                 return None;
             }
         };
         if x > 0.0 && x <= 1024.0 {
             Some(x)
         } else {
-            self.err(&n.span, format!("{what}: {x} cores is out of range (0, 1024]"));
+            self.err(
+                &n.span,
+                format!("{what}: {x} cores is out of range (0, 1024]"),
+            );
             None
         }
     }
@@ -1126,9 +1141,13 @@ fn read_budget(cx: &mut Ctx, n: &Node, b: &mut NodeBudget) {
 pub fn fmt_size(b: u64) -> String {
     const U: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
     for (n, m) in U {
-        if b >= m && b % (m / 16).max(1) == 0 {
+        if b >= m && b.is_multiple_of((m / 16).max(1)) {
             let v = b as f64 / m as f64;
-            return if v.fract() == 0.0 { format!("{v:.0}{n}") } else { format!("{v:.2}{n}") };
+            return if v.fract() == 0.0 {
+                format!("{v:.0}{n}")
+            } else {
+                format!("{v:.2}{n}")
+            };
         }
     }
     format!("{b}B")
@@ -1285,7 +1304,10 @@ fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
                         }
                     }
                 }
-                _ => cx.err(&v.span, format!("{w}: expected an array of socket names, found {}", kind(v))),
+                _ => cx.err(
+                    &v.span,
+                    format!("{w}: expected an array of socket names, found {}", kind(v)),
+                ),
             },
             "workers" => match &v.v {
                 V::Str(s) if s == "auto" => p.workers_auto = true,
@@ -1324,7 +1346,13 @@ fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
                         }
                     }
                     if p.backoff.max < p.backoff.initial {
-                        cx.err(&v.span, format!("{w}: `max` ({:?}) is below `initial` ({:?})", p.backoff.max, p.backoff.initial));
+                        cx.err(
+                            &v.span,
+                            format!(
+                                "{w}: `max` ({:?}) is below `initial` ({:?})",
+                                p.backoff.max, p.backoff.initial
+                            ),
+                        );
                     }
                 }
             }
@@ -1366,7 +1394,10 @@ fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
                         }
                     }
                 }
-                _ => cx.err(&v.span, format!("{w}: expected an array of paths, found {}", kind(v))),
+                _ => cx.err(
+                    &v.span,
+                    format!("{w}: expected an array of paths, found {}", kind(v)),
+                ),
             },
             "readiness" => {
                 if let Some(t) = cx.table(&w, v) {
@@ -1415,7 +1446,10 @@ fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
                         }
                     }
                     if p.readiness.check == ReadyCheck::Exec && p.readiness.exec.is_empty() {
-                        cx.err(&v.span, format!("{w}: check = \"exec\" needs `exec = [...]`"));
+                        cx.err(
+                            &v.span,
+                            format!("{w}: check = \"exec\" needs `exec = [...]`"),
+                        );
                     }
                 }
             }
@@ -1433,7 +1467,14 @@ fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
                     }
                     if let (Some(s), Some(h)) = (p.budget.memory_soft, p.budget.memory_hard) {
                         if s > h {
-                            cx.err(&v.span, format!("{w}: memory_soft ({}) is above memory_hard ({})", fmt_size(s), fmt_size(h)));
+                            cx.err(
+                                &v.span,
+                                format!(
+                                    "{w}: memory_soft ({}) is above memory_hard ({})",
+                                    fmt_size(s),
+                                    fmt_size(h)
+                                ),
+                            );
                         }
                     }
                 }
@@ -1464,7 +1505,13 @@ fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
                                 };
                                 match x {
                                     Some(x) if x > 0.0 && x <= 100.0 => a.target_cpu = x,
-                                    _ => cx.err(&av.span, format!("{aw}: expected a percentage in (0, 100], found {}", kind(av))),
+                                    _ => cx.err(
+                                        &av.span,
+                                        format!(
+                                            "{aw}: expected a percentage in (0, 100], found {}",
+                                            kind(av)
+                                        ),
+                                    ),
                                 }
                             }
                             "scale_down_window" => {
@@ -1478,7 +1525,10 @@ fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
                     if !have_max {
                         cx.err(&v.span, format!("{w}: `max` is missing"));
                     } else if a.min > a.max {
-                        cx.err(&v.span, format!("{w}: min ({}) is above max ({})", a.min, a.max));
+                        cx.err(
+                            &v.span,
+                            format!("{w}: min ({}) is above max ({})", a.min, a.max),
+                        );
                     }
                     p.autoscale = Some(a);
                 }
@@ -1499,7 +1549,8 @@ fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
                         match hk.as_str() {
                             "http" => {
                                 if let Some(path) = cx.string(&hw, hv) {
-                                    if path.starts_with('/') && !path.contains(char::is_whitespace) {
+                                    if path.starts_with('/') && !path.contains(char::is_whitespace)
+                                    {
                                         h.http = Some(path)
                                     } else {
                                         cx.err(&hv.span, format!("{hw}: `{path}` is not a request path like \"/healthz\""));
@@ -1530,7 +1581,10 @@ fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
                             }
                             "hung" => match hv.v {
                                 V::Bool(b) => h.hung = b,
-                                _ => cx.err(&hv.span, format!("{hw}: expected true or false, found {}", kind(hv))),
+                                _ => cx.err(
+                                    &hv.span,
+                                    format!("{hw}: expected true or false, found {}", kind(hv)),
+                                ),
                             },
                             _ => {}
                         }
@@ -1593,7 +1647,10 @@ fn cross_check(cx: &mut Ctx, cfg: &Config, top: &[(String, Range<usize>, Node)])
             .programs
             .iter()
             .filter(|p| !p.workers_auto)
-            .map(|p| p.budget.memory_hard.unwrap_or(0) * p.autoscale.as_ref().map_or(p.workers, |a| a.min) as u64)
+            .map(|p| {
+                p.budget.memory_hard.unwrap_or(0)
+                    * p.autoscale.as_ref().map_or(p.workers, |a| a.min) as u64
+            })
             .sum();
         if sum > node {
             cx.err(&budget_span, format!("budget.memory: the workers' memory_hard budgets add up to {}, more than the node's {}", fmt_size(sum), fmt_size(node)));
@@ -1604,7 +1661,10 @@ fn cross_check(cx: &mut Ctx, cfg: &Config, top: &[(String, Range<usize>, Node)])
             .programs
             .iter()
             .filter(|p| !p.workers_auto)
-            .map(|p| p.budget.cpu.unwrap_or(0.0) * p.autoscale.as_ref().map_or(p.workers, |a| a.min) as f64)
+            .map(|p| {
+                p.budget.cpu.unwrap_or(0.0)
+                    * p.autoscale.as_ref().map_or(p.workers, |a| a.min) as f64
+            })
             .sum();
         if sum > node + 1e-9 {
             cx.err(&budget_span, format!("budget.cpu: the workers' cpu budgets add up to {sum} cores, more than the node's {node}"));

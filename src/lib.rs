@@ -16,11 +16,18 @@
 //! - `control`    requests from the API to the loop; token handling
 //! - `metrics`    counters and the Prometheus text format
 //! - `watch`      dev runner: inotify on `watch` paths -> rolling restart
+//! - `budget`     `workers = "auto"` from the cgroup's CPU quota and the memory budget
+//! - `cgroup`     v2 / v1 detection, per-worker cgroups joined before exec, OOM counters
+//! - `usage`      /proc sampling of each worker's process group, where no cgroup can be written
+//! - `autoscale`  the HPA rule and its scale-down window, pure
 //! - `status`     axum router over the `Snapshot`: status, health, readiness, metrics, control
 //! - `logging`    drover's own logs: text on a TTY, JSON otherwise
 //! - `demo`       `drover demo-worker`, a tiny HTTP worker on the inherited fd 3
 //! - `client`     `drover status` and `drover ctl`: the endpoint from the command line
 
+pub mod autoscale;
+pub mod budget;
+pub mod cgroup;
 pub mod client;
 pub mod config;
 pub mod control;
@@ -38,6 +45,7 @@ pub mod spawn;
 pub mod state;
 pub mod status;
 pub mod supervisor;
+pub mod usage;
 pub mod watch;
 
 /// The configuration `drover run` uses when none is found: a step, a socket, two demo workers.

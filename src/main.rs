@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use drover::config::{self, Config, ListenAddr};
 use drover::{client, guard, logging, output, plan, reaper, signals, sockets, status, supervisor};
@@ -245,12 +245,89 @@ fn ctl(url: Option<String>, token_file: Option<PathBuf>, action: CtlAction) -> i
     }
 }
 
+fn any_budget(cfg: &Config) -> bool {
+    cfg.budget.memory.is_some()
+        || cfg.budget.cpu.is_some()
+        || cfg
+            .programs
+            .iter()
+            .any(|p| p.budget != Default::default() || p.autoscale.is_some())
+}
+
+/// Decide how budgets are enforced; `create` makes the cgroup directories (run, not check).
+fn budget_runtime(
+    cfg: &Config,
+    create: bool,
+    guard: Option<i32>,
+) -> Result<supervisor::BudgetRuntime, String> {
+    use drover::config::BudgetMode;
+    let off = |why: &str| supervisor::BudgetRuntime {
+        mode: "off",
+        notes: vec![why.to_string()],
+        cgroups: None,
+        sample: false,
+    };
+    match cfg.budget.mode {
+        BudgetMode::Off => return Ok(off("budget.mode = \"off\": nothing is enforced or sampled")),
+        BudgetMode::Auto if !any_budget(cfg) => return Ok(off("no budgets or autoscaling configured: nothing to enforce, nothing sampled")),
+        BudgetMode::Sample => {
+            return Ok(supervisor::BudgetRuntime {
+                mode: "sampling",
+                notes: vec![format!("budget.mode = \"sample\": /proc every {:?}; memory budgets enforced by drover, CPU measured, not throttled", cfg.budget.sample_interval)],
+                cgroups: None,
+                sample: true,
+            })
+        }
+        _ => {}
+    }
+    let also: Vec<i32> = guard.into_iter().collect();
+    let det = drover::cgroup::detect(create, &also);
+    match det.cgroups {
+        Some(cg) => Ok(supervisor::BudgetRuntime {
+            mode: match cg.version {
+                drover::cgroup::Version::V1 => "cgroup v1",
+                drover::cgroup::Version::V2 => "cgroup v2",
+            },
+            notes: det.notes,
+            cgroups: Some(cg),
+            sample: true,
+        }),
+        None if cfg.budget.mode == BudgetMode::Cgroup => Err(format!(
+            "budget.mode = \"cgroup\" but no cgroup can be written here: {}",
+            det.notes.join("; ")
+        )),
+        None => {
+            let mut notes = det.notes;
+            notes.push(format!("so: sampling /proc every {:?}; memory budgets enforced by drover, CPU measured, not throttled", cfg.budget.sample_interval));
+            Ok(supervisor::BudgetRuntime {
+                mode: "sampling",
+                notes,
+                cgroups: None,
+                sample: true,
+            })
+        }
+    }
+}
+
 fn check(src: Source) -> i32 {
-    let cfg = match load(&src) {
+    let mut cfg = match load(&src) {
         Ok(c) => c,
         Err(c) => return c as i32,
     };
+    let derived = drover::budget::resolve(&mut cfg);
     print!("{}", plan::render(&cfg, &src.label()));
+    for d in &derived {
+        println!("derived: {d}");
+    }
+    match budget_runtime(&cfg, false, None) {
+        Ok(b) => {
+            println!("budget enforcement: {}", b.mode);
+            for n in b.notes {
+                println!("  {n}");
+            }
+        }
+        Err(e) => println!("budget enforcement: at run time drover will exit 1: {e}"),
+    }
     let warns = plan::warnings(&cfg);
     if !warns.is_empty() {
         println!("warnings:");
@@ -263,10 +340,11 @@ fn check(src: Source) -> i32 {
 }
 
 fn run(src: Source) -> i32 {
-    let cfg = match load(&src) {
+    let mut cfg = match load(&src) {
         Ok(c) => c,
         Err(c) => return c as i32,
     };
+    let derived = drover::budget::resolve(&mut cfg);
     let token = match &cfg.supervisor.control_token_file {
         Some(p) => match drover::control::read_token(p) {
             Ok(t) => Some(Arc::<str>::from(t)),
@@ -299,6 +377,22 @@ fn run(src: Source) -> i32 {
             "no configuration found (-c, $DROVER_CONFIG, ./drover.toml, /etc/drover/drover.toml): running the embedded demo config; try http://127.0.0.1:8000/ and `drover status`"
         ),
         Source::File(p) => info!("drover {} starting with {}", env!("CARGO_PKG_VERSION"), p.display()),
+    }
+    for d in &derived {
+        info!("{d}");
+    }
+    let budget = match budget_runtime(&cfg, true, guard.as_ref().map(|g| g.pid)) {
+        Ok(b) => b,
+        Err(e) => {
+            error!("{e}; nothing was started; exiting with code 1");
+            return supervisor::EXIT_RUNTIME;
+        }
+    };
+    info!("budgets: {} ({})", budget.mode, budget.notes.join("; "));
+    if let Some(cg) = &budget.cgroups {
+        if let Err(e) = cg.set_node_limits(cfg.budget.memory, cfg.budget.cpu) {
+            warn!("budget: cannot set the node limits on drover's cgroup: {e}; per-worker budgets still apply");
+        }
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -389,8 +483,15 @@ fn run(src: Source) -> i32 {
             control: ctl_rx,
             token: token_tx,
             control_mode,
-            reload: Box::new(move || read_config(&src)),
+            reload: Box::new(move || {
+                let mut c = read_config(&src)?;
+                for d in drover::budget::resolve(&mut c) {
+                    info!("reload: {d}");
+                }
+                Ok(c)
+            }),
             watch,
+            budget,
         };
         supervisor::Supervisor::new(cfg, bound, cx).run(reaper, signals).await
     })

@@ -139,6 +139,37 @@ pub fn render(s: &crate::status::Snapshot) -> String {
             }
         }
     }
+    let _ = writeln!(o, "# HELP drover_worker_cpu_percent CPU of each worker's process group over the last sample, percent of one core.\n# TYPE drover_worker_cpu_percent gauge");
+    for p in &s.programs {
+        for w in &p.workers {
+            if let Some(c) = w.cpu_percent {
+                let _ = writeln!(
+                    o,
+                    "drover_worker_cpu_percent{{program=\"{}\",worker=\"{}\"}} {c:.2}",
+                    esc(&p.name),
+                    w.index
+                );
+            }
+        }
+    }
+    let _ = writeln!(o, "# HELP drover_autoscale_desired_workers The autoscaler's last decision.\n# TYPE drover_autoscale_desired_workers gauge");
+    let _ = writeln!(o, "# HELP drover_autoscale_utilization_percent Mean CPU of ready workers, percent of the per-worker budget.\n# TYPE drover_autoscale_utilization_percent gauge");
+    for p in &s.programs {
+        if let Some(d) = &p.autoscale {
+            let _ = writeln!(
+                o,
+                "drover_autoscale_desired_workers{{program=\"{}\"}} {}",
+                esc(&p.name),
+                d.desired
+            );
+            let _ = writeln!(
+                o,
+                "drover_autoscale_utilization_percent{{program=\"{}\"}} {:.2}",
+                esc(&p.name),
+                d.utilization
+            );
+        }
+    }
     let _ = writeln!(o, "# HELP drover_spawn_to_ready_seconds Time from spawn to passing readiness.\n# TYPE drover_spawn_to_ready_seconds histogram");
     for (prog, h) in &m.ready_latency {
         for (i, b) in READY_BUCKETS.iter().enumerate() {

@@ -49,6 +49,8 @@ pub struct SpawnSpec {
     pub stdio: Stdio,
     /// set PR_SET_PDEATHSIG=KILL and check the parent is still this pid
     pub parent: Option<libc::pid_t>,
+    /// `cgroup.procs` fds the child writes its own pid into, first thing after fork
+    pub cgroup_procs: Vec<RawFd>,
 }
 
 /// Find the executable the way `execvp` would, but before fork, so the error is ours to word.
@@ -102,6 +104,7 @@ const STAGE_CHDIR: i32 = 2;
 const STAGE_FDS: i32 = 3;
 const STAGE_PGRP: i32 = 4;
 const STAGE_PARENT: i32 = 5;
+const STAGE_CGROUP: i32 = 6;
 
 /// Fork and exec. Returns the child's pid once it has exec'd (or the reason it could not).
 /// A child that failed after fork has already exited with 127; the reaper will collect it.
@@ -170,6 +173,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<libc::pid_t, SpawnError> {
     let (err_r, err_w) = pipe().map_err(|err| SpawnError::Setup { stage: "pipe", err })?;
     let err_w_raw = err_w.as_raw_fd();
     let listen_pid_ptr = listen_pid_buf.as_mut_ptr();
+    let cgroup_fds: Vec<RawFd> = spec.cgroup_procs.clone();
 
     // SAFETY: after fork the child only runs the code inside `if pid == 0`, which calls
     // async-signal-safe syscalls (sigprocmask, sigaction, setpgid, prctl, getppid, open, dup2,
@@ -199,6 +203,8 @@ pub fn spawn(spec: &SpawnSpec) -> Result<libc::pid_t, SpawnError> {
                 err_w: err_w_raw,
                 parent,
                 listen_pid: listen_pid_ptr.add(listen_pid_at),
+                cgroup_fds: cgroup_fds.as_ptr(),
+                n_cgroup: cgroup_fds.len(),
             })
         }
     }
@@ -257,6 +263,10 @@ pub fn spawn(spec: &SpawnSpec) -> Result<libc::pid_t, SpawnError> {
             stage: "parent-death signal",
             err,
         },
+        STAGE_CGROUP => SpawnError::Setup {
+            stage: "joining its cgroup",
+            err,
+        },
         _ => SpawnError::Setup {
             stage: "unknown",
             err,
@@ -278,6 +288,29 @@ struct ChildArgs {
     err_w: RawFd,
     parent: libc::pid_t,
     listen_pid: *mut u8,
+    cgroup_fds: *const RawFd,
+    n_cgroup: usize,
+}
+
+/// Decimal digits of `n` into `buf`; returns the length. No allocation.
+fn format_pid(n: libc::pid_t, buf: &mut [u8; 12]) -> usize {
+    let mut n = n as u32;
+    let mut digits = [0u8; 12];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut j = 0;
+    while j < len {
+        buf[j] = digits[len - 1 - j];
+        j += 1;
+    }
+    len
 }
 
 /// Runs in the forked child. Raw syscalls only.
@@ -309,6 +342,22 @@ unsafe fn child(a: ChildArgs) -> ! {
             libc::sigaction(sig, &dfl, std::ptr::null_mut());
         }
         sig += 1;
+    }
+
+    // Into its cgroup before anything else, so every byte and every child is accounted there.
+    let mut i = 0;
+    while i < a.n_cgroup {
+        let mut buf = [0u8; 12];
+        let len = format_pid(libc::getpid(), &mut buf);
+        if libc::write(
+            *a.cgroup_fds.add(i),
+            buf.as_ptr() as *const libc::c_void,
+            len,
+        ) != len as isize
+        {
+            fail(STAGE_CGROUP, a.err_w);
+        }
+        i += 1;
     }
 
     // Its own process group, so stop and kill reach everything it starts.
@@ -381,20 +430,11 @@ unsafe fn child(a: ChildArgs) -> ! {
 
     if a.n_socks > 0 {
         // format our pid into the pre-allocated LISTEN_PID buffer
-        let mut pid = libc::getpid() as u32;
-        let mut digits = [0u8; 12];
-        let mut n = 0;
-        loop {
-            digits[n] = b'0' + (pid % 10) as u8;
-            n += 1;
-            pid /= 10;
-            if pid == 0 {
-                break;
-            }
-        }
+        let mut buf = [0u8; 12];
+        let n = format_pid(libc::getpid(), &mut buf);
         let mut j = 0;
         while j < n {
-            *a.listen_pid.add(j) = digits[n - 1 - j];
+            *a.listen_pid.add(j) = buf[j];
             j += 1;
         }
         *a.listen_pid.add(n) = 0;

@@ -51,6 +51,8 @@ pub enum StopReason {
     StartTimeout,
     /// stopped through the control API
     Stop,
+    /// above its soft memory budget: replaced gracefully
+    Memory,
 }
 
 impl StopReason {
@@ -63,6 +65,7 @@ impl StopReason {
             StopReason::Health => "health",
             StopReason::StartTimeout => "start-timeout",
             StopReason::Stop => "stop",
+            StopReason::Memory => "memory",
         }
     }
 }
@@ -75,6 +78,8 @@ pub enum LastExit {
     SpawnFailed(String),
     /// drover stopped it
     Stopped(ExitStatus, StopReason),
+    /// killed for its memory: "oom" (the kernel, in its cgroup) or "memory" (drover, sampling)
+    Killed(ExitStatus, &'static str),
 }
 
 /// What the state machine needs from the program's configuration.

@@ -37,6 +37,8 @@ pub struct Snapshot {
     /// how the mutating routes are protected: token | unix-socket | off
     pub control: &'static str,
     pub last_reload: Option<serde_json::Value>,
+    /// how budgets are enforced, and why
+    pub budget: Option<serde_json::Value>,
     pub steps: Vec<StepStatus>,
     pub sockets: Vec<SocketStatus>,
     pub programs: Vec<ProgramStatus>,
@@ -70,6 +72,10 @@ pub struct ProgramStatus {
     pub rolling: bool,
     /// a program-level health problem (probes no worker answered), if any
     pub health: Option<String>,
+    /// the per-worker budget, if any
+    pub budget: Option<serde_json::Value>,
+    /// the last autoscaling decision, with its inputs
+    pub autoscale: Option<crate::autoscale::Decision>,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -85,8 +91,10 @@ pub struct WorkerStatus {
     pub health_failures: u32,
     pub memory_bytes: Option<u64>,
     pub cpu_seconds: Option<f64>,
-    /// needs two samples over time: reported by the budgets capability
+    /// percent of one core over the last sample interval (when budgets are sampled)
     pub cpu_percent: Option<f64>,
+    /// the worker's cgroup directories, where drover manages one
+    pub cgroup: Vec<String>,
 }
 
 pub enum Listener {
@@ -162,7 +170,9 @@ fn live(api: &Api) -> Snapshot {
     let mut snap: Snapshot = (**api.snap.borrow()).clone();
     for p in &mut snap.programs {
         for w in &mut p.workers {
-            w.memory_bytes = w.pid.and_then(rss_bytes);
+            if w.memory_bytes.is_none() {
+                w.memory_bytes = w.pid.and_then(rss_bytes);
+            }
             w.cpu_seconds = w.pid.and_then(cpu_seconds);
         }
     }

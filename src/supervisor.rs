@@ -20,8 +20,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
+use crate::autoscale::Autoscaler;
+use crate::cgroup::{Cgroups, SlotCgroup};
 use crate::config::{
-    signal_name, Config, ListenAddr, LogMode, OnExhausted, ProgramCfg, ReadyCheck, StepCfg,
+    fmt_size, signal_name, Config, ListenAddr, LogMode, OnExhausted, ProgramCfg, ReadyCheck,
+    StepCfg,
 };
 use crate::control::{self, Command, Reply, Request};
 use crate::guard::Guard;
@@ -62,6 +65,27 @@ pub struct Context {
     pub reload: Reloader,
     /// program name -> changes under its watch paths
     pub watch: Option<mpsc::UnboundedReceiver<String>>,
+    pub budget: BudgetRuntime,
+}
+
+/// How budgets are enforced in this run (decided at start, reported in /status).
+#[derive(Debug, Clone)]
+pub struct BudgetRuntime {
+    /// "cgroup v2" | "cgroup v1" | "sampling" | "off"
+    pub mode: &'static str,
+    pub notes: Vec<String>,
+    pub cgroups: Option<Cgroups>,
+    /// the /proc sampling loop runs (CPU %, memory where no cgroup, autoscaling)
+    pub sample: bool,
+}
+
+/// Sampled usage of one slot.
+#[derive(Debug, Clone, Copy, Default)]
+struct SlotUsage {
+    memory: Option<u64>,
+    cpu_percent: Option<f64>,
+    ticks: u64,
+    at: Option<Instant>,
 }
 
 struct Roll {
@@ -98,6 +122,12 @@ struct Program {
     /// slot id -> (consecutive failures, last liveness sample)
     health: HashMap<u64, (u32, Option<probe::Sample>)>,
     watch_due: Option<Instant>,
+    /// slot id -> its cgroup(s) and the OOM-kill count when its process started
+    cgroups: HashMap<u64, (SlotCgroup, u64)>,
+    usage: HashMap<u64, SlotUsage>,
+    /// slots drover is killing or recycling for memory, and why
+    memory_action: HashMap<u64, &'static str>,
+    autoscaler: Option<Autoscaler>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -151,6 +181,11 @@ pub struct Supervisor {
     next_id: u64,
     metrics: Metrics,
     last_reload: Option<serde_json::Value>,
+    /// slot cgroups waiting to be removed (processes still leaving)
+    cgroup_gc: Vec<SlotCgroup>,
+    next_sample: Option<Instant>,
+    mem_tx: mpsc::UnboundedSender<(u64, u64)>,
+    mem_rx: mpsc::UnboundedReceiver<(u64, u64)>,
 }
 
 enum StepEnd {
@@ -189,6 +224,7 @@ impl Supervisor {
             .unwrap_or(1)
             | 1;
         let (http_tx, http_rx) = mpsc::unbounded_channel();
+        let (mem_tx, mem_rx) = mpsc::unbounded_channel();
         let mut s = Supervisor {
             cx,
             cfg: cfg.clone(),
@@ -206,6 +242,10 @@ impl Supervisor {
             next_id: 1,
             metrics: Metrics::default(),
             last_reload: None,
+            cgroup_gc: Vec::new(),
+            next_sample: None,
+            mem_tx,
+            mem_rx,
         };
         for p in &cfg.programs {
             let prog = s.make_program(p.clone());
@@ -251,6 +291,7 @@ impl Supervisor {
         });
         let id = self.next_id;
         self.next_id += 1;
+        let autoscaler = p.autoscale.clone().map(Autoscaler::new);
         Program {
             id,
             slot_cfg: slot_cfg(&p),
@@ -271,6 +312,10 @@ impl Supervisor {
             health_note: None,
             health: HashMap::new(),
             watch_due: None,
+            cgroups: HashMap::new(),
+            usage: HashMap::new(),
+            memory_action: HashMap::new(),
+            autoscaler,
         }
     }
 
@@ -311,6 +356,9 @@ impl Supervisor {
             self.schedule_health(pi, now);
         }
         self.run = RunState::Running;
+        if self.cx.budget.sample {
+            self.next_sample = Some(now + self.cfg.budget.sample_interval);
+        }
         let total: u32 = self.programs.iter().map(|p| p.desired).sum();
         info!(
             "supervising {} program{} with {} worker{} in all",
@@ -327,6 +375,7 @@ impl Supervisor {
                 if self.programs.iter().all(|p| p.slots.is_empty()) {
                     info!("all workers stopped; exiting with code {}", self.exit_code);
                     self.publish();
+                    self.remove_cgroups().await;
                     return self.exit_code;
                 }
             }
@@ -357,6 +406,7 @@ impl Supervisor {
                     let _ = req.reply.send(answer);
                 }
                 Some(r) = self.http_rx.recv() => self.on_http_result(r, Instant::now()),
+                Some((prog, slot)) = self.mem_rx.recv() => self.on_memory_notice(prog, slot, Instant::now()),
                 Some(name) = watch_next => self.on_watch(&name),
                 _ = sleep => {}
             }
@@ -382,7 +432,9 @@ impl Supervisor {
             self.check_readiness(now);
             self.check_health(now);
             self.check_watch(now);
+            self.check_budgets(now);
             self.advance_rolls(now);
+            self.cgroup_gc.retain(|cg| !cg.remove());
             self.programs
                 .retain(|p| !(p.removing && p.slots.is_empty()));
             self.publish();
@@ -504,6 +556,7 @@ impl Supervisor {
             sockets: vec![], // steps never receive the listening sockets
             stdio: Stdio::Pipe(std::os::fd::AsRawFd::as_raw_fd(&w)),
             parent: self.parent_pid(),
+            cgroup_procs: vec![],
         };
         let pid = match spawn::spawn(&spec) {
             Ok(pid) => pid,
@@ -625,11 +678,25 @@ impl Supervisor {
                 None => Stdio::Inherit,
             },
             parent,
+            cgroup_procs: vec![],
         };
         let sc = prog.slot_cfg;
         let prog_id = prog.id;
         let program_name = prog.cfg.name.clone();
         let first_check = now + prog.cfg.readiness.interval.min(Duration::from_millis(20));
+        let mut spec = spec;
+        match self.slot_cgroup(pi, id, index) {
+            Ok(fds) => spec.cgroup_procs = fds,
+            Err(e) => {
+                self.metrics.restart(&program_name, "spawn");
+                if let Some(slot) = self.slot_mut(pi, id) {
+                    slot.spawn_failed(format!("cgroup: {e}"), now, &sc.backoff, jitter);
+                    let delay = slot.last_delay;
+                    error!(program = %program_name, worker = index, "worker {name}: cannot set up its cgroup: {e} (retrying in {delay:.1?})");
+                }
+                return;
+            }
+        }
         match spawn::spawn(&spec) {
             Ok(pid) => {
                 if let Some((r, w)) = pipe {
@@ -652,6 +719,11 @@ impl Supervisor {
                 let p = &mut self.programs[pi];
                 p.ready_next.insert(id, first_check);
                 p.health.remove(&id);
+                p.usage.remove(&id);
+                p.memory_action.remove(&id);
+                if let Some((cg, base)) = p.cgroups.get_mut(&id) {
+                    *base = cg.oom_kills();
+                }
                 if let Some(slot) = p.slots.iter_mut().find(|s| s.id == id) {
                     slot.spawned(pid, now, &sc);
                 }
@@ -666,6 +738,62 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// The slot's cgroup `cgroup.procs` fds (created on first use); none without cgroups.
+    fn slot_cgroup(&mut self, pi: usize, id: u64, index: u32) -> std::io::Result<Vec<RawFd>> {
+        let Some(cgs) = self.cx.budget.cgroups.clone() else {
+            return Ok(vec![]);
+        };
+        let p = &mut self.programs[pi];
+        if let Some((cg, _)) = p.cgroups.get(&id) {
+            return Ok(cg.procs_fds());
+        }
+        let cg = cgs.slot(&format!("{}.{index}-{id}", p.cfg.name), &p.cfg.budget)?;
+        // v1 can tell us the moment usage crosses the soft budget
+        if let (Some(soft), true) = (p.cfg.budget.memory_soft, cg.memory.is_some()) {
+            match cg.usage_notifier(soft) {
+                Ok(efd) => {
+                    let tx = self.mem_tx.clone();
+                    let prog = p.id;
+                    tokio::spawn(async move {
+                        // SAFETY: the eventfd is ours and owned by the AsyncFd for its life.
+                        let Ok(afd) = (unsafe { tokio::io::unix::AsyncFd::register(efd) }) else {
+                            return;
+                        };
+                        loop {
+                            let Ok(mut g) = afd.readable().await else {
+                                return;
+                            };
+                            let mut v = [0u8; 8];
+                            // SAFETY: reading 8 bytes from our non-blocking eventfd.
+                            let n = unsafe {
+                                libc::read(
+                                    std::os::fd::AsRawFd::as_raw_fd(afd.get_ref()),
+                                    v.as_mut_ptr() as *mut libc::c_void,
+                                    8,
+                                )
+                            };
+                            if n == 8 {
+                                if tx.send((prog, id)).is_err() {
+                                    return;
+                                }
+                            } else {
+                                g.clear_ready();
+                            }
+                        }
+                    });
+                }
+                Err(e) => debug!(
+                    "program {}: no memory threshold notification ({e}); sampling will notice",
+                    p.cfg.name
+                ),
+            }
+        }
+        let fds = cg.procs_fds();
+        let base = cg.oom_kills();
+        p.cgroups.insert(id, (cg, base));
+        Ok(fds)
     }
 
     fn on_exit(&mut self, pid: libc::pid_t, status: ExitStatus, now: Instant) {
@@ -688,6 +816,18 @@ impl Supervisor {
             g.unwatch(pid);
         }
         let Some(pi) = self.pidx(prog_id) else { return };
+        // memory: did the kernel OOM-kill it in its cgroup, or did drover kill it for its budget?
+        let mut killed_for: Option<&'static str> = None;
+        if let Some((cg, base)) = self.programs[pi].cgroups.get(&id) {
+            cg.kill_all();
+            if cg.oom_kills() > *base {
+                killed_for = Some("oom");
+            }
+        }
+        if killed_for.is_none() && self.programs[pi].memory_action.get(&id) == Some(&"kill") {
+            killed_for = Some("memory");
+        }
+        self.programs[pi].memory_action.remove(&id);
         let jitter = self.jitter();
         let sc = self.programs[pi].slot_cfg;
         let name = self.programs[pi].cfg.name.clone();
@@ -703,6 +843,9 @@ impl Supervisor {
             .map(|s| now.duration_since(s))
             .unwrap_or_default();
         let acts = slot.exited(status, now, &sc, jitter);
+        if let (Some(why), Some(LastExit::Exited(st))) = (killed_for, slot.last_exit.clone()) {
+            slot.last_exit = Some(LastExit::Killed(st, why));
+        }
         let label = format!("{name}.{idx}");
         let restart_reason = match &slot.last_exit {
             Some(LastExit::Stopped(_, r))
@@ -713,6 +856,7 @@ impl Supervisor {
             Some(LastExit::Exited(_)) if !matches!(slot.phase, Phase::Done { .. }) => {
                 Some("exit".to_string())
             }
+            Some(LastExit::Killed(_, why)) => Some(why.to_string()),
             _ => None,
         };
         if was_stopping {
@@ -783,6 +927,10 @@ impl Supervisor {
                     p.slots.retain(|s| s.id != id);
                     p.ready_next.remove(&id);
                     p.health.remove(&id);
+                    p.usage.remove(&id);
+                    if let Some((cg, _)) = p.cgroups.remove(&id) {
+                        self.cgroup_gc.push(cg);
+                    }
                 }
             }
         }
@@ -853,6 +1001,12 @@ impl Supervisor {
             }
             take(p.next_health);
             take(p.watch_due);
+        }
+        if self.cx.budget.sample && self.run == RunState::Running {
+            take(self.next_sample);
+        }
+        if !self.cgroup_gc.is_empty() {
+            take(Some(now + Duration::from_millis(200)));
         }
         for pr in self.probes.values() {
             if !pr.killed {
@@ -1005,6 +1159,7 @@ impl Supervisor {
             sockets: vec![],
             stdio: Stdio::Null,
             parent: self.parent_pid(),
+            cgroup_procs: vec![],
         };
         let prog = p.id;
         match spawn::spawn(&spec) {
@@ -1267,6 +1422,208 @@ impl Supervisor {
                 StopReason::Health,
             );
             self.apply(pi, id, acts, now);
+        }
+    }
+
+    // ---- budgets ------------------------------------------------------------------------------
+
+    /// A cgroup's usage crossed the soft budget (v1 eventfd threshold).
+    fn on_memory_notice(&mut self, prog: u64, slot: u64, now: Instant) {
+        let Some(pi) = self.pidx(prog) else { return };
+        let p = &self.programs[pi];
+        let (Some(soft), Some((cg, _))) = (p.cfg.budget.memory_soft, p.cgroups.get(&slot)) else {
+            return;
+        };
+        if let Some(m) = cg.memory_bytes() {
+            if m >= soft {
+                self.memory_recycle(pi, slot, m, soft, now);
+            }
+        }
+    }
+
+    /// Replace a worker above its soft budget through the rolling path: never KILL.
+    fn memory_recycle(&mut self, pi: usize, id: u64, used: u64, soft: u64, now: Instant) {
+        if self.run != RunState::Running || self.programs[pi].memory_action.contains_key(&id) {
+            return;
+        }
+        let p = &mut self.programs[pi];
+        let Some(slot) = p.slots.iter().find(|s| s.id == id) else {
+            return;
+        };
+        if !slot.is_ready() {
+            return;
+        }
+        warn!(
+            program = %p.cfg.name, worker = slot.index, pid = slot.pid().unwrap_or(0),
+            "worker {}.{} uses {}, above memory_soft {}: replacing it gracefully",
+            p.cfg.name, slot.index, fmt_size(used), fmt_size(soft)
+        );
+        p.memory_action.insert(id, "recycle");
+        match p.roll.as_mut() {
+            Some(r) => {
+                if r.current.is_none_or(|(old, _)| old != id) && !r.pending.contains(&id) {
+                    r.pending.push_back(id);
+                }
+            }
+            None => {
+                p.roll = Some(Roll {
+                    reason: StopReason::Memory,
+                    started: now,
+                    pending: VecDeque::from([id]),
+                    current: None,
+                });
+            }
+        }
+    }
+
+    /// Every sample interval: usage, enforcement where no cgroup does it, autoscaling.
+    fn check_budgets(&mut self, now: Instant) {
+        if !self.cx.budget.sample
+            || self.run != RunState::Running
+            || self.next_sample.is_none_or(|t| now < t)
+        {
+            return;
+        }
+        let interval = self.cfg.budget.sample_interval;
+        self.next_sample = Some(now + interval);
+        let mut groups = std::collections::HashSet::new();
+        for p in &self.programs {
+            for s in &p.slots {
+                if let Some(pid) = s.pid() {
+                    groups.insert(pid);
+                }
+            }
+        }
+        let proc_memory = self
+            .programs
+            .iter()
+            .any(|p| p.cgroups.is_empty() && !p.slots.is_empty());
+        let usage = crate::usage::scan(&groups, proc_memory);
+        let hz = crate::usage::clock_ticks_per_sec();
+        let mut actions: Vec<(usize, u64, &'static str, u64, u64)> = vec![];
+        for (pi, p) in self.programs.iter_mut().enumerate() {
+            for s in &p.slots {
+                let Some(pid) = s.pid() else { continue };
+                let g = usage.get(&pid).copied().unwrap_or_default();
+                let memory = match p.cgroups.get(&s.id) {
+                    Some((cg, _)) if cg.memory.is_some() => cg.memory_bytes(),
+                    _ => (g.procs > 0).then_some(g.memory),
+                };
+                let u = p.usage.entry(s.id).or_default();
+                if let Some(at) = u.at {
+                    let dt = now.duration_since(at).as_secs_f64();
+                    if dt > 0.0 && g.cpu_ticks >= u.ticks {
+                        u.cpu_percent = Some((g.cpu_ticks - u.ticks) as f64 / hz / dt * 100.0);
+                    }
+                }
+                u.ticks = g.cpu_ticks;
+                u.at = Some(now);
+                u.memory = memory;
+                let Some(m) = memory else { continue };
+                let in_cgroup = p
+                    .cgroups
+                    .get(&s.id)
+                    .is_some_and(|(cg, _)| cg.memory.is_some());
+                if let Some(hard) = p.cfg.budget.memory_hard {
+                    // with a memory cgroup the kernel enforces the hard limit itself
+                    if !in_cgroup && m > hard && p.memory_action.get(&s.id) != Some(&"kill") {
+                        actions.push((pi, s.id, "kill", m, hard));
+                        continue;
+                    }
+                }
+                if let Some(soft) = p.cfg.budget.memory_soft {
+                    if m >= soft && !p.memory_action.contains_key(&s.id) {
+                        actions.push((pi, s.id, "recycle", m, soft));
+                    }
+                }
+            }
+        }
+        for (pi, id, what, used, limit) in actions {
+            if what == "kill" {
+                let p = &mut self.programs[pi];
+                let Some(slot) = p.slots.iter().find(|s| s.id == id) else {
+                    continue;
+                };
+                let pid = slot.pid().unwrap_or(0);
+                error!(
+                    program = %p.cfg.name, worker = slot.index, pid,
+                    "worker {}.{} (pid {pid}) uses {}, above memory_hard {}: killing its process group",
+                    p.cfg.name, slot.index, fmt_size(used), fmt_size(limit)
+                );
+                p.memory_action.insert(id, "kill");
+                spawn::signal_group(pid, libc::SIGKILL);
+            } else {
+                self.memory_recycle(pi, id, used, limit, now);
+            }
+        }
+        self.autoscale(now);
+    }
+
+    fn autoscale(&mut self, now: Instant) {
+        for pi in 0..self.programs.len() {
+            let p = &mut self.programs[pi];
+            if p.removing || p.roll.is_some() {
+                continue;
+            }
+            let per_worker = p.cfg.budget.cpu.unwrap_or(1.0);
+            let samples: Vec<f64> = p
+                .slots
+                .iter()
+                .filter(|s| s.is_ready())
+                .filter_map(|s| p.usage.get(&s.id).and_then(|u| u.cpu_percent))
+                .collect();
+            let Some(a) = p.autoscaler.as_mut() else {
+                continue;
+            };
+            if samples.is_empty() {
+                continue;
+            }
+            let utilization = samples.iter().sum::<f64>() / samples.len() as f64 / per_worker;
+            // the budget caps how many workers fit
+            let mut cap = u32::MAX;
+            if let (Some(node), Some(hard)) = (self.cfg.budget.memory, p.cfg.budget.memory_hard) {
+                cap = cap.min((node / hard) as u32);
+            }
+            if let (Some(node), Some(c)) = (self.cfg.budget.cpu, p.cfg.budget.cpu) {
+                cap = cap.min((node / c + 1e-9).floor() as u32);
+            }
+            let current = p.desired;
+            let d = a.decide(now, current, utilization, cap);
+            if d.desired != current {
+                info!(
+                    program = %p.cfg.name,
+                    "autoscale {}: {current} -> {} workers (cpu {:.0}% of budget vs target {:.0}%, recommended {}, {})",
+                    p.cfg.name, d.desired, d.utilization, d.target, d.recommended, d.why
+                );
+                self.scale_with(pi, d.desired, now, StopReason::Scale);
+            } else {
+                debug!(
+                    "autoscale {}: hold at {current} (cpu {:.0}% vs target {:.0}%: {})",
+                    p.cfg.name, d.utilization, d.target, d.why
+                );
+            }
+        }
+    }
+
+    /// Remove every slot cgroup and drover's parents, waiting briefly for the last exits.
+    async fn remove_cgroups(&mut self) {
+        for p in &mut self.programs {
+            for (_, (cg, _)) in p.cgroups.drain() {
+                self.cgroup_gc.push(cg);
+            }
+        }
+        for _ in 0..50 {
+            self.cgroup_gc.retain(|cg| {
+                cg.kill_all();
+                !cg.remove()
+            });
+            if self.cgroup_gc.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(cg) = &self.cx.budget.cgroups {
+            cg.remove();
         }
     }
 
@@ -1797,6 +2154,14 @@ impl Supervisor {
                 crash_looping: p.crash_reported,
                 rolling: p.roll.is_some(),
                 health: p.health_note.clone(),
+                budget: (p.cfg.budget != Default::default()).then(|| {
+                    serde_json::json!({
+                        "memory_soft": p.cfg.budget.memory_soft,
+                        "memory_hard": p.cfg.budget.memory_hard,
+                        "cpu": p.cfg.budget.cpu,
+                    })
+                }),
+                autoscale: p.autoscaler.as_ref().and_then(|a| a.last.clone()),
                 workers: p
                     .slots
                     .iter()
@@ -1809,9 +2174,23 @@ impl Supervisor {
                         uptime_s: s.since().map(|t| now.duration_since(t).as_secs_f64()),
                         last_exit: s.last_exit.as_ref().map(exit_json),
                         health_failures: p.health.get(&s.id).map(|h| h.0).unwrap_or(0),
-                        memory_bytes: None,
+                        memory_bytes: p.usage.get(&s.id).and_then(|u| u.memory),
                         cpu_seconds: None,
-                        cpu_percent: None,
+                        cpu_percent: p.usage.get(&s.id).and_then(|u| u.cpu_percent),
+                        cgroup: p
+                            .cgroups
+                            .get(&s.id)
+                            .map(|(cg, _)| {
+                                let mut v: Vec<String> = cg
+                                    .memory
+                                    .iter()
+                                    .chain(cg.cpu.iter())
+                                    .map(|d| d.display().to_string())
+                                    .collect();
+                                v.dedup();
+                                v
+                            })
+                            .unwrap_or_default(),
                     })
                     .collect(),
             })
@@ -1834,6 +2213,14 @@ impl Supervisor {
             uptime_s: now.duration_since(self.started).as_secs_f64(),
             control: self.cx.control_mode,
             last_reload: self.last_reload.clone(),
+            budget: Some(serde_json::json!({
+                "mode": self.cx.budget.mode,
+                "why": self.cx.budget.notes,
+                "memory": self.cfg.budget.memory,
+                "cpu": self.cfg.budget.cpu,
+                "sample_interval_s": self.cx.budget.sample.then_some(self.cfg.budget.sample_interval.as_secs_f64()),
+                "cpu_throttling": if self.cx.budget.cgroups.as_ref().is_some_and(|c| c.cpu.is_some()) { "cgroup quota" } else { "none: CPU is measured and reported, not throttled" },
+            })),
             steps: self.steps.clone(),
             sockets: self
                 .sockets
@@ -1887,6 +2274,11 @@ fn exit_json(e: &LastExit) -> serde_json::Value {
             v["reason"] = reason.as_str().into();
             v
         }
+        LastExit::Killed(st, why) => {
+            let mut v = status_json(st);
+            v["reason"] = (*why).into();
+            v
+        }
     }
 }
 
@@ -1902,6 +2294,7 @@ fn describe_exit(e: &LastExit) -> String {
         LastExit::SpawnFailed(err) => format!("spawn failed: {err}"),
         LastExit::Exited(st) => st.to_string(),
         LastExit::Stopped(st, r) => format!("{st} (stopped: {})", r.as_str()),
+        LastExit::Killed(st, why) => format!("{st} ({why})"),
     }
 }
 

@@ -1,0 +1,722 @@
+//! Budgets through cgroups: v2 (a delegated subtree) and v1 (writable memory / cpu
+//! hierarchies). drover only ever creates cgroups *below the cgroup it runs in*, never at a
+//! hierarchy's root: a controller whose hierarchy has drover at its root counts as not delegated.
+//!
+//! Each worker slot gets its own cgroup. The child joins it itself, between fork and exec, by
+//! writing its pid to `cgroup.procs` fds drover opened before forking — never moved from the
+//! parent after fork (a window in which the worker could allocate or fork outside its budget).
+//!
+//! v1 layout: `<memory cgroup of drover>/drover-<pid>/<program>.<index>-<id>` (and the same under
+//! the cpu hierarchy). v2 layout: drover moves itself into `<its cgroup>/supervisor` (the "no
+//! internal processes" rule), enables the controllers in `<its cgroup>/cgroup.subtree_control`
+//! and puts workers in `<its cgroup>/<program>.<index>-<id>`.
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use crate::config::WorkerBudget;
+
+const CFS_PERIOD_US: u64 = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// Where drover may create worker cgroups.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    pub version: Version,
+    /// v1: the memory parent (`…/drover-<pid>`); v2: drover's own cgroup
+    pub memory: Option<PathBuf>,
+    /// v1: the cpu parent; v2: same as memory
+    pub cpu: Option<PathBuf>,
+}
+
+/// What detection found, for `check`, the log and `/status`.
+#[derive(Debug, Clone)]
+pub struct Detection {
+    pub cgroups: Option<Cgroups>,
+    /// one line per controller: how it is (or is not) enforced, and why
+    pub notes: Vec<String>,
+}
+
+/// drover's own cgroup paths: (controllers, path) from /proc/self/cgroup.
+fn own_paths() -> Vec<(Vec<String>, String)> {
+    fs::read_to_string("/proc/self/cgroup")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let _id = f.next()?;
+            let ctrls = f.next()?;
+            let path = f.next()?;
+            Some((
+                ctrls
+                    .split(',')
+                    .filter(|c| !c.is_empty())
+                    .map(String::from)
+                    .collect(),
+                path.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// A cgroup mount: (fs type, mount root, mount point, super options).
+fn mounts() -> Vec<(String, String, PathBuf, String)> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let pre: Vec<&str> = pre.split_whitespace().collect();
+            let post: Vec<&str> = post.split_whitespace().collect();
+            let fstype = post.first()?.to_string();
+            if fstype != "cgroup" && fstype != "cgroup2" {
+                return None;
+            }
+            Some((
+                fstype,
+                pre.get(3)?.to_string(),
+                PathBuf::from(pre.get(4)?),
+                post.get(2).unwrap_or(&"").to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// The directory of drover's own cgroup in the v1 hierarchy holding `ctrl`, and whether it is
+/// that hierarchy's root.
+pub fn v1_own_dir(ctrl: &str) -> Option<(PathBuf, bool)> {
+    let (_, path) = own_paths()
+        .into_iter()
+        .find(|(c, _)| c.iter().any(|x| x == ctrl))?;
+    let (_, root, mp, _) = mounts()
+        .into_iter()
+        .find(|(t, _, _, opts)| t == "cgroup" && opts.split(',').any(|o| o == ctrl))?;
+    let rel = path
+        .strip_prefix(root.as_str())
+        .unwrap_or(&path)
+        .trim_start_matches('/');
+    let is_root = rel.is_empty();
+    Some((mp.join(rel), is_root))
+}
+
+/// The directory of drover's own cgroup in the v2 hierarchy, and whether it is the root.
+pub fn v2_own_dir() -> Option<(PathBuf, bool)> {
+    let (_, path) = own_paths().into_iter().find(|(c, _)| c.is_empty())?;
+    let (_, root, mp, _) = mounts().into_iter().find(|(t, ..)| t == "cgroup2")?;
+    let rel = path
+        .strip_prefix(root.as_str())
+        .unwrap_or(&path)
+        .trim_start_matches('/');
+    Some((mp.join(rel), rel.is_empty()))
+}
+
+fn writable(dir: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: access(2) on a valid C string.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// Find what can be enforced. `create` makes the parent directories (run); without it the
+/// check is read-only (`drover check`).
+pub fn detect(create: bool, also: &[i32]) -> Detection {
+    let mut notes = vec![];
+    // v2 first: a delegated subtree with memory and cpu controllers available
+    if let Some((dir, is_root)) = v2_own_dir() {
+        let avail = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+        let has = |c: &str| avail.split_whitespace().any(|x| x == c);
+        if is_root {
+            notes.push(format!(
+                "cgroup v2: drover runs in the root cgroup ({}); it never creates cgroups there",
+                dir.display()
+            ));
+        } else if !(has("memory") || has("cpu")) {
+            notes.push(format!(
+                "cgroup v2: no memory/cpu controllers available in {}",
+                dir.display()
+            ));
+        } else if !writable(&dir) {
+            notes.push(format!(
+                "cgroup v2: {} is not writable (not delegated)",
+                dir.display()
+            ));
+        } else {
+            let setup = if create { v2_setup(&dir, also) } else { Ok(()) };
+            match setup {
+                Ok(()) => {
+                    notes.push(format!(
+                        "cgroup v2: delegated subtree {} (memory: {}, cpu: {})",
+                        dir.display(),
+                        if has("memory") {
+                            "memory.high / memory.max"
+                        } else {
+                            "not available"
+                        },
+                        if has("cpu") {
+                            "cpu.max"
+                        } else {
+                            "not available"
+                        }
+                    ));
+                    return Detection {
+                        cgroups: Some(Cgroups {
+                            version: Version::V2,
+                            memory: has("memory").then(|| dir.clone()),
+                            cpu: has("cpu").then(|| dir.clone()),
+                        }),
+                        notes,
+                    };
+                }
+                Err(e) => notes.push(format!("cgroup v2: cannot set up {}: {e}", dir.display())),
+            }
+        }
+    }
+    // v1: memory and cpu hierarchies, each on its own
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    let mut v1 = |ctrl: &str, what: &str| -> Option<PathBuf> {
+        let Some((dir, is_root)) = v1_own_dir(ctrl) else {
+            notes.push(format!("cgroup v1 {ctrl}: no such hierarchy mounted"));
+            return None;
+        };
+        if is_root {
+            notes.push(format!(
+                "cgroup v1 {ctrl}: drover runs at the hierarchy's root ({}); it never creates cgroups there, so {what} is not enforced by a cgroup",
+                dir.display()
+            ));
+            return None;
+        }
+        if !writable(&dir) {
+            notes.push(format!(
+                "cgroup v1 {ctrl}: {} is not writable",
+                dir.display()
+            ));
+            return None;
+        }
+        let base = dir.join(format!("drover-{me}"));
+        if create {
+            if let Err(e) = fs::create_dir(&base) {
+                if e.kind() != std::io::ErrorKind::AlreadyExists {
+                    notes.push(format!(
+                        "cgroup v1 {ctrl}: cannot create {}: {e}",
+                        base.display()
+                    ));
+                    return None;
+                }
+            }
+        }
+        notes.push(format!(
+            "cgroup v1 {ctrl}: workers under {}",
+            base.display()
+        ));
+        Some(base)
+    };
+    let memory = v1("memory", "memory");
+    let cpu = v1("cpu", "the CPU quota");
+    let cgroups = (memory.is_some() || cpu.is_some()).then_some(Cgroups {
+        version: Version::V1,
+        memory,
+        cpu,
+    });
+    Detection { cgroups, notes }
+}
+
+/// v2: move drover (and `also`, its guard) into a leaf and hand the controllers to the children.
+pub fn v2_setup(dir: &Path, also: &[i32]) -> std::io::Result<()> {
+    let leaf = dir.join("supervisor");
+    match fs::create_dir(&leaf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    write(&leaf.join("cgroup.procs"), &me.to_string())?;
+    for pid in also {
+        write(&leaf.join("cgroup.procs"), &pid.to_string())?;
+    }
+    let avail = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    let enable: Vec<String> = ["memory", "cpu", "pids"]
+        .iter()
+        .filter(|c| avail.split_whitespace().any(|x| x == **c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    write(&dir.join("cgroup.subtree_control"), &enable.join(" "))
+}
+
+fn write(path: &Path, value: &str) -> std::io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(false)
+        .open(path)
+        .or_else(|e| {
+            // a test tree has no kernel files: create them there
+            if e.kind() == std::io::ErrorKind::NotFound && !path.starts_with("/sys/fs/cgroup") {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(path)
+            } else {
+                Err(e)
+            }
+        })?;
+    f.write_all(value.as_bytes()).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("write {value:?} to {}: {e}", path.display()),
+        )
+    })
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn keyed(path: &Path, key: &str) -> Option<u64> {
+    fs::read_to_string(path).ok()?.lines().find_map(|l| {
+        let (k, v) = l.split_once(char::is_whitespace)?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// The cgroup(s) of one worker slot.
+#[derive(Debug)]
+pub struct SlotCgroup {
+    pub version: Version,
+    pub memory: Option<PathBuf>,
+    pub cpu: Option<PathBuf>,
+    /// `cgroup.procs` of each directory, opened before fork for the child to write into
+    procs: Vec<OwnedFd>,
+}
+
+impl Cgroups {
+    /// Set the node/pod budget on drover's parent cgroup(s).
+    pub fn set_node_limits(&self, memory: Option<u64>, cpu: Option<f64>) -> std::io::Result<()> {
+        match self.version {
+            Version::V1 => {
+                if let (Some(m), Some(dir)) = (memory, &self.memory) {
+                    write(&dir.join("memory.limit_in_bytes"), &m.to_string())?;
+                }
+                if let (Some(c), Some(dir)) = (cpu, &self.cpu) {
+                    write(&dir.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
+                    write(
+                        &dir.join("cpu.cfs_quota_us"),
+                        &((c * CFS_PERIOD_US as f64) as u64).to_string(),
+                    )?;
+                }
+            }
+            Version::V2 => {
+                // drover's own cgroup holds drover too; its limits were set by whoever
+                // delegated it (systemd MemoryMax=, CPUQuota=)
+            }
+        }
+        Ok(())
+    }
+
+    /// Create (or reuse) the cgroup of one slot and apply its budget.
+    pub fn slot(&self, name: &str, b: &WorkerBudget) -> std::io::Result<SlotCgroup> {
+        let mut procs = vec![];
+        let mk = |base: &Path| -> std::io::Result<PathBuf> {
+            let dir = base.join(name);
+            match fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("mkdir {}: {e}", dir.display()),
+                    ))
+                }
+            }
+            Ok(dir)
+        };
+        let (memory, cpu) = match self.version {
+            Version::V1 => {
+                let m = match &self.memory {
+                    Some(base) => {
+                        let d = mk(base)?;
+                        if let Some(h) = b.memory_hard {
+                            write(&d.join("memory.limit_in_bytes"), &h.to_string())?;
+                            // without swap accounting a hard limit could be dodged into swap
+                            let _ = write(&d.join("memory.memsw.limit_in_bytes"), &h.to_string());
+                        }
+                        if let Some(s) = b.memory_soft {
+                            write(&d.join("memory.soft_limit_in_bytes"), &s.to_string())?;
+                        }
+                        Some(d)
+                    }
+                    None => None,
+                };
+                let c = match &self.cpu {
+                    Some(base) => {
+                        let d = mk(base)?;
+                        write(&d.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
+                        let quota = b
+                            .cpu
+                            .map(|c| ((c * CFS_PERIOD_US as f64) as i64).max(1000))
+                            .unwrap_or(-1);
+                        write(&d.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                        Some(d)
+                    }
+                    None => None,
+                };
+                (m, c)
+            }
+            Version::V2 => {
+                let base = self
+                    .memory
+                    .as_ref()
+                    .or(self.cpu.as_ref())
+                    .expect("a v2 cgroup has a directory");
+                let d = mk(base)?;
+                if self.memory.is_some() {
+                    write(
+                        &d.join("memory.max"),
+                        &b.memory_hard
+                            .map(|h| h.to_string())
+                            .unwrap_or_else(|| "max".into()),
+                    )?;
+                    write(
+                        &d.join("memory.high"),
+                        &b.memory_soft
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| "max".into()),
+                    )?;
+                    let _ = write(&d.join("memory.swap.max"), "0");
+                }
+                if self.cpu.is_some() {
+                    let v = match b.cpu {
+                        Some(c) => format!(
+                            "{} {CFS_PERIOD_US}",
+                            ((c * CFS_PERIOD_US as f64) as u64).max(1000)
+                        ),
+                        None => format!("max {CFS_PERIOD_US}"),
+                    };
+                    write(&d.join("cpu.max"), &v)?;
+                }
+                (
+                    self.memory.as_ref().map(|_| d.clone()),
+                    self.cpu.as_ref().map(|_| d.clone()),
+                )
+            }
+        };
+        let mut dirs: Vec<&PathBuf> = memory.iter().chain(cpu.iter()).collect();
+        dirs.dedup();
+        for d in dirs {
+            let procs_path = d.join("cgroup.procs");
+            let f = fs::OpenOptions::new()
+                .write(true)
+                // a test tree has no kernel files: create it there
+                .create(!procs_path.starts_with("/sys/fs/cgroup"))
+                .truncate(false)
+                .open(&procs_path)
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("open {}/cgroup.procs: {e}", d.display()))
+                })?;
+            procs.push(OwnedFd::from(f));
+        }
+        Ok(SlotCgroup {
+            version: self.version,
+            memory,
+            cpu,
+            procs,
+        })
+    }
+
+    /// Remove drover's parent directories (v1), once the slots are gone.
+    pub fn remove(&self) {
+        if self.version == Version::V1 {
+            for d in self.memory.iter().chain(self.cpu.iter()) {
+                let _ = fs::remove_dir(d);
+            }
+        }
+    }
+}
+
+impl SlotCgroup {
+    /// fds the child writes its pid into before exec.
+    pub fn procs_fds(&self) -> Vec<RawFd> {
+        self.procs.iter().map(|f| f.as_raw_fd()).collect()
+    }
+
+    /// OOM kills the kernel made in this cgroup so far.
+    pub fn oom_kills(&self) -> u64 {
+        let Some(d) = &self.memory else { return 0 };
+        match self.version {
+            Version::V1 => keyed(&d.join("memory.oom_control"), "oom_kill").unwrap_or(0),
+            Version::V2 => keyed(&d.join("memory.events"), "oom_kill").unwrap_or(0),
+        }
+    }
+
+    /// Working set (usage minus inactive file cache, as the kubelet counts it).
+    pub fn memory_bytes(&self) -> Option<u64> {
+        let d = self.memory.as_ref()?;
+        match self.version {
+            Version::V1 => {
+                let usage = read_u64(&d.join("memory.usage_in_bytes"))?;
+                let inactive = keyed(&d.join("memory.stat"), "total_inactive_file").unwrap_or(0);
+                Some(usage.saturating_sub(inactive))
+            }
+            Version::V2 => {
+                let usage = read_u64(&d.join("memory.current"))?;
+                let inactive = keyed(&d.join("memory.stat"), "inactive_file").unwrap_or(0);
+                Some(usage.saturating_sub(inactive))
+            }
+        }
+    }
+
+    /// (periods throttled, total throttled time in ns/us as the kernel reports it)
+    pub fn throttled(&self) -> Option<(u64, u64)> {
+        let d = self.cpu.as_ref()?;
+        match self.version {
+            Version::V1 => Some((
+                keyed(&d.join("cpu.stat"), "nr_throttled")?,
+                keyed(&d.join("cpu.stat"), "throttled_time")?,
+            )),
+            Version::V2 => Some((
+                keyed(&d.join("cpu.stat"), "nr_throttled")?,
+                keyed(&d.join("cpu.stat"), "throttled_usec")?,
+            )),
+        }
+    }
+
+    /// Every pid in the slot's cgroup(s).
+    pub fn pids(&self) -> Vec<i32> {
+        let mut v: Vec<i32> = self
+            .memory
+            .iter()
+            .chain(self.cpu.iter())
+            .flat_map(|d| {
+                fs::read_to_string(d.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<i32>>()
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// SIGKILL everything in the cgroup, including processes that left the process group.
+    pub fn kill_all(&self) {
+        if self.version == Version::V2 {
+            if let Some(d) = self.memory.as_ref().or(self.cpu.as_ref()) {
+                if write(&d.join("cgroup.kill"), "1").is_ok() {
+                    return;
+                }
+            }
+        }
+        for pid in self.pids() {
+            if pid > 1 {
+                // SAFETY: kill(2) on a pid read from the slot's own cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+
+    /// Remove the slot's directories; false while processes remain.
+    pub fn remove(&self) -> bool {
+        let mut ok = true;
+        let mut dirs: Vec<&PathBuf> = self.memory.iter().chain(self.cpu.iter()).collect();
+        dirs.dedup();
+        for d in dirs {
+            if d.exists() && fs::remove_dir(d).is_err() {
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    /// v1: an eventfd that becomes readable when memory usage crosses `threshold`.
+    pub fn usage_notifier(&self, threshold: u64) -> std::io::Result<OwnedFd> {
+        let d = self
+            .memory
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("no memory cgroup"))?;
+        if self.version != Version::V1 {
+            return Err(std::io::Error::other(
+                "usage thresholds are a cgroup v1 interface",
+            ));
+        }
+        // SAFETY: eventfd returns a new fd we own.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: efd is fresh and ours.
+        let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+        let usage = fs::File::open(d.join("memory.usage_in_bytes"))?;
+        write(
+            &d.join("cgroup.event_control"),
+            &format!("{} {} {threshold}", efd.as_raw_fd(), usage.as_raw_fd()),
+        )?;
+        Ok(efd)
+    }
+}
+
+/// CPU quota of drover's own cgroup in cores (the smallest along the path), and where it came from.
+pub fn own_cpu_quota() -> Option<(f64, String)> {
+    let mut best: Option<(f64, String)> = None;
+    let mut consider = |cores: f64, src: String| {
+        if best.as_ref().is_none_or(|(b, _)| cores < *b) {
+            best = Some((cores, src));
+        }
+    };
+    if let Some((dir, _)) = v2_own_dir() {
+        let mut d = Some(dir.as_path());
+        while let Some(p) = d {
+            if let Ok(s) = fs::read_to_string(p.join("cpu.max")) {
+                let mut f = s.split_whitespace();
+                if let (Some(q), Some(per)) =
+                    (f.next(), f.next().and_then(|x| x.parse::<f64>().ok()))
+                {
+                    if let Ok(q) = q.parse::<f64>() {
+                        consider(q / per, format!("{}/cpu.max", p.display()));
+                    }
+                }
+            }
+            if p.parent()
+                .is_none_or(|pp| !pp.join("cgroup.controllers").exists())
+            {
+                break;
+            }
+            d = p.parent();
+        }
+    }
+    if let Some((dir, _)) = v1_own_dir("cpu") {
+        let mut d = Some(dir.as_path());
+        while let Some(p) = d {
+            let q = fs::read_to_string(p.join("cpu.cfs_quota_us"))
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok());
+            let per = read_u64(&p.join("cpu.cfs_period_us"));
+            match (q, per) {
+                (Some(q), Some(per)) if q > 0 && per > 0 => consider(
+                    q as f64 / per as f64,
+                    format!("{}/cpu.cfs_quota_us", p.display()),
+                ),
+                (None, _) | (_, None) => break,
+                _ => {}
+            }
+            d = p.parent();
+        }
+    }
+    best
+}
+
+/// CPUs this process may run on.
+pub fn available_cores() -> usize {
+    // SAFETY: sched_getaffinity fills a zeroed cpu_set_t of the size we pass.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            let n = libc::CPU_COUNT(&set) as usize;
+            if n > 0 {
+                return n;
+            }
+        }
+    }
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The v2 file protocol against a temporary tree (no kernel needed).
+    #[test]
+    fn v2_file_protocol() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fs::write(
+            root.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        v2_setup(root, &[]).unwrap();
+        assert_eq!(
+            fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
+            "+memory +cpu +pids"
+        );
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        assert_eq!(
+            fs::read_to_string(root.join("supervisor/cgroup.procs")).unwrap(),
+            me.to_string()
+        );
+        let cg = Cgroups {
+            version: Version::V2,
+            memory: Some(root.to_path_buf()),
+            cpu: Some(root.to_path_buf()),
+        };
+        let b = WorkerBudget {
+            memory_soft: Some(400 << 20),
+            memory_hard: Some(512 << 20),
+            cpu: Some(0.5),
+        };
+        let s = cg.slot("api.0-7", &b).unwrap();
+        let d = root.join("api.0-7");
+        assert_eq!(
+            fs::read_to_string(d.join("memory.max")).unwrap(),
+            (512u64 << 20).to_string()
+        );
+        assert_eq!(
+            fs::read_to_string(d.join("memory.high")).unwrap(),
+            (400u64 << 20).to_string()
+        );
+        assert_eq!(
+            fs::read_to_string(d.join("cpu.max")).unwrap(),
+            "50000 100000"
+        );
+        assert_eq!(fs::read_to_string(d.join("memory.swap.max")).unwrap(), "0");
+        assert_eq!(s.procs_fds().len(), 1, "one directory, one cgroup.procs");
+        fs::write(
+            d.join("memory.events"),
+            "low 0\nhigh 3\nmax 1\noom 1\noom_kill 2\n",
+        )
+        .unwrap();
+        assert_eq!(s.oom_kills(), 2);
+        fs::write(d.join("memory.current"), "1000000\n").unwrap();
+        fs::write(d.join("memory.stat"), "anon 800000\ninactive_file 100000\n").unwrap();
+        assert_eq!(s.memory_bytes(), Some(900_000));
+        fs::write(
+            d.join("cpu.stat"),
+            "usage_usec 10\nnr_periods 5\nnr_throttled 3\nthrottled_usec 1234\n",
+        )
+        .unwrap();
+        assert_eq!(s.throttled(), Some((3, 1234)));
+        // no budget: unlimited
+        let s2 = cg.slot("api.1-8", &WorkerBudget::default()).unwrap();
+        assert_eq!(
+            fs::read_to_string(root.join("api.1-8/memory.max")).unwrap(),
+            "max"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("api.1-8/cpu.max")).unwrap(),
+            "max 100000"
+        );
+        drop(s2);
+    }
+
+    #[test]
+    fn keyed_files() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("memory.oom_control");
+        fs::write(&p, "oom_kill_disable 0\nunder_oom 0\noom_kill 4\n").unwrap();
+        assert_eq!(keyed(&p, "oom_kill"), Some(4));
+        assert_eq!(keyed(&p, "missing"), None);
+    }
+}

@@ -2,7 +2,8 @@
 //! passing). It is how the demo config and the Python-free tests get a real worker.
 //!
 //! Routes: `/` answers with the worker's name and pid; `/healthz`; `/pid`; `/sleep/MS` answers
-//! after MS milliseconds; `/exit/CODE` answers, then exits with CODE (to demonstrate restarts).
+//! after MS milliseconds; `/exit/CODE` answers, then exits with CODE (to demonstrate restarts);
+//! `/alloc/MB` keeps MB more MiB (memory budgets); `/burn/MS` spins the CPU (quotas, autoscaling).
 
 use std::os::fd::FromRawFd;
 use std::time::Duration;
@@ -10,6 +11,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const MAX_HEADER: usize = 16 * 1024;
+
+thread_local! {
+    /// memory kept by /alloc (the demo worker is single-threaded)
+    static HELD: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 pub fn main() -> i32 {
     let fds: u32 = std::env::var("LISTEN_FDS")
@@ -146,6 +152,31 @@ async fn conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, name: String, pid: i3
         {
             tokio::time::sleep(Duration::from_millis(ms.min(600_000))).await;
             ("200 OK", format!("slept {ms}ms in pid {pid}\n"))
+        } else if let Some(mb) = path
+            .strip_prefix("/alloc/")
+            .and_then(|m| m.parse::<usize>().ok())
+        {
+            // keep MB more MiB, touched, for memory budget demos and tests
+            let mut v = vec![0u8; mb.min(4096) << 20];
+            for i in (0..v.len()).step_by(4096) {
+                v[i] = 1;
+            }
+            let total = HELD.with(|h| {
+                h.borrow_mut().push(v);
+                h.borrow().iter().map(|b| b.len()).sum::<usize>() >> 20
+            });
+            ("200 OK", format!("pid {pid} holds {total} MiB\n"))
+        } else if let Some(ms) = path
+            .strip_prefix("/burn/")
+            .and_then(|m| m.parse::<u64>().ok())
+        {
+            // spin the CPU for MS milliseconds (autoscaling and CPU quota demos)
+            let end = std::time::Instant::now() + Duration::from_millis(ms.min(60_000));
+            let mut x = 0u64;
+            while std::time::Instant::now() < end {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            ("200 OK", format!("pid {pid} burned {ms}ms ({x})\n"))
         } else if let Some(code) = path
             .strip_prefix("/exit/")
             .and_then(|c| c.parse::<i32>().ok())

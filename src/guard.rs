@@ -7,8 +7,12 @@
 //! reason, the kernel closes the write end; the guard reads EOF, sends SIGKILL to every group
 //! still listed, and exits. As PID 1 the guard is not needed: the namespace dies with drover.
 //!
-//! Limit: a grandchild that leaves its process group (`setsid`) escapes the guard; only a cgroup
-//! can hold such a process (the budgets capability).
+//! Where drover manages cgroups it also sends `c<dir>` (a v1 parent, removed whole) or
+//! `k<dir>` (a v2 subtree: its worker children are removed, the directory kept): on EOF the guard
+//! kills every process left in those cgroups — including any that left their process group with
+//! `setsid` — and removes the directories, so a killed drover leaves no stale cgroup either.
+//!
+//! Limit: without cgroups, a grandchild that leaves its process group (`setsid`) escapes.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -49,6 +53,11 @@ impl Guard {
     pub fn unwatch(&mut self, pgid: libc::pid_t) {
         let _ = writeln!(self.w, "-{pgid}");
     }
+
+    /// A cgroup parent to empty and remove if drover dies; `keep`: remove only its children.
+    pub fn cgroup(&mut self, dir: &std::path::Path, keep: bool) {
+        let _ = writeln!(self.w, "{}{}", if keep { 'k' } else { 'c' }, dir.display());
+    }
 }
 
 unsafe fn guard_main(r: File) -> ! {
@@ -82,6 +91,7 @@ unsafe fn guard_main(r: File) -> ! {
         0,
     );
     let mut groups: BTreeSet<libc::pid_t> = BTreeSet::new();
+    let mut cgroups: Vec<(std::path::PathBuf, bool)> = Vec::new();
     let mut line = String::new();
     let mut r = BufReader::new(r);
     loop {
@@ -98,12 +108,50 @@ unsafe fn guard_main(r: File) -> ! {
             .and_then(|p| p.parse::<libc::pid_t>().ok())
         {
             groups.remove(&p);
+        } else if let Some(d) = t.strip_prefix('c') {
+            cgroups.push((d.into(), false));
+        } else if let Some(d) = t.strip_prefix('k') {
+            cgroups.push((d.into(), true));
         }
     }
     for g in groups {
         if g > 1 {
             libc::kill(-g, libc::SIGKILL);
         }
+    }
+    // empty and remove drover's cgroups (a dying process leaves its cgroup a moment later)
+    for _ in 0..100 {
+        let mut left = false;
+        for (dir, keep) in &cgroups {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let child = e.path();
+                if !child.is_dir() || e.file_name() == "supervisor" {
+                    continue;
+                }
+                let procs = std::fs::read_to_string(child.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs
+                    .lines()
+                    .filter_map(|l| l.trim().parse::<libc::pid_t>().ok())
+                {
+                    if pid > 1 {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+                if std::fs::remove_dir(&child).is_err() {
+                    left = true;
+                }
+            }
+            if !keep && std::fs::remove_dir(dir).is_err() && dir.exists() {
+                left = true;
+            }
+        }
+        if !left {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     libc::_exit(0)
 }

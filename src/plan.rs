@@ -155,10 +155,15 @@ pub fn render(cfg: &Config, source: &str) -> String {
     for p in &cfg.programs {
         let _ = writeln!(
             o,
-            "  {}: {} worker{} (as configured)",
+            "  {}: {} worker{} ({})",
             p.name,
             p.workers,
-            if p.workers == 1 { "" } else { "s" }
+            if p.workers == 1 { "" } else { "s" },
+            if p.workers_auto {
+                "workers = \"auto\": see `derived`"
+            } else {
+                "as configured"
+            }
         );
         let _ = writeln!(o, "    command  {}", p.command);
         if !p.sockets.is_empty() {
@@ -238,9 +243,47 @@ pub fn render(cfg: &Config, source: &str) -> String {
             );
         }
     }
+    let b = &cfg.budget;
     let _ = writeln!(
         o,
-        "budgets: none (CPU/memory budgets are not supported yet in this version)"
+        "node budget: memory {}, cpu {}, mode {:?}, sampling every {:?}",
+        b.memory
+            .map(crate::config::fmt_size)
+            .unwrap_or_else(|| "unlimited".into()),
+        b.cpu
+            .map(|c| format!("{c} cores"))
+            .unwrap_or_else(|| "unlimited".into()),
+        b.mode,
+        b.sample_interval
     );
+    for p in &cfg.programs {
+        let w = &p.budget;
+        if *w != Default::default() {
+            let _ = writeln!(
+                o,
+                "  {} per worker: memory_soft {} (graceful recycle), memory_hard {} (killed), cpu {}",
+                p.name,
+                w.memory_soft.map(crate::config::fmt_size).unwrap_or_else(|| "-".into()),
+                w.memory_hard.map(crate::config::fmt_size).unwrap_or_else(|| "-".into()),
+                w.cpu.map(|c| format!("{c} cores")).unwrap_or_else(|| "-".into())
+            );
+        }
+        if let Some(a) = &p.autoscale {
+            let _ = writeln!(
+                o,
+                "  {} autoscale: {}..={} workers, target cpu {}% of {}, scale-down window {:?}",
+                p.name,
+                a.min,
+                a.max,
+                a.target_cpu,
+                if w.cpu.is_some() {
+                    "the per-worker budget"
+                } else {
+                    "one core"
+                },
+                a.scale_down_window
+            );
+        }
+    }
     o
 }

@@ -343,6 +343,14 @@ impl Supervisor {
     /// Run steps, then supervise until shutdown. Returns the process exit code.
     pub async fn run(mut self, mut reaper: Reaper, mut signals: Signals) -> i32 {
         self.publish();
+        if let (Some(g), Some(cg)) = (self.cx.guard.as_mut(), &self.cx.budget.cgroups) {
+            let keep = cg.version == crate::cgroup::Version::V2;
+            let mut dirs: Vec<&PathBuf> = cg.memory.iter().chain(cg.cpu.iter()).collect();
+            dirs.dedup();
+            for d in dirs {
+                g.cgroup(d, keep);
+            }
+        }
         if let Err(code) = self.run_steps(&mut reaper, &mut signals).await {
             self.publish();
             return code;
@@ -847,6 +855,14 @@ impl Supervisor {
             slot.last_exit = Some(LastExit::Killed(st, why));
         }
         let label = format!("{name}.{idx}");
+        let status_text = match killed_for {
+            Some("oom") => {
+                format!("{status} (OOM-killed by the kernel: above memory_hard in its cgroup)")
+            }
+            Some(_) => format!("{status} (killed by drover: above memory_hard)"),
+            None => status.to_string(),
+        };
+        let status = status_text;
         let restart_reason = match &slot.last_exit {
             Some(LastExit::Stopped(_, r))
                 if acts.contains(&Action::Spawn) || matches!(slot.phase, Phase::Backoff { .. }) =>
@@ -884,9 +900,10 @@ impl Supervisor {
         }
         // a rolling replacement inherits the history of the worker it replaced
         let inherited = match &slot.last_exit {
-            Some(LastExit::Stopped(_, StopReason::Restart | StopReason::Reload)) => {
-                slot.last_exit.clone()
-            }
+            Some(LastExit::Stopped(
+                _,
+                StopReason::Restart | StopReason::Reload | StopReason::Memory,
+            )) => slot.last_exit.clone(),
             _ => None,
         };
         if let Some(last) = inherited {

@@ -130,9 +130,39 @@ workers = {workers}
             p.wait(timeout=60)
 
 
+def sampling_cost(workers, budget, seconds, program_budget=""):
+    """drover's own CPU over `seconds` with `workers` sleeping workers under a budget setting."""
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = f"""
+[supervisor]
+status = "127.0.0.1:0"
+{budget}
+[program.w]
+command = ["sleep", "100000"]
+workers = {workers}
+{program_budget}
+"""
+        p = start(conf, tmp)
+        try:
+            addr = status_addr(tmp)
+            wait(lambda: len([w for w in status(addr)["programs"][0]["workers"] if w["state"] == "running"]) == workers,
+                 "workers running", 60)
+            mode = status(addr)["budget"]["mode"]
+            ticks = lambda: sum(int(x) for x in open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()[11:13])
+            a = ticks()
+            time.sleep(seconds)
+            b = ticks()
+            hz = os.sysconf("SC_CLK_TCK")
+            return mode, (b - a) / hz, seconds
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=60)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--sampling-seconds", type=int, default=30)
     a = ap.parse_args()
     lat = respawn(a.kills)
     print(f"respawn latency over {len(lat)} kills: median {statistics.median(lat):.2f} ms, "
@@ -143,6 +173,14 @@ def main():
     for n in (4, 100):
         rss, pss, th = memory(n)
         print(f"drover with {n:>3} workers: RSS {rss:.1f} MiB, PSS {pss:.1f} MiB, {th} threads")
+    cases = [
+        ("budgets off", "", ""),
+        ("sampling every 1s", '[budget]\nmode = "sample"', 'budget = { memory_hard = "1GiB" }'),
+        ("cgroup + sampling every 1s", '[budget]\nmode = "auto"', 'budget = { memory_hard = "1GiB" }'),
+    ]
+    for label, node, prog in cases:
+        mode, cpu, secs = sampling_cost(100, node, a.sampling_seconds, prog)
+        print(f"100 workers, {label} (mode {mode}): drover used {cpu:.2f} s CPU in {secs} s = {100 * cpu / secs:.2f}% of a core")
 
 
 if __name__ == "__main__":

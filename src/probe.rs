@@ -209,6 +209,27 @@ pub async fn http(
     if o.owner.is_none() {
         o.owner = o.server_inode.and_then(|i| owner_of_socket(i, &workers));
     }
+    if let (None, Some(ino)) = (o.owner, o.server_inode) {
+        let socks: Vec<(i32, usize)> = workers
+            .iter()
+            .map(|&p| {
+                let n = std::fs::read_dir(format!("/proc/{p}/fd"))
+                    .map(|d| {
+                        d.flatten()
+                            .filter(|e| {
+                                std::fs::read_link(e.path())
+                                    .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                            })
+                            .count()
+                    })
+                    .unwrap_or(0);
+                (p, n)
+            })
+            .collect();
+        tracing::debug!(
+            "probe: socket inode {ino} not held by any of the workers (pid, sockets): {socks:?}"
+        );
+    }
     o
 }
 

@@ -1357,11 +1357,12 @@ impl Supervisor {
             .iter()
             .filter_map(|s| s.pid().map(|p| (s.id, p)))
             .collect();
-        let owner = r.outcome.server_inode.and_then(|ino| {
-            let only: Vec<i32> = pids.iter().map(|(_, p)| *p).collect();
-            probe::owner_of_socket(ino, &only)
-                .and_then(|pid| pids.iter().find(|(_, p)| *p == pid).map(|(id, _)| *id))
-        });
+        // the probe task found the owner while its connection was still open; by now the
+        // worker may have closed its end, so no second lookup here
+        let owner = r
+            .outcome
+            .owner
+            .and_then(|pid| pids.iter().find(|(_, p)| *p == pid).map(|(id, _)| *id));
         let name = self.programs[pi].cfg.name.clone();
         debug!(
             "program {name}: health probe {} (server socket inode {:?}, accepted by {:?})",

@@ -1072,9 +1072,6 @@ fn read_supervisor(cx: &mut Ctx, n: &Node, s: &mut SupervisorCfg) {
                         ("journald", LogFormat::Journald),
                     ],
                 ) {
-                    if f == LogFormat::Journald {
-                        cx.err(&v.span, "supervisor.log_format: `journald` is not supported yet in this version of drover; use auto, text or json");
-                    }
                     s.log_format = f
                 }
             }

@@ -21,6 +21,7 @@
 //! - `usage`      /proc sampling of each worker's process group, where no cgroup can be written
 //! - `autoscale`  the HPA rule and its scale-down window, pure
 //! - `status`     axum router over the `Snapshot`: status, health, readiness, metrics, control
+//! - `notify`     sd_notify: READY, STATUS, RELOADING, STOPPING, WATCHDOG
 //! - `logging`    drover's own logs: text on a TTY, JSON otherwise
 //! - `demo`       `drover demo-worker`, a tiny HTTP worker on the inherited fd 3
 //! - `client`     `drover status` and `drover ctl`: the endpoint from the command line
@@ -35,6 +36,7 @@ pub mod demo;
 pub mod guard;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod output;
 pub mod plan;
 pub mod probe;

@@ -19,6 +19,31 @@ pub fn init(format: LogFormat) -> Style {
         Ok("trace") => LevelFilter::TRACE,
         _ => LevelFilter::INFO,
     };
+    let journald = match format {
+        LogFormat::Journald => true,
+        LogFormat::Auto => under_journald(),
+        _ => false,
+    };
+    if journald {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                // fields go in as PROGRAM=, WORKER=, PID=, STEP= (no prefix)
+                let layer = layer
+                    .with_field_prefix(None)
+                    .with_syslog_identifier("drover".into());
+                tracing_subscriber::registry()
+                    .with(level)
+                    .with(layer)
+                    .init();
+                return Style::Text { color: false };
+            }
+            Err(e) => {
+                eprintln!("drover: journald is not reachable ({e}); logging text to stderr instead")
+            }
+        }
+    }
     let json = match format {
         LogFormat::Auto => !isatty(2),
         LogFormat::Json => true,
@@ -39,6 +64,23 @@ pub fn init(format: LogFormat) -> Style {
         b.with_ansi(isatty(2)).init();
         Style::Text { color: isatty(1) }
     }
+}
+
+/// stderr is connected to the journal: $JOURNAL_STREAM names its device and inode.
+fn under_journald() -> bool {
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    // SAFETY: fstat writes into a zeroed local struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on fd 2 into the local above.
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return false;
+    }
+    dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
 }
 
 /// UTC now as RFC 3339 with microseconds, without a date library.

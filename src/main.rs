@@ -394,6 +394,8 @@ fn run(src: Source) -> i32 {
             warn!("budget: cannot set the node limits on drover's cgroup: {e}; per-worker budgets still apply");
         }
     }
+    let notify = drover::notify::Notifier::from_env();
+    let passed = sockets::from_systemd();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -413,7 +415,7 @@ fn run(src: Source) -> i32 {
                 return supervisor::EXIT_RUNTIME;
             }
         };
-        let bound = match sockets::bind_all(&cfg.sockets) {
+        let bound = match sockets::bind_or_adopt(&cfg.sockets, passed) {
             Ok(b) => b,
             Err(e) => {
                 error!("{e}; no step or worker was started; exiting with code 1");
@@ -492,6 +494,7 @@ fn run(src: Source) -> i32 {
             }),
             watch,
             budget,
+            notify,
         };
         supervisor::Supervisor::new(cfg, bound, cx).run(reaper, signals).await
     })

@@ -89,3 +89,87 @@ pub fn bind(cfg: &SocketCfg) -> Result<Bound, BindError> {
         fd: sock.into(),
     })
 }
+
+/// Sockets passed by systemd socket activation (LISTEN_FDS / LISTEN_PID / LISTEN_FDNAMES), by
+/// name. Read once at start; the variables are for drover only, workers get their own.
+pub fn from_systemd() -> Vec<(String, OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+        == Some(me);
+    let n: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if !pid_ok || n <= 0 {
+        return vec![];
+    }
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .unwrap_or_default()
+        .split(':')
+        .map(String::from)
+        .collect();
+    (0..n)
+        .map(|i| {
+            let name = names
+                .get(i as usize)
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .unwrap_or_else(|| "unknown".into());
+            // SAFETY: systemd passed fds 3..3+LISTEN_FDS to this pid; nothing else owns them.
+            (name, unsafe { OwnedFd::from_raw_fd(3 + i) })
+        })
+        .collect()
+}
+
+/// Bind every socket, adopting the ones systemd passed by name instead of binding them.
+pub fn bind_or_adopt(
+    cfgs: &[SocketCfg],
+    mut passed: Vec<(String, OwnedFd)>,
+) -> Result<Vec<Bound>, BindError> {
+    let mut out = vec![];
+    for cfg in cfgs {
+        if let Some(i) = passed.iter().position(|(n, _)| *n == cfg.name) {
+            let (_, fd) = passed.remove(i);
+            let sock = Socket::from(fd);
+            let local = match sock.local_addr() {
+                Ok(a) => a
+                    .as_socket()
+                    .map(|s| s.to_string())
+                    .or_else(|| a.as_pathname().map(|p| format!("unix:{}", p.display())))
+                    .unwrap_or_else(|| "passed by systemd".into()),
+                Err(err) => {
+                    return Err(BindError {
+                        name: cfg.name.clone(),
+                        addr: "the fd systemd passed".into(),
+                        err,
+                    })
+                }
+            };
+            if sock.local_addr().is_ok_and(|a| a.as_socket().is_some()) {
+                let _ = sock.set_tcp_nodelay(true);
+            }
+            tracing::info!(
+                "socket {}: adopted from systemd socket activation ({local})",
+                cfg.name
+            );
+            out.push(Bound {
+                name: cfg.name.clone(),
+                cfg_listen: cfg.listen.clone(),
+                local,
+                fd: sock.into(),
+            });
+        } else {
+            out.push(bind(cfg)?);
+        }
+    }
+    for (name, _) in passed {
+        tracing::warn!(
+            "systemd passed a socket named `{name}` but no [socket.{name}] uses it; closing it"
+        );
+    }
+    Ok(out)
+}

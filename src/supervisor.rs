@@ -66,6 +66,8 @@ pub struct Context {
     /// program name -> changes under its watch paths
     pub watch: Option<mpsc::UnboundedReceiver<String>>,
     pub budget: BudgetRuntime,
+    /// systemd's notification socket, when started as Type=notify
+    pub notify: Option<crate::notify::Notifier>,
 }
 
 /// How budgets are enforced in this run (decided at start, reported in /status).
@@ -186,6 +188,10 @@ pub struct Supervisor {
     next_sample: Option<Instant>,
     mem_tx: mpsc::UnboundedSender<(u64, u64)>,
     mem_rx: mpsc::UnboundedReceiver<(u64, u64)>,
+    /// READY=1 has been sent
+    ready_sent: bool,
+    last_status: String,
+    next_watchdog: Option<Instant>,
 }
 
 enum StepEnd {
@@ -246,7 +252,15 @@ impl Supervisor {
             next_sample: None,
             mem_tx,
             mem_rx,
+            ready_sent: false,
+            last_status: String::new(),
+            next_watchdog: None,
         };
+        s.next_watchdog =
+            s.cx.notify
+                .as_ref()
+                .and_then(|n| n.watchdog)
+                .map(|w| Instant::now() + w);
         for p in &cfg.programs {
             let prog = s.make_program(p.clone());
             s.programs.push(prog);
@@ -446,6 +460,7 @@ impl Supervisor {
             self.programs
                 .retain(|p| !(p.removing && p.slots.is_empty()));
             self.publish();
+            self.notify_systemd(now);
         }
     }
 
@@ -460,6 +475,12 @@ impl Supervisor {
                 self.steps[i].state = "running";
                 self.steps[i].attempts = attempt;
                 self.publish();
+                if let Some(n) = &self.cx.notify {
+                    n.status(&format!(
+                        "pre-start step {} (attempt {attempt}/{attempts})",
+                        step.name
+                    ));
+                }
                 info!(step = %step.name, "pre-start step {} starting (attempt {attempt}/{attempts}): {}", step.name, step.command);
                 let (end, tail) = self.run_step_once(&step, reaper, signals).await;
                 let reason = match &end {
@@ -502,6 +523,7 @@ impl Supervisor {
                     loop {
                         tokio::select! {
                             _ = &mut delay => break,
+                            _ = Self::watchdog_sleep(self.next_watchdog) => self.watchdog_ping(Instant::now()),
                             _ = reaper.next() => {}
                             sig = signals.recv() => {
                                 if matches!(sig, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) {
@@ -610,6 +632,7 @@ impl Supervisor {
                 Some(req) = self.cx.control.recv() => {
                     let _ = req.reply.send(control::err(503, format!("pre-start step {} is still running", step.name)));
                 }
+                _ = Self::watchdog_sleep(self.next_watchdog) => self.watchdog_ping(Instant::now()),
                 _ = sleep => {
                     warn!(step = %step.name, "pre-start step {} timed out; killing its process group", step.name);
                     spawn::signal_group(pid, libc::SIGKILL);
@@ -1025,6 +1048,7 @@ impl Supervisor {
         if !self.cgroup_gc.is_empty() {
             take(Some(now + Duration::from_millis(200)));
         }
+        take(self.next_watchdog);
         for pr in self.probes.values() {
             if !pr.killed {
                 take(Some(pr.deadline));
@@ -1883,7 +1907,14 @@ impl Supervisor {
 
     /// Re-read the configuration and apply what changed. On any error nothing changes.
     fn reload(&mut self, now: Instant) -> Result<String, String> {
+        if let Some(n) = &self.cx.notify {
+            n.reloading();
+        }
         let result = self.try_reload(now);
+        if let Some(n) = &self.cx.notify {
+            // done reloading; rolls proceed in the background, as ExecReload= expects
+            n.ready(&self.status_line());
+        }
         match &result {
             Ok(msg) => {
                 self.metrics.reloads_ok += 1;
@@ -2114,6 +2145,9 @@ impl Supervisor {
 
     fn begin_shutdown(&mut self, fast: bool) {
         let now = Instant::now();
+        if let Some(n) = &self.cx.notify {
+            n.stopping();
+        }
         let drain = self.cfg.supervisor.drain_delay;
         if !fast && !drain.is_zero() && self.run == RunState::Running {
             info!("draining for {drain:?}: /readyz answers 503 while workers keep serving");
@@ -2154,6 +2188,71 @@ impl Supervisor {
             p.killed = true;
             spawn::signal_group(*pid, libc::SIGKILL);
         }
+    }
+
+    // ---- systemd ------------------------------------------------------------------------------
+
+    async fn watchdog_sleep(at: Option<Instant>) {
+        match at {
+            Some(t) => tokio::time::sleep_until(t.into()).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn watchdog_ping(&mut self, now: Instant) {
+        let (Some(n), Some(due)) = (&self.cx.notify, self.next_watchdog) else {
+            return;
+        };
+        if now >= due {
+            n.watchdog();
+            self.next_watchdog = n.watchdog.map(|w| now + w);
+        }
+    }
+
+    /// `4/4 api ready; 2/2 web ready` (what `systemctl status` shows).
+    fn status_line(&self) -> String {
+        let mut parts: Vec<String> = self
+            .programs
+            .iter()
+            .map(|p| {
+                let ready = p.slots.iter().filter(|s| s.is_ready()).count();
+                let mut s = format!("{ready}/{} {} workers ready", p.desired, p.cfg.name);
+                if p.roll.is_some() {
+                    s.push_str(" (rolling)");
+                }
+                if p.crash_reported {
+                    s.push_str(" (CRASH LOOP)");
+                }
+                s
+            })
+            .collect();
+        if matches!(self.run, RunState::Draining { .. }) {
+            parts.insert(0, "draining".into());
+        }
+        parts.join("; ")
+    }
+
+    fn notify_systemd(&mut self, now: Instant) {
+        self.watchdog_ping(now);
+        if self.cx.notify.is_none()
+            || !matches!(self.run, RunState::Running | RunState::Draining { .. })
+        {
+            return;
+        }
+        let status = self.status_line();
+        let ready = self
+            .programs
+            .iter()
+            .all(|p| p.slots.iter().filter(|s| s.is_ready()).count() as u32 >= p.cfg.min_ready);
+        let n = self.cx.notify.as_ref().expect("checked above");
+        if !self.ready_sent && ready {
+            n.ready(&status);
+            self.ready_sent = true;
+            info!("ready: {status}");
+        } else if status != self.last_status {
+            n.status(&status);
+        }
+        self.last_status = status;
     }
 
     // ---- status -----------------------------------------------------------------------------
@@ -2277,7 +2376,13 @@ fn base_env() -> Vec<(String, String)> {
         .filter(|(k, _)| {
             !matches!(
                 k.as_str(),
-                "LISTEN_FDS" | "LISTEN_PID" | "LISTEN_FDNAMES" | "NOTIFY_SOCKET" | "DROVER_CONFIG"
+                "LISTEN_FDS"
+                    | "LISTEN_PID"
+                    | "LISTEN_FDNAMES"
+                    | "NOTIFY_SOCKET"
+                    | "WATCHDOG_USEC"
+                    | "WATCHDOG_PID"
+                    | "DROVER_CONFIG"
             )
         })
         .collect()

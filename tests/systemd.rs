@@ -1,0 +1,170 @@
+//! systemd integration: sd_notify to a real NOTIFY_SOCKET listener, socket activation through
+//! `systemd-socket-activate`, and `systemd-analyze verify` on the shipped units (any output is a
+//! failure: it exits 0 on parse warnings).
+
+mod common;
+use common::*;
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+
+fn demo(extra: &str) -> String {
+    format!(
+        "[supervisor]\nstatus = \"127.0.0.1:0\"\n{extra}\n[socket.http]\nlisten = \"127.0.0.1:0\"\n[program.web]\ncommand = [\"sh\", \"-c\", \"env > {{dir}}/env.$DROVER_WORKER; exec {{bin}} demo-worker\"]\nsockets = [\"http\"]\nworkers = 2\n"
+    )
+}
+
+/// Collect notification datagrams until `pred` holds on everything received so far.
+fn collect_until(
+    sock: &UnixDatagram,
+    got: &mut Vec<String>,
+    what: &str,
+    pred: impl Fn(&[String]) -> bool,
+) {
+    let end = Instant::now() + T;
+    let mut buf = [0u8; 4096];
+    while !pred(got) {
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for {what}; got {got:#?}"
+        );
+        if let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+}
+
+#[test]
+fn sd_notify_ready_status_watchdog_reloading_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let p = path.to_str().unwrap().to_string();
+    let mut d = Drover::start_with(
+        &demo(""),
+        &[("NOTIFY_SOCKET", &p), ("WATCHDOG_USEC", "400000")],
+        &[],
+    );
+    d.keep.push(dir);
+    let mut got = vec![];
+    collect_until(&sock, &mut got, "READY=1", |g| {
+        g.iter().any(|m| m.starts_with("READY=1"))
+    });
+    let ready = got
+        .iter()
+        .find(|m| m.starts_with("READY=1"))
+        .unwrap()
+        .clone();
+    assert!(ready.contains("STATUS=2/2 web workers ready"), "{ready}");
+    // READY only once both workers passed readiness, which /status confirms
+    assert_eq!(d.status()["programs"][0]["ready_workers"], 2);
+    // watchdog pings every WATCHDOG_USEC/2 from the event loop
+    let before = got.iter().filter(|m| *m == "WATCHDOG=1").count();
+    collect_until(&sock, &mut got, "3 more watchdog pings", |g| {
+        g.iter().filter(|m| *m == "WATCHDOG=1").count() >= before + 3
+    });
+    d.signal(libc::SIGHUP);
+    collect_until(&sock, &mut got, "RELOADING=1 then READY=1", |g| {
+        g.iter()
+            .position(|m| m.starts_with("RELOADING=1"))
+            .is_some_and(|i| g[i..].iter().any(|m| m.starts_with("READY=1")))
+    });
+    let reloading = got.iter().find(|m| m.starts_with("RELOADING=1")).unwrap();
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    d.signal(libc::SIGTERM);
+    collect_until(&sock, &mut got, "STOPPING=1", |g| {
+        g.iter().any(|m| m == "STOPPING=1")
+    });
+    assert_eq!(d.wait_exit(T), 0);
+    // workers never see drover's systemd variables
+    let env = std::fs::read_to_string(d.path("env.0")).unwrap();
+    for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC"] {
+        assert!(
+            !env.lines().any(|l| l.starts_with(&format!("{var}="))),
+            "{var} leaked to a worker"
+        );
+    }
+}
+
+#[test]
+fn socket_activation_adopts_the_named_socket() {
+    if std::process::Command::new("systemd-socket-activate")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        println!("SKIPPED: systemd-socket-activate is not installed (Debian package systemd)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("activated.sock");
+    let s = sock.to_str().unwrap().to_string();
+    let mut d = Drover::start_with(
+        &demo("").replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"unix:/nonexistent/never-bound.sock\"",
+        ),
+        &[],
+        &["systemd-socket-activate", "-l", &s, "--fdname=http"],
+    );
+    d.keep.push(dir);
+    // systemd-socket-activate execs drover on the first connection
+    let body = wait_until(T, "an answer through the activated socket", || {
+        use std::io::{Read, Write};
+        let mut c = std::os::unix::net::UnixStream::connect(&sock).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        c.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut b = String::new();
+        c.read_to_string(&mut b).ok()?;
+        b.contains("demo-worker web.").then_some(b)
+    });
+    assert!(body.contains("200 OK"), "{body}");
+    assert!(
+        d.stderr()
+            .contains("socket http: adopted from systemd socket activation"),
+        "{}",
+        d.stderr()
+    );
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(T), 0);
+}
+
+#[test]
+fn systemd_analyze_verify_is_silent_on_the_units() {
+    if std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("SKIPPED: systemd-analyze is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let units = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd");
+    for u in ["drover.service", "drover.socket"] {
+        // the units name /usr/bin/drover; verify them against the binary under test
+        let text = std::fs::read_to_string(format!("{units}/{u}"))
+            .unwrap()
+            .replace("/usr/bin/drover", BIN);
+        std::fs::write(dir.path().join(u), text).unwrap();
+    }
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.path().join("drover.service"))
+        .arg(dir.path().join("drover.socket"))
+        .env("SYSTEMD_LOG_LEVEL", "notice")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.trim().is_empty(),
+        "systemd-analyze verify said:\n{text}"
+    );
+}

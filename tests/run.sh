@@ -36,3 +36,6 @@ export DROVER_TEST_PYTHON="$PWD/.venv/bin/python"
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets
+
+# drover under a real systemd booted as PID 1 in namespaces (~10 s; prints SKIPPED where it can't)
+bash packaging/verify-systemd.sh target/debug/drover

@@ -89,9 +89,9 @@ r0=$(date +%s.%N)
 in_ns systemctl reload drover.service
 rolled() { local now; now=$(pids); [ -n "$now" ] && for p in $old; do case " $now " in *" $p "*) return 1;; esac; done; curl -s "http://127.0.0.1:$SPORT/status" | grep -q '"rolling":false'; }
 wait_for 30 "systemctl reload rolled the workers" rolled
-echo "ok: systemctl reload rolled the workers ($old -> $(pids)) in $(echo "$(date +%s.%N) - $r0" | bc | cut -c1-5)s"
+echo "ok: systemctl reload rolled the workers ($old -> $(pids)) in $(awk "BEGIN{printf \"%.2f\", $(date +%s.%N) - $r0}")s"
 in_ns systemctl stop drover.service drover.socket
 res=$(in_ns systemctl show -p Result --value drover.service); st=$(in_ns systemctl show -p ExecMainStatus --value drover.service)
 [ "$res" = success ] && [ "$st" = 0 ] || { echo "FAIL: stop was not clean (Result=$res ExecMainStatus=$st)"; exit 1; }
 echo "ok: systemctl stop: Result=success, exit 0"
-echo "PASS: drover under a real systemd ($(/lib/systemd/systemd --version | head -1)) in $(echo "$(date +%s.%N) - $t0" | bc | cut -c1-5)s"
+echo "PASS: drover under a real systemd ($(/lib/systemd/systemd --version | head -1)) in $(awk "BEGIN{printf \"%.2f\", $(date +%s.%N) - $t0}")s"

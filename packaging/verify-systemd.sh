@@ -74,9 +74,10 @@ body=$(curl -s -m 20 "http://127.0.0.1:$PORT/")
 case "$body" in *"demo-worker web."*) echo "ok: socket activation served: $body";; *) echo "FAIL: no answer through the activated socket: $body"; exit 1;; esac
 wait_for 20 "drover.service active (READY=1)" in_ns systemctl is-active drover.service
 echo "ok: drover.service active (Type=notify) $(in_ns systemctl show -p StatusText --value drover.service)"
-grep_log() { in_ns journalctl --no-pager -u drover.service -o verbose | grep -q "$1"; }
-wait_for 10 "journald has drover's fields" grep_log "PROGRAM=web"
-in_ns journalctl --no-pager -u drover.service -o verbose | grep -q "WORKER=" && in_ns journalctl --no-pager -u drover.service -o verbose | grep -q "^ *PID="
+# capture, then match: `cmd | grep -q` under pipefail fails when grep exits first (SIGPIPE)
+journal() { in_ns journalctl --no-pager -u drover.service -o verbose 2>/dev/null || true; }
+has_fields() { local j; j=$(journal); grep -q "PROGRAM=web" <<<"$j" && grep -q "WORKER=" <<<"$j" && grep -qE "^ *PID=" <<<"$j"; }
+wait_for 10 "journald has drover's PROGRAM/WORKER/PID fields" has_fields
 echo "ok: journald entries carry PROGRAM=, WORKER=, PID= fields"
 sleep $((3 * WD + 1))
 [ "$(in_ns systemctl show -p NRestarts --value drover.service)" = 0 ] && [ "$(in_ns systemctl is-active drover.service)" = active ] \
@@ -87,7 +88,12 @@ old=$(pids)
 sed -i 's/VERSION = "1"/VERSION = "2"/' "$WORK/drover.toml"
 r0=$(date +%s.%N)
 in_ns systemctl reload drover.service
-rolled() { local now; now=$(pids); [ -n "$now" ] && for p in $old; do case " $now " in *" $p "*) return 1;; esac; done; curl -s "http://127.0.0.1:$SPORT/status" | grep -q '"rolling":false'; }
+rolled() {
+  local now st; now=$(pids); st=$(curl -s "http://127.0.0.1:$SPORT/status")
+  [ -n "$now" ] || return 1
+  for p in $old; do case " $now " in *" $p "*) return 1;; esac; done
+  grep -q '"rolling":false' <<<"$st"
+}
 wait_for 30 "systemctl reload rolled the workers" rolled
 echo "ok: systemctl reload rolled the workers ($old -> $(pids)) in $(awk "BEGIN{printf \"%.2f\", $(date +%s.%N) - $r0}")s"
 in_ns systemctl stop drover.service drover.socket

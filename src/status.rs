@@ -262,24 +262,35 @@ fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Reply> {
     })
 }
 
+/// The mutating routes without a body to parse: authorize, read (and bound) the body, ask.
+async fn simple(
+    api: &Api,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    command: Command,
+) -> Response {
+    if let Err(r) = authorize(api, headers).and(body_or_error(body).map(|_| ())) {
+        return reply(r);
+    }
+    ask(api, command).await
+}
+
 async fn reload(
     State(api): State<Api>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&api, &headers).and(body_or_error(body).map(|_| ())) {
-        return reply(r);
-    }
-    ask(&api, Command::Reload).await
+    simple(&api, &headers, body, Command::Reload).await
 }
 
+/// `POST /programs/NAME/reload` reloads the whole file (programs are not reloaded one by one).
 async fn reload_program(
     State(api): State<Api>,
     headers: HeaderMap,
     Path(_name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    reload(State(api), headers, body).await
+    simple(&api, &headers, body, Command::Reload).await
 }
 
 async fn restart(
@@ -288,10 +299,7 @@ async fn restart(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&api, &headers).and(body_or_error(body).map(|_| ())) {
-        return reply(r);
-    }
-    ask(&api, Command::Restart { program: name }).await
+    simple(&api, &headers, body, Command::Restart { program: name }).await
 }
 
 async fn stop(
@@ -300,10 +308,7 @@ async fn stop(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&api, &headers).and(body_or_error(body).map(|_| ())) {
-        return reply(r);
-    }
-    ask(&api, Command::Stop { program: name }).await
+    simple(&api, &headers, body, Command::Stop { program: name }).await
 }
 
 async fn scale(

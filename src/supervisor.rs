@@ -1676,15 +1676,7 @@ impl Supervisor {
         let mut olds: Vec<(u32, u64)> = p
             .slots
             .iter()
-            .filter(|s| {
-                !matches!(
-                    s.phase,
-                    Phase::Stopping {
-                        then: AfterStop::Remove,
-                        ..
-                    }
-                )
-            })
+            .filter(|s| !s.is_leaving())
             .map(|s| (s.index, s.id))
             .collect();
         olds.sort_unstable();
@@ -2090,15 +2082,7 @@ impl Supervisor {
         let mut indexes: Vec<u32> = self.programs[pi]
             .slots
             .iter()
-            .filter(|s| {
-                !matches!(
-                    s.phase,
-                    Phase::Stopping {
-                        then: AfterStop::Remove,
-                        ..
-                    }
-                )
-            })
+            .filter(|s| !s.is_leaving())
             .map(|s| s.index)
             .collect();
         indexes.sort_unstable();

@@ -47,3 +47,6 @@ cargo test --all-targets
 
 # drover under a real systemd booted as PID 1 in namespaces (~10 s; prints SKIPPED where it can't)
 bash packaging/verify-systemd.sh target/debug/drover
+
+# the .deb: builds with cargo-deb and installs what it should (~1-3 min on first run)
+bash packaging/verify-deb.sh

@@ -23,12 +23,14 @@ shutdown_timeout = "10s"
 [socket.http]
 listen = "127.0.0.1:$PORT"
 [program.web]
-command = ["$BIN", "demo-worker"]
+command = ["/run/drover-verify/drover", "demo-worker"]
 sockets = ["http"]
 workers = 2
 env = { VERSION = "1" }
 CFG
-unit() { sed -e "s|/usr/bin/drover run -c /etc/drover/drover.toml|$BIN run -c $WORK/drover.toml|" \
+# inside, /tmp is a fresh tmpfs (and the checkout may live under /tmp): binary and config are
+# copied into the namespace's /run before that, and the units point there
+unit() { sed -e "s|/usr/bin/drover run -c /etc/drover/drover.toml|/run/drover-verify/drover run -c /run/drover-verify/drover.toml|" \
              -e "s|^WatchdogSec=.*|WatchdogSec=${WD}s|" -e "s|^ListenStream=.*|ListenStream=127.0.0.1:$PORT|" \
              -e '/^After=network-online.target/d' -e '/^Wants=network-online.target/d' \
              -e 's|^\[Unit\]|[Unit]\nDefaultDependencies=no|' "systemd/$1"; }
@@ -38,14 +40,16 @@ cat > "$WORK/boot.sh" <<BOOT
 #!/bin/sh
 set -e
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
-mkdir -p /run/systemd/system
+mkdir -p /run/systemd/system /run/drover-verify
 cp $WORK/drover.service $WORK/drover.socket /run/systemd/system/
+cp $BIN /run/drover-verify/drover
+cp $WORK/drover.toml /run/drover-verify/drover.toml
 cat > /run/systemd/system/drover-verify.target <<T
 [Unit]
 DefaultDependencies=no
 Wants=systemd-journald.socket systemd-journald.service drover.socket
 T
+mount -t tmpfs tmpfs /tmp
 exec /lib/systemd/systemd --system --unit=drover-verify.target
 BOOT
 chmod +x "$WORK/boot.sh"
@@ -85,7 +89,7 @@ sleep $((3 * WD + 1))
 echo "ok: no watchdog restart over $((3 * WD + 1))s with WatchdogSec=${WD}s"
 pids() { curl -s "http://127.0.0.1:$SPORT/status" | python3 -c 'import json,sys; print(" ".join(str(w["pid"]) for w in json.load(sys.stdin)["programs"][0]["workers"]))'; }
 old=$(pids)
-sed -i 's/VERSION = "1"/VERSION = "2"/' "$WORK/drover.toml"
+sed -i 's/VERSION = "1"/VERSION = "2"/' "/proc/$SD/root/run/drover-verify/drover.toml"
 r0=$(date +%s.%N)
 in_ns systemctl reload drover.service
 rolled() {

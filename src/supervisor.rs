@@ -771,6 +771,40 @@ impl Supervisor {
         }
     }
 
+    /// Stop one slot's process with its program's stop signal and timeout, then carry out what
+    /// the state machine answers (a respawn, a removal). False if the slot is gone.
+    fn stop_slot(
+        &mut self,
+        pi: usize,
+        id: u64,
+        then: AfterStop,
+        reason: StopReason,
+        now: Instant,
+    ) -> bool {
+        let sc = self.programs[pi].slot_cfg;
+        self.stop_slot_with(pi, id, sc.stop_signal, sc.stop_timeout, then, reason, now)
+    }
+
+    /// `stop_slot` with an explicit signal and KILL timeout (shutdown, abandoned replacements).
+    #[allow(clippy::too_many_arguments)]
+    fn stop_slot_with(
+        &mut self,
+        pi: usize,
+        id: u64,
+        signal: i32,
+        timeout: Duration,
+        then: AfterStop,
+        reason: StopReason,
+        now: Instant,
+    ) -> bool {
+        let Some(s) = self.slot_mut(pi, id) else {
+            return false;
+        };
+        let acts = s.stop(now, signal, timeout, then, reason);
+        self.apply(pi, id, acts, now);
+        true
+    }
+
     /// The slot's cgroup `cgroup.procs` fds (created on first use); none without cgroups.
     fn slot_cgroup(&mut self, pi: usize, id: u64, index: u32) -> std::io::Result<Vec<RawFd>> {
         let Some(cgs) = self.cx.budget.cgroups.clone() else {
@@ -1454,17 +1488,7 @@ impl Supervisor {
         }
         error!(program = %name, worker = idx, pid, "worker {name}.{idx} (pid {pid}) failed {n} health check{} in a row ({detail}); recycling it", plural(n as usize));
         self.programs[pi].health.insert(id, (0, None));
-        let sc = self.programs[pi].slot_cfg;
-        if let Some(slot) = self.slot_mut(pi, id) {
-            let acts = slot.stop(
-                now,
-                sc.stop_signal,
-                sc.stop_timeout,
-                AfterStop::Respawn,
-                StopReason::Health,
-            );
-            self.apply(pi, id, acts, now);
-        }
+        self.stop_slot(pi, id, AfterStop::Respawn, StopReason::Health, now);
     }
 
     // ---- budgets ------------------------------------------------------------------------------
@@ -1705,18 +1729,9 @@ impl Supervisor {
                     match new_slot.map(|s| &s.phase) {
                         Some(Phase::Running { .. }) => {
                             self.programs[pi].roll.as_mut().unwrap().current = None;
-                            let sc = self.programs[pi].slot_cfg;
                             let name = self.programs[pi].cfg.name.clone();
-                            if let Some(s) = self.slot_mut(pi, old) {
-                                let acts = s.stop(
-                                    now,
-                                    sc.stop_signal,
-                                    sc.stop_timeout,
-                                    AfterStop::Remove,
-                                    reason,
-                                );
+                            if self.stop_slot(pi, old, AfterStop::Remove, reason, now) {
                                 self.metrics.restart(&name, reason.as_str());
-                                self.apply(pi, old, acts, now);
                             }
                             continue;
                         }
@@ -1740,16 +1755,15 @@ impl Supervisor {
                                 );
                             }
                             self.programs[pi].roll = None;
-                            if let Some(s) = self.slot_mut(pi, new) {
-                                let acts = s.stop(
-                                    now,
-                                    libc::SIGKILL,
-                                    Duration::ZERO,
-                                    AfterStop::Remove,
-                                    reason,
-                                );
-                                self.apply(pi, new, acts, now);
-                            }
+                            self.stop_slot_with(
+                                pi,
+                                new,
+                                libc::SIGKILL,
+                                Duration::ZERO,
+                                AfterStop::Remove,
+                                reason,
+                                now,
+                            );
                             break;
                         }
                     }
@@ -1783,18 +1797,10 @@ impl Supervisor {
                     Phase::Stopping { .. } => continue,
                     // nothing running to preserve: restart it in place
                     _ => {
-                        let sc = self.programs[pi].slot_cfg;
                         if let Some(s) = self.slot_mut(pi, old) {
                             s.failures = 0;
-                            let acts = s.stop(
-                                now,
-                                sc.stop_signal,
-                                sc.stop_timeout,
-                                AfterStop::Respawn,
-                                reason,
-                            );
-                            self.apply(pi, old, acts, now);
                         }
+                        self.stop_slot(pi, old, AfterStop::Respawn, reason, now);
                     }
                 }
             }
@@ -2099,7 +2105,6 @@ impl Supervisor {
             }
         } else if to < live {
             // the newest (highest index) workers go first
-            let sc = self.programs[pi].slot_cfg;
             let drop: Vec<u32> = indexes
                 .iter()
                 .rev()
@@ -2113,16 +2118,7 @@ impl Supervisor {
                 .map(|s| s.id)
                 .collect();
             for id in ids {
-                if let Some(s) = self.slot_mut(pi, id) {
-                    let acts = s.stop(
-                        now,
-                        sc.stop_signal,
-                        sc.stop_timeout,
-                        AfterStop::Remove,
-                        reason,
-                    );
-                    self.apply(pi, id, acts, now);
-                }
+                self.stop_slot(pi, id, AfterStop::Remove, reason, now);
             }
         }
     }
@@ -2162,10 +2158,15 @@ impl Supervisor {
             };
             let ids: Vec<u64> = self.programs[pi].slots.iter().map(|s| s.id).collect();
             for id in ids {
-                if let Some(s) = self.slot_mut(pi, id) {
-                    let acts = s.stop(now, sig, timeout, AfterStop::Remove, StopReason::Shutdown);
-                    self.apply(pi, id, acts, now);
-                }
+                self.stop_slot_with(
+                    pi,
+                    id,
+                    sig,
+                    timeout,
+                    AfterStop::Remove,
+                    StopReason::Shutdown,
+                    now,
+                );
             }
         }
         for (pid, p) in self.probes.iter_mut() {

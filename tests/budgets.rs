@@ -12,22 +12,11 @@ use std::time::{Duration, Instant};
 const T: Duration = Duration::from_secs(30);
 
 fn cfg(budget: &str, program: &str, workers: &str) -> String {
-    format!(
-        r#"
-[supervisor]
-status = "127.0.0.1:0"
-shutdown_timeout = "10s"
-{budget}
-[socket.http]
-listen = "127.0.0.1:0"
-[program.web]
-command = ["{{bin}}", "demo-worker"]
-sockets = ["http"]
-workers = {workers}
-stop_timeout = "5s"
-backoff = {{ initial = "50ms", max = "1s" }}
-{program}
-"#
+    // quick backoff; before `program`, which may open [program.web.*] sub-tables
+    demo_web(
+        workers,
+        budget,
+        &format!("backoff = {{ initial = \"50ms\", max = \"1s\" }}\n{program}"),
     )
 }
 

@@ -9,22 +9,7 @@ const T: Duration = Duration::from_secs(30);
 const TOKEN: &str = "test-token-0123456789abcdef";
 
 fn demo_cfg(workers: u32, extra_sup: &str, extra_prog: &str) -> String {
-    format!(
-        r#"
-[supervisor]
-status = "127.0.0.1:0"
-shutdown_timeout = "10s"
-{extra_sup}
-[socket.http]
-listen = "127.0.0.1:0"
-[program.web]
-command = ["{{bin}}", "demo-worker"]
-sockets = ["http"]
-workers = {workers}
-stop_timeout = "5s"
-{extra_prog}
-"#
-    )
+    demo_web(&workers.to_string(), extra_sup, extra_prog)
 }
 
 /// Start drover with a token file written first.

@@ -7,21 +7,7 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(20);
 
 fn demo(workers: u32, extra: &str) -> String {
-    format!(
-        r#"
-[supervisor]
-status = "127.0.0.1:0"
-shutdown_timeout = "10s"
-{extra}
-[socket.http]
-listen = "127.0.0.1:0"
-[program.web]
-command = ["{{bin}}", "demo-worker"]
-sockets = ["http"]
-workers = {workers}
-stop_timeout = "5s"
-"#
-    )
+    demo_web(&workers.to_string(), extra, "")
 }
 
 #[test]

@@ -382,3 +382,24 @@ stop_timeout = "10s"
 "#
     )
 }
+
+/// drover config with one program `web` of demo workers on a port-0 socket. `workers` is TOML
+/// (`2` or `"auto"`); the extras go at the end of `[supervisor]` and of `[program.web]`.
+pub fn demo_web(workers: &str, supervisor_extra: &str, program_extra: &str) -> String {
+    format!(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+shutdown_timeout = "10s"
+{supervisor_extra}
+[socket.http]
+listen = "127.0.0.1:0"
+[program.web]
+command = ["{{bin}}", "demo-worker"]
+sockets = ["http"]
+workers = {workers}
+stop_timeout = "5s"
+{program_extra}
+"#
+    )
+}

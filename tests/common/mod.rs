@@ -280,6 +280,20 @@ impl LoadStats {
     }
 }
 
+impl std::fmt::Display for LoadStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "requests {}, ok {}, failed {}, refused {}, in-flight errors {}",
+            self.total(),
+            self.ok,
+            self.failed,
+            self.refused,
+            self.inflight_errors
+        )
+    }
+}
+
 /// `concurrency` threads each doing one request per connection until `stop` is set.
 pub fn start_load(
     addr: &str,

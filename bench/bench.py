@@ -1,0 +1,467 @@
+#!/usr/bin/env python3
+"""drover's benchmark suite: every figure measured side by side with the peers, in one run.
+
+    bash bench/setup.sh                 # peers, wrk, the stamp worker, drover --release
+    python3 bench/bench.py all          # every metric (~15 min); or one of:
+    python3 bench/bench.py respawn | memory | idle | budget | status | throughput | kill | reload | stop
+    python3 bench/bench.py smoke        # a short pass over each metric (what CI can afford)
+
+Loopback only. Every process a metric starts is stopped by pid before the next one starts.
+Results are printed as Markdown tables and merged into bench/results/latest.json.
+"""
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peers import (APP_PEERS, BENCH, STAMP_PEERS, Circus, Drover, Gunicorn, PM2,  # noqa: E402
+                   Supervisord, Uvicorn, alive, versions, wait_for)
+
+RESULTS = os.path.join(BENCH, "results", "latest.json")
+HZ = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+# ---------------------------------------------------------------- helpers
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
+
+
+def ticks(pid):
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return int(f[11]) + int(f[12])
+    except OSError:
+        return 0
+
+
+def rss_kib(pid):
+    return int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{pid}/status").read()).group(1))
+
+
+def pss_kib(pid):
+    return int(re.search(r"Pss:\s+(\d+)", open(f"/proc/{pid}/smaps_rollup").read()).group(1))
+
+
+def table(title, header, rows):
+    out = [f"\n### {title}\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    text = "\n".join(out)
+    print(text, flush=True)
+    return text
+
+
+def save(metric, data):
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    try:
+        allr = json.load(open(RESULTS))
+    except (OSError, ValueError):
+        allr = {}
+    allr[metric] = data
+    allr.setdefault("versions", versions())
+    allr["updated"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    json.dump(allr, open(RESULTS, "w"), indent=1)
+
+
+def run_peer(cls, kind, workers, **kw):
+    """Start a peer and wait for its workers; on failure stop it and re-raise."""
+    p = cls(kind, workers, **kw)
+    try:
+        return p.start().ready()
+    except BaseException:
+        p.stop(10)
+        raise
+
+
+def wrk(port, seconds, conns=64, threads=2, path="/"):
+    r = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s",
+                        f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 60)
+    return parse_wrk(r.stdout)
+
+
+def parse_wrk(out):
+    def ms(v):
+        n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
+        return float(n) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit]
+    res = {"requests": 0, "rps": 0.0, "connect": 0, "read": 0, "write": 0, "timeout": 0, "non2xx": 0}
+    m = re.search(r"(\d+) requests in", out)
+    res["requests"] = int(m.group(1)) if m else 0
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    res["rps"] = float(m.group(1)) if m else 0.0
+    for q in ("50", "99"):
+        m = re.search(rf"^\s+{q}%\s+(\S+)", out, re.M)
+        res[f"p{q}_ms"] = ms(m.group(1)) if m else None
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        res["connect"], res["read"], res["write"], res["timeout"] = map(int, m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["non2xx"] = int(m.group(1)) if m else 0
+    return res
+
+
+def stamps_of(path):
+    try:
+        return [(int(a), float(b)) for a, b in (l.split() for l in open(path).read().splitlines() if l.strip())]
+    except OSError:
+        return []
+
+
+# ---------------------------------------------------------------- metrics
+
+def respawn(kills=15):
+    """A stable worker SIGKILLed -> its replacement's first action after exec (stamp written by the
+    worker itself; for uvicorn and gunicorn, whose workers are Python, the first line of app.py)."""
+    rows, data = [], {}
+    stable = 1.2  # > drover's reset_after in the bench config (1 s) and supervisord's startsecs
+    for cls in STAMP_PEERS + [Uvicorn, Gunicorn]:
+        kind = "stamp" if "stamp" in cls.kinds else "app"
+        tmp_stamps = f"/tmp/bench-stamps-{os.getpid()}-{cls.__name__}"
+        if os.path.exists(tmp_stamps):
+            os.unlink(tmp_stamps)
+        port = free_port() if kind == "app" else None
+        p = run_peer(cls, kind, 2, port=port, stamps=tmp_stamps)
+        lat = []
+        try:
+            for _ in range(kills):
+                def stable_worker():
+                    live = {pid: t for pid, t in stamps_of(tmp_stamps) if alive(pid)}
+                    ws = [(t, pid) for pid, t in live.items() if pid in p.worker_pids()]
+                    return ws and max(ws)
+                t_start, victim = wait_for(stable_worker, f"{cls.name}: a live worker", 60)
+                time.sleep(max(0.0, stable - (time.time() - t_start)))
+                n = len(stamps_of(tmp_stamps))
+                t0 = time.time()
+                os.kill(victim, signal.SIGKILL)
+                new = wait_for(lambda: (lambda s: s[n:] if len(s) > n else None)(stamps_of(tmp_stamps)),
+                               f"{cls.name}: the replacement", 60, 0.001)
+                lat.append((new[0][1] - t0) * 1000)
+        finally:
+            p.stop(15)
+            if os.path.exists(tmp_stamps):
+                os.unlink(tmp_stamps)
+        data[cls.name] = lat
+        rows.append([cls.name, "C stamp" if kind == "stamp" else "app.py import", len(lat),
+                     f"{statistics.median(lat):.2f}", f"{pct(lat, 0.95):.2f}", f"{min(lat):.2f}", f"{max(lat):.2f}"])
+    d = statistics.median(data["drover"])
+    for r in rows:
+        r.append(f"{statistics.median(data[r[0]]) / d:.1f}×")
+    text = table("Respawn latency after SIGKILL (ms)", ["supervisor", "worker", "kills", "median", "p95", "min", "max",
+                                                       "median vs drover"], rows)
+    save("respawn", {"ms": data, "table": text})
+
+
+def memory():
+    """The supervisor's own processes, N sleeping workers (drover: main + guard; RSS of the main
+    process, PSS summed)."""
+    rows, data = [], {}
+    cases = [(Drover, 4), (Drover, 100), (Drover, 1000), (Supervisord, 4), (Circus, 4), (PM2, 4), (Uvicorn, 4),
+             (Gunicorn, 4)]
+    for cls, n in cases:
+        kind = "stamp" if "stamp" in cls.kinds else "app"
+        p = run_peer(cls, kind, n, port=free_port() if kind == "app" else None)
+        try:
+            time.sleep(2)
+            if cls is Drover:
+                for _ in range(20):  # a deployment sees status requests; count what they leave behind
+                    p.status()
+                time.sleep(0.5)
+            own = p.own_pids()
+            rss = rss_kib(own[0]) / 1024
+            pss = sum(pss_kib(x) for x in own) / 1024
+            threads = int(re.search(r"Threads:\s+(\d+)", open(f"/proc/{own[0]}/status").read()).group(1))
+        finally:
+            p.stop(60)
+        data[f"{cls.name} {n}"] = {"rss_mib": rss, "pss_mib": pss, "processes": len(own), "threads": threads}
+        rows.append([cls.name, n, "sleeping C stamp" if kind == "stamp" else "FastAPI app", f"{rss:.1f}", f"{pss:.1f}",
+                     len(own), threads])
+    text = table("Supervisor memory (MiB)", ["supervisor", "workers", "worker", "RSS (main process)",
+                                            "PSS (all own processes)", "own processes", "threads"], rows)
+    save("memory", {"data": data, "table": text})
+
+
+def idle(seconds=60):
+    """Clock ticks the supervisor's own processes use over `seconds`, all peers idling at once."""
+    cases = [(Drover, "stamp", {}, "budgets off"),
+             (Drover, "stamp", {"budget": '[budget]\nmode = "sample"\nsample_interval = "1s"',
+                                "program": 'budget = { memory_hard = "1GiB" }'}, "sampling /proc every 1 s"),
+             (Drover, "stamp", {"budget": '[budget]\nmode = "cgroup"\nsample_interval = "1s"',
+                                "program": 'budget = { memory_hard = "1GiB" }'}, "cgroup v1 + sampling every 1 s"),
+             (Supervisord, "stamp", {}, "defaults"), (Circus, "stamp", {}, "defaults"), (PM2, "stamp", {}, "defaults"),
+             (Uvicorn, "app", {}, "defaults"), (Gunicorn, "app", {}, "defaults")]
+    running = []
+    try:
+        for cls, kind, extra, label in cases:
+            running.append((run_peer(cls, kind, 4, port=free_port() if kind == "app" else None, extra=extra), label))
+        time.sleep(3)
+        before = {id(p): sum(ticks(x) for x in p.own_pids()) for p, _ in running}
+        t0 = time.time()
+        time.sleep(seconds)
+        took = time.time() - t0
+        after = {id(p): sum(ticks(x) for x in p.own_pids()) for p, _ in running}
+    finally:
+        for p, _ in running:
+            p.stop(30)
+    rows, data = [], {}
+    for p, label in running:
+        t = after[id(p)] - before[id(p)]
+        data[f"{p.name} ({label})"] = t
+        rows.append([p.name, label, t, f"{100 * t / HZ / took:.2f}%"])
+    text = table(f"CPU while idle, 4 workers, {took:.0f} s (clock ticks at {HZ} Hz)",
+                 ["supervisor", "setting", "ticks", "of one core"], rows)
+    save("idle", {"ticks": data, "seconds": took, "table": text})
+
+
+def budget(recycles=8):
+    """memory_soft crossed -> the graceful recycle begins (the worker receives its stop signal)."""
+    rows, data = [], {}
+    soft = 80
+    for mode, meter, interval in (("cgroup", "cgroup", "1s"), ("sample", "rss", "1s"), ("sample", "rss", "250ms")):
+        stamps = f"/tmp/bench-hog-{os.getpid()}"
+        if os.path.exists(stamps):
+            os.unlink(stamps)
+        extra = {"budget": f'[budget]\nmode = "{mode}"\nsample_interval = "{interval}"',
+                 "program": f'budget = {{ memory_soft = "{soft}MiB", memory_hard = "1GiB" }}\n'
+                            f'env = {{ HOG_STAMPS = "{stamps}", HOG_SOFT_MIB = "{soft}", HOG_METER = "{meter}" }}\n'
+                            'backoff = { initial = "100ms", max = "1s", reset_after = "1s" }\nstop_timeout = "5s"'}
+        p = Drover("stamp", 1, extra=extra)
+        p.argv_orig = p.argv
+        p.argv = lambda p=p: _hog_argv(p)
+        p.start()
+        try:
+            st = wait_for(lambda: p.status(), "drover status")
+            got = st.get("budget", {}).get("mode")
+            if got != mode:
+                print(f"SKIPPED: budget reaction in {mode} mode: drover runs in {got!r} here")
+                continue
+            def pairs():
+                cross, term = {}, {}
+                for line in open(stamps).read().splitlines() if os.path.exists(stamps) else []:
+                    what, pid, t = line.split()
+                    (cross if what == "cross" else term).setdefault(int(pid), float(t))
+                return [(term[q] - cross[q]) * 1000 for q in cross if q in term]
+            lat = wait_for(lambda: (lambda x: x if len(x) >= recycles else None)(pairs()),
+                           f"{recycles} memory recycles", 120, 0.1)
+        finally:
+            p.stop(15)
+        label = f"{mode} ({'v1 usage threshold, eventfd' if mode == 'cgroup' else 'sampling every ' + interval})"
+        data[label] = lat
+        rows.append([label, len(lat), f"{statistics.median(lat):.1f}", f"{pct(lat, 0.95):.1f}", f"{max(lat):.1f}"])
+    text = table("Memory budget reaction: memory_soft crossed -> recycle begins (ms)",
+                 ["drover budget mode", "recycles", "median", "p95", "max"], rows)
+    save("budget", {"ms": data, "table": text})
+
+
+def _hog_argv(p):
+    argv = p.argv_orig()
+    conf = argv[-1]
+    body = open(conf).read().replace(
+        "command = " + json.dumps([os.path.join(BENCH, ".build", "stamp"), "/dev/null"]),
+        "command = " + json.dumps([sys.executable, os.path.join(BENCH, "hog.py")]))
+    assert "hog.py" in body
+    open(conf, "w").write(body)
+    return argv
+
+
+def status_latency(seconds=5):
+    rows, data = [], {}
+    for n in (4, 100, 1000):
+        p = run_peer(Drover, "stamp", n)
+        try:
+            port = int(p.status_addr().rsplit(":", 1)[1])
+            for path in ("/status", "/metrics", "/healthz"):
+                w = wrk(port, seconds, conns=1, threads=1, path=path)
+                data[f"{n} {path}"] = w
+                rows.append([n, path, f"{w['p50_ms']:.2f}", f"{w['p99_ms']:.2f}", f"{w['rps']:.0f}"])
+        finally:
+            p.stop(60)
+    text = table("drover status endpoint latency (one connection, back to back)",
+                 ["workers", "route", "p50 ms", "p99 ms", "requests/s"], rows)
+    save("status", {"data": data, "table": text})
+
+
+def throughput(runs=3, seconds=10):
+    """FastAPI hello world, 2 workers, 64 connections; peers interleaved run by run."""
+    ports = {cls: free_port() for cls in APP_PEERS}
+    running = {}
+    try:
+        for cls in APP_PEERS:
+            running[cls] = run_peer(cls, "app", 2, port=ports[cls])
+        for cls in APP_PEERS:
+            wrk(ports[cls], 2)  # warm-up
+        res = {cls: [] for cls in APP_PEERS}
+        for _ in range(runs):
+            for cls in APP_PEERS:
+                res[cls].append(wrk(ports[cls], seconds))
+    finally:
+        for p in running.values():
+            p.stop(30)
+    base = statistics.median(r["rps"] for r in res[Uvicorn])
+    rows, data = [], {}
+    for cls in APP_PEERS:
+        rps = [r["rps"] for r in res[cls]]
+        p99 = [r["p99_ms"] for r in res[cls]]
+        errs = sum(r["connect"] + r["read"] + r["write"] + r["timeout"] + r["non2xx"] for r in res[cls])
+        data[cls.name] = res[cls]
+        rows.append([cls.name, " / ".join(f"{x:.0f}" for x in rps), f"{statistics.median(rps):.0f}",
+                     f"{statistics.median(rps) / base:.3f}", f"{statistics.median(p99):.1f}", errs])
+    text = table(f"FastAPI hello world, 2 workers, wrk -t2 -c64 -d{seconds}s, {runs} runs",
+                 ["supervisor", "requests/s per run", "median", "vs uvicorn --workers", "p99 ms (median)", "errors"],
+                 rows)
+    save("throughput", {"runs": data, "table": text})
+
+
+def _loaded(cls, seconds, action, workers=2):
+    """Run `action(peer, stop_event)` while wrk loads the peer; returns (wrk result, action result)."""
+    port = free_port()
+    p = run_peer(cls, "app", workers, port=port)
+    try:
+        out = {}
+        t = threading.Thread(target=lambda: out.update(w=wrk(port, seconds)))
+        t.start()
+        time.sleep(1)
+        r = action(p)
+        t.join()
+        return out["w"], r
+    finally:
+        p.stop(30)
+
+
+def kill(seconds=20, every=2.0):
+    """SIGKILL a worker every 2 s for 20 s under load."""
+    rows, data = [], {}
+    for cls in APP_PEERS:
+        def killer(p):
+            n, end = 0, time.time() + seconds
+            while time.time() < end:
+                ws = sorted(p.worker_pids())
+                if ws:
+                    try:
+                        os.kill(ws[n % len(ws)], signal.SIGKILL)
+                        n += 1
+                    except OSError:
+                        pass
+                time.sleep(every)
+            return n
+        w, n = _loaded(cls, seconds + 2, killer)
+        data[cls.name] = {"wrk": w, "kills": n}
+        rows.append([cls.name, n, w["requests"], w["connect"], w["read"] + w["write"], w["timeout"], w["non2xx"],
+                     f"{(w['read'] + w['write'] + w['timeout'] + w['non2xx']) / max(n, 1):.1f}"])
+    text = table(f"SIGKILL a worker every {every:.0f} s for {seconds} s under load (2 workers, 64 connections)",
+                 ["supervisor", "kills", "requests", "refused (connect errors)", "reset (read/write errors)",
+                  "timeouts", "non-2xx", "failed per kill"], rows)
+    save("kill", {"data": data, "table": text})
+
+
+def reload(seconds=15):
+    """A rolling reload under load: drover's control API, gunicorn and uvicorn HUP, Circus
+    `reload`, supervisord `restart` (it has no rolling restart)."""
+    rows, data = [], {}
+    how = {Drover: "POST /programs/web/reload", Uvicorn: "SIGHUP", Gunicorn: "SIGHUP", Circus: "circusctl reload",
+           Supervisord: "supervisorctl restart"}
+    for cls in APP_PEERS:
+        def act(p):
+            before = set(p.worker_pids())
+            t0 = time.time()
+            p.reload()
+            def done():
+                now = set(p.worker_pids())
+                return len(now) >= p.workers and not (now & before) and (not isinstance(p, Drover) or p.reload_done())
+            try:
+                wait_for(done, f"{cls.name}: reload", seconds - 3, 0.02)
+                return time.time() - t0
+            except TimeoutError:
+                return None
+        w, took = _loaded(cls, seconds, act)
+        data[cls.name] = {"wrk": w, "seconds": took}
+        failed = w["connect"] + w["read"] + w["write"] + w["timeout"] + w["non2xx"]
+        rows.append([cls.name, how[cls], "—" if took is None else f"{took:.2f}", w["requests"], failed, w["connect"],
+                     w["read"] + w["write"], w["non2xx"]])
+    text = table(f"Reload under load (2 workers, 64 connections, {seconds} s)",
+                 ["supervisor", "how", "all workers replaced (s)", "requests", "failed", "refused", "reset",
+                  "non-2xx"], rows)
+    save("reload", {"data": data, "table": text})
+
+
+def stop():
+    """SIGTERM to the supervisor while a 2 s request is in flight."""
+    rows, data = [], {}
+    for cls in APP_PEERS:
+        port = free_port()
+        p = run_peer(cls, "app", 2, port=port)
+        got = {}
+
+        def request():
+            t = time.time()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/slow?seconds=2", timeout=20) as r:
+                    got["status"] = r.status
+            except Exception as e:  # noqa: BLE001 - reported as the outcome
+                got["status"] = type(e).__name__
+            got["took"] = time.time() - t
+        t = threading.Thread(target=request)
+        t.start()
+        time.sleep(0.5)
+        rc, took = p.stop(40)
+        t.join()
+        data[cls.name] = {"request": got, "exit": rc, "stop_s": took}
+        rows.append([cls.name, got["status"], f"{got['took']:.2f}", rc, f"{took:.2f}"])
+    text = table("Graceful stop: SIGTERM 0.5 s into a 2 s request",
+                 ["supervisor", "request", "request took (s)", "exit code", "SIGTERM -> exit (s)"], rows)
+    save("stop", {"data": data, "table": text})
+
+
+METRICS = {"respawn": respawn, "memory": memory, "idle": idle, "budget": budget, "status": status_latency,
+           "throughput": throughput, "kill": kill, "reload": reload, "stop": stop}
+
+
+def smoke():
+    """Each metric, short: shows the harness and every peer still work (for CI). Its figures go
+    to results/smoke.json, never over a full run's."""
+    global RESULTS
+    RESULTS = os.path.join(BENCH, "results", "smoke.json")
+    respawn(kills=2)
+    idle(seconds=2)
+    budget(recycles=1)
+    throughput(runs=1, seconds=2)
+    kill(seconds=4)
+    stop()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("metric", choices=list(METRICS) + ["all", "smoke"])
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        print("note: not root: cgroup budget figures will be skipped")
+    t0 = time.time()
+    if a.metric == "all":
+        for f in METRICS.values():
+            f()
+    elif a.metric == "smoke":
+        smoke()
+    else:
+        METRICS[a.metric]()
+    print(f"\n{a.metric}: {time.time() - t0:.0f} s; results in {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The benchmark worker for memory-budget reaction. Once up for HOG_AFTER seconds it allocates
+1 MiB at a time until its own RSS (HOG_METER=cgroup: its cgroup's usage) crosses HOG_SOFT_MIB, appends "cross PID SECONDS" to
+HOG_STAMPS, and waits; on SIGTERM (drover's graceful recycle) it appends "term PID SECONDS"."""
+import os
+import signal
+import sys
+import time
+
+stamps = os.environ["HOG_STAMPS"]
+soft = int(os.environ["HOG_SOFT_MIB"]) * 1024 * 1024
+page = os.sysconf("SC_PAGE_SIZE")
+
+
+def note(what):
+    with open(stamps, "a") as f:
+        f.write(f"{what} {os.getpid()} {time.time():.6f}\n")
+
+
+def on_term(*_):
+    note("term")
+    sys.exit(0)
+
+
+signal.signal(signal.SIGTERM, on_term)
+time.sleep(float(os.environ.get("HOG_AFTER", "1.5")))
+
+
+def usage_file():
+    """The counter drover watches in cgroup mode: this cgroup's memory usage."""
+    for line in open("/proc/self/cgroup"):
+        _, ctrls, path = line.rstrip("\n").split(":", 2)
+        if "memory" in ctrls.split(","):
+            return f"/sys/fs/cgroup/memory{path}/memory.usage_in_bytes"
+        if ctrls == "":
+            return f"/sys/fs/cgroup{path}/memory.current"
+    return None
+
+
+meter = usage_file() if os.environ.get("HOG_METER") == "cgroup" else None
+
+
+def used():
+    if meter:
+        with open(meter) as f:
+            return int(f.read())
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * page
+
+
+hoard = []
+while True:
+    hoard.append(bytearray(b"x" * (1024 * 1024)))
+    if used() > soft:
+        note("cross")
+        break
+while True:
+    time.sleep(3600)

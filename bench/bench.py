@@ -10,6 +10,7 @@ Loopback only. Every process a metric starts is stopped by pid before the next o
 Results are printed as Markdown tables and merged into bench/results/latest.json.
 """
 import argparse
+import calendar
 import json
 import os
 import re
@@ -92,9 +93,11 @@ def run_peer(cls, kind, workers, **kw):
         raise
 
 
-def wrk(port, seconds, conns=64, threads=2, path="/"):
-    r = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s",
-                        f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 60)
+def wrk(port, seconds, conns=64, threads=2, path="/", close=False):
+    """wrk against the peer; close=True sends `Connection: close` (a new connection per request)."""
+    extra = ["-H", "Connection: close"] if close else []
+    r = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s"] + extra
+                       + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 60)
     return parse_wrk(r.stdout)
 
 
@@ -234,7 +237,7 @@ def budget(recycles=8):
     """memory_soft crossed -> the graceful recycle begins (the worker receives its stop signal)."""
     rows, data = [], {}
     soft = 80
-    for mode, meter, interval in (("cgroup", "cgroup", "1s"), ("sample", "rss", "1s"), ("sample", "rss", "250ms")):
+    for mode, meter, interval in (("cgroup", "cgroup", "1s"), ("sample", "pss", "1s"), ("sample", "pss", "250ms")):
         stamps = f"/tmp/bench-hog-{os.getpid()}"
         if os.path.exists(stamps):
             os.unlink(stamps)
@@ -248,25 +251,50 @@ def budget(recycles=8):
         p.start()
         try:
             st = wait_for(lambda: p.status(), "drover status")
-            got = st.get("budget", {}).get("mode")
-            if got != mode:
+            got = (st.get("budget") or {}).get("mode") or ""
+            if not got.startswith({"cgroup": "cgroup", "sample": "sampling"}[mode]):
                 print(f"SKIPPED: budget reaction in {mode} mode: drover runs in {got!r} here")
                 continue
             def pairs():
-                cross, term = {}, {}
-                for line in open(stamps).read().splitlines() if os.path.exists(stamps) else []:
-                    what, pid, t = line.split()
-                    (cross if what == "cross" else term).setdefault(int(pid), float(t))
-                return [(term[q] - cross[q]) * 1000 for q in cross if q in term]
-            lat = wait_for(lambda: (lambda x: x if len(x) >= recycles else None)(pairs()),
+                """(cross -> replacement started, cross -> old worker's SIGTERM) per recycle."""
+                ev = [(w, int(q), float(t)) for w, q, t in
+                      (line.split() for line in (open(stamps).read().splitlines() if os.path.exists(stamps) else []))]
+                out = []
+                for w, q, t in ev:
+                    if w != "cross":
+                        continue
+                    starts = [t2 for w2, q2, t2 in ev if w2 == "start" and q2 != q and t2 >= t]
+                    terms = [t2 for w2, q2, t2 in ev if w2 == "term" and q2 == q]
+                    decided = decisions().get(q)
+                    if starts and terms and decided:
+                        out.append(((decided - t) * 1000, (min(starts) - t) * 1000, (terms[0] - t) * 1000))
+                return out
+
+            def decisions():
+                """pid -> when drover logged that it replaces the worker for memory_soft."""
+                out = {}
+                for line in open(os.path.join(p.tmp, "out.log")):
+                    if "above memory_soft" in line:
+                        j = json.loads(line)
+                        ts = calendar.timegm(time.strptime(j["timestamp"][:19], "%Y-%m-%dT%H:%M:%S"))
+                        out.setdefault(j["pid"], ts + float("0." + j["timestamp"][20:-1]))
+                return out
+            got = wait_for(lambda: (lambda x: x if len(x) >= recycles else None)(pairs()),
                            f"{recycles} memory recycles", 120, 0.1)
+            lat = [a for a, _, _ in got]
+            started = [b for _, b, _ in got]
+            term = [c for _, _, c in got]
         finally:
             p.stop(15)
+            if os.path.exists(stamps):
+                os.unlink(stamps)
         label = f"{mode} ({'v1 usage threshold, eventfd' if mode == 'cgroup' else 'sampling every ' + interval})"
-        data[label] = lat
-        rows.append([label, len(lat), f"{statistics.median(lat):.1f}", f"{pct(lat, 0.95):.1f}", f"{max(lat):.1f}"])
-    text = table("Memory budget reaction: memory_soft crossed -> recycle begins (ms)",
-                 ["drover budget mode", "recycles", "median", "p95", "max"], rows)
+        data[label] = {"decided_ms": lat, "replacement_first_line_ms": started, "old_worker_signalled_ms": term}
+        rows.append([label, len(lat), f"{statistics.median(lat):.1f}", f"{pct(lat, 0.95):.1f}", f"{max(lat):.1f}",
+                     f"{statistics.median(started):.0f}", f"{statistics.median(term):.0f}"])
+    text = table("Memory budget reaction: memory_soft crossed -> drover begins the recycle (its log line), ms",
+                 ["drover budget mode", "recycles", "median", "p95", "max",
+                  "replacement's first line (Python), median", "old worker's SIGTERM, median"], rows)
     save("budget", {"ms": data, "table": text})
 
 
@@ -329,13 +357,13 @@ def throughput(runs=3, seconds=10):
     save("throughput", {"runs": data, "table": text})
 
 
-def _loaded(cls, seconds, action, workers=2):
+def _loaded(cls, seconds, action, workers=2, close=False):
     """Run `action(peer, stop_event)` while wrk loads the peer; returns (wrk result, action result)."""
     port = free_port()
     p = run_peer(cls, "app", workers, port=port)
     try:
         out = {}
-        t = threading.Thread(target=lambda: out.update(w=wrk(port, seconds)))
+        t = threading.Thread(target=lambda: out.update(w=wrk(port, seconds, close=close)))
         t.start()
         time.sleep(1)
         r = action(p)
@@ -375,9 +403,9 @@ def reload(seconds=15):
     """A rolling reload under load: drover's control API, gunicorn and uvicorn HUP, Circus
     `reload`, supervisord `restart` (it has no rolling restart)."""
     rows, data = [], {}
-    how = {Drover: "POST /programs/web/reload", Uvicorn: "SIGHUP", Gunicorn: "SIGHUP", Circus: "circusctl reload",
+    how = {Drover: "POST /programs/web/restart", Uvicorn: "SIGHUP", Gunicorn: "SIGHUP", Circus: "circusctl reload",
            Supervisord: "supervisorctl restart"}
-    for cls in APP_PEERS:
+    for cls, close in [(c, k) for k in (False, True) for c in APP_PEERS]:
         def act(p):
             before = set(p.worker_pids())
             t0 = time.time()
@@ -390,14 +418,15 @@ def reload(seconds=15):
                 return time.time() - t0
             except TimeoutError:
                 return None
-        w, took = _loaded(cls, seconds, act)
-        data[cls.name] = {"wrk": w, "seconds": took}
+        w, took = _loaded(cls, seconds, act, close=close)
+        conn = "new per request" if close else "keep-alive"
+        data[f"{cls.name} ({conn})"] = {"wrk": w, "seconds": took}
         failed = w["connect"] + w["read"] + w["write"] + w["timeout"] + w["non2xx"]
-        rows.append([cls.name, how[cls], "—" if took is None else f"{took:.2f}", w["requests"], failed, w["connect"],
-                     w["read"] + w["write"], w["non2xx"]])
+        rows.append([cls.name, how[cls], conn, "—" if took is None else f"{took:.2f}", w["requests"], failed,
+                     w["connect"], w["read"] + w["write"], w["non2xx"]])
     text = table(f"Reload under load (2 workers, 64 connections, {seconds} s)",
-                 ["supervisor", "how", "all workers replaced (s)", "requests", "failed", "refused", "reset",
-                  "non-2xx"], rows)
+                 ["supervisor", "how", "connections", "all workers replaced (s)", "requests", "failed", "refused",
+                  "reset", "non-2xx"], rows)
     save("reload", {"data": data, "table": text})
 
 
@@ -427,6 +456,10 @@ def stop():
     text = table("Graceful stop: SIGTERM 0.5 s into a 2 s request",
                  ["supervisor", "request", "request took (s)", "exit code", "SIGTERM -> exit (s)"], rows)
     save("stop", {"data": data, "table": text})
+
+
+def _throughput_short():
+    throughput(runs=1, seconds=3)
 
 
 METRICS = {"respawn": respawn, "memory": memory, "idle": idle, "budget": budget, "status": status_latency,

@@ -1,6 +1,8 @@
 """The benchmark worker for memory-budget reaction. Once up for HOG_AFTER seconds it allocates
-1 MiB at a time until its own RSS (HOG_METER=cgroup: its cgroup's usage) crosses HOG_SOFT_MIB, appends "cross PID SECONDS" to
-HOG_STAMPS, and waits; on SIGTERM (drover's graceful recycle) it appends "term PID SECONDS"."""
+1 MiB at a time until its own PSS (HOG_METER=cgroup: its cgroup's usage) crosses HOG_SOFT_MIB, appends "cross PID SECONDS" to
+HOG_STAMPS, and waits; on SIGTERM (drover's graceful recycle) it appends "term PID SECONDS".
+It also appends "start PID SECONDS" when it starts: a replacement's start is when the recycle
+began (drover starts the replacement first and stops the old worker once the new one is ready)."""
 import os
 import signal
 import sys
@@ -8,7 +10,6 @@ import time
 
 stamps = os.environ["HOG_STAMPS"]
 soft = int(os.environ["HOG_SOFT_MIB"]) * 1024 * 1024
-page = os.sysconf("SC_PAGE_SIZE")
 
 
 def note(what):
@@ -22,6 +23,7 @@ def on_term(*_):
 
 
 signal.signal(signal.SIGTERM, on_term)
+note("start")
 time.sleep(float(os.environ.get("HOG_AFTER", "1.5")))
 
 
@@ -43,8 +45,12 @@ def used():
     if meter:
         with open(meter) as f:
             return int(f.read())
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * page
+    # what drover samples without a cgroup: PSS
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 hoard = []
@@ -53,5 +59,7 @@ while True:
     if used() > soft:
         note("cross")
         break
+# a margin above the line, so that the figure drover reads is over it too
+hoard += [bytearray(b"x" * (1024 * 1024)) for _ in range(4)]
 while True:
     time.sleep(3600)

@@ -12,6 +12,7 @@ Two kinds of workload:
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,6 +166,10 @@ class Peer:
         return rc, took
 
     def cleanup(self):
+        self.kill_groups()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def kill_groups(self):
         for g in list(self.groups):
             try:
                 os.killpg(g, signal.SIGKILL)
@@ -240,7 +245,7 @@ class Drover(Peer):
         return [self.proc.pid] + [p for p in children(self.proc.pid) if cmdline(p).startswith(DROVER)]
 
     def reload(self):
-        req = urllib.request.Request(f"http://{self.status_addr()}/programs/web/reload", method="POST",
+        req = urllib.request.Request(f"http://{self.status_addr()}/programs/web/restart", method="POST",
                                      headers={"Authorization": f"Bearer {TOKEN}"}, data=b"")
         with urllib.request.urlopen(req, timeout=10) as r:
             r.read()
@@ -356,6 +361,10 @@ numprocesses = {self.workers}
         self.ctl = [os.path.join(VENV, "circusctl"), "--endpoint", f"tcp://127.0.0.1:{ports[0]}"]
         return [os.path.join(VENV, "circusd"), conf]
 
+    def is_worker(self, pid):
+        c = cmdline(pid)
+        return "uvicorn" in c or STAMP in c  # circusd also has helper children
+
     def reload(self):
         # graceful reload: new processes first, then the old ones stopped
         subprocess.run(self.ctl + ["reload", "web"], capture_output=True, timeout=60)
@@ -408,6 +417,7 @@ class PM2(Peer):
                 os.kill(p, signal.SIGKILL)
             except OSError:
                 pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _read(path):
@@ -427,7 +437,8 @@ def versions():
         r = subprocess.run([os.path.join(VENV, "python"), "-c",
                             f"import importlib.metadata as m; print(m.version('{mod}'))"], capture_output=True, text=True)
         out[mod] = r.stdout.strip()
-    r = subprocess.run([PM2_BIN, "--version"], capture_output=True, text=True, env={**os.environ, "PM2_HOME": tempfile.mkdtemp()})
+    with tempfile.TemporaryDirectory() as home:
+        r = subprocess.run([PM2_BIN, "--version"], capture_output=True, text=True, env={**os.environ, "PM2_HOME": home})
     out["pm2"] = (r.stdout.strip().splitlines() or ["?"])[-1]
     out["drover"] = subprocess.run([DROVER, "--version"], capture_output=True, text=True).stdout.strip()
     out["python"] = sys.version.split()[0]

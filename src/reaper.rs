@@ -1,38 +1,33 @@
 //! The only caller of `waitpid` in drover.
 //!
 //! SIGCHLD wakes it; it drains `waitpid(-1, WNOHANG)` until nothing is left, so one signal that
-//! stands for many exits loses none. A slow safety-net tick drains too, in case a signal was
-//! coalesced away before the handler was installed. Orphans re-parented to drover (as PID 1 or
-//! as a subreaper) are reaped here as well; the supervisor ignores pids it does not know.
-
-use std::time::Duration;
+//! stands for many exits loses none. The handler is installed before the first fork and tokio's
+//! handler only sets a flag and writes to a pipe, so no SIGCHLD is lost and no periodic tick is
+//! needed: an idle drover sleeps in epoll_wait without a timeout (0 CPU ticks). Orphans
+//! re-parented to drover (as PID 1 or as a subreaper) are reaped here as well; the supervisor
+//! ignores pids it does not know.
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::state::ExitStatus;
 
-pub const SAFETY_TICK: Duration = Duration::from_secs(10);
-
 pub struct Reaper {
     sigchld: Signal,
-    tick: tokio::time::Interval,
 }
 
 impl Reaper {
     /// Must be created before the first child is forked.
     pub fn new() -> std::io::Result<Reaper> {
         let sigchld = signal(SignalKind::child())?;
-        let mut tick = tokio::time::interval(SAFETY_TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Ok(Reaper { sigchld, tick })
+        Ok(Reaper { sigchld })
     }
 
-    /// Wait for SIGCHLD (or the safety tick), then reap everything that has exited.
+    /// Wait for SIGCHLD, then reap everything that has exited.
     /// Cancel-safe: nothing is reaped until the wake-up has happened.
     pub async fn next(&mut self) -> Vec<(libc::pid_t, ExitStatus)> {
-        tokio::select! {
-            _ = self.sigchld.recv() => {}
-            _ = self.tick.tick() => {}
+        if self.sigchld.recv().await.is_none() {
+            // the signal driver is gone (runtime shutting down): never wake again
+            std::future::pending::<()>().await;
         }
         drain()
     }

@@ -78,7 +78,7 @@ def save(metric, data):
     except (OSError, ValueError):
         allr = {}
     allr[metric] = data
-    allr.setdefault("versions", versions())
+    allr["versions"] = versions()
     allr["updated"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     json.dump(allr, open(RESULTS, "w"), indent=1)
 
@@ -203,17 +203,22 @@ def memory():
 
 def idle(seconds=60):
     """Clock ticks the supervisor's own processes use over `seconds`, all peers idling at once."""
-    cases = [(Drover, "stamp", {}, "budgets off"),
-             (Drover, "stamp", {"budget": '[budget]\nmode = "sample"\nsample_interval = "1s"',
-                                "program": 'budget = { memory_hard = "1GiB" }'}, "sampling /proc every 1 s"),
-             (Drover, "stamp", {"budget": '[budget]\nmode = "cgroup"\nsample_interval = "1s"',
-                                "program": 'budget = { memory_hard = "1GiB" }'}, "cgroup v1 + sampling every 1 s"),
-             (Supervisord, "stamp", {}, "defaults"), (Circus, "stamp", {}, "defaults"), (PM2, "stamp", {}, "defaults"),
-             (Uvicorn, "app", {}, "defaults"), (Gunicorn, "app", {}, "defaults")]
+    sample = {"budget": '[budget]\nmode = "sample"\nsample_interval = "1s"',
+              "program": 'budget = { memory_hard = "1GiB" }'}
+    cgroup = {"budget": '[budget]\nmode = "cgroup"\nsample_interval = "1s"',
+              "program": 'budget = { memory_hard = "1GiB" }'}
+    cases = [(Drover, "stamp", 4, {}, "budgets off"),
+             (Drover, "stamp", 4, sample, "sampling /proc every 1 s"),
+             (Drover, "stamp", 4, cgroup, "cgroup v1 + sampling every 1 s"),
+             (Drover, "stamp", 100, {}, "budgets off"),
+             (Drover, "stamp", 100, sample, "sampling /proc every 1 s"),
+             (Drover, "stamp", 100, cgroup, "cgroup v1 + sampling every 1 s"),
+             (Supervisord, "stamp", 4, {}, "defaults"), (Circus, "stamp", 4, {}, "defaults"),
+             (PM2, "stamp", 4, {}, "defaults"), (Uvicorn, "app", 4, {}, "defaults"), (Gunicorn, "app", 4, {}, "defaults")]
     running = []
     try:
-        for cls, kind, extra, label in cases:
-            running.append((run_peer(cls, kind, 4, port=free_port() if kind == "app" else None, extra=extra), label))
+        for cls, kind, n, extra, label in cases:
+            running.append((run_peer(cls, kind, n, port=free_port() if kind == "app" else None, extra=extra), label))
         time.sleep(3)
         before = {id(p): sum(ticks(x) for x in p.own_pids()) for p, _ in running}
         t0 = time.time()
@@ -226,10 +231,10 @@ def idle(seconds=60):
     rows, data = [], {}
     for p, label in running:
         t = after[id(p)] - before[id(p)]
-        data[f"{p.name} ({label})"] = t
-        rows.append([p.name, label, t, f"{100 * t / HZ / took:.2f}%"])
-    text = table(f"CPU while idle, 4 workers, {took:.0f} s (clock ticks at {HZ} Hz)",
-                 ["supervisor", "setting", "ticks", "of one core"], rows)
+        data[f"{p.name} {p.workers} ({label})"] = t
+        rows.append([p.name, p.workers, label, t, f"{100 * t / HZ / took:.2f}%"])
+    text = table(f"CPU while idle, {took:.0f} s, all at once (clock ticks at {HZ} Hz)",
+                 ["supervisor", "workers", "setting", "ticks", "of one core"], rows)
     save("idle", {"ticks": data, "seconds": took, "table": text})
 
 
@@ -326,8 +331,9 @@ def status_latency(seconds=5):
     save("status", {"data": data, "table": text})
 
 
-def throughput(runs=3, seconds=10):
-    """FastAPI hello world, 2 workers, 64 connections; peers interleaved run by run."""
+def throughput(runs=5, seconds=10):
+    """FastAPI hello world, 2 workers, 64 connections; peers interleaved run by run, the order
+    rotated each round (this machine is shared: single runs vary by +-15 %)."""
     ports = {cls: free_port() for cls in APP_PEERS}
     running = {}
     try:
@@ -337,8 +343,8 @@ def throughput(runs=3, seconds=10):
             wrk(ports[cls], 2)  # warm-up
         res = {cls: [] for cls in APP_PEERS}
         own_ticks = {cls: 0 for cls in APP_PEERS}
-        for _ in range(runs):
-            for cls in APP_PEERS:
+        for r in range(runs):
+            for cls in APP_PEERS[r % len(APP_PEERS):] + APP_PEERS[:r % len(APP_PEERS)]:
                 own = running[cls].own_pids()
                 t0 = sum(ticks(x) for x in own)
                 res[cls].append(wrk(ports[cls], seconds))

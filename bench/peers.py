@@ -433,13 +433,13 @@ APP_PEERS = [Drover, Uvicorn, Gunicorn, Supervisord, Circus]
 
 def versions():
     out = {}
-    for mod in ("uvicorn", "gunicorn", "supervisor", "circus", "fastapi"):
+    for mod in ("uvicorn", "uvloop", "httptools", "gunicorn", "supervisor", "circus", "fastapi"):
         r = subprocess.run([os.path.join(VENV, "python"), "-c",
                             f"import importlib.metadata as m; print(m.version('{mod}'))"], capture_output=True, text=True)
         out[mod] = r.stdout.strip()
-    with tempfile.TemporaryDirectory() as home:
-        r = subprocess.run([PM2_BIN, "--version"], capture_output=True, text=True, env={**os.environ, "PM2_HOME": home})
-    out["pm2"] = (r.stdout.strip().splitlines() or ["?"])[-1]
+    # from its package.json: `pm2 --version` can leave a daemon behind
+    with open(os.path.join(BENCH, "node_modules", "pm2", "package.json")) as f:
+        out["pm2"] = json.load(f)["version"]
     out["drover"] = subprocess.run([DROVER, "--version"], capture_output=True, text=True).stdout.strip()
     out["python"] = sys.version.split()[0]
     out["node"] = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()

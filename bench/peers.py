@@ -407,11 +407,7 @@ class PM2(Peer):
         return r.returncode, took
 
     def cleanup(self):
-        for g in list(self.groups):
-            try:
-                os.killpg(g, signal.SIGKILL)
-            except OSError:
-                pass
+        self.kill_groups()
         for p in [self.daemon] + children(self.daemon):
             try:
                 os.kill(p, signal.SIGKILL)

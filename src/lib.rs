@@ -7,6 +7,7 @@
 //! - `state`      the pure worker-slot state machine and backoff; no I/O
 //! - `supervisor` the event loop: owns all state, executes actions, publishes a `Snapshot`
 //! - `spawn`      `SpawnSpec` -> pid; raw syscalls only between fork and exec; never waits
+//! - `identity`   `user`/`group` resolved to ids at load time; dropped in the child before exec
 //! - `reaper`     the only caller of `waitpid`
 //! - `signals`    signals -> events
 //! - `sockets`    bind once, keep the fds, lay them out at 3.. for each spawn
@@ -34,6 +35,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod guard;
+pub mod identity;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

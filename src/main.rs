@@ -167,6 +167,12 @@ fn ensure_stdio() {
 fn main() -> ExitCode {
     ensure_stdio();
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Run { .. } | Cmd::DemoWorker) {
+        // one-shot commands piped into `head` end quietly, as other CLI tools do, instead of
+        // panicking on EPIPE (Rust ignores SIGPIPE by default)
+        // SAFETY: restoring a default disposition before any other thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let code = match cli.cmd {
         Cmd::Run { config } => run(find_config(config)),
         Cmd::Check { config } => check(find_config(config)),

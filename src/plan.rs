@@ -166,6 +166,18 @@ pub fn render(cfg: &Config, source: &str) -> String {
             }
         );
         let _ = writeln!(o, "    command  {}", p.command);
+        if let Some(id) = &p.identity {
+            let _ = writeln!(
+                o,
+                "    runs as  uid {} gid {}{}, no supplementary groups",
+                id.uid,
+                id.gid,
+                id.name
+                    .as_ref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            );
+        }
         if !p.sockets.is_empty() {
             let fds: Vec<String> = p
                 .sockets

@@ -52,6 +52,9 @@ pub struct SpawnSpec {
     pub parent: Option<libc::pid_t>,
     /// `cgroup.procs` fds the child writes its own pid into, first thing after fork
     pub cgroup_procs: Vec<RawFd>,
+    /// (uid, gid) to drop to after the cgroup join, supplementary groups cleared; None: keep
+    /// drover's own (also when they are already these)
+    pub identity: Option<(libc::uid_t, libc::gid_t)>,
 }
 
 /// Find the executable the way `execvp` would, but before fork, so the error is ours to word.
@@ -133,6 +136,7 @@ const STAGE_FDS: i32 = 3;
 const STAGE_PGRP: i32 = 4;
 const STAGE_PARENT: i32 = 5;
 const STAGE_CGROUP: i32 = 6;
+const STAGE_IDENTITY: i32 = 7;
 
 /// Fork and exec. Returns the child's pid once it has exec'd (or the reason it could not).
 /// A child that failed after fork has already exited with 127; the reaper will collect it.
@@ -224,6 +228,12 @@ pub fn spawn(spec: &SpawnSpec) -> Result<libc::pid_t, SpawnError> {
         cgroup_fds: cgroup_fds.as_ptr(),
         n_cgroup: cgroup_fds.len(),
         nofile_soft: INHERITED_NOFILE_SOFT.load(Ordering::Relaxed),
+        drop_ids: spec.identity.is_some_and(|(u, g)| {
+            let (eu, eg) = crate::identity::current();
+            (u, g) != (eu, eg) || eu == 0
+        }),
+        uid: spec.identity.map_or(0, |(u, _)| u),
+        gid: spec.identity.map_or(0, |(_, g)| g),
     };
     // The child runs on its own stack in drover's memory (CLONE_VM) while this thread waits for
     // its exec (CLONE_VFORK), as posix_spawn does: no page tables copied, no copy-on-write faults,
@@ -234,7 +244,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<libc::pid_t, SpawnError> {
     // SAFETY: every signal is blocked across clone so that no drover handler can run on the
     // child's stack; the child resets every handler to the default before unblocking. The child
     // only runs `child`, which calls async-signal-safe syscalls (sigprocmask, sigaction, setpgid,
-    // prctl, getppid, open, dup2, fcntl, close, close_range, getrlimit, setrlimit, chdir, getpid,
+    // setgroups, setgid, setuid, prctl, getppid, open, dup2, fcntl, close, close_range, getrlimit, setrlimit, chdir, getpid,
     // execve, write, _exit) on memory prepared above (`args`, the buffers it points to, `stack`),
     // all of which outlive the clone call because this thread is suspended until the exec; it
     // never allocates, locks, logs, or returns into Rust code that might.
@@ -316,6 +326,10 @@ pub fn spawn(spec: &SpawnSpec) -> Result<libc::pid_t, SpawnError> {
             stage: "joining its cgroup",
             err,
         },
+        STAGE_IDENTITY => SpawnError::Setup {
+            stage: "dropping to its user and group",
+            err,
+        },
         _ => SpawnError::Setup {
             stage: "unknown",
             err,
@@ -341,6 +355,10 @@ struct ChildArgs {
     n_cgroup: usize,
     /// the open-files soft limit drover started with, restored for the worker (0: unchanged)
     nofile_soft: u64,
+    /// drop to (uid, gid) with no supplementary groups
+    drop_ids: bool,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
 }
 
 /// Decimal digits of `n` into `buf`; returns the length. No allocation.
@@ -423,6 +441,18 @@ unsafe fn child(a: ChildArgs) -> ! {
     // Its own process group, so stop and kill reach everything it starts.
     if libc::setpgid(0, 0) != 0 {
         fail(STAGE_PGRP, a.err_w);
+    }
+
+    // Its user and group, once it is in its cgroup and group: no supplementary groups, then the
+    // gid, then the uid (after which it could change neither). Before the parent-death signal,
+    // which a change of credentials clears. Raw syscalls: glibc's wrappers would broadcast the
+    // change to every thread in the thread list, and this child shares drover's memory.
+    if a.drop_ids
+        && (libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) != 0
+            || libc::syscall(libc::SYS_setgid, a.gid as libc::c_long) != 0
+            || libc::syscall(libc::SYS_setuid, a.uid as libc::c_long) != 0)
+    {
+        fail(STAGE_IDENTITY, a.err_w);
     }
     if a.parent > 0 {
         if libc::prctl(

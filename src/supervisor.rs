@@ -278,6 +278,18 @@ impl Supervisor {
 
     fn make_program(&mut self, p: ProgramCfg) -> Program {
         let mut env = base_env();
+        // as systemd does for User=: the worker's own USER, LOGNAME and HOME, not drover's
+        if let Some(id) = &p.identity {
+            let mut set = |k: &str, v: &Option<String>| {
+                if let Some(v) = v {
+                    env.retain(|(ek, _)| ek != k);
+                    env.push((k.into(), v.clone()));
+                }
+            };
+            set("USER", &id.name);
+            set("LOGNAME", &id.name);
+            set("HOME", &id.home);
+        }
         for (k, v) in &p.env {
             env.retain(|(ek, _)| ek != k);
             env.push((k.clone(), v.clone()));
@@ -587,6 +599,7 @@ impl Supervisor {
             stdio: Stdio::Pipe(std::os::fd::AsRawFd::as_raw_fd(&w)),
             parent: self.parent_pid(),
             cgroup_procs: vec![],
+            identity: None, // steps run as drover (migrations usually need its credentials)
         };
         let pid = match spawn::spawn(&spec) {
             Ok(pid) => pid,
@@ -710,6 +723,7 @@ impl Supervisor {
             },
             parent,
             cgroup_procs: vec![],
+            identity: prog.cfg.identity.as_ref().map(|i| (i.uid, i.gid)),
         };
         let sc = prog.slot_cfg;
         let prog_id = prog.id;
@@ -1235,6 +1249,7 @@ impl Supervisor {
             stdio: Stdio::Null,
             parent: self.parent_pid(),
             cgroup_procs: vec![],
+            identity: p.cfg.identity.as_ref().map(|i| (i.uid, i.gid)),
         };
         let prog = p.id;
         match spawn::spawn(&spec) {

@@ -1,0 +1,117 @@
+//! Privilege dropping: workers run as their program's `user` and `group`.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+fn proc_field(pid: i64, field: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn environ(pid: i64) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+#[test]
+fn workers_run_as_their_user_and_group_with_no_supplementary_groups() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: changing a worker's user needs drover to run as root");
+        return;
+    }
+    // Debian's nobody (65534) and nogroup (65534); root starts with supplementary groups to clear
+    let mut d = Drover::start(&one_program(
+        "command = [\"sleep\", \"100000\"]\nworkers = 2\nuser = \"nobody\"\ngroup = \"nogroup\"\nreadiness = { check = \"uptime\", min_uptime = \"100ms\" }\n[program.probe]\ncommand = [\"sleep\", \"100000\"]\nuser = 65534\n",
+    ));
+    let st = d.wait_status("3 workers running", T, |v| {
+        Drover::worker_pids(v, "w").len() == 2 && Drover::worker_pids(v, "probe").len() == 1
+    });
+    for pid in Drover::worker_pids(&st, "w") {
+        // real, effective, saved and filesystem ids
+        assert_eq!(
+            proc_field(pid, "Uid"),
+            "65534 65534 65534 65534",
+            "worker {pid}"
+        );
+        assert_eq!(
+            proc_field(pid, "Gid"),
+            "65534 65534 65534 65534",
+            "worker {pid}"
+        );
+        assert_eq!(
+            proc_field(pid, "Groups"),
+            "",
+            "worker {pid}: supplementary groups"
+        );
+        let env = environ(pid);
+        for want in ["USER=nobody", "LOGNAME=nobody", "HOME=/nonexistent"] {
+            assert!(
+                env.iter().any(|e| e == want),
+                "worker {pid} lacks {want}: {env:?}"
+            );
+        }
+        // still its own process group
+        assert_eq!(proc_field(pid, "NSpgid"), pid.to_string());
+    }
+    // a numeric user takes its primary group from the passwd entry
+    let pid = Drover::worker_pids(&st, "probe")[0];
+    assert_eq!(proc_field(pid, "Uid"), "65534 65534 65534 65534");
+    assert_eq!(proc_field(pid, "Gid"), "65534 65534 65534 65534");
+    // drover itself stays root
+    assert_eq!(proc_field(d.pid as i64, "Uid"), "0 0 0 0");
+
+    // workers running as another user still go with a SIGKILLed drover
+    let pids = Drover::worker_pids(&st, "w");
+    d.signal(libc::SIGKILL);
+    d.wait_exit(T);
+    wait_until(T, "workers gone after drover was SIGKILLed", || {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    });
+}
+
+#[test]
+fn a_drover_that_is_not_root_refuses_another_user_before_starting_anything() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/usr/bin/setpriv").exists() {
+        println!("SKIPPED: needs root and setpriv to run drover as nobody");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let conf = dir.path().join("drover.toml");
+    std::fs::write(
+        &conf,
+        "[program.w]\ncommand = [\"sleep\", \"1000\"]\nuser = \"root\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(BIN)
+        .arg("run")
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("drover.toml:3:8: [program.w]: drover runs as uid 65534, not root, so it cannot start workers as uid 0 gid 0"),
+        "{err}"
+    );
+}

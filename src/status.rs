@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -132,14 +133,79 @@ pub fn router(api: Api) -> Router {
         .with_state(api)
 }
 
+/// At most this many open connections; one more is closed at once (bounded memory: each holds
+/// at most `MAX_BUF` of request plus `MAX_BODY`).
+pub const MAX_CONNECTIONS: usize = 256;
+/// A client must finish sending a request's headers within this (slowloris).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Any connection, however busy, is closed after this (clients reconnect).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Request line plus headers.
+pub const MAX_BUF: usize = 16 * 1024;
+
+/// Serve the router with limits that axum::serve does not set: a connection cap, a header read
+/// timeout, a header size limit and a connection lifetime.
 pub async fn serve(listener: Listener, api: Api) {
-    let r = match listener {
-        Listener::Tcp(l) => axum::serve(l, router(api)).await,
-        Listener::Unix(l) => axum::serve(l, router(api)).await,
+    let app = router(api);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut last_warning: Option<tokio::time::Instant> = None;
+    let mut warn = |what: String| {
+        // at most one warning per 10 s however hard the listener is hit
+        let now = tokio::time::Instant::now();
+        if last_warning.is_none_or(|t| now - t > Duration::from_secs(10)) {
+            last_warning = Some(now);
+            tracing::warn!("status endpoint: {what}");
+        }
     };
-    if let Err(e) = r {
-        tracing::error!("status endpoint stopped: {e}");
+    loop {
+        let accepted = match &listener {
+            Listener::Tcp(l) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),
+            Listener::Unix(l) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+        };
+        let conn = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and the like: do not spin on a listener that cannot accept
+                warn(format!(
+                    "cannot accept a connection: {e}; retrying in 100ms"
+                ));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            warn(format!(
+                "{MAX_CONNECTIONS} connections already open; closing new ones until some end"
+            ));
+            continue;
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            match conn {
+                Conn::Tcp(s) => serve_connection(s, svc).await,
+                Conn::Unix(s) => serve_connection(s, svc).await,
+            }
+        });
     }
+}
+
+enum Conn {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn serve_connection<S>(s: S, svc: hyper_util::service::TowerToHyperService<Router>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_BUF);
+    let conn = b.serve_connection(hyper_util::rt::TokioIo::new(s), svc);
+    // errors (a malformed request, a reset) end this connection only
+    let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
 }
 
 fn reply((code, body): Reply) -> Response {

@@ -1,4 +1,5 @@
-//! Privilege dropping: workers run as their program's `user` and `group`.
+//! Privilege dropping (workers run as their program's `user` and `group`) and the status
+//! listener under hostile clients (slow, malformed, oversized, floods).
 
 mod common;
 use common::*;
@@ -114,4 +115,93 @@ fn a_drover_that_is_not_root_refuses_another_user_before_starting_anything() {
         err.contains("drover.toml:3:8: [program.w]: drover runs as uid 65534, not root, so it cannot start workers as uid 0 gid 0"),
         "{err}"
     );
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    proc_field(pid as i64, "VmRSS")
+        .trim_end_matches(" kB")
+        .parse()
+        .unwrap()
+}
+
+/// Read until EOF or error; true if the server closed the connection within `within`.
+fn closed_within(s: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false, // timed out: still open
+        }
+    }
+}
+
+fn raw(addr: &str, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn the_status_listener_survives_slow_malformed_oversized_and_flooding_clients() {
+    use std::io::Write;
+    let d = Drover::start(&one_program("command = [\"sleep\", \"100000\"]"));
+    d.wait_status("running", T, |v| Drover::worker_pids(v, "w").len() == 1);
+    let addr = d.status_addr();
+    let healthy = || http_get(&addr, "/healthz").is_some_and(|b| b.contains("ok"));
+
+    // slowloris: headers never finished -> closed after the header timeout, others unaffected
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    assert!(healthy(), "a slow client must not block others");
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(15)),
+        "a client that never finishes its headers is disconnected"
+    );
+
+    // malformed request line, oversized headers, oversized body: an HTTP error, never a panic
+    assert!(raw(&addr, b"\x00\x01\xffgarbage\r\n\r\n").starts_with("HTTP/1.1 400"));
+    let mut big = b"GET /status HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 64 * 1024));
+    big.extend(b"\r\n\r\n");
+    assert!(raw(&addr, &big).starts_with("HTTP/1.1 431"));
+    let mut body = b"POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n".to_vec();
+    body.extend(std::iter::repeat_n(b'{', 64 * 1024));
+    let r = raw(&addr, &body);
+    assert!(
+        r.starts_with("HTTP/1.1 403") || r.starts_with("HTTP/1.1 413"),
+        "{r}"
+    );
+    assert!(healthy());
+
+    // a flood of idle connections: the ones over the cap are closed at once, memory stays
+    // bounded, and the endpoint answers again once the idle ones time out
+    let before = rss_kib(d.pid);
+    let mut flood: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let mut refused = 0;
+    for s in flood.iter_mut() {
+        if closed_within(s, Duration::from_millis(20)) {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 300 - 256, "only {refused} of 300 closed at once");
+    let grown = rss_kib(d.pid).saturating_sub(before);
+    assert!(
+        grown < 16 * 1024,
+        "drover grew by {grown} KiB holding 256 idle connections"
+    );
+    wait_until(T, "the status endpoint to answer after the flood", || {
+        healthy().then_some(())
+    });
+    drop(flood);
 }

@@ -205,3 +205,55 @@ fn the_status_listener_survives_slow_malformed_oversized_and_flooding_clients() 
     });
     drop(flood);
 }
+
+#[test]
+fn secrets_never_reach_status_metrics_the_page_or_the_log() {
+    let secret = "s3cr3t-env-value-8c1f";
+    let token = "tok-7f3a9b2c4d5e6f708192a3b4";
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let d = Drover::start(&format!(
+        "[supervisor]\nstatus = \"127.0.0.1:0\"\ncontrol_token_file = \"{}\"\n[program.w]\ncommand = [\"sh\", \"-c\", \"echo started; exec sleep 100000\"]\nenv = {{ API_KEY = \"{secret}\" }}\n",
+        token_file.display()
+    ));
+    d.wait_status("running", T, |v| Drover::worker_pids(v, "w").len() == 1);
+    let addr = d.status_addr();
+    // a mutating request with the token, and one with a wrong token, so both paths are logged
+    let (ok, _) = http_req(&addr, "POST", "/programs/w/restart", b"", Some(token)).unwrap();
+    assert_eq!(ok, 200);
+    let (bad, _) = http_req(
+        &addr,
+        "POST",
+        "/programs/w/restart",
+        b"",
+        Some("wrong-token-0000000"),
+    )
+    .unwrap();
+    assert_eq!(bad, 401);
+    wait_until(T, "the restart to finish", || {
+        let v = d.status();
+        (v["programs"][0]["workers"][0]["restarts"] == 1 && v["programs"][0]["rolling"] == false)
+            .then_some(())
+    });
+    let mut seen = String::new();
+    for path in ["/status", "/metrics", "/", "/readyz", "/healthz"] {
+        seen += &http_get(&addr, path).unwrap();
+    }
+    seen += &d.stderr();
+    seen += &d.stdout();
+    let check = std::process::Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(d.path("drover.toml"))
+        .output()
+        .unwrap();
+    seen += &String::from_utf8_lossy(&check.stdout);
+    assert!(seen.contains("started"), "the worker's own output is there");
+    assert!(!seen.contains(secret), "an environment value leaked");
+    assert!(!seen.contains(token), "the control token leaked");
+    // the worker still got it
+    let pid = Drover::worker_pids(&d.status(), "w")[0];
+    assert!(environ(pid)
+        .iter()
+        .any(|e| e == &format!("API_KEY={secret}")));
+}

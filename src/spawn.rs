@@ -19,15 +19,38 @@ pub enum SpawnError {
     Exec { path: String, err: std::io::Error },
     #[error("chdir {dir}: {err}")]
     Chdir { dir: String, err: std::io::Error },
-    #[error("setting up the child: {stage}: {err}")]
+    #[error("setting up the child: {stage}: {err}{}", limit_hint(err))]
     Setup {
         stage: &'static str,
         err: std::io::Error,
     },
-    #[error("fork: {0}")]
+    #[error("fork: {0}{hint}", hint = limit_hint(.0))]
     Fork(std::io::Error),
     #[error("{0} contains a NUL byte")]
     Nul(String),
+}
+
+/// What to raise when a spawn fails for want of a resource.
+fn limit_hint(err: &std::io::Error) -> String {
+    match err.raw_os_error() {
+        Some(libc::EMFILE) | Some(libc::ENFILE) => {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes a local struct.
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+            format!(
+                " (drover's open-files limit is {}; each worker needs a few: raise `ulimit -n` or LimitNOFILE=)",
+                lim.rlim_cur
+            )
+        }
+        Some(libc::EAGAIN) => {
+            " (the process limit: RLIMIT_NPROC, pids.max of the cgroup, or kernel.pid_max)".into()
+        }
+        Some(libc::ENOMEM) => " (out of memory)".into(),
+        _ => String::new(),
+    }
 }
 
 /// Where the child's stdout and stderr go.

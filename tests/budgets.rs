@@ -396,3 +396,52 @@ fn a_sigkilled_drover_leaves_no_cgroup_or_process_behind() {
         (!parent.exists()).then_some(())
     });
 }
+
+#[test]
+fn a_grandchild_that_calls_setsid_still_goes_with_its_workers_cgroup() {
+    let mut d = Drover::start(&one_program(
+        "command = [\"sh\", \"-c\", \"setsid sleep 4242 & exec sleep 100000\"]\nbudget = { memory_hard = \"256MiB\" }",
+    ));
+    let st = d.wait_status("running", T, |v| Drover::worker_pids(v, "w").len() == 1);
+    if worker(&st, 0)["cgroup"]
+        .as_array()
+        .is_none_or(|c| c.is_empty())
+    {
+        println!(
+            "SKIPPED: no writable cgroup here (budget mode: {}); without one a setsid() grandchild escapes, as the README says",
+            st["budget"]["mode"]
+        );
+        return;
+    }
+    let worker_pid = Drover::worker_pids(&st, "w")[0];
+    // the grandchild left the worker's process group (its own session and group now)
+    let escaped = wait_until(T, "the setsid grandchild", || {
+        std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let pid: i64 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            (cmd == b"sleep\x004242\x00").then_some(pid)
+        })
+    });
+    let pgid = std::fs::read_to_string(format!("/proc/{escaped}/stat")).unwrap();
+    let pgid: i64 = pgid
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(
+        pgid, worker_pid,
+        "the grandchild is outside the worker's process group"
+    );
+    // a graceful stop signals the group; the cgroup takes the rest
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(T), 0, "{}", d.stderr());
+    wait_until(
+        T,
+        "the escaped grandchild gone with the worker's cgroup",
+        || (!alive(escaped)).then_some(()),
+    );
+}

@@ -117,6 +117,48 @@ command = "for i in $(seq 20); do (sleep 0.7 &); done; touch {dir}/forked; exec 
 }
 
 #[test]
+fn as_pid1_a_thousand_short_lived_orphans_leave_no_zombie() {
+    if !unshare_works() {
+        println!("SKIPPED: unshare --pid --fork --mount-proc does not work here (needs root or user namespaces)");
+        return;
+    }
+    let mut d = Drover::start_with(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+[program.spawner]
+# 1,000 orphans that exit at once: each `true` is re-parented to PID 1 as its subshell exits
+command = "for i in $(seq 1000); do (true &); done; touch {dir}/forked; exec sleep 1000"
+"#,
+        &[],
+        &["unshare", "--pid", "--fork", "--mount-proc"],
+    );
+    let drover = wait_until(T, "drover inside the namespace", || {
+        children(d.pid).first().copied()
+    });
+    d.wait_status("the status endpoint", T, |v| v["state"] == "running");
+    wait_until(
+        Duration::from_secs(60),
+        "the 1,000 orphans to be forked",
+        || d.path("forked").exists().then_some(()),
+    );
+    wait_until(T, "no zombie among drover's children", || {
+        let kids = procs_with_parent(drover);
+        let zombies = kids.iter().filter(|(_, s, _)| *s == 'Z').count();
+        // all that may be left is the worker itself (sleep 1000)
+        (zombies == 0 && !kids.iter().any(|(_, _, c)| c.starts_with("true"))).then_some(())
+    });
+    let st = d.status();
+    assert_eq!(
+        st["programs"][0]["workers"][0]["restarts"], 0,
+        "the worker itself never exited"
+    );
+    // SAFETY: TERM to the drover we started (outer pid of the namespace's PID 1).
+    unsafe { libc::kill(drover as i32, libc::SIGTERM) };
+    assert_eq!(d.wait_exit(T), 0, "{}", d.stderr());
+}
+
+#[test]
 fn as_pid1_a_crash_looping_program_exits_1_by_default() {
     if !unshare_works() {
         println!("SKIPPED: unshare --pid --fork --mount-proc does not work here");

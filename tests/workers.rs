@@ -239,3 +239,35 @@ fn a_missing_command_backs_off_with_a_clear_reason() {
         d.stderr()
     );
 }
+
+#[test]
+fn running_out_of_file_descriptors_is_a_clear_error_and_a_backoff_not_a_panic() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("SKIPPED: prlimit (util-linux) is not installed");
+        return;
+    }
+    // a hard limit drover cannot raise: some of the 40 workers cannot get their pipes
+    let mut d = Drover::start_with(
+        &one_program("command = [\"sleep\", \"100000\"]\nworkers = 40\nbackoff = { initial = \"200ms\", max = \"2s\" }"),
+        &[],
+        &["prlimit", "--nofile=40:40"],
+    );
+    wait_until(T, "a spawn to fail for want of fds, and be retried", || {
+        let log = d.stderr();
+        (log.contains("Too many open files")
+            && log.contains("open-files limit is 40")
+            && log.contains("retrying in"))
+        .then_some(())
+    });
+    let addr = d.status_addr();
+    wait_until(T, "the health endpoint to keep answering", || {
+        http_get(&addr, "/healthz").filter(|b| b.contains("ok"))
+    });
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(T), 0, "{}", d.stderr());
+    assert!(!d.stderr().contains("panicked"), "{}", d.stderr());
+}

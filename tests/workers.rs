@@ -271,3 +271,44 @@ fn running_out_of_file_descriptors_is_a_clear_error_and_a_backoff_not_a_panic() 
     assert_eq!(d.wait_exit(T), 0, "{}", d.stderr());
     assert!(!d.stderr().contains("panicked"), "{}", d.stderr());
 }
+
+#[test]
+fn a_log_flood_of_huge_invalid_lines_is_split_kept_and_does_not_stall_health() {
+    // 2 workers, each 10 MB of random bytes (invalid UTF-8) with no newline, then a marker line
+    let d = Drover::start(&one_program(
+        "command = [\"sh\", \"-c\", \"tr -d '\\\\n' < /dev/urandom | head -c 10000000; printf '\\\\nflood-done\\\\n'; exec sleep 100000\"]\nworkers = 2",
+    ));
+    let addr = d.status_addr();
+    let mut peak_kib = 0u64;
+    wait_until(
+        Duration::from_secs(120),
+        "both floods written through",
+        || {
+            // during the flood: health answers, drover's memory stays bounded
+            assert!(
+                http_get(&addr, "/healthz").is_some_and(|b| b.contains("ok")),
+                "/healthz failed during the flood"
+            );
+            let rss: u64 = std::fs::read_to_string(format!("/proc/{}/status", d.pid))
+                .unwrap()
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .unwrap()
+                .trim()
+                .trim_end_matches(" kB")
+                .parse()
+                .unwrap();
+            peak_kib = peak_kib.max(rss);
+            // workers' output goes to drover's stdout, its own log to stderr
+            (d.stdout().matches("flood-done").count() == 2).then_some(())
+        },
+    );
+    assert!(
+        peak_kib < 64 * 1024,
+        "drover's RSS peaked at {peak_kib} KiB"
+    );
+    let out = d.stdout();
+    // 10 MB in 16 KiB pieces: every piece is kept and marked as continuing
+    let pieces = out.matches("\"split\":true").count();
+    assert!(pieces >= 2 * 600, "only {pieces} split markers");
+}

@@ -312,3 +312,71 @@ fn a_log_flood_of_huge_invalid_lines_is_split_kept_and_does_not_stall_health() {
     let pieces = out.matches("\"split\":true").count();
     assert!(pieces >= 2 * 600, "only {pieces} split markers");
 }
+
+fn rss_and_ticks(pid: i32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .parse()
+        .unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<u64> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (rss, f[0] + f[1])
+}
+
+#[test]
+fn a_crash_storm_of_100_workers_for_60s_keeps_memory_flat_and_cpu_bounded() {
+    // every worker exits after 0.5 s, all together, again and again (bench/soak.py runs this
+    // for 10 minutes on the release build)
+    let d = Drover::start(&one_program(
+        "command = [\"sh\", \"-c\", \"sleep 0.5; exit 1\"]\nworkers = 100\nbackoff = { initial = \"100ms\", max = \"2s\" }",
+    ));
+    let restarts = |v: &serde_json::Value| -> u64 {
+        v["programs"][0]["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["restarts"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    // warm up: every worker has crashed a few times and its backoff has grown
+    d.wait_status("3 crashes per worker", Duration::from_secs(30), |v| {
+        restarts(v) >= 300
+    });
+    let (rss0, ticks0) = rss_and_ticks(d.pid);
+    let r0 = restarts(&d.status());
+    let t0 = std::time::Instant::now();
+    wait_until(Duration::from_secs(70), "60 s of crash storm", || {
+        (t0.elapsed() >= Duration::from_secs(60)).then_some(())
+    });
+    let (rss1, ticks1) = rss_and_ticks(d.pid);
+    let r1 = restarts(&d.status());
+    let secs = t0.elapsed().as_secs_f64();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu = (ticks1 - ticks0) as f64 / hz / secs;
+    let rate = (r1 - r0) as f64 / secs;
+    println!(
+        "FIGURE crash storm, 100 workers, {secs:.0} s: {rate:.0} restarts/s, drover CPU {:.1} % of a core, RSS {rss0} -> {rss1} KiB",
+        cpu * 100.0
+    );
+    assert!(
+        rss1 < rss0 + 1024,
+        "drover's memory grew from {rss0} to {rss1} KiB"
+    );
+    // without backoff every worker would restart every 0.5 s (200/s); with it the rate falls
+    assert!(rate > 0.0 && rate < 150.0, "{rate:.0} restarts/s");
+    assert!(cpu < 0.5, "drover used {:.0} % of a core", cpu * 100.0);
+}

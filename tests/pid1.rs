@@ -178,3 +178,51 @@ fn as_pid1_a_crash_looping_program_exits_1_by_default() {
         d.stderr()
     );
 }
+
+#[test]
+fn as_pid1_a_sigkilled_drover_leaves_no_worker_grandchild_or_port() {
+    if !unshare_works() {
+        println!("SKIPPED: unshare --pid --fork --mount-proc does not work here");
+        return;
+    }
+    let mut d = Drover::start_with(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+[socket.http]
+listen = "127.0.0.1:0"
+[program.web]
+sockets = ["http"]
+workers = 2
+# each worker leaves a grandchild in a session of its own
+command = "setsid sleep 4711 & exec {bin} demo-worker"
+"#,
+        &[],
+        &["unshare", "--pid", "--fork", "--mount-proc"],
+    );
+    let drover = wait_until(T, "drover inside the namespace", || {
+        children(d.pid).first().copied()
+    });
+    d.wait_status("2 ready workers", T, |v| {
+        v["programs"][0]["ready_workers"] == 2
+    });
+    let http = d.logged_addr("socket http listening on ");
+    let mut everyone = vec![];
+    let mut stack = vec![drover];
+    while let Some(p) = stack.pop() {
+        let kids = children(p as i32);
+        everyone.extend(&kids);
+        stack.extend(kids);
+    }
+    assert!(
+        everyone.len() >= 4,
+        "2 workers and 2 grandchildren: {everyone:?}"
+    );
+    // SAFETY: SIGKILL to the drover we started (outer pid of the namespace's PID 1).
+    unsafe { libc::kill(drover as i32, libc::SIGKILL) };
+    d.wait_exit(T);
+    wait_until(T, "every process of the namespace gone", || {
+        everyone.iter().all(|p| !alive(*p)).then_some(())
+    });
+    wait_until(T, "the port free", || port_free(&http).then_some(()));
+}

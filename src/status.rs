@@ -239,13 +239,24 @@ async fn readyz(State(api): State<Api>) -> Response {
 /// pread(2): at 1,000 workers, opening and closing the files was half of a request's cost. A
 /// file whose process has gone reads as an error and is reopened for the pid's new owner.
 ///
-/// The reads run on tokio's blocking pool, not on the loop thread that also reaps and respawns
-/// workers: 1,000 stat files take the kernel a few milliseconds to format.
+/// The reads run on a thread of their own, not on the loop thread that also reaps and respawns
+/// workers: 1,000 stat files take the kernel a few milliseconds to format. Where no thread can
+/// be created (a pids limit, RLIMIT_NPROC) they run inline instead: tokio's spawn_blocking would
+/// panic there, and a full process table is exactly when /status must keep answering.
 async fn live(api: &Api) -> Snapshot {
     let a = api.clone();
-    match tokio::task::spawn_blocking(move || read_live(&a)).await {
-        Ok(s) => s,
-        Err(_) => (**api.snap.borrow()).clone(),
+    let (tx, rx) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("drover-status".into())
+        .spawn(move || {
+            let _ = tx.send(read_live(&a));
+        });
+    match spawned {
+        Ok(_) => match rx.await {
+            Ok(s) => s,
+            Err(_) => (**api.snap.borrow()).clone(),
+        },
+        Err(_) => read_live(api),
     }
 }
 
@@ -269,15 +280,27 @@ fn read_live(api: &Api) -> Snapshot {
         read_stats(&mut shards[0], &pids)
     } else {
         std::thread::scope(|sc| {
-            let running: Vec<_> = shards
-                .iter_mut()
-                .zip(pids.chunks(chunk))
-                .map(|(files, part)| sc.spawn(move || read_stats(files, part)))
-                .collect();
-            running
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
-                .collect()
+            let mut out = HashMap::with_capacity(pids.len());
+            let mut running = vec![];
+            for (files, part) in shards.iter_mut().zip(pids.chunks(chunk)) {
+                // the work is handed over only once the thread exists; a chunk whose thread
+                // cannot be created is read here instead
+                let (tx, rx) = std::sync::mpsc::channel();
+                let spawned = std::thread::Builder::new().spawn_scoped(sc, move || {
+                    rx.recv().map(|(f, p)| read_stats(f, p)).unwrap_or_default()
+                });
+                match spawned {
+                    Ok(h) => {
+                        let _ = tx.send((files, part));
+                        running.push(h);
+                    }
+                    Err(_) => out.extend(read_stats(files, part)),
+                }
+            }
+            for h in running {
+                out.extend(h.join().unwrap_or_default());
+            }
+            out
         })
     };
     let page = crate::usage::page_size();

@@ -380,3 +380,72 @@ fn a_crash_storm_of_100_workers_for_60s_keeps_memory_flat_and_cpu_bounded() {
     assert!(rate > 0.0 && rate < 150.0, "{rate:.0} restarts/s");
     assert!(cpu < 0.5, "drover used {:.0} % of a core", cpu * 100.0);
 }
+
+/// A pids cgroup made for one test, removed (with anything left in it) when dropped.
+struct PidsCgroup(std::path::PathBuf);
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if let Ok(procs) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
+                for p in procs.split_whitespace() {
+                    // SAFETY: kill(2) on pids read from the test's own cgroup.
+                    unsafe { libc::kill(p.parse().unwrap_or(0), libc::SIGKILL) };
+                }
+            }
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_full_process_table_is_a_clear_error_and_a_backoff_and_status_keeps_answering() {
+    let cg = std::path::PathBuf::from(format!(
+        "/sys/fs/cgroup/pids/drover-test-{}",
+        std::process::id()
+    ));
+    if std::fs::create_dir(&cg).is_err() {
+        println!("SKIPPED: no writable cgroup v1 pids hierarchy here");
+        return;
+    }
+    let cg = PidsCgroup(cg);
+    // drover (2 threads), its guard and a few workers fit; 20 workers do not
+    std::fs::write(cg.0.join("pids.max"), "10").unwrap();
+    let join = format!("echo $$ > {}/cgroup.procs && exec \"$@\"", cg.0.display());
+    let mut d = Drover::start_with(
+        &one_program("command = [\"sleep\", \"100000\"]\nworkers = 20\nbackoff = { initial = \"200ms\", max = \"2s\" }"),
+        &[],
+        &["sh", "-c", &join, "sh"],
+    );
+    wait_until(
+        T,
+        "a spawn to fail at the pids limit, and be retried",
+        || {
+            let log = d.stderr();
+            (log.contains("Resource temporarily unavailable")
+                && log.contains("the process limit")
+                && log.contains("retrying in"))
+            .then_some(())
+        },
+    );
+    let full = || {
+        let cur: u32 = std::fs::read_to_string(cg.0.join("pids.current"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        cur >= 10
+    };
+    assert!(full(), "the cgroup should be at its limit");
+    // /status needs a thread for its /proc reads; with none to be had it reads inline
+    let addr = d.status_addr();
+    let st = http_get(&addr, "/status").expect("/status answers with the process table full");
+    let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert!(Drover::worker_pids(&v, "w").len() >= 5, "{v}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(T), 0, "{}", d.stderr());
+    assert!(!d.stderr().contains("panicked"), "{}", d.stderr());
+}

@@ -134,6 +134,9 @@ impl Default for BackoffCfg {
 pub struct SupervisorCfg {
     pub status: Option<ListenAddr>,
     pub control_token_file: Option<PathBuf>,
+    /// PEM certificate chain and key: the status listener speaks HTTPS
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     /// `None`: chosen by mode (exit as PID 1, stay otherwise).
@@ -149,6 +152,8 @@ impl Default for SupervisorCfg {
         SupervisorCfg {
             status: Some(ListenAddr::Tcp("127.0.0.1:9900".parse().unwrap())),
             control_token_file: None,
+            tls_cert: None,
+            tls_key: None,
             shutdown_timeout: Duration::from_secs(30),
             log_format: LogFormat::Auto,
             on_exhausted: None,
@@ -880,6 +885,8 @@ const AUTOSCALE_KEYS: &[&str] = &["min", "max", "target_cpu", "scale_down_window
 const SUP_KEYS: &[&str] = &[
     "status",
     "control_token_file",
+    "tls_cert",
+    "tls_key",
     "shutdown_timeout",
     "log_format",
     "on_exhausted",
@@ -1060,6 +1067,8 @@ fn read_supervisor(cx: &mut Ctx, n: &Node, s: &mut SupervisorCfg) {
                     .string("supervisor.control_token_file", v)
                     .map(PathBuf::from)
             }
+            "tls_cert" => s.tls_cert = cx.string("supervisor.tls_cert", v).map(PathBuf::from),
+            "tls_key" => s.tls_key = cx.string("supervisor.tls_key", v).map(PathBuf::from),
             "shutdown_timeout" => {
                 if let Some(d) = cx.duration("supervisor.shutdown_timeout", v) {
                     s.shutdown_timeout = d
@@ -1098,6 +1107,27 @@ fn read_supervisor(cx: &mut Ctx, n: &Node, s: &mut SupervisorCfg) {
             }
             _ => {}
         }
+    }
+    // TLS needs both files, and a TCP listener to speak it on
+    let span_of = |key: &str| {
+        t.iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, ks, _)| ks.clone())
+    };
+    match (&s.tls_cert, &s.tls_key) {
+        (Some(_), None) => cx.err(
+            &span_of("tls_cert").unwrap(),
+            "supervisor.tls_cert needs supervisor.tls_key (the certificate's private key, PEM)",
+        ),
+        (None, Some(_)) => cx.err(
+            &span_of("tls_key").unwrap(),
+            "supervisor.tls_key needs supervisor.tls_cert (the certificate chain, PEM)",
+        ),
+        (Some(_), Some(_)) if !matches!(s.status, Some(ListenAddr::Tcp(_))) => cx.err(
+            &span_of("tls_cert").unwrap(),
+            "supervisor.tls_cert: TLS needs a TCP status address (a unix socket is protected by its file mode)",
+        ),
+        _ => {}
     }
 }
 
@@ -1897,6 +1927,8 @@ mod tests {
             ("[socket.http]\nlisten = \"localhost\"\n", "2:10: socket.http.listen: `localhost` is not an address (write \"host:port\", \"[::1]:port\" or \"unix:/path\")"),
             ("[socket.http]\nbacklog = 10\n", "1:1: [socket.http]: `listen` is missing"),
             ("[program.a]\ncommand = \"${DB_URL}\"\n", "2:11: program.a.command: environment variable DB_URL is not set (write ${DB_URL:-default} to give a default)"),
+            ("[supervisor]\ntls_cert = \"/c.pem\"\n", "2:1: supervisor.tls_cert needs supervisor.tls_key (the certificate's private key, PEM)"),
+            ("[supervisor]\nstatus = \"unix:/tmp/s.sock\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n", "3:1: supervisor.tls_cert: TLS needs a TCP status address (a unix socket is protected by its file mode)"),
             ("[program.a]\ncommand = \"x\"\nuser = \"no-such-user-drover\"\n", "3:8: [program.a]: no user `no-such-user-drover` on this system"),
             ("[program.a]\ncommand = \"x\"\ngroup = [1]\n", "3:9: program.a.group: expected a group name or a numeric id, found an array"),
             ("[program.a]\ncommand = \"x\"\n[program.a.health]\nhttp = \"healthz\"\n", "4:8: program.a.health.http: `healthz` is not a request path like \"/healthz\""),

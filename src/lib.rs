@@ -49,6 +49,7 @@ pub mod spawn;
 pub mod state;
 pub mod status;
 pub mod supervisor;
+pub mod tls;
 pub mod usage;
 pub mod watch;
 

@@ -361,6 +361,16 @@ fn run(src: Source) -> i32 {
         },
         None => None,
     };
+    let tls = match (&cfg.supervisor.tls_cert, &cfg.supervisor.tls_key) {
+        (Some(c), Some(k)) => match drover::tls::load(c, k) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("drover: {e}; nothing was started");
+                return 2;
+            }
+        },
+        _ => None,
+    };
     drover::spawn::raise_nofile();
     // SAFETY: getpid has no preconditions.
     let pid1 = unsafe { libc::getpid() } == 1;
@@ -435,6 +445,8 @@ fn run(src: Source) -> i32 {
         let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(status::Snapshot::default()));
         let (ctl_tx, ctl_rx) = tokio::sync::mpsc::channel(16);
         let (token_tx, token_rx) = tokio::sync::watch::channel(token.clone());
+        let https = tls.is_some();
+        let (tls_tx, tls_rx) = tokio::sync::watch::channel(tls);
         let unix_status = matches!(cfg.supervisor.status, Some(ListenAddr::Unix(_)));
         let control_mode = if unix_status {
             "unix-socket"
@@ -460,8 +472,9 @@ fn run(src: Source) -> i32 {
             };
             match listener {
                 Ok((l, local)) => {
-                    info!("status endpoint on {local} (GET /, /status, /healthz, /readyz, /metrics; control API: {control_mode})");
-                    let api = status::Api { snap: snap_rx, control: ctl_tx, token: token_rx, unix: unix_status, stat_files: Default::default() };
+                    let scheme = if https { "https" } else { "http" };
+                    info!("status endpoint on {local} ({scheme}; GET /, /status, /healthz, /readyz, /metrics; control API: {control_mode})");
+                    let api = status::Api { snap: snap_rx, control: ctl_tx, token: token_rx, unix: unix_status, stat_files: Default::default(), tls: tls_rx };
                     tokio::spawn(status::serve(l, api));
                 }
                 Err(e) => {
@@ -491,6 +504,7 @@ fn run(src: Source) -> i32 {
             snapshot: snap_tx,
             control: ctl_rx,
             token: token_tx,
+            tls: tls_tx,
             control_mode,
             reload: Box::new(move || {
                 let mut c = read_config(&src)?;

@@ -113,6 +113,8 @@ pub struct Api {
     pub unix: bool,
     /// /proc/PID/stat of each worker, kept open between requests (see `live`)
     pub stat_files: Arc<std::sync::Mutex<Vec<HashMap<i32, std::fs::File>>>>,
+    /// Some: TCP connections speak TLS with the current configuration (replaced on reload)
+    pub tls: watch::Receiver<Option<crate::tls::ServerConfig>>,
 }
 
 pub fn router(api: Api) -> Router {
@@ -146,6 +148,7 @@ pub const MAX_BUF: usize = 16 * 1024;
 /// Serve the router with limits that axum::serve does not set: a connection cap, a header read
 /// timeout, a header size limit and a connection lifetime.
 pub async fn serve(listener: Listener, api: Api) {
+    let tls = api.tls.clone();
     let app = router(api);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut last_warning: Option<tokio::time::Instant> = None;
@@ -180,11 +183,19 @@ pub async fn serve(listener: Listener, api: Api) {
             continue;
         };
         let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let tls = tls.borrow().clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match conn {
-                Conn::Tcp(s) => serve_connection(s, svc).await,
-                Conn::Unix(s) => serve_connection(s, svc).await,
+            match (conn, tls) {
+                (Conn::Tcp(s), Some(cfg)) => {
+                    // the handshake gets the same deadline as a request's headers
+                    let accept = crate::tls::accept(cfg, s);
+                    if let Ok(Some(s)) = tokio::time::timeout(HEADER_TIMEOUT, accept).await {
+                        serve_connection(s, svc).await
+                    }
+                }
+                (Conn::Tcp(s), None) => serve_connection(s, svc).await,
+                (Conn::Unix(s), _) => serve_connection(s, svc).await,
             }
         });
     }

@@ -61,6 +61,8 @@ pub struct Context {
     pub snapshot: watch::Sender<Arc<Snapshot>>,
     pub control: mpsc::Receiver<Request>,
     pub token: watch::Sender<Option<Arc<str>>>,
+    /// the status listener's TLS configuration, re-read on reload
+    pub tls: watch::Sender<Option<crate::tls::ServerConfig>>,
     pub control_mode: &'static str,
     pub reload: Reloader,
     /// program name -> changes under its watch paths
@@ -1954,6 +1956,13 @@ impl Supervisor {
             Some(p) => Some(Arc::<str>::from(control::read_token(p)?)),
             None => None,
         };
+        let tls = match (&new.supervisor.tls_cert, &new.supervisor.tls_key) {
+            (Some(c), Some(k)) => Some(crate::tls::load(c, k)?),
+            _ => None,
+        };
+        if tls.is_some() != self.cx.tls.borrow().is_some() {
+            return Err("supervisor.tls_cert/tls_key were added or removed; switching the status endpoint between http and https needs a restart of drover".into());
+        }
         if new.supervisor.status != self.cfg.supervisor.status {
             warn!("reload: supervisor.status changed; the status endpoint moves only when drover restarts");
         }
@@ -2029,6 +2038,10 @@ impl Supervisor {
         }
         self.cfg = new;
         let _ = self.cx.token.send(token);
+        if tls.is_some() {
+            info!("reload: the status endpoint's TLS certificate and key were re-read");
+            let _ = self.cx.tls.send(tls);
+        }
         Ok(if changes.is_empty() {
             "no changes".into()
         } else {

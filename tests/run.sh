@@ -45,7 +45,9 @@ fi
 
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
-cargo test --all-targets
+cargo clippy --all-targets --features tls --quiet -- -D warnings
+# with the optional HTTPS status listener, so its tests run too
+cargo test --all-targets --features tls
 
 # drover under a real systemd booted as PID 1 in namespaces (~10 s; prints SKIPPED where it can't)
 bash packaging/verify-systemd.sh target/debug/drover

@@ -257,3 +257,135 @@ fn secrets_never_reach_status_metrics_the_page_or_the_log() {
         .iter()
         .any(|e| e == &format!("API_KEY={secret}")));
 }
+
+/// A self-signed certificate for 127.0.0.1 into `dir` as NAME.crt / NAME.key.
+fn self_signed(dir: &std::path::Path, name: &str) -> bool {
+    std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(dir.join(format!("{name}.key")))
+        .arg("-out")
+        .arg(dir.join(format!("{name}.crt")))
+        .args([
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// GET over HTTPS with curl, trusting only `ca`: the body, or None if TLS or HTTP failed.
+fn curl_https(addr: &str, path: &str, ca: &std::path::Path) -> Option<String> {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "5", "--cacert"])
+        .arg(ca)
+        .arg(format!("https://{addr}{path}"))
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn the_status_listener_speaks_tls_and_rereads_its_certificate_on_hup() {
+    if !cfg!(feature = "tls") {
+        println!("SKIPPED: built without the `tls` feature (tests/run.sh builds with it)");
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    if !self_signed(certs.path(), "first") || !self_signed(certs.path(), "second") {
+        println!("SKIPPED: openssl cannot make a test certificate here");
+        return;
+    }
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("SKIPPED: curl is not installed");
+        return;
+    }
+    let (cert, key) = (certs.path().join("live.crt"), certs.path().join("live.key"));
+    std::fs::copy(certs.path().join("first.crt"), &cert).unwrap();
+    std::fs::copy(certs.path().join("first.key"), &key).unwrap();
+    let mut d = Drover::start(&format!(
+        "[supervisor]\nstatus = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[program.w]\ncommand = [\"sleep\", \"100000\"]\n",
+        cert.display(),
+        key.display()
+    ));
+    let addr = d.logged_addr("status endpoint on ");
+    assert!(d.stderr().contains("(https;"), "{}", d.stderr());
+    let first = certs.path().join("first.crt");
+    let second = certs.path().join("second.crt");
+    let body = wait_until(T, "/healthz over https", || {
+        curl_https(&addr, "/healthz", &first)
+    });
+    assert!(body.contains("ok"));
+    assert!(curl_https(&addr, "/status", &first).is_some_and(|b| b.contains("\"programs\"")));
+    // plain HTTP on the TLS port gets nothing useful, and drover keeps serving TLS
+    assert!(http_get(&addr, "/healthz").is_none_or(|b| !b.contains("ok")));
+    assert!(
+        curl_https(&addr, "/healthz", &second).is_none(),
+        "not yet the second certificate"
+    );
+
+    // a broken key on reload: the reload fails, the first certificate stays
+    std::fs::write(&key, "not a key").unwrap();
+    d.signal(libc::SIGHUP);
+    wait_until(T, "the failed reload to be logged", || {
+        d.stderr().contains("reload failed").then_some(())
+    });
+    assert!(curl_https(&addr, "/healthz", &first).is_some());
+
+    // the second certificate and key, then HUP: served from then on
+    std::fs::copy(certs.path().join("second.crt"), &cert).unwrap();
+    std::fs::copy(certs.path().join("second.key"), &key).unwrap();
+    d.signal(libc::SIGHUP);
+    wait_until(T, "the second certificate served after HUP", || {
+        curl_https(&addr, "/healthz", &second)
+    });
+    assert!(curl_https(&addr, "/healthz", &first).is_none());
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(T), 0, "{}", d.stderr());
+}
+
+#[test]
+fn an_unreadable_certificate_stops_drover_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("drover.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[supervisor]\nstatus = \"127.0.0.1:0\"\ntls_cert = \"{0}/missing.crt\"\ntls_key = \"{0}/missing.key\"\n[program.w]\ncommand = [\"touch\", \"{0}/started\"]\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("supervisor.tls_cert")
+            && err.contains("missing.crt")
+            && err.contains("nothing was started"),
+        "{err}"
+    );
+    assert!(!dir.path().join("started").exists());
+}

@@ -32,6 +32,21 @@ fn children(pid: i32) -> Vec<i64> {
     out
 }
 
+/// drover started as PID 1 of a new pid namespace: the Drover and drover's pid outside it, or
+/// None (SKIPPED printed) where unshare cannot make one.
+fn start_pid1(config: &str) -> Option<(Drover, i64)> {
+    if !unshare_works() {
+        println!("SKIPPED: unshare --pid --fork --mount-proc does not work here (needs root or user namespaces)");
+        return None;
+    }
+    let d = Drover::start_with(config, &[], &["unshare", "--pid", "--fork", "--mount-proc"]);
+    // unshare forks drover, which is PID 1 inside; find its pid outside
+    let drover = wait_until(T, "drover inside the namespace", || {
+        children(d.pid).first().copied()
+    });
+    Some((d, drover))
+}
+
 /// (pid, state, cmdline) of every process whose parent is `ppid`.
 fn procs_with_parent(ppid: i64) -> Vec<(i64, char, String)> {
     let mut v = vec![];
@@ -58,11 +73,7 @@ fn procs_with_parent(ppid: i64) -> Vec<(i64, char, String)> {
 
 #[test]
 fn as_pid1_orphans_are_reaped_and_term_exits_0() {
-    if !unshare_works() {
-        println!("SKIPPED: unshare --pid --fork --mount-proc does not work here (needs root or user namespaces)");
-        return;
-    }
-    let mut d = Drover::start_with(
+    let Some((mut d, drover)) = start_pid1(
         r#"
 [supervisor]
 status = "127.0.0.1:0"
@@ -70,13 +81,9 @@ status = "127.0.0.1:0"
 # 20 double-forked orphans: each subshell exits at once, its sleep is re-parented to PID 1
 command = "for i in $(seq 20); do (sleep 0.7 &); done; touch {dir}/forked; exec sleep 1000"
 "#,
-        &[],
-        &["unshare", "--pid", "--fork", "--mount-proc"],
-    );
-    // unshare forks drover, which is PID 1 inside; find its pid outside
-    let drover = wait_until(T, "drover inside the namespace", || {
-        children(d.pid).first().copied()
-    });
+    ) else {
+        return;
+    };
     let st = d.wait_status("the status endpoint", T, |v| v["state"] == "running");
     assert_eq!(st["pid"], 1, "drover sees itself as PID 1");
     assert_eq!(st["pid1"], true);
@@ -118,11 +125,7 @@ command = "for i in $(seq 20); do (sleep 0.7 &); done; touch {dir}/forked; exec 
 
 #[test]
 fn as_pid1_a_thousand_short_lived_orphans_leave_no_zombie() {
-    if !unshare_works() {
-        println!("SKIPPED: unshare --pid --fork --mount-proc does not work here (needs root or user namespaces)");
-        return;
-    }
-    let mut d = Drover::start_with(
+    let Some((mut d, drover)) = start_pid1(
         r#"
 [supervisor]
 status = "127.0.0.1:0"
@@ -130,12 +133,9 @@ status = "127.0.0.1:0"
 # 1,000 orphans that exit at once: each `true` is re-parented to PID 1 as its subshell exits
 command = "for i in $(seq 1000); do (true &); done; touch {dir}/forked; exec sleep 1000"
 "#,
-        &[],
-        &["unshare", "--pid", "--fork", "--mount-proc"],
-    );
-    let drover = wait_until(T, "drover inside the namespace", || {
-        children(d.pid).first().copied()
-    });
+    ) else {
+        return;
+    };
     d.wait_status("the status endpoint", T, |v| v["state"] == "running");
     wait_until(
         Duration::from_secs(60),
@@ -181,11 +181,7 @@ fn as_pid1_a_crash_looping_program_exits_1_by_default() {
 
 #[test]
 fn as_pid1_a_sigkilled_drover_leaves_no_worker_grandchild_or_port() {
-    if !unshare_works() {
-        println!("SKIPPED: unshare --pid --fork --mount-proc does not work here");
-        return;
-    }
-    let mut d = Drover::start_with(
+    let Some((mut d, drover)) = start_pid1(
         r#"
 [supervisor]
 status = "127.0.0.1:0"
@@ -197,12 +193,9 @@ workers = 2
 # each worker leaves a grandchild in a session of its own
 command = "setsid sleep 4711 & exec {bin} demo-worker"
 "#,
-        &[],
-        &["unshare", "--pid", "--fork", "--mount-proc"],
-    );
-    let drover = wait_until(T, "drover inside the namespace", || {
-        children(d.pid).first().copied()
-    });
+    ) else {
+        return;
+    };
     d.wait_status("2 ready workers", T, |v| {
         v["programs"][0]["ready_workers"] == 2
     });

@@ -7,6 +7,14 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
 
+/// Run a drover command that must refuse to start (exit 2); its stderr.
+fn refused_with_2(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    err
+}
+
 fn proc_field(pid: i64, field: &str) -> String {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines()
@@ -101,27 +109,22 @@ fn a_drover_that_is_not_root_refuses_another_user_before_starting_anything() {
         "[program.w]\ncommand = [\"sleep\", \"1000\"]\nuser = \"root\"\n",
     )
     .unwrap();
-    let out = std::process::Command::new("/usr/bin/setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(BIN)
-        .arg("run")
-        .arg("-c")
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = refused_with_2(
+        std::process::Command::new("/usr/bin/setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                BIN,
+                "run",
+                "-c",
+            ])
+            .arg(&conf),
+    );
     assert!(
         err.contains("drover.toml:3:8: [program.w]: drover runs as uid 65534, not root, so it cannot start workers as uid 0 gid 0"),
         "{err}"
     );
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    proc_field(pid as i64, "VmRSS")
-        .trim_end_matches(" kB")
-        .parse()
-        .unwrap()
 }
 
 /// Read until EOF or error; true if the server closed the connection within `within`.
@@ -374,13 +377,11 @@ fn an_unreadable_certificate_stops_drover_before_anything_starts() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["run", "-c"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = refused_with_2(
+        std::process::Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(&conf),
+    );
     assert!(
         err.contains("supervisor.tls_cert")
             && err.contains("missing.crt")

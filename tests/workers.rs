@@ -289,15 +289,7 @@ fn a_log_flood_of_huge_invalid_lines_is_split_kept_and_does_not_stall_health() {
                 http_get(&addr, "/healthz").is_some_and(|b| b.contains("ok")),
                 "/healthz failed during the flood"
             );
-            let rss: u64 = std::fs::read_to_string(format!("/proc/{}/status", d.pid))
-                .unwrap()
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .unwrap()
-                .trim()
-                .trim_end_matches(" kB")
-                .parse()
-                .unwrap();
+            let rss = rss_kib(d.pid);
             peak_kib = peak_kib.max(rss);
             // workers' output goes to drover's stdout, its own log to stderr
             (d.stdout().matches("flood-done").count() == 2).then_some(())
@@ -314,15 +306,7 @@ fn a_log_flood_of_huge_invalid_lines_is_split_kept_and_does_not_stall_health() {
 }
 
 fn rss_and_ticks(pid: i32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB")
-        .parse()
-        .unwrap();
+    let rss = rss_kib(pid);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let f: Vec<u64> = stat
         .rsplit(')')

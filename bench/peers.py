@@ -151,6 +151,7 @@ class Peer:
 
     def stop(self, timeout=30.0):
         """SIGTERM the supervisor; returns (exit code, seconds to exit)."""
+        self.note_workers()
         t0 = time.time()
         rc = None
         if self.proc and self.proc.poll() is None:
@@ -164,6 +165,19 @@ class Peer:
         took = time.time() - t0
         self.cleanup()
         return rc, took
+
+    def note_workers(self):
+        """Remember the process groups of the workers running now: replacements started after
+        ready() (Circus puts each in a session of its own) must be cleaned up too."""
+        try:
+            pids = self.worker_pids()
+        except Exception:  # noqa: BLE001 - a supervisor already gone has no workers to note
+            pids = []
+        for p in pids:
+            try:
+                self.groups.add(os.getpgid(p))
+            except OSError:
+                pass
 
     def cleanup(self):
         self.kill_groups()
@@ -224,10 +238,14 @@ class Drover(Peer):
         return [DROVER, "run", "-c", conf]
 
     def status_addr(self):
+        if getattr(self, "_addr", None):
+            return self._addr
+
         def addr():
             m = re.search(r"status endpoint on ([0-9.:]+)", open(os.path.join(self.tmp, "out.log")).read())
             return m and m.group(1)
-        return wait_for(addr, "drover's status address")
+        self._addr = wait_for(addr, "drover's status address")
+        return self._addr
 
     def status(self):
         with urllib.request.urlopen(f"http://{self.status_addr()}/status", timeout=10) as r:
@@ -400,6 +418,7 @@ class PM2(Peer):
         return self
 
     def stop(self, timeout=30.0):
+        self.note_workers()
         t0 = time.time()
         r = subprocess.run([PM2_BIN, "kill"], env=self.env(), capture_output=True, timeout=timeout)
         took = time.time() - t0

@@ -1298,20 +1298,11 @@ fn identity(
     group: Option<(String, Range<usize>)>,
 ) -> Option<crate::identity::Identity> {
     let span = user.as_ref().or(group.as_ref())?.1.clone();
-    let resolved = match &user {
-        Some((u, _)) => crate::identity::resolve(u, group.as_ref().map(|(g, _)| g.as_str())),
-        None => {
-            let (g, _) = group.as_ref()?;
-            // only the group changes: the user stays drover's own
-            crate::identity::resolve(&crate::identity::current().0.to_string(), Some(g)).map(
-                |mut id| {
-                    id.name = None;
-                    id.home = None;
-                    id
-                },
-            )
-        }
-    };
+    // without `user`, only the group changes: the user stays drover's own
+    let resolved = crate::identity::resolve(
+        user.as_ref().map(|(u, _)| u.as_str()),
+        group.as_ref().map(|(g, _)| g.as_str()),
+    );
     let id = match resolved {
         Ok(id) => id,
         Err(e) => {

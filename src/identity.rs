@@ -23,34 +23,32 @@ struct Passwd {
     home: String,
 }
 
-/// Resolve `user` (a name or a numeric uid) and optional `group` (a name or a numeric gid).
-/// Without `group`, the user's primary group from its passwd entry.
-pub fn resolve(user: &str, group: Option<&str>) -> Result<Identity, String> {
-    let pw = match user.parse::<libc::uid_t>() {
-        Ok(uid) => lookup_user(None, Some(uid))?,
-        Err(_) => Some(
-            lookup_user(Some(user), None)?
-                .ok_or_else(|| format!("no user `{user}` on this system"))?,
-        ),
+/// Resolve `user` (a name or a numeric uid; None: drover's own) and `group` (a name or a numeric
+/// gid; None: the user's primary group from its passwd entry).
+pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Identity, String> {
+    let (uid, pw) = match user {
+        None => (current().0, None),
+        Some(u) => match u.parse::<libc::uid_t>() {
+            Ok(uid) => (uid, lookup_user(Key::Uid(uid))?),
+            Err(_) => {
+                let c = CString::new(u).map_err(|_| format!("user `{u}` contains a NUL byte"))?;
+                let p = lookup_user(Key::Name(&c))?
+                    .ok_or_else(|| format!("no user `{u}` on this system"))?;
+                (p.uid, Some(p))
+            }
+        },
     };
-    let uid = match (&pw, user.parse::<libc::uid_t>()) {
-        (Some(p), _) => p.uid,
-        (None, Ok(uid)) => uid,
-        (None, Err(_)) => unreachable!("a named user without an entry was rejected above"),
-    };
-    let gid = match group {
-        Some(g) => match g.parse::<libc::gid_t>() {
+    let gid = match (group, &pw) {
+        (Some(g), _) => match g.parse::<libc::gid_t>() {
             Ok(gid) => gid,
             Err(_) => lookup_group(g)?.ok_or_else(|| format!("no group `{g}` on this system"))?,
         },
-        None => match &pw {
-            Some(p) => p.gid,
-            None => {
-                return Err(format!(
-                    "uid {uid} has no passwd entry, so it has no primary group: set `group` too"
-                ))
-            }
-        },
+        (None, Some(p)) => p.gid,
+        (None, None) => {
+            return Err(format!(
+                "uid {uid} has no passwd entry, so it has no primary group: set `group` too"
+            ))
+        }
     };
     Ok(Identity {
         uid,
@@ -66,70 +64,68 @@ pub fn current() -> (libc::uid_t, libc::gid_t) {
     unsafe { (libc::geteuid(), libc::getegid()) }
 }
 
-fn lookup_user(name: Option<&str>, uid: Option<libc::uid_t>) -> Result<Option<Passwd>, String> {
-    let cname = match name {
-        Some(n) => Some(CString::new(n).map_err(|_| format!("user `{n}` contains a NUL byte"))?),
-        None => None,
-    };
+enum Key<'a> {
+    Name(&'a CStr),
+    Uid(libc::uid_t),
+}
+
+/// Call a reentrant getpw*_r / getgr*_r with a buffer that grows on ERANGE. `call` gets the
+/// buffer and returns the function's result code and whether an entry was found; `what` names
+/// the lookup in errors.
+fn with_buffer(
+    what: &str,
+    mut call: impl FnMut(&mut [u8]) -> (libc::c_int, bool),
+) -> Result<bool, String> {
     let mut buf = vec![0u8; 4096];
     loop {
-        // SAFETY: all-zero is a valid passwd; getpw*_r fills it with pointers into `buf`, which
-        // outlives every read below.
+        match call(&mut buf) {
+            (libc::ERANGE, _) if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
+            (0, found) => return Ok(found),
+            (rc, _) => {
+                return Err(format!(
+                    "looking up the {what} failed: {}",
+                    std::io::Error::from_raw_os_error(rc)
+                ))
+            }
+        }
+    }
+}
+
+fn lookup_user(key: Key) -> Result<Option<Passwd>, String> {
+    let mut entry = None;
+    with_buffer("user", |buf| {
+        // SAFETY: all-zero is a valid passwd; getpw*_r fills it with pointers into `buf`, read
+        // below before `buf` is touched again.
         let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
         let mut out: *mut libc::passwd = std::ptr::null_mut();
+        let (ptr, len) = (buf.as_mut_ptr() as *mut libc::c_char, buf.len());
         // SAFETY: valid pointers and the true length of `buf`.
         let rc = unsafe {
-            match (&cname, uid) {
-                (Some(n), _) => libc::getpwnam_r(
-                    n.as_ptr(),
-                    &mut pwd,
-                    buf.as_mut_ptr() as *mut libc::c_char,
-                    buf.len(),
-                    &mut out,
-                ),
-                (None, Some(u)) => libc::getpwuid_r(
-                    u,
-                    &mut pwd,
-                    buf.as_mut_ptr() as *mut libc::c_char,
-                    buf.len(),
-                    &mut out,
-                ),
-                (None, None) => return Ok(None),
+            match key {
+                Key::Name(n) => libc::getpwnam_r(n.as_ptr(), &mut pwd, ptr, len, &mut out),
+                Key::Uid(u) => libc::getpwuid_r(u, &mut pwd, ptr, len, &mut out),
             }
         };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
+        if rc == 0 && !out.is_null() {
+            // SAFETY: on success the string fields point at NUL-terminated strings in `buf`.
+            entry = Some(unsafe {
+                Passwd {
+                    name: CStr::from_ptr(pwd.pw_name).to_string_lossy().into_owned(),
+                    uid: pwd.pw_uid,
+                    gid: pwd.pw_gid,
+                    home: CStr::from_ptr(pwd.pw_dir).to_string_lossy().into_owned(),
+                }
+            });
         }
-        if rc != 0 {
-            return Err(format!(
-                "looking up the user failed: {}",
-                std::io::Error::from_raw_os_error(rc)
-            ));
-        }
-        if out.is_null() {
-            return Ok(None);
-        }
-        // SAFETY: on success the string fields point at NUL-terminated strings inside `buf`.
-        let (name, home) = unsafe {
-            (
-                CStr::from_ptr(pwd.pw_name).to_string_lossy().into_owned(),
-                CStr::from_ptr(pwd.pw_dir).to_string_lossy().into_owned(),
-            )
-        };
-        return Ok(Some(Passwd {
-            name,
-            uid: pwd.pw_uid,
-            gid: pwd.pw_gid,
-            home,
-        }));
-    }
+        (rc, !out.is_null())
+    })?;
+    Ok(entry)
 }
 
 fn lookup_group(name: &str) -> Result<Option<libc::gid_t>, String> {
     let cname = CString::new(name).map_err(|_| format!("group `{name}` contains a NUL byte"))?;
-    let mut buf = vec![0u8; 4096];
-    loop {
+    let mut gid = None;
+    with_buffer("group", |buf| {
         // SAFETY: all-zero is a valid group; getgrnam_r fills it with pointers into `buf`.
         let mut grp: libc::group = unsafe { std::mem::zeroed() };
         let mut out: *mut libc::group = std::ptr::null_mut();
@@ -143,18 +139,12 @@ fn lookup_group(name: &str) -> Result<Option<libc::gid_t>, String> {
                 &mut out,
             )
         };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
+        if rc == 0 && !out.is_null() {
+            gid = Some(grp.gr_gid);
         }
-        if rc != 0 {
-            return Err(format!(
-                "looking up the group failed: {}",
-                std::io::Error::from_raw_os_error(rc)
-            ));
-        }
-        return Ok((!out.is_null()).then_some(grp.gr_gid));
-    }
+        (rc, !out.is_null())
+    })?;
+    Ok(gid)
 }
 
 #[cfg(test)]
@@ -163,21 +153,21 @@ mod tests {
 
     #[test]
     fn resolves_root_by_name_and_number() {
-        let by_name = resolve("root", None).unwrap();
+        let by_name = resolve(Some("root"), None).unwrap();
         assert_eq!((by_name.uid, by_name.gid), (0, 0));
         assert_eq!(by_name.name.as_deref(), Some("root"));
-        let by_number = resolve("0", Some("0")).unwrap();
+        let by_number = resolve(Some("0"), Some("0")).unwrap();
         assert_eq!((by_number.uid, by_number.gid), (0, 0));
     }
 
     #[test]
     fn unknown_names_are_errors_that_say_so() {
-        let e = resolve("no-such-user-drover", None).unwrap_err();
+        let e = resolve(Some("no-such-user-drover"), None).unwrap_err();
         assert_eq!(e, "no user `no-such-user-drover` on this system");
-        let e = resolve("root", Some("no-such-group-drover")).unwrap_err();
+        let e = resolve(Some("root"), Some("no-such-group-drover")).unwrap_err();
         assert_eq!(e, "no group `no-such-group-drover` on this system");
-        let e = resolve("4000000000", None).unwrap_err();
+        let e = resolve(Some("4000000000"), None).unwrap_err();
         assert!(e.contains("has no passwd entry"), "{e}");
-        assert_eq!(resolve("4000000000", Some("7")).unwrap().gid, 7);
+        assert_eq!(resolve(Some("4000000000"), Some("7")).unwrap().gid, 7);
     }
 }

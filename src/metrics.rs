@@ -79,6 +79,22 @@ fn per_worker(
     }
 }
 
+/// One metric family with a sample per program that has a value.
+fn per_program(
+    o: &mut String,
+    s: &crate::status::Snapshot,
+    name: &str,
+    help: &str,
+    value: impl Fn(&crate::status::ProgramStatus) -> Option<String>,
+) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for p in &s.programs {
+        if let Some(v) = value(p) {
+            let _ = writeln!(o, "{name}{{program=\"{}\"}} {v}", esc(&p.name));
+        }
+    }
+}
+
 /// Render the snapshot's figures in the Prometheus text format.
 pub fn render(s: &crate::status::Snapshot) -> String {
     let m = &s.metrics;
@@ -110,24 +126,20 @@ pub fn render(s: &crate::status::Snapshot) -> String {
             );
         }
     }
-    let _ = writeln!(o, "# HELP drover_workers_desired Workers each program should have.\n# TYPE drover_workers_desired gauge");
-    for p in &s.programs {
-        let _ = writeln!(
-            o,
-            "drover_workers_desired{{program=\"{}\"}} {}",
-            esc(&p.name),
-            p.desired
-        );
-    }
-    let _ = writeln!(o, "# HELP drover_workers_ready Workers that passed their readiness check.\n# TYPE drover_workers_ready gauge");
-    for p in &s.programs {
-        let _ = writeln!(
-            o,
-            "drover_workers_ready{{program=\"{}\"}} {}",
-            esc(&p.name),
-            p.ready_workers
-        );
-    }
+    per_program(
+        &mut o,
+        s,
+        "drover_workers_desired",
+        "Workers each program should have.",
+        |p| Some(p.desired.to_string()),
+    );
+    per_program(
+        &mut o,
+        s,
+        "drover_workers_ready",
+        "Workers that passed their readiness check.",
+        |p| Some(p.ready_workers.to_string()),
+    );
     let _ = writeln!(o, "# HELP drover_restarts_total Worker restarts by program and reason.\n# TYPE drover_restarts_total counter");
     for ((prog, reason), n) in &m.restarts {
         let _ = writeln!(
@@ -161,24 +173,25 @@ pub fn render(s: &crate::status::Snapshot) -> String {
         "CPU of each worker's process group over the last sample, percent of one core.",
         |w| w.cpu_percent.map(|c| format!("{c:.2}")),
     );
-    let _ = writeln!(o, "# HELP drover_autoscale_desired_workers The autoscaler's last decision.\n# TYPE drover_autoscale_desired_workers gauge");
-    let _ = writeln!(o, "# HELP drover_autoscale_utilization_percent Mean CPU of ready workers, percent of the per-worker budget.\n# TYPE drover_autoscale_utilization_percent gauge");
-    for p in &s.programs {
-        if let Some(d) = &p.autoscale {
-            let _ = writeln!(
-                o,
-                "drover_autoscale_desired_workers{{program=\"{}\"}} {}",
-                esc(&p.name),
-                d.desired
-            );
-            let _ = writeln!(
-                o,
-                "drover_autoscale_utilization_percent{{program=\"{}\"}} {:.2}",
-                esc(&p.name),
-                d.utilization
-            );
-        }
-    }
+    // each family's samples right after its own HELP/TYPE, as the text format wants
+    per_program(
+        &mut o,
+        s,
+        "drover_autoscale_desired_workers",
+        "The autoscaler's last decision.",
+        |p| p.autoscale.as_ref().map(|d| d.desired.to_string()),
+    );
+    per_program(
+        &mut o,
+        s,
+        "drover_autoscale_utilization_percent",
+        "Mean CPU of ready workers, percent of the per-worker budget.",
+        |p| {
+            p.autoscale
+                .as_ref()
+                .map(|d| format!("{:.2}", d.utilization))
+        },
+    );
     let _ = writeln!(o, "# HELP drover_spawn_to_ready_seconds Time from spawn to passing readiness.\n# TYPE drover_spawn_to_ready_seconds histogram");
     for (prog, h) in &m.ready_latency {
         for (i, b) in READY_BUCKETS.iter().enumerate() {

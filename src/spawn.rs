@@ -333,28 +333,15 @@ pub fn spawn(spec: &SpawnSpec) -> Result<libc::pid_t, SpawnError> {
                 .unwrap_or_default(),
             err,
         },
-        STAGE_FDS => SpawnError::Setup {
-            stage: "laying out fds",
-            err,
-        },
-        STAGE_PGRP => SpawnError::Setup {
-            stage: "setpgid",
-            err,
-        },
-        STAGE_PARENT => SpawnError::Setup {
-            stage: "parent-death signal",
-            err,
-        },
-        STAGE_CGROUP => SpawnError::Setup {
-            stage: "joining its cgroup",
-            err,
-        },
-        STAGE_IDENTITY => SpawnError::Setup {
-            stage: "dropping to its user and group",
-            err,
-        },
-        _ => SpawnError::Setup {
-            stage: "unknown",
+        stage => SpawnError::Setup {
+            stage: match stage {
+                STAGE_FDS => "laying out fds",
+                STAGE_PGRP => "setpgid",
+                STAGE_PARENT => "parent-death signal",
+                STAGE_CGROUP => "joining its cgroup",
+                STAGE_IDENTITY => "dropping to its user and group",
+                _ => "unknown",
+            },
             err,
         },
     })

@@ -79,17 +79,7 @@ pub fn parse_stat_full(stat: &str) -> Option<ProcStat> {
 /// `read_to_string` adds an fstat and an lseek per file, which at 1,000 workers is most of the
 /// cost of a `/status` request).
 pub fn read_stat(pid: i32) -> Option<ProcStat> {
-    use std::io::Read;
-    let mut path = [0u8; 32];
-    let n = {
-        let mut w = &mut path[..];
-        std::io::Write::write_fmt(&mut w, format_args!("/proc/{pid}/stat")).ok()?;
-        32 - w.len()
-    };
-    let path = std::str::from_utf8(&path[..n]).ok()?;
-    let mut buf = [0u8; 1024];
-    let len = std::fs::File::open(path).ok()?.read(&mut buf).ok()?;
-    parse_stat_full(std::str::from_utf8(&buf[..len]).ok()?)
+    pread_stat(&open_stat(pid)?)
 }
 
 /// /proc/PID/stat opened for `pread_stat`.

@@ -313,11 +313,7 @@ fn the_status_listener_speaks_tls_and_rereads_its_certificate_on_hup() {
         println!("SKIPPED: openssl cannot make a test certificate here");
         return;
     }
-    if std::process::Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if !installed("curl") {
         println!("SKIPPED: curl is not installed");
         return;
     }

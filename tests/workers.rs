@@ -242,11 +242,7 @@ fn a_missing_command_backs_off_with_a_clear_reason() {
 
 #[test]
 fn running_out_of_file_descriptors_is_a_clear_error_and_a_backoff_not_a_panic() {
-    if std::process::Command::new("prlimit")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if !installed("prlimit") {
         println!("SKIPPED: prlimit (util-linux) is not installed");
         return;
     }

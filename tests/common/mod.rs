@@ -430,3 +430,11 @@ pub fn rss_kib(pid: i32) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// Whether `program` can be run here (tests print SKIPPED without it).
+pub fn installed(program: &str) -> bool {
+    std::process::Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok()
+}

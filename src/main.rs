@@ -8,8 +8,11 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tracing::{error, info, warn};
 
+use drover::api::{client, server as status};
 use drover::config::{self, Config, ListenAddr};
-use drover::{client, guard, logging, output, plan, reaper, signals, sockets, status, supervisor};
+use drover::logs::{self as logging, output};
+use drover::process::{guard, reaper, signals, sockets};
+use drover::{plan, supervisor};
 
 #[derive(Parser)]
 #[command(
@@ -210,7 +213,7 @@ fn status_url(url: Option<String>) -> String {
 fn ctl(url: Option<String>, token_file: Option<PathBuf>, action: CtlAction) -> i32 {
     let url = status_url(url);
     let token = match token_file {
-        Some(p) => match drover::control::read_token(&p) {
+        Some(p) => match drover::api::control::read_token(&p) {
             Ok(t) => Some(t),
             Err(e) => {
                 eprintln!("drover ctl: {e}");
@@ -287,12 +290,12 @@ fn budget_runtime(
         _ => {}
     }
     let also: Vec<i32> = guard.into_iter().collect();
-    let det = drover::cgroup::detect(create, &also);
+    let det = drover::resources::cgroup::detect(create, &also);
     match det.cgroups {
         Some(cg) => Ok(supervisor::BudgetRuntime {
             mode: match cg.version {
-                drover::cgroup::Version::V1 => "cgroup v1",
-                drover::cgroup::Version::V2 => "cgroup v2",
+                drover::resources::cgroup::Version::V1 => "cgroup v1",
+                drover::resources::cgroup::Version::V2 => "cgroup v2",
             },
             notes: det.notes,
             cgroups: Some(cg),
@@ -320,7 +323,7 @@ fn check(src: Source) -> i32 {
         Ok(c) => c,
         Err(c) => return c as i32,
     };
-    let derived = drover::budget::resolve(&mut cfg);
+    let derived = drover::resources::sizing::resolve(&mut cfg);
     print!("{}", plan::render(&cfg, &src.label()));
     for d in &derived {
         println!("derived: {d}");
@@ -350,9 +353,9 @@ fn run(src: Source) -> i32 {
         Ok(c) => c,
         Err(c) => return c as i32,
     };
-    let derived = drover::budget::resolve(&mut cfg);
+    let derived = drover::resources::sizing::resolve(&mut cfg);
     let token = match &cfg.supervisor.control_token_file {
-        Some(p) => match drover::control::read_token(p) {
+        Some(p) => match drover::api::control::read_token(p) {
             Ok(t) => Some(Arc::<str>::from(t)),
             Err(e) => {
                 eprintln!("drover: {e}; nothing was started");
@@ -362,7 +365,7 @@ fn run(src: Source) -> i32 {
         None => None,
     };
     let tls = match (&cfg.supervisor.tls_cert, &cfg.supervisor.tls_key) {
-        (Some(c), Some(k)) => match drover::tls::load(c, k) {
+        (Some(c), Some(k)) => match drover::api::tls::load(c, k) {
             Ok(t) => Some(t),
             Err(e) => {
                 eprintln!("drover: {e}; nothing was started");
@@ -371,7 +374,7 @@ fn run(src: Source) -> i32 {
         },
         _ => None,
     };
-    drover::spawn::raise_nofile();
+    drover::process::spawn::raise_nofile();
     // SAFETY: getpid has no preconditions.
     let pid1 = unsafe { libc::getpid() } == 1;
     // The guard must be forked while drover is still single-threaded.
@@ -411,7 +414,7 @@ fn run(src: Source) -> i32 {
             warn!("budget: cannot set the node limits on drover's cgroup: {e}; per-worker budgets still apply");
         }
     }
-    let notify = drover::notify::Notifier::from_env();
+    let notify = drover::api::sd_notify::Notifier::from_env();
     let passed = sockets::from_systemd();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -442,7 +445,7 @@ fn run(src: Source) -> i32 {
         for b in &bound {
             info!("socket {} listening on {}", b.name, b.local);
         }
-        let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(status::Snapshot::default()));
+        let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(drover::api::snapshot::Snapshot::default()));
         let (ctl_tx, ctl_rx) = tokio::sync::mpsc::channel(16);
         let (token_tx, token_rx) = tokio::sync::watch::channel(token.clone());
         let https = tls.is_some();
@@ -508,7 +511,7 @@ fn run(src: Source) -> i32 {
             control_mode,
             reload: Box::new(move || {
                 let mut c = read_config(&src)?;
-                for d in drover::budget::resolve(&mut c) {
+                for d in drover::resources::sizing::resolve(&mut c) {
                     info!("reload: {d}");
                 }
                 Ok(c)

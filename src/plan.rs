@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::config::{signal_name, CommandSpec, Config, ListenAddr, OnExhausted};
-use crate::spawn;
+use crate::process::spawn;
 
 const RETRY: &str = " (at run time: logged, backed off and retried)";
 
@@ -55,7 +55,7 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
         );
     }
     if let Some(t) = &cfg.supervisor.control_token_file {
-        if let Err(e) = crate::control::read_token(t) {
+        if let Err(e) = crate::api::control::read_token(t) {
             w.push(format!(
                 "supervisor: {e} (at run time: drover refuses to start)"
             ));

@@ -146,7 +146,7 @@ struct CpuParent(std::path::PathBuf);
 
 impl CpuParent {
     fn new(quota_us: i64) -> Option<CpuParent> {
-        let base = drover::cgroup::v1_own_dir("cpu")?.0;
+        let base = drover::resources::cgroup::v1_own_dir("cpu")?.0;
         let dir = base.join(format!("drover-test-{}-{quota_us}", std::process::id()));
         std::fs::create_dir(&dir).ok()?;
         std::fs::write(dir.join("cpu.cfs_period_us"), "100000").ok()?;
@@ -333,14 +333,14 @@ fn without_budgets_nothing_is_sampled() {
 
 #[test]
 fn cgroup_v2_runs_only_where_v2_controllers_exist() {
-    let v2 = drover::cgroup::v2_own_dir();
+    let v2 = drover::resources::cgroup::v2_own_dir();
     let usable = v2.as_ref().is_some_and(|(d, root)| {
         !root
             && std::fs::read_to_string(d.join("cgroup.controllers"))
                 .is_ok_and(|c| c.contains("memory"))
     });
     if !usable {
-        println!("SKIPPED: no cgroup v2 memory/cpu controllers delegated here (v2 is unit-tested on a file tree in src/cgroup.rs)");
+        println!("SKIPPED: no cgroup v2 memory/cpu controllers delegated here (v2 is unit-tested on a file tree in src/resources/cgroup.rs)");
         return;
     }
     let d = Drover::start(&cfg(

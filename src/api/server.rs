@@ -17,87 +17,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::control::{self, Command, Reply, Request};
-use crate::metrics::Metrics;
+use super::snapshot::Snapshot;
+use crate::api::control::{self, Command, Reply, Request};
 
 /// Largest request body the control API reads.
 pub const MAX_BODY: usize = 4096;
-
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct Snapshot {
-    /// starting | running | draining | stopping
-    pub state: &'static str,
-    /// what /readyz answers
-    pub ready: bool,
-    pub pid: u32,
-    pub pid1: bool,
-    pub config: String,
-    pub uptime_s: f64,
-    /// how the mutating routes are protected: token | unix-socket | off
-    pub control: &'static str,
-    pub last_reload: Option<serde_json::Value>,
-    /// how budgets are enforced, and why
-    pub budget: Option<serde_json::Value>,
-    pub steps: Vec<StepStatus>,
-    pub sockets: Vec<SocketStatus>,
-    pub programs: Vec<ProgramStatus>,
-    #[serde(skip)]
-    pub metrics: Metrics,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StepStatus {
-    pub name: String,
-    /// pending | running | succeeded | failed | skipped
-    pub state: &'static str,
-    pub exit: Option<serde_json::Value>,
-    pub attempts: u32,
-    pub duration_s: Option<f64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct SocketStatus {
-    pub name: String,
-    pub listen: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ProgramStatus {
-    pub name: String,
-    pub desired: u32,
-    pub min_ready: u32,
-    pub ready_workers: u32,
-    pub crash_looping: bool,
-    pub rolling: bool,
-    /// a program-level health problem (probes no worker answered), if any
-    pub health: Option<String>,
-    /// the per-worker budget, if any
-    pub budget: Option<serde_json::Value>,
-    /// the last autoscaling decision, with its inputs
-    pub autoscale: Option<crate::autoscale::Decision>,
-    pub workers: Vec<WorkerStatus>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct WorkerStatus {
-    pub index: u32,
-    pub pid: Option<i32>,
-    pub state: &'static str,
-    pub ready: bool,
-    pub restarts: u32,
-    pub uptime_s: Option<f64>,
-    pub last_exit: Option<serde_json::Value>,
-    pub health_failures: u32,
-    pub memory_bytes: Option<u64>,
-    pub cpu_seconds: Option<f64>,
-    /// percent of one core over the last sample interval (when budgets are sampled)
-    pub cpu_percent: Option<f64>,
-    /// the worker's cgroup directories, where drover manages one
-    pub cgroup: Vec<String>,
-}
 
 pub enum Listener {
     Tcp(tokio::net::TcpListener),
@@ -114,7 +40,7 @@ pub struct Api {
     /// /proc/PID/stat of each worker, kept open between requests (see `live`)
     pub stat_files: Arc<std::sync::Mutex<Vec<HashMap<i32, std::fs::File>>>>,
     /// Some: TCP connections speak TLS with the current configuration (replaced on reload)
-    pub tls: watch::Receiver<Option<crate::tls::ServerConfig>>,
+    pub tls: watch::Receiver<Option<crate::api::tls::ServerConfig>>,
 }
 
 pub fn router(api: Api) -> Router {
@@ -189,7 +115,7 @@ pub async fn serve(listener: Listener, api: Api) {
             match (conn, tls) {
                 (Conn::Tcp(s), Some(cfg)) => {
                     // the handshake gets the same deadline as a request's headers
-                    let accept = crate::tls::accept(cfg, s);
+                    let accept = crate::api::tls::accept(cfg, s);
                     if let Ok(Some(s)) = tokio::time::timeout(HEADER_TIMEOUT, accept).await {
                         serve_connection(s, svc).await
                     }
@@ -287,7 +213,7 @@ fn read_live(api: &Api) -> Snapshot {
     let mut shards = api.stat_files.lock().unwrap_or_else(|e| e.into_inner());
     shards.resize_with(threads, HashMap::new);
     let chunk = pids.len().div_ceil(threads).max(1);
-    let stats: HashMap<i32, crate::usage::ProcStat> = if threads == 1 {
+    let stats: HashMap<i32, crate::resources::usage::ProcStat> = if threads == 1 {
         read_stats(&mut shards[0], &pids)
     } else {
         std::thread::scope(|sc| {
@@ -314,8 +240,8 @@ fn read_live(api: &Api) -> Snapshot {
             out
         })
     };
-    let page = crate::usage::page_size();
-    let hz = crate::usage::clock_ticks_per_sec();
+    let page = crate::resources::usage::page_size();
+    let hz = crate::resources::usage::clock_ticks_per_sec();
     for p in &mut snap.programs {
         for w in &mut p.workers {
             let st = w.pid.and_then(|pid| stats.get(&pid));
@@ -332,13 +258,16 @@ fn read_live(api: &Api) -> Snapshot {
 fn read_stats(
     files: &mut HashMap<i32, std::fs::File>,
     pids: &[i32],
-) -> HashMap<i32, crate::usage::ProcStat> {
+) -> HashMap<i32, crate::resources::usage::ProcStat> {
     let mut out = HashMap::with_capacity(pids.len());
     for &pid in pids {
-        let st = match files.get(&pid).and_then(crate::usage::pread_stat) {
+        let st = match files
+            .get(&pid)
+            .and_then(crate::resources::usage::pread_stat)
+        {
             Some(st) => Some(st),
-            None => crate::usage::open_stat(pid).and_then(|f| {
-                let st = crate::usage::pread_stat(&f);
+            None => crate::resources::usage::open_stat(pid).and_then(|f| {
+                let st = crate::resources::usage::pread_stat(&f);
                 files.insert(pid, f);
                 st
             }),
@@ -362,7 +291,7 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render(&live(&api).await),
+        crate::api::metrics::render(&live(&api).await),
     )
 }
 

@@ -288,7 +288,7 @@ pub struct ProgramCfg {
     pub budget: WorkerBudget,
     pub autoscale: Option<AutoscaleCfg>,
     /// `user` / `group`: who the workers run as (None: drover's own ids)
-    pub identity: Option<crate::identity::Identity>,
+    pub identity: Option<crate::process::identity::Identity>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -1296,10 +1296,10 @@ fn identity(
     what: &str,
     user: Option<(String, Range<usize>)>,
     group: Option<(String, Range<usize>)>,
-) -> Option<crate::identity::Identity> {
+) -> Option<crate::process::identity::Identity> {
     let span = user.as_ref().or(group.as_ref())?.1.clone();
     // without `user`, only the group changes: the user stays drover's own
-    let resolved = crate::identity::resolve(
+    let resolved = crate::process::identity::resolve(
         user.as_ref().map(|(u, _)| u.as_str()),
         group.as_ref().map(|(g, _)| g.as_str()),
     );
@@ -1310,7 +1310,7 @@ fn identity(
             return None;
         }
     };
-    let (euid, egid) = crate::identity::current();
+    let (euid, egid) = crate::process::identity::current();
     if euid != 0 && (id.uid != euid || id.gid != egid) {
         cx.err(
             &span,

@@ -20,23 +20,23 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::autoscale::Autoscaler;
-use crate::cgroup::{Cgroups, SlotCgroup};
+use crate::api::control::{self, Command, Reply, Request};
+use crate::api::snapshot::Counters as Metrics;
+use crate::api::snapshot::{ProgramStatus, Snapshot, SocketStatus, StepStatus, WorkerStatus};
 use crate::config::{
     fmt_size, signal_name, Config, ListenAddr, LogMode, OnExhausted, ProgramCfg, ReadyCheck,
     StepCfg,
 };
-use crate::control::{self, Command, Reply, Request};
-use crate::guard::Guard;
-use crate::metrics::Metrics;
-use crate::output::{color_for, Output, Source};
-use crate::probe;
-use crate::reaper::Reaper;
-use crate::signals::Signals;
-use crate::sockets::Bound;
-use crate::spawn::{self, SpawnSpec, Stdio};
+use crate::logs::output::{color_for, Output, Source};
+use crate::process::guard::Guard;
+use crate::process::probe;
+use crate::process::reaper::Reaper;
+use crate::process::signals::Signals;
+use crate::process::sockets::Bound;
+use crate::process::spawn::{self, SpawnSpec, Stdio};
+use crate::resources::autoscale::Autoscaler;
+use crate::resources::cgroup::{Cgroups, SlotCgroup};
 use crate::state::{Action, AfterStop, ExitStatus, LastExit, Phase, Slot, SlotCfg, StopReason};
-use crate::status::{ProgramStatus, Snapshot, SocketStatus, StepStatus, WorkerStatus};
 
 /// Exit codes (SPEC §1).
 pub const EXIT_OK: i32 = 0;
@@ -62,14 +62,14 @@ pub struct Context {
     pub control: mpsc::Receiver<Request>,
     pub token: watch::Sender<Option<Arc<str>>>,
     /// the status listener's TLS configuration, re-read on reload
-    pub tls: watch::Sender<Option<crate::tls::ServerConfig>>,
+    pub tls: watch::Sender<Option<crate::api::tls::ServerConfig>>,
     pub control_mode: &'static str,
     pub reload: Reloader,
     /// program name -> changes under its watch paths
     pub watch: Option<mpsc::UnboundedReceiver<String>>,
     pub budget: BudgetRuntime,
     /// systemd's notification socket, when started as Type=notify
-    pub notify: Option<crate::notify::Notifier>,
+    pub notify: Option<crate::api::sd_notify::Notifier>,
 }
 
 /// How budgets are enforced in this run (decided at start, reported in /status).
@@ -372,7 +372,7 @@ impl Supervisor {
     pub async fn run(mut self, mut reaper: Reaper, mut signals: Signals) -> i32 {
         self.publish();
         if let (Some(g), Some(cg)) = (self.cx.guard.as_mut(), &self.cx.budget.cgroups) {
-            let keep = cg.version == crate::cgroup::Version::V2;
+            let keep = cg.version == crate::resources::cgroup::Version::V2;
             let mut dirs: Vec<&PathBuf> = cg.memory.iter().chain(cg.cpu.iter()).collect();
             dirs.dedup();
             for d in dirs {
@@ -1581,8 +1581,8 @@ impl Supervisor {
             .programs
             .iter()
             .any(|p| p.cgroups.is_empty() && !p.slots.is_empty());
-        let usage = crate::usage::scan(&groups, proc_memory);
-        let hz = crate::usage::clock_ticks_per_sec();
+        let usage = crate::resources::usage::scan(&groups, proc_memory);
+        let hz = crate::resources::usage::clock_ticks_per_sec();
         let mut actions: Vec<(usize, u64, &'static str, u64, u64)> = vec![];
         for (pi, p) in self.programs.iter_mut().enumerate() {
             for s in &p.slots {
@@ -1957,7 +1957,7 @@ impl Supervisor {
             None => None,
         };
         let tls = match (&new.supervisor.tls_cert, &new.supervisor.tls_key) {
-            (Some(c), Some(k)) => Some(crate::tls::load(c, k)?),
+            (Some(c), Some(k)) => Some(crate::api::tls::load(c, k)?),
             _ => None,
         };
         if tls.is_some() != self.cx.tls.borrow().is_some() {

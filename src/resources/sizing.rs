@@ -8,10 +8,10 @@ use crate::config::Config;
 
 /// What the machine offers: (cores, where that number came from).
 pub fn cpu_capacity() -> (f64, String) {
-    match crate::cgroup::own_cpu_quota() {
+    match crate::resources::cgroup::own_cpu_quota() {
         Some((q, src)) => (q, format!("cpu quota {} cores from {src}", trim(q))),
         None => {
-            let n = crate::cgroup::available_cores();
+            let n = crate::resources::cgroup::available_cores();
             (n as f64, format!("{n} available cores, no cpu quota"))
         }
     }

@@ -27,7 +27,7 @@ pub struct Guard {
 impl Guard {
     /// Fork the guard. Call before any thread is started: the child runs ordinary Rust code.
     pub fn start() -> std::io::Result<Guard> {
-        let (r, w) = crate::spawn::pipe()?;
+        let (r, w) = crate::process::spawn::pipe()?;
         // SAFETY: the process is single-threaded here (no runtime, no logger thread yet), so
         // the child may allocate and use std freely.
         let pid = unsafe { libc::fork() };

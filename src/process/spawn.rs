@@ -252,7 +252,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<libc::pid_t, SpawnError> {
         n_cgroup: cgroup_fds.len(),
         nofile_soft: INHERITED_NOFILE_SOFT.load(Ordering::Relaxed),
         drop_ids: spec.identity.is_some_and(|(u, g)| {
-            let (eu, eg) = crate::identity::current();
+            let (eu, eg) = crate::process::identity::current();
             (u, g) != (eu, eg) || eu == 0
         }),
         uid: spec.identity.map_or(0, |(u, _)| u),

@@ -15,14 +15,10 @@ use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
+use super::{now_rfc3339, Style};
+
 pub const MAX_LINE: usize = 16 * 1024;
 const READ_BUF: usize = 4096;
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Style {
-    Text { color: bool },
-    Json,
-}
 
 pub struct Line {
     pub source: Arc<Source>,
@@ -153,7 +149,7 @@ fn write_line(out: &mut impl Write, style: Style, l: &Line) {
         Style::Text { color: false } => writeln!(out, "{} | {}{}", l.source.label, text, marker),
         Style::Json => {
             let mut v = serde_json::json!({
-                "timestamp": crate::logging::now_rfc3339(),
+                "timestamp": now_rfc3339(),
                 "program": l.source.program,
                 "source": l.source.label,
                 "line": text,

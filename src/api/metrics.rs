@@ -1,53 +1,9 @@
-//! Counters the supervisor keeps, and their Prometheus text rendering.
+//! The snapshot in the Prometheus text format.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-/// Upper bounds (seconds) of the spawn-to-ready histogram.
-pub const READY_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
-
-#[derive(Debug, Clone, Default)]
-pub struct Histogram {
-    /// cumulative counts per bucket of READY_BUCKETS
-    pub counts: Vec<u64>,
-    pub sum: f64,
-    pub count: u64,
-}
-
-impl Histogram {
-    pub fn observe(&mut self, v: f64) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; READY_BUCKETS.len()];
-        }
-        for (i, b) in READY_BUCKETS.iter().enumerate() {
-            if v <= *b {
-                self.counts[i] += 1;
-            }
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct Metrics {
-    /// (program, reason) -> restarts
-    pub restarts: BTreeMap<(String, String), u64>,
-    pub ready_latency: BTreeMap<String, Histogram>,
-    pub reloads_ok: u64,
-    pub reloads_failed: u64,
-    /// program -> health probes that failed
-    pub probe_failures: BTreeMap<String, u64>,
-}
-
-impl Metrics {
-    pub fn restart(&mut self, program: &str, reason: &str) {
-        *self
-            .restarts
-            .entry((program.to_string(), reason.to_string()))
-            .or_default() += 1;
-    }
-}
+use super::snapshot::{ProgramStatus, Snapshot, WorkerStatus, READY_BUCKETS};
 
 fn esc(s: &str) -> String {
     s.replace('\\', "\\\\")
@@ -58,11 +14,11 @@ fn esc(s: &str) -> String {
 /// One metric with a sample per worker that has a value.
 fn per_worker(
     o: &mut String,
-    s: &crate::status::Snapshot,
+    s: &Snapshot,
     name: &str,
     kind: &str,
     help: &str,
-    value: impl Fn(&crate::status::WorkerStatus) -> Option<String>,
+    value: impl Fn(&WorkerStatus) -> Option<String>,
 ) {
     let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for p in &s.programs {
@@ -82,10 +38,10 @@ fn per_worker(
 /// One metric family with a sample per program that has a value.
 fn per_program(
     o: &mut String,
-    s: &crate::status::Snapshot,
+    s: &Snapshot,
     name: &str,
     help: &str,
-    value: impl Fn(&crate::status::ProgramStatus) -> Option<String>,
+    value: impl Fn(&ProgramStatus) -> Option<String>,
 ) {
     let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
     for p in &s.programs {
@@ -96,7 +52,7 @@ fn per_program(
 }
 
 /// Render the snapshot's figures in the Prometheus text format.
-pub fn render(s: &crate::status::Snapshot) -> String {
+pub fn render(s: &Snapshot) -> String {
     let m = &s.metrics;
     let mut o = String::new();
     let _ = writeln!(
@@ -247,22 +203,4 @@ pub fn render(s: &crate::status::Snapshot) -> String {
         );
     }
     o
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histogram_is_cumulative() {
-        let mut h = Histogram::default();
-        h.observe(0.07);
-        h.observe(0.3);
-        h.observe(100.0);
-        assert_eq!(h.counts[0], 0); // <= 0.05
-        assert_eq!(h.counts[1], 1); // <= 0.1
-        assert_eq!(h.counts[3], 2); // <= 0.5
-        assert_eq!(*h.counts.last().unwrap(), 2); // <= 60
-        assert_eq!(h.count, 3);
-    }
 }

@@ -1,13 +1,22 @@
-//! drover's own logs through `tracing`: human text on a TTY, JSON lines otherwise.
+//! drover's own logs through `tracing`: human text on a TTY, JSON lines otherwise, journald under
+//! systemd. `output` carries the workers' and steps' lines; both use the `Style` chosen here.
+
+pub mod output;
 
 use tracing::level_filters::LevelFilter;
 
 use crate::config::LogFormat;
-use crate::output::Style;
 
 pub fn isatty(fd: i32) -> bool {
     // SAFETY: isatty only inspects the fd.
     unsafe { libc::isatty(fd) == 1 }
+}
+
+/// How lines are written: drover's own log and the workers' output match.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Style {
+    Text { color: bool },
+    Json,
 }
 
 /// Install the subscriber; returns the style worker output should use to match.

@@ -1,0 +1,10 @@
+//! What drover shows and accepts: the status/control HTTP server, Prometheus metrics, control
+//! requests to the loop, the command-line client, TLS, and sd_notify to systemd.
+
+pub mod client;
+pub mod control;
+pub mod metrics;
+pub mod sd_notify;
+pub mod server;
+pub mod snapshot;
+pub mod tls;

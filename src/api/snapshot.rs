@@ -1,0 +1,144 @@
+//! What the loop publishes after every event: a plain, cloneable picture of drover's state, read
+//! by the HTTP server, the metrics renderer and `drover status`. Nothing here refers back to the
+//! loop, so the API cannot touch worker state.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Snapshot {
+    /// starting | running | draining | stopping
+    pub state: &'static str,
+    /// what /readyz answers
+    pub ready: bool,
+    pub pid: u32,
+    pub pid1: bool,
+    pub config: String,
+    pub uptime_s: f64,
+    /// how the mutating routes are protected: token | unix-socket | off
+    pub control: &'static str,
+    pub last_reload: Option<serde_json::Value>,
+    /// how budgets are enforced, and why
+    pub budget: Option<serde_json::Value>,
+    pub steps: Vec<StepStatus>,
+    pub sockets: Vec<SocketStatus>,
+    pub programs: Vec<ProgramStatus>,
+    #[serde(skip)]
+    pub metrics: Counters,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepStatus {
+    pub name: String,
+    /// pending | running | succeeded | failed | skipped
+    pub state: &'static str,
+    pub exit: Option<serde_json::Value>,
+    pub attempts: u32,
+    pub duration_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SocketStatus {
+    pub name: String,
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProgramStatus {
+    pub name: String,
+    pub desired: u32,
+    pub min_ready: u32,
+    pub ready_workers: u32,
+    pub crash_looping: bool,
+    pub rolling: bool,
+    /// a program-level health problem (probes no worker answered), if any
+    pub health: Option<String>,
+    /// the per-worker budget, if any
+    pub budget: Option<serde_json::Value>,
+    /// the last autoscaling decision, with its inputs
+    pub autoscale: Option<crate::resources::autoscale::Decision>,
+    pub workers: Vec<WorkerStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStatus {
+    pub index: u32,
+    pub pid: Option<i32>,
+    pub state: &'static str,
+    pub ready: bool,
+    pub restarts: u32,
+    pub uptime_s: Option<f64>,
+    pub last_exit: Option<serde_json::Value>,
+    pub health_failures: u32,
+    pub memory_bytes: Option<u64>,
+    pub cpu_seconds: Option<f64>,
+    /// percent of one core over the last sample interval (when budgets are sampled)
+    pub cpu_percent: Option<f64>,
+    /// the worker's cgroup directories, where drover manages one
+    pub cgroup: Vec<String>,
+}
+
+/// Upper bounds (seconds) of the spawn-to-ready histogram.
+pub const READY_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    /// cumulative counts per bucket of READY_BUCKETS
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, v: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; READY_BUCKETS.len()];
+        }
+        for (i, b) in READY_BUCKETS.iter().enumerate() {
+            if v <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// (program, reason) -> restarts
+    pub restarts: BTreeMap<(String, String), u64>,
+    pub ready_latency: BTreeMap<String, Histogram>,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    /// program -> health probes that failed
+    pub probe_failures: BTreeMap<String, u64>,
+}
+
+impl Counters {
+    pub fn restart(&mut self, program: &str, reason: &str) {
+        *self
+            .restarts
+            .entry((program.to_string(), reason.to_string()))
+            .or_default() += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let mut h = Histogram::default();
+        h.observe(0.07);
+        h.observe(0.3);
+        h.observe(100.0);
+        assert_eq!(h.counts[0], 0); // <= 0.05
+        assert_eq!(h.counts[1], 1); // <= 0.1
+        assert_eq!(h.counts[3], 2); // <= 0.5
+        assert_eq!(*h.counts.last().unwrap(), 2); // <= 60
+        assert_eq!(h.count, 3);
+    }
+}

@@ -1,0 +1,10 @@
+//! Processes: how drover starts, watches, signals and reaps them. Everything between fork and
+//! exec lives in `spawn`; every `waitpid` in `reaper`.
+
+pub mod guard;
+pub mod identity;
+pub mod probe;
+pub mod reaper;
+pub mod signals;
+pub mod sockets;
+pub mod spawn;

@@ -1,0 +1,7 @@
+//! Resources: cgroups (v2, v1), /proc usage sampling, worker counts sized from the CPU quota,
+//! and the autoscaler's arithmetic.
+
+pub mod autoscale;
+pub mod cgroup;
+pub mod sizing;
+pub mod usage;

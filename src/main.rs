@@ -8,10 +8,12 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tracing::{error, info, warn};
 
+use drover::api::snapshot::Snapshot;
 use drover::api::{client, server as status};
 use drover::config::{self, Config, ListenAddr};
 use drover::logs::{self as logging, output};
 use drover::process::{guard, reaper, signals, sockets};
+use drover::resources::enforcement;
 use drover::{plan, supervisor};
 
 #[derive(Parser)]
@@ -103,8 +105,9 @@ fn find_config(flag: Option<PathBuf>) -> Source {
     Source::Demo
 }
 
-/// Read and validate; every problem in one message.
-fn read_config(src: &Source) -> Result<Config, String> {
+/// Read, validate and plan; every problem in one message. With the lines that say what was
+/// derived (`workers = "auto"`).
+fn read_config(src: &Source) -> Result<(Config, Vec<String>), String> {
     let (name, text) = match src {
         Source::Demo => (
             "<embedded demo>".to_string(),
@@ -123,11 +126,14 @@ fn read_config(src: &Source) -> Result<Config, String> {
             }
         },
     };
-    config::parse(&name, &text, &|k| std::env::var(k).ok()).map_err(|e| e.to_string())
+    let mut cfg =
+        config::parse(&name, &text, &|k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
+    let derived = plan::resolve(&name, &mut cfg).map_err(|e| e.to_string())?;
+    Ok((cfg, derived))
 }
 
 /// Load and validate; on failure print every problem and return exit code 2.
-fn load(src: &Source) -> Result<Config, u8> {
+fn load(src: &Source) -> Result<(Config, Vec<String>), u8> {
     if std::env::var_os("DROVER_EXE").is_none() {
         if let Ok(exe) = std::env::current_exe() {
             std::env::set_var("DROVER_EXE", exe);
@@ -254,83 +260,18 @@ fn ctl(url: Option<String>, token_file: Option<PathBuf>, action: CtlAction) -> i
     }
 }
 
-fn any_budget(cfg: &Config) -> bool {
-    cfg.budget.memory.is_some()
-        || cfg.budget.cpu.is_some()
-        || cfg
-            .programs
-            .iter()
-            .any(|p| p.budget != Default::default() || p.autoscale.is_some())
-}
-
-/// Decide how budgets are enforced; `create` makes the cgroup directories (run, not check).
-fn budget_runtime(
-    cfg: &Config,
-    create: bool,
-    guard: Option<i32>,
-) -> Result<supervisor::BudgetRuntime, String> {
-    use drover::config::BudgetMode;
-    let off = |why: &str| supervisor::BudgetRuntime {
-        mode: "off",
-        notes: vec![why.to_string()],
-        cgroups: None,
-        sample: false,
-    };
-    match cfg.budget.mode {
-        BudgetMode::Off => return Ok(off("budget.mode = \"off\": nothing is enforced or sampled")),
-        BudgetMode::Auto if !any_budget(cfg) => return Ok(off("no budgets or autoscaling configured: nothing to enforce, nothing sampled")),
-        BudgetMode::Sample => {
-            return Ok(supervisor::BudgetRuntime {
-                mode: "sampling",
-                notes: vec![format!("budget.mode = \"sample\": /proc every {:?}; memory budgets enforced by drover, CPU measured, not throttled", cfg.budget.sample_interval)],
-                cgroups: None,
-                sample: true,
-            })
-        }
-        _ => {}
-    }
-    let also: Vec<i32> = guard.into_iter().collect();
-    let det = drover::resources::cgroup::detect(create, &also);
-    match det.cgroups {
-        Some(cg) => Ok(supervisor::BudgetRuntime {
-            mode: match cg.version {
-                drover::resources::cgroup::Version::V1 => "cgroup v1",
-                drover::resources::cgroup::Version::V2 => "cgroup v2",
-            },
-            notes: det.notes,
-            cgroups: Some(cg),
-            sample: true,
-        }),
-        None if cfg.budget.mode == BudgetMode::Cgroup => Err(format!(
-            "budget.mode = \"cgroup\" but no cgroup can be written here: {}",
-            det.notes.join("; ")
-        )),
-        None => {
-            let mut notes = det.notes;
-            notes.push(format!("so: sampling /proc every {:?}; memory budgets enforced by drover, CPU measured, not throttled", cfg.budget.sample_interval));
-            Ok(supervisor::BudgetRuntime {
-                mode: "sampling",
-                notes,
-                cgroups: None,
-                sample: true,
-            })
-        }
-    }
-}
-
 fn check(src: Source) -> i32 {
-    let mut cfg = match load(&src) {
+    let (cfg, derived) = match load(&src) {
         Ok(c) => c,
         Err(c) => return c as i32,
     };
-    let derived = drover::resources::sizing::resolve(&mut cfg);
     print!("{}", plan::render(&cfg, &src.label()));
     for d in &derived {
         println!("derived: {d}");
     }
-    match budget_runtime(&cfg, false, None) {
+    match enforcement::decide(&cfg, false, None) {
         Ok(b) => {
-            println!("budget enforcement: {}", b.mode);
+            println!("budget enforcement: {}", b.mode.as_str());
             for n in b.notes {
                 println!("  {n}");
             }
@@ -348,47 +289,55 @@ fn check(src: Source) -> i32 {
     0
 }
 
-fn run(src: Source) -> i32 {
-    let mut cfg = match load(&src) {
-        Ok(c) => c,
-        Err(c) => return c as i32,
-    };
-    let derived = drover::resources::sizing::resolve(&mut cfg);
+/// What is read before anything starts: a problem here is exit 2 with nothing started.
+struct Secrets {
+    token: Option<Arc<str>>,
+    tls: Option<drover::api::tls::ServerConfig>,
+}
+
+fn secrets(cfg: &Config) -> Result<Secrets, String> {
     let token = match &cfg.supervisor.control_token_file {
-        Some(p) => match drover::api::control::read_token(p) {
-            Ok(t) => Some(Arc::<str>::from(t)),
-            Err(e) => {
-                eprintln!("drover: {e}; nothing was started");
-                return 2;
-            }
-        },
+        Some(p) => Some(Arc::<str>::from(drover::api::control::read_token(p)?)),
         None => None,
     };
     let tls = match (&cfg.supervisor.tls_cert, &cfg.supervisor.tls_key) {
-        (Some(c), Some(k)) => match drover::api::tls::load(c, k) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                eprintln!("drover: {e}; nothing was started");
-                return 2;
-            }
-        },
+        (Some(c), Some(k)) => Some(drover::api::tls::load(c, k)?),
         _ => None,
     };
+    Ok(Secrets { token, tls })
+}
+
+/// Not PID 1: become the subreaper of everything drover starts, and fork the guard that kills
+/// the workers if drover is SIGKILLed. Must run while drover is single-threaded.
+fn guard(pid1: bool) -> Result<Option<guard::Guard>, String> {
+    if pid1 {
+        return Ok(None);
+    }
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+    guard::Guard::start()
+        .map(Some)
+        .map_err(|e| format!("cannot start the guard process: {e}; workers would outlive a killed drover, so not starting"))
+}
+
+fn run(src: Source) -> i32 {
+    let (cfg, derived) = match load(&src) {
+        Ok(c) => c,
+        Err(c) => return c as i32,
+    };
+    let secrets = match secrets(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("drover: {e}; nothing was started");
+            return 2;
+        }
+    };
     drover::process::spawn::raise_nofile();
-    // SAFETY: getpid has no preconditions.
-    let pid1 = unsafe { libc::getpid() } == 1;
-    // The guard must be forked while drover is still single-threaded.
-    let guard = if pid1 {
-        None
-    } else {
-        // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only sets a process attribute.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        match guard::Guard::start() {
-            Ok(g) => Some(g),
-            Err(e) => {
-                eprintln!("drover: cannot start the guard process: {e}; workers would outlive a killed drover, so not starting");
-                return supervisor::EXIT_RUNTIME;
-            }
+    let pid1 = std::process::id() == 1;
+    let guard = match guard(pid1) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("drover: {e}");
+            return supervisor::EXIT_RUNTIME;
         }
     };
     let style = logging::init(cfg.supervisor.log_format);
@@ -401,21 +350,23 @@ fn run(src: Source) -> i32 {
     for d in &derived {
         info!("{d}");
     }
-    let budget = match budget_runtime(&cfg, true, guard.as_ref().map(|g| g.pid)) {
+    let budget = match enforcement::decide(&cfg, true, guard.as_ref().map(|g| g.pid)) {
         Ok(b) => b,
         Err(e) => {
             error!("{e}; nothing was started; exiting with code 1");
             return supervisor::EXIT_RUNTIME;
         }
     };
-    info!("budgets: {} ({})", budget.mode, budget.notes.join("; "));
+    info!(
+        "budgets: {} ({})",
+        budget.mode.as_str(),
+        budget.notes.join("; ")
+    );
     if let Some(cg) = &budget.cgroups {
         if let Err(e) = cg.set_node_limits(cfg.budget.memory, cfg.budget.cpu) {
             warn!("budget: cannot set the node limits on drover's cgroup: {e}; per-worker budgets still apply");
         }
     }
-    let notify = drover::api::sd_notify::Notifier::from_env();
-    let passed = sockets::from_systemd();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -426,100 +377,140 @@ fn run(src: Source) -> i32 {
             return supervisor::EXIT_RUNTIME;
         }
     };
-    rt.block_on(async move {
-        // handlers first, so no exit and no signal is missed
-        let (reaper, signals) = match (reaper::Reaper::new(), signals::Signals::new()) {
-            (Ok(r), Ok(s)) => (r, s),
-            (Err(e), _) | (_, Err(e)) => {
-                error!("cannot install signal handlers: {e}");
-                return supervisor::EXIT_RUNTIME;
-            }
-        };
-        let bound = match sockets::bind_or_adopt(&cfg.sockets, passed) {
-            Ok(b) => b,
-            Err(e) => {
-                error!("{e}; no step or worker was started; exiting with code 1");
-                return supervisor::EXIT_RUNTIME;
-            }
-        };
-        for b in &bound {
-            info!("socket {} listening on {}", b.name, b.local);
+    let start = Start {
+        src,
+        cfg,
+        secrets,
+        pid1,
+        guard,
+        style,
+        budget,
+    };
+    rt.block_on(supervise(start))
+}
+
+/// Everything decided before the event loop starts.
+struct Start {
+    src: Source,
+    cfg: Config,
+    secrets: Secrets,
+    pid1: bool,
+    guard: Option<guard::Guard>,
+    style: drover::logs::Style,
+    budget: drover::resources::enforcement::Enforcement,
+}
+
+/// Inside the runtime: handlers first (so no exit and no signal is missed), then the sockets,
+/// the status endpoint and the file watcher, then the loop.
+async fn supervise(s: Start) -> i32 {
+    let notify = drover::api::sd_notify::Notifier::from_env();
+    let passed = sockets::from_systemd();
+    let (reaper, signals) = match (reaper::Reaper::new(), signals::Signals::new()) {
+        (Ok(r), Ok(sig)) => (r, sig),
+        (Err(e), _) | (_, Err(e)) => {
+            error!("cannot install signal handlers: {e}");
+            return supervisor::EXIT_RUNTIME;
         }
-        let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(drover::api::snapshot::Snapshot::default()));
-        let (ctl_tx, ctl_rx) = tokio::sync::mpsc::channel(16);
-        let (token_tx, token_rx) = tokio::sync::watch::channel(token.clone());
-        let https = tls.is_some();
-        let (tls_tx, tls_rx) = tokio::sync::watch::channel(tls);
-        let unix_status = matches!(cfg.supervisor.status, Some(ListenAddr::Unix(_)));
-        let control_mode = if unix_status {
-            "unix-socket"
-        } else if token.is_some() {
-            "token"
-        } else {
-            "off"
-        };
-        if let Some(addr) = &cfg.supervisor.status {
-            let listener = match addr {
-                ListenAddr::Tcp(a) => tokio::net::TcpListener::bind(a).await.map(|l| {
-                    let local = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                    (status::Listener::Tcp(l), local)
-                }),
-                ListenAddr::Unix(p) => {
-                    let _ = std::fs::remove_file(p);
-                    tokio::net::UnixListener::bind(p).and_then(|l| {
-                        // only drover's own user may control it through the socket
-                        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-                        Ok((status::Listener::Unix(l), format!("unix:{}", p.display())))
-                    })
-                }
-            };
-            match listener {
-                Ok((l, local)) => {
-                    let scheme = if https { "https" } else { "http" };
-                    info!("status endpoint on {local} ({scheme}; GET /, /status, /healthz, /readyz, /metrics; control API: {control_mode})");
-                    let api = status::Api { snap: snap_rx, control: ctl_tx, token: token_rx, unix: unix_status, stat_files: Default::default(), tls: tls_rx };
-                    tokio::spawn(status::serve(l, api));
-                }
-                Err(e) => {
-                    error!("status endpoint: cannot listen on {addr}: {e}; no step or worker was started; exiting with code 1");
-                    return supervisor::EXIT_RUNTIME;
-                }
-            }
+    };
+    let bound = match sockets::bind_or_adopt(&s.cfg.sockets, passed) {
+        Ok(b) => b,
+        Err(e) => {
+            error!("{e}; no step or worker was started; exiting with code 1");
+            return supervisor::EXIT_RUNTIME;
         }
-        let watched: Vec<(String, Vec<PathBuf>)> = cfg
-            .programs
-            .iter()
-            .map(|p| (p.name.clone(), supervisor::watch_paths(p)))
-            .collect();
-        let watch = match drover::watch::start(&watched) {
-            Ok(w) => w,
-            Err(e) => {
-                error!("cannot watch files for the dev runner: {e}; changes will not restart workers");
-                None
+    };
+    for b in &bound {
+        info!("socket {} listening on {}", b.name, b.local);
+    }
+    let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
+    let (ctl_tx, ctl_rx) = tokio::sync::mpsc::channel(16);
+    let (token_tx, token_rx) = tokio::sync::watch::channel(s.secrets.token.clone());
+    let https = s.secrets.tls.is_some();
+    let (tls_tx, tls_rx) = tokio::sync::watch::channel(s.secrets.tls);
+    let unix_status = matches!(s.cfg.supervisor.status, Some(ListenAddr::Unix(_)));
+    let control_mode = match (unix_status, s.secrets.token.is_some()) {
+        (true, _) => "unix-socket",
+        (false, true) => "token",
+        _ => "off",
+    };
+    if let Some(addr) = &s.cfg.supervisor.status {
+        let api = status::Api {
+            snap: snap_rx,
+            control: ctl_tx,
+            token: token_rx,
+            unix: unix_status,
+            stat_files: Default::default(),
+            tls: tls_rx,
+        };
+        if let Err(e) = serve_status(addr, api, https, control_mode).await {
+            error!("status endpoint: cannot listen on {addr}: {e}; no step or worker was started; exiting with code 1");
+            return supervisor::EXIT_RUNTIME;
+        }
+    }
+    let events = supervisor::events();
+    let watched: Vec<(String, Vec<PathBuf>)> = s
+        .cfg
+        .programs
+        .iter()
+        .map(|p| (p.name.clone(), supervisor::watch_paths(p)))
+        .collect();
+    let tx = events.0.clone();
+    let on_change = move |program| {
+        let _ = tx.send(supervisor::Event::FilesChanged { program });
+    };
+    if let Err(e) = drover::watch::start(&watched, on_change) {
+        error!("cannot watch files for the dev runner: {e}; changes will not restart workers");
+    }
+    let src = s.src;
+    let cx = supervisor::Context {
+        config_label: src.label(),
+        pid1: s.pid1,
+        guard: s.guard,
+        output: output::Output::start(s.style),
+        snapshot: snap_tx,
+        control: ctl_rx,
+        events,
+        token: token_tx,
+        tls: tls_tx,
+        control_mode,
+        reload: Box::new(move || {
+            let (c, derived) = read_config(&src)?;
+            for d in derived {
+                info!("reload: {d}");
             }
-        };
-        let label = src.label();
-        let cx = supervisor::Context {
-            config_label: label,
-            pid1,
-            guard,
-            output: output::Output::start(style),
-            snapshot: snap_tx,
-            control: ctl_rx,
-            token: token_tx,
-            tls: tls_tx,
-            control_mode,
-            reload: Box::new(move || {
-                let mut c = read_config(&src)?;
-                for d in drover::resources::sizing::resolve(&mut c) {
-                    info!("reload: {d}");
-                }
-                Ok(c)
-            }),
-            watch,
-            budget,
-            notify,
-        };
-        supervisor::Supervisor::new(cfg, bound, cx).run(reaper, signals).await
-    })
+            Ok(c)
+        }),
+        budget: s.budget,
+        notify,
+    };
+    supervisor::Supervisor::new(s.cfg, bound, cx)
+        .run(reaper, signals)
+        .await
+}
+
+/// Bind the status endpoint and serve it in a task of its own.
+async fn serve_status(
+    addr: &ListenAddr,
+    api: status::Api,
+    https: bool,
+    control_mode: &str,
+) -> std::io::Result<()> {
+    let (listener, local) = match addr {
+        ListenAddr::Tcp(a) => {
+            let l = tokio::net::TcpListener::bind(a).await?;
+            let local = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            (status::Listener::Tcp(l), local)
+        }
+        ListenAddr::Unix(p) => {
+            let _ = std::fs::remove_file(p);
+            let l = tokio::net::UnixListener::bind(p)?;
+            // only drover's own user may control it through the socket
+            std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            (status::Listener::Unix(l), format!("unix:{}", p.display()))
+        }
+    };
+    let scheme = if https { "https" } else { "http" };
+    info!("status endpoint on {local} ({scheme}; GET /, /status, /healthz, /readyz, /metrics; control API: {control_mode})");
+    tokio::spawn(status::serve(listener, api));
+    Ok(())
 }

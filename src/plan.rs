@@ -1,10 +1,53 @@
-//! The resolved plan that `drover check` prints, and the warnings a valid file can still earn
-//! (a command that is not installed here: at run time that worker backs off and retries).
+//! From a parsed configuration to the plan drover runs: user and group names looked up (a
+//! problem is a positioned error, like any other in the file), `workers = "auto"` derived from
+//! the machine, and the warnings a valid file can still earn (a command that is not installed
+//! here: at run time that worker backs off and retries). `render` is what `drover check` prints.
 
 use std::fmt::Write;
 
-use crate::config::{signal_name, CommandSpec, Config, ListenAddr, OnExhausted};
+use crate::config::{CommandSpec, Config, ConfigErrors, ListenAddr, OnExhausted, Problem};
+use crate::process::identity;
+use crate::process::signals;
 use crate::process::spawn;
+use crate::resources::sizing;
+
+/// Resolve what parsing left to the machine: identities, then worker counts. Returns one line per
+/// derived figure, or every problem found, positioned in `file`.
+pub fn resolve(file: &str, cfg: &mut Config) -> Result<Vec<String>, ConfigErrors> {
+    let mut problems = vec![];
+    for p in &mut cfg.programs {
+        let Some(r) = &p.run_as else { continue };
+        match run_as(r) {
+            Ok(id) => p.identity = Some(id),
+            Err(message) => problems.push(Problem {
+                line: r.line,
+                col: r.col,
+                message: format!("[program.{}]: {message}", p.name),
+            }),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ConfigErrors {
+            file: file.into(),
+            problems,
+        });
+    }
+    Ok(derive_workers(cfg))
+}
+
+/// `user` / `group` to ids. A drover that is not root can only run workers as itself.
+fn run_as(r: &crate::config::RunAs) -> Result<identity::Identity, String> {
+    // without `user`, only the group changes: the user stays drover's own
+    let id = identity::resolve(r.user.as_deref(), r.group.as_deref())?;
+    let (euid, egid) = identity::current();
+    if euid != 0 && (id.uid != euid || id.gid != egid) {
+        return Err(format!(
+            "drover runs as uid {euid}, not root, so it cannot start workers as uid {} gid {}; run drover as root or remove `user`/`group`",
+            id.uid, id.gid
+        ));
+    }
+    Ok(id)
+}
 
 const RETRY: &str = " (at run time: logged, backed off and retried)";
 
@@ -200,7 +243,7 @@ pub fn render(cfg: &Config, source: &str) -> String {
         let _ = writeln!(
             o,
             "    stop     SIG{} to the process group, SIGKILL after {:?}",
-            signal_name(p.stop_signal),
+            signals::name(p.stop_signal),
             p.stop_timeout
         );
         let _ = writeln!(o, "    output   {:?}", p.log);
@@ -298,4 +341,93 @@ pub fn render(cfg: &Config, source: &str) -> String {
         }
     }
     o
+}
+
+/// Fill in `workers` for every `auto` program (and clamp autoscaled ones into their bounds).
+/// Returns one log line per program it decided for.
+fn derive_workers(cfg: &mut Config) -> Vec<String> {
+    let mut lines = vec![];
+    let needs_cpu = cfg.programs.iter().any(|p| p.workers_auto);
+    let (cores, src) = if needs_cpu {
+        sizing::cpu_capacity()
+    } else {
+        (0.0, String::new())
+    };
+    for p in &mut cfg.programs {
+        if p.workers_auto {
+            let (n, why) =
+                sizing::auto_workers(cores, &src, cfg.budget.memory, p.budget.memory_hard);
+            p.workers = n;
+            lines.push(format!(
+                "program {}: workers = \"auto\" -> {n} ({why})",
+                p.name
+            ));
+        }
+        if let Some(a) = &p.autoscale {
+            let clamped = p.workers.clamp(a.min, a.max);
+            if clamped != p.workers {
+                lines.push(format!(
+                    "program {}: starting with {clamped} workers (autoscale min {} max {})",
+                    p.name, a.min, a.max
+                ));
+                p.workers = clamped;
+            }
+        }
+        if p.min_ready > p.workers {
+            p.min_ready = p.workers;
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(src: &str) -> Result<Config, Vec<String>> {
+        let mut cfg = crate::config::parse("t.toml", src, &|_| None).expect("parses");
+        resolve("t.toml", &mut cfg).map(|_| cfg).map_err(|e| {
+            e.problems
+                .iter()
+                .map(|p| format!("{}:{}: {}", p.line, p.col, p.message))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn users_are_looked_up_when_planning_with_their_position() {
+        let src = "[program.a]\ncommand = \"x\"\nuser = \"no-such-user-drover\"\n[program.b]\ncommand = \"y\"\ngroup = \"no-such-group-drover\"\n";
+        assert_eq!(
+            planned(src).unwrap_err(),
+            vec![
+                "3:8: [program.a]: no user `no-such-user-drover` on this system".to_string(),
+                "6:9: [program.b]: no group `no-such-group-drover` on this system".to_string(),
+            ],
+            "every problem, each where it is written"
+        );
+        let me = nix::unistd::geteuid();
+        let ok = planned(&format!(
+            "[program.a]\ncommand = \"x\"\nuser = {me}\ngroup = {}\n",
+            nix::unistd::getegid()
+        ))
+        .unwrap();
+        let id = ok.programs[0].identity.as_ref().expect("resolved");
+        assert_eq!(id.uid, me.as_raw());
+    }
+
+    #[test]
+    fn auto_workers_are_derived_and_said() {
+        let mut cfg = crate::config::parse(
+            "t.toml",
+            "[program.a]\ncommand = \"x\"\nworkers = \"auto\"\n",
+            &|_| None,
+        )
+        .unwrap();
+        let lines = resolve("t.toml", &mut cfg).unwrap();
+        assert!(cfg.programs[0].workers >= 1);
+        assert!(
+            lines[0].starts_with("program a: workers = \"auto\" -> "),
+            "{lines:?}"
+        );
+    }
 }

@@ -1,41 +1,17 @@
 //! The worker slot state machine: pure, no I/O, driven with explicit instants.
 //!
 //! A *slot* is one replica position (`api.0`, `api.1`, …); it outlives the processes that fill
-//! it. The supervisor feeds it events (`spawned`, `exited`, a timer, a stop request) and executes
-//! the `Action`s it returns. Phases carry their data, so "running without a pid" cannot be said.
+//! it. The supervisor feeds it events (`spawned`, `exited`, a timer, a stop or kill request) and
+//! executes the `Action`s it returns; it never writes a slot's fields. Phases carry their data,
+//! so "running without a pid" cannot be said, and every change of phase goes through `enter`,
+//! which holds it to `TRANSITIONS`.
 
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+
 use crate::config::{BackoffCfg, RestartPolicy};
-
-/// How a process ended, as `waitpid` reported it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitStatus {
-    Code(i32),
-    Signal(i32),
-}
-
-impl ExitStatus {
-    pub fn success(self) -> bool {
-        self == ExitStatus::Code(0)
-    }
-    /// Shell convention: the code, or 128 + the signal.
-    pub fn shell_code(self) -> i32 {
-        match self {
-            ExitStatus::Code(c) => c,
-            ExitStatus::Signal(s) => 128 + s,
-        }
-    }
-}
-
-impl std::fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExitStatus::Code(c) => write!(f, "exit code {c}"),
-            ExitStatus::Signal(s) => write!(f, "signal {}", crate::config::signal_name(*s)),
-        }
-    }
-}
+pub use crate::process::reaper::ExitStatus;
 
 /// Why drover stopped a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,6 +44,33 @@ impl StopReason {
             StopReason::Memory => "memory",
         }
     }
+
+    /// A stop that replaces the worker through the rolling path: its replacement carries the
+    /// old worker's `last_exit`.
+    pub fn is_roll(self) -> bool {
+        matches!(
+            self,
+            StopReason::Restart | StopReason::Reload | StopReason::Memory
+        )
+    }
+}
+
+/// Why a worker was killed for its memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillCause {
+    /// the kernel's OOM killer, inside the worker's memory cgroup (above memory_hard)
+    Oom,
+    /// drover, sampling: above memory_hard where no cgroup enforces it
+    MemoryHard,
+}
+
+impl KillCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KillCause::Oom => "oom",
+            KillCause::MemoryHard => "memory",
+        }
+    }
 }
 
 /// Why the previous process of a slot is gone.
@@ -78,8 +81,39 @@ pub enum LastExit {
     SpawnFailed(String),
     /// drover stopped it
     Stopped(ExitStatus, StopReason),
-    /// killed for its memory: "oom" (the kernel, in its cgroup) or "memory" (drover, sampling)
-    Killed(ExitStatus, &'static str),
+    /// killed for its memory
+    Killed(ExitStatus, KillCause),
+}
+
+impl LastExit {
+    /// What `/status` shows: `{"code": 1}`, `{"signal": "KILL", "reason": "memory"}` …
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            LastExit::SpawnFailed(err) => serde_json::json!({"reason": "spawn", "error": err}),
+            LastExit::Exited(st) => st.to_json(),
+            LastExit::Stopped(st, reason) => {
+                let mut v = st.to_json();
+                v["reason"] = reason.as_str().into();
+                v
+            }
+            LastExit::Killed(st, why) => {
+                let mut v = st.to_json();
+                v["reason"] = why.as_str().into();
+                v
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for LastExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LastExit::SpawnFailed(err) => write!(f, "spawn failed: {err}"),
+            LastExit::Exited(st) => write!(f, "{st}"),
+            LastExit::Stopped(st, r) => write!(f, "{st} (stopped: {})", r.as_str()),
+            LastExit::Killed(st, why) => write!(f, "{st} ({})", why.as_str()),
+        }
+    }
 }
 
 /// What the state machine needs from the program's configuration.
@@ -87,7 +121,7 @@ pub enum LastExit {
 pub struct SlotCfg {
     pub policy: RestartPolicy,
     pub backoff: BackoffCfg,
-    pub stop_signal: i32,
+    pub stop_signal: Signal,
     pub stop_timeout: Duration,
     /// not ready this long after spawn: recycled
     pub start_timeout: Duration,
@@ -129,32 +163,111 @@ pub enum Phase {
     Done { failed: bool },
 }
 
+/// A phase without its data, for the transition table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhaseKind {
+    Idle,
+    Starting,
+    Running,
+    Stopping,
+    Backoff,
+    Done,
+}
+
+impl Phase {
+    pub fn kind(&self) -> PhaseKind {
+        match self {
+            Phase::Idle => PhaseKind::Idle,
+            Phase::Starting { .. } => PhaseKind::Starting,
+            Phase::Running { .. } => PhaseKind::Running,
+            Phase::Stopping { .. } => PhaseKind::Stopping,
+            Phase::Backoff { .. } => PhaseKind::Backoff,
+            Phase::Done { .. } => PhaseKind::Done,
+        }
+    }
+}
+
+/// Every phase change a slot may make; `enter` refuses any other (a panic in tests and debug
+/// builds: a bug in this file, never an input).
+pub const TRANSITIONS: &[(PhaseKind, &[PhaseKind])] = {
+    use PhaseKind::*;
+    &[
+        // spawned; spawn failed; removed before it ever ran
+        (Idle, &[Starting, Backoff, Done]),
+        // ready; stopped or start timeout; exited (restart or not)
+        (Starting, &[Running, Stopping, Backoff, Done]),
+        // stopped; exited (restart or not)
+        (Running, &[Stopping, Backoff, Done]),
+        // a second stop or the KILL; reaped (respawn or removal)
+        (Stopping, &[Stopping, Backoff, Done]),
+        // respawned; spawn failed again; removed while waiting
+        (Backoff, &[Starting, Backoff, Done]),
+        (Done, &[]),
+    ]
+};
+
+/// Why a signal goes to a worker's group, so the loop can say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// the stop signal, for this reason
+    Stop(StopReason),
+    /// the stop timeout passed: SIGKILL
+    StopTimedOut,
+    /// killed for its memory
+    Kill(KillCause),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Spawn,
     /// send a signal to the process group led by `pid`
-    SignalGroup {
+    Signal {
         pid: i32,
-        signal: i32,
+        signal: Signal,
+        why: Why,
     },
     /// the slot is finished and can be dropped
     Remove,
 }
 
+/// What happens after an exit, for the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// drover had stopped it
+    Stopped(StopReason),
+    /// up long enough to count as stable: restarted at once
+    RestartNow,
+    /// a quick failure: restarted after a backoff
+    RestartIn { delay: Duration, failures: u32 },
+    /// the restart policy says no
+    NotRestarting,
+    /// not a process of this slot (already handled)
+    Ignored,
+}
+
+/// The outcome of an exit: what to do, what to say, and which restart to count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    pub actions: Vec<Action>,
+    pub next: Next,
+    /// `drover_restarts_total{reason}`, when this exit is a restart (or a kill) to count
+    pub counted: Option<&'static str>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Slot {
-    /// unique for drover's life: a rolling replacement shares the index, not the id
-    pub id: u64,
-    /// the replica position users see (`api.0`) and DROVER_WORKER
-    pub index: u32,
-    pub phase: Phase,
+    id: u64,
+    index: u32,
+    phase: Phase,
     /// processes started in this slot after the first
-    pub restarts: u32,
+    restarts: u32,
     /// consecutive failures that came before `reset_after` of uptime
-    pub failures: u32,
-    pub last_exit: Option<LastExit>,
+    failures: u32,
+    last_exit: Option<LastExit>,
     /// the delay chosen for the pending respawn, for logging
-    pub last_delay: Duration,
+    last_delay: Duration,
+    /// drover killed the running process for its memory: its exit is reported so
+    kill: Option<KillCause>,
 }
 
 /// Exponential backoff: `initial * 2^(failures-1)`, jittered by ±25 %, capped at `max`.
@@ -179,7 +292,59 @@ impl Slot {
             failures: 0,
             last_exit: None,
             last_delay: Duration::ZERO,
+            kill: None,
         }
+    }
+
+    /// A rolling replacement for `old`: the same index, its restart count carried on (the new
+    /// process counts as one more restart of the position).
+    pub fn replacing(id: u64, old: &Slot) -> Slot {
+        Slot {
+            restarts: old.restarts + 1,
+            ..Slot::new(id, old.index)
+        }
+    }
+
+    /// Unique for drover's life: a rolling replacement shares the index, not the id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The replica position users see (`api.0`) and DROVER_WORKER.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    pub fn restarts(&self) -> u32 {
+        self.restarts
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    pub fn last_exit(&self) -> Option<&LastExit> {
+        self.last_exit.as_ref()
+    }
+
+    pub fn last_delay(&self) -> Duration {
+        self.last_delay
+    }
+
+    fn enter(&mut self, to: Phase) {
+        let (from, next) = (self.phase.kind(), to.kind());
+        debug_assert!(
+            TRANSITIONS
+                .iter()
+                .any(|(f, tos)| *f == from && tos.contains(&next)),
+            "slot {} may not go from {from:?} to {next:?}",
+            self.id
+        );
+        self.phase = to;
     }
 
     pub fn pid(&self) -> Option<i32> {
@@ -216,17 +381,18 @@ impl Slot {
         if !matches!(self.phase, Phase::Idle) {
             self.restarts += 1;
         }
-        self.phase = Phase::Starting {
+        self.kill = None;
+        self.enter(Phase::Starting {
             pid,
             since: now,
             ready_by: now + cfg.start_timeout,
-        };
+        });
     }
 
     /// The readiness check passed. Returns the spawn-to-ready time.
     pub fn ready(&mut self, now: Instant) -> Option<Duration> {
         if let Phase::Starting { pid, since, .. } = self.phase {
-            self.phase = Phase::Running { pid, since };
+            self.enter(Phase::Running { pid, since });
             return Some(now.duration_since(since));
         }
         None
@@ -255,20 +421,31 @@ impl Slot {
         self.failures += 1;
         self.last_exit = Some(LastExit::SpawnFailed(why));
         self.last_delay = backoff_delay(cfg, self.failures, jitter);
-        self.phase = Phase::Backoff {
+        self.enter(Phase::Backoff {
             until: now + self.last_delay,
-        };
+        });
     }
 
-    /// The slot's process was reaped.
+    /// The worker this slot replaced in a roll has exited: its history is this slot's.
+    pub fn inherit(&mut self, last: LastExit) {
+        self.last_exit = Some(last);
+    }
+
+    /// The slot's process was reaped. `oom`: the kernel OOM-killed something in its cgroup
+    /// since it started.
     pub fn exited(
         &mut self,
         status: ExitStatus,
+        oom: bool,
         now: Instant,
         c: &SlotCfg,
         jitter: f64,
-    ) -> Vec<Action> {
-        let cfg = &c.backoff;
+    ) -> Exit {
+        let killed = if oom {
+            Some(KillCause::Oom)
+        } else {
+            self.kill.take()
+        };
         match self.phase.clone() {
             Phase::Stopping {
                 since,
@@ -277,32 +454,62 @@ impl Slot {
                 ..
             } => {
                 self.last_exit = Some(LastExit::Stopped(status, reason));
-                match then {
+                let actions = match then {
                     AfterStop::Remove => {
-                        self.phase = Phase::Done { failed: false };
+                        self.enter(Phase::Done { failed: false });
                         vec![Action::Remove]
                     }
                     // a recycle (health, start timeout) counts like a crash for backoff
-                    AfterStop::Respawn => self.backoff_or_spawn(since, now, cfg, jitter),
+                    AfterStop::Respawn => self.backoff_or_spawn(since, now, &c.backoff, jitter),
+                };
+                let counted = (then == AfterStop::Respawn).then_some(reason.as_str());
+                Exit {
+                    actions,
+                    next: Next::Stopped(reason),
+                    counted,
                 }
             }
             Phase::Starting { since, .. } | Phase::Running { since, .. } => {
-                self.last_exit = Some(LastExit::Exited(status));
+                self.last_exit = Some(match killed {
+                    Some(why) => LastExit::Killed(status, why),
+                    None => LastExit::Exited(status),
+                });
                 let restart = match c.policy {
                     RestartPolicy::Always => true,
                     RestartPolicy::OnFailure => !status.success(),
                     RestartPolicy::Never => false,
                 };
                 if !restart {
-                    self.phase = Phase::Done {
+                    self.enter(Phase::Done {
                         failed: !status.success(),
+                    });
+                    return Exit {
+                        actions: vec![],
+                        next: Next::NotRestarting,
+                        counted: killed.map(KillCause::as_str),
                     };
-                    return vec![];
                 }
-                self.backoff_or_spawn(since, now, cfg, jitter)
+                let actions = self.backoff_or_spawn(since, now, &c.backoff, jitter);
+                let next = if self.last_delay.is_zero() {
+                    Next::RestartNow
+                } else {
+                    Next::RestartIn {
+                        delay: self.last_delay,
+                        failures: self.failures,
+                    }
+                };
+                Exit {
+                    actions,
+                    next,
+                    counted: Some(killed.map_or("exit", KillCause::as_str)),
+                }
             }
             // not ours to reap: ignore
-            Phase::Idle | Phase::Backoff { .. } | Phase::Done { .. } => vec![],
+            Phase::Idle | Phase::Backoff { .. } | Phase::Done { .. } => Exit {
+                actions: vec![],
+                next: Next::Ignored,
+                counted: None,
+            },
         }
     }
 
@@ -320,12 +527,12 @@ impl Slot {
         }
         self.last_delay = backoff_delay(cfg, self.failures, jitter);
         if self.last_delay.is_zero() {
-            self.phase = Phase::Backoff { until: now };
+            self.enter(Phase::Backoff { until: now });
             vec![Action::Spawn]
         } else {
-            self.phase = Phase::Backoff {
+            self.enter(Phase::Backoff {
                 until: now + self.last_delay,
-            };
+            });
             vec![]
         }
     }
@@ -334,22 +541,26 @@ impl Slot {
     pub fn stop(
         &mut self,
         now: Instant,
-        signal: i32,
+        signal: Signal,
         timeout: Duration,
         then: AfterStop,
         reason: StopReason,
     ) -> Vec<Action> {
         match self.phase.clone() {
             Phase::Starting { pid, since, .. } | Phase::Running { pid, since } => {
-                self.phase = Phase::Stopping {
+                self.enter(Phase::Stopping {
                     pid,
                     since,
                     kill_at: now + timeout,
                     killed: false,
                     then,
                     reason,
-                };
-                vec![Action::SignalGroup { pid, signal }]
+                });
+                vec![Action::Signal {
+                    pid,
+                    signal,
+                    why: Why::Stop(reason),
+                }]
             }
             Phase::Stopping {
                 then: old,
@@ -365,29 +576,32 @@ impl Slot {
                 } else {
                     (then, reason)
                 };
-                let kill_at = kill_at.min(now + timeout);
-                let kill_now = signal == libc::SIGKILL && !killed;
-                self.phase = Phase::Stopping {
+                let kill_now = signal == Signal::SIGKILL && !killed;
+                self.enter(Phase::Stopping {
                     pid,
                     since,
-                    kill_at,
+                    kill_at: kill_at.min(now + timeout),
                     killed: killed || kill_now,
                     then,
                     reason,
-                };
+                });
                 if kill_now {
-                    vec![Action::SignalGroup { pid, signal }]
+                    vec![Action::Signal {
+                        pid,
+                        signal,
+                        why: Why::Stop(reason),
+                    }]
                 } else {
                     vec![]
                 }
             }
             Phase::Idle | Phase::Backoff { .. } => match then {
                 AfterStop::Remove => {
-                    self.phase = Phase::Done { failed: false };
+                    self.enter(Phase::Done { failed: false });
                     vec![Action::Remove]
                 }
                 AfterStop::Respawn => {
-                    self.phase = Phase::Backoff { until: now };
+                    self.enter(Phase::Backoff { until: now });
                     vec![Action::Spawn]
                 }
             },
@@ -395,6 +609,40 @@ impl Slot {
                 AfterStop::Remove => vec![Action::Remove],
                 AfterStop::Respawn => vec![],
             },
+        }
+    }
+
+    /// A roll reached a slot with nothing running to preserve: restart it in place, its
+    /// failures forgiven (the restart was asked for, not earned).
+    pub fn restart_in_place(
+        &mut self,
+        now: Instant,
+        cfg: &SlotCfg,
+        reason: StopReason,
+    ) -> Vec<Action> {
+        self.failures = 0;
+        self.stop(
+            now,
+            cfg.stop_signal,
+            cfg.stop_timeout,
+            AfterStop::Respawn,
+            reason,
+        )
+    }
+
+    /// Kill the running process for its memory, now. Its exit is then reported as `cause`, and
+    /// the restart policy applies as to any exit.
+    pub fn kill(&mut self, cause: KillCause) -> Vec<Action> {
+        match self.phase {
+            Phase::Starting { pid, .. } | Phase::Running { pid, .. } if self.kill.is_none() => {
+                self.kill = Some(cause);
+                vec![Action::Signal {
+                    pid,
+                    signal: Signal::SIGKILL,
+                    why: Why::Kill(cause),
+                }]
+            }
+            _ => vec![],
         }
     }
 
@@ -417,17 +665,18 @@ impl Slot {
                 then,
                 reason,
             } if now >= kill_at => {
-                self.phase = Phase::Stopping {
+                self.enter(Phase::Stopping {
                     pid,
                     since,
                     kill_at,
                     killed: true,
                     then,
                     reason,
-                };
-                vec![Action::SignalGroup {
+                });
+                vec![Action::Signal {
                     pid,
-                    signal: libc::SIGKILL,
+                    signal: Signal::SIGKILL,
+                    why: Why::StopTimedOut,
                 }]
             }
             _ => vec![],
@@ -455,298 +704,4 @@ impl Slot {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg() -> SlotCfg {
-        SlotCfg {
-            policy: RestartPolicy::Always,
-            backoff: BackoffCfg {
-                initial: Duration::from_millis(100),
-                max: Duration::from_secs(30),
-                reset_after: Duration::from_secs(10),
-            },
-            stop_signal: libc::SIGTERM,
-            stop_timeout: Duration::from_secs(5),
-            start_timeout: Duration::from_secs(60),
-        }
-    }
-    fn with(policy: RestartPolicy) -> SlotCfg {
-        SlotCfg { policy, ..cfg() }
-    }
-    const SEC: Duration = Duration::from_secs(1);
-
-    #[test]
-    fn backoff_table() {
-        let c = cfg().backoff;
-        // (failures, jitter, expected ms)
-        let cases = [
-            (0, 0.5, 0),
-            (1, 0.5, 100),
-            (2, 0.5, 200),
-            (3, 0.5, 400),
-            (4, 0.0, 600),  // 800 * 0.75
-            (4, 1.0, 1000), // 800 * 1.25
-            (20, 0.5, 30_000),
-            (20, 1.0, 30_000), // jitter never exceeds max
-            (u32::MAX, 0.5, 30_000),
-        ];
-        for (f, j, ms) in cases {
-            assert_eq!(
-                backoff_delay(&c, f, j).as_millis() as u64,
-                ms,
-                "failures={f} jitter={j}"
-            );
-        }
-    }
-
-    #[test]
-    fn ready_moves_starting_to_running_and_reports_latency() {
-        let t0 = Instant::now();
-        let mut s = Slot::new(1, 0);
-        s.spawned(10, t0, &cfg());
-        assert_eq!(s.state_name(), "starting");
-        assert!(!s.is_ready());
-        assert_eq!(
-            s.ready(t0 + Duration::from_millis(250)),
-            Some(Duration::from_millis(250))
-        );
-        assert_eq!(s.state_name(), "running");
-        assert_eq!(s.ready(t0 + SEC), None, "ready once");
-    }
-
-    #[test]
-    fn stable_worker_restarts_at_once() {
-        let t0 = Instant::now();
-        let mut s = Slot::new(1, 0);
-        s.spawned(10, t0, &cfg());
-        s.ready(t0 + SEC);
-        let acts = s.exited(ExitStatus::Signal(9), t0 + 60 * SEC, &cfg(), 0.5);
-        assert_eq!(acts, vec![Action::Spawn]);
-        assert_eq!(s.failures, 0);
-        assert_eq!(s.last_exit, Some(LastExit::Exited(ExitStatus::Signal(9))));
-        s.spawned(11, t0 + 60 * SEC, &cfg());
-        assert_eq!(s.restarts, 1);
-    }
-
-    #[test]
-    fn crash_loop_backs_off_exponentially() {
-        let mut now = Instant::now();
-        let mut s = Slot::new(1, 0);
-        let mut delays = vec![];
-        for pid in 1..=6 {
-            s.spawned(pid, now, &cfg());
-            let acts = s.exited(
-                ExitStatus::Code(1),
-                now + Duration::from_millis(5),
-                &cfg(),
-                0.5,
-            );
-            assert_eq!(acts, vec![], "a quick failure never respawns synchronously");
-            let Phase::Backoff { until } = s.phase else {
-                panic!("{:?}", s.phase)
-            };
-            delays.push((until - now - Duration::from_millis(5)).as_millis() as u64);
-            // nothing happens before the deadline, the spawn comes at it
-            assert_eq!(s.tick(until - Duration::from_millis(1), &cfg()), vec![]);
-            assert_eq!(s.tick(until, &cfg()), vec![Action::Spawn]);
-            now = until;
-        }
-        assert_eq!(delays, vec![100, 200, 400, 800, 1600, 3200]);
-        assert!(s.crash_looping(5));
-        assert_eq!(s.restarts, 5);
-    }
-
-    #[test]
-    fn policy_decides_restart() {
-        let t0 = Instant::now();
-        let later = t0 + 60 * SEC;
-        let cases = [
-            (RestartPolicy::Always, ExitStatus::Code(0), true, "backoff"),
-            (
-                RestartPolicy::OnFailure,
-                ExitStatus::Code(0),
-                false,
-                "stopped",
-            ),
-            (
-                RestartPolicy::OnFailure,
-                ExitStatus::Code(2),
-                true,
-                "backoff",
-            ),
-            (
-                RestartPolicy::OnFailure,
-                ExitStatus::Signal(9),
-                true,
-                "backoff",
-            ),
-            (RestartPolicy::Never, ExitStatus::Code(1), false, "failed"),
-            (RestartPolicy::Never, ExitStatus::Code(0), false, "stopped"),
-        ];
-        for (policy, st, restarts, state) in cases {
-            let mut s = Slot::new(1, 0);
-            s.spawned(5, t0, &with(policy));
-            let acts = s.exited(st, later, &with(policy), 0.5);
-            assert_eq!(acts == vec![Action::Spawn], restarts, "{policy:?} {st:?}");
-            assert_eq!(s.state_name(), state, "{policy:?} {st:?}");
-        }
-    }
-
-    #[test]
-    fn stop_escalates_to_kill_and_removes() {
-        let t0 = Instant::now();
-        let mut s = Slot::new(1, 1);
-        s.spawned(42, t0, &cfg());
-        let acts = s.stop(
-            t0,
-            libc::SIGTERM,
-            5 * SEC,
-            AfterStop::Remove,
-            StopReason::Scale,
-        );
-        assert_eq!(
-            acts,
-            vec![Action::SignalGroup {
-                pid: 42,
-                signal: libc::SIGTERM
-            }]
-        );
-        assert_eq!(s.deadline(), Some(t0 + 5 * SEC));
-        assert_eq!(s.tick(t0 + 4 * SEC, &cfg()), vec![]);
-        assert_eq!(
-            s.tick(t0 + 5 * SEC, &cfg()),
-            vec![Action::SignalGroup {
-                pid: 42,
-                signal: libc::SIGKILL
-            }]
-        );
-        assert_eq!(s.tick(t0 + 6 * SEC, &cfg()), vec![], "KILL is sent once");
-        assert_eq!(s.deadline(), None);
-        let acts = s.exited(ExitStatus::Signal(9), t0 + 6 * SEC, &cfg(), 0.5);
-        assert_eq!(acts, vec![Action::Remove]);
-        assert_eq!(
-            s.last_exit,
-            Some(LastExit::Stopped(ExitStatus::Signal(9), StopReason::Scale))
-        );
-    }
-
-    #[test]
-    fn start_timeout_recycles_with_its_reason_and_backs_off() {
-        let t0 = Instant::now();
-        let c = SlotCfg {
-            start_timeout: 10 * SEC,
-            ..cfg()
-        };
-        let mut s = Slot::new(1, 0);
-        s.spawned(7, t0, &c);
-        assert_eq!(s.deadline(), Some(t0 + 10 * SEC));
-        assert_eq!(s.tick(t0 + 9 * SEC, &c), vec![]);
-        assert_eq!(
-            s.tick(t0 + 10 * SEC, &c),
-            vec![Action::SignalGroup {
-                pid: 7,
-                signal: libc::SIGTERM
-            }]
-        );
-        let acts = s.exited(ExitStatus::Signal(15), t0 + 10 * SEC, &c, 0.5);
-        assert_eq!(
-            s.last_exit,
-            Some(LastExit::Stopped(
-                ExitStatus::Signal(15),
-                StopReason::StartTimeout
-            ))
-        );
-        // up 10 s = reset_after: counts as stable, so immediate; a quicker one would back off
-        assert_eq!(acts, vec![Action::Spawn]);
-        let mut s = Slot::new(2, 0);
-        let c2 = SlotCfg {
-            start_timeout: SEC,
-            ..cfg()
-        };
-        s.spawned(8, t0, &c2);
-        s.tick(t0 + SEC, &c2);
-        assert_eq!(s.exited(ExitStatus::Signal(15), t0 + SEC, &c2, 0.5), vec![]);
-        assert_eq!(s.state_name(), "backoff");
-    }
-
-    #[test]
-    fn stop_of_a_waiting_slot_removes_it_at_once() {
-        let t0 = Instant::now();
-        let mut s = Slot::new(1, 0);
-        s.spawned(1, t0, &cfg());
-        s.exited(ExitStatus::Code(1), t0, &cfg(), 0.5);
-        assert_eq!(s.state_name(), "backoff");
-        assert_eq!(
-            s.stop(
-                t0,
-                libc::SIGTERM,
-                SEC,
-                AfterStop::Remove,
-                StopReason::Shutdown
-            ),
-            vec![Action::Remove]
-        );
-    }
-
-    #[test]
-    fn a_second_stop_brings_the_kill_forward() {
-        let t0 = Instant::now();
-        let mut s = Slot::new(1, 0);
-        s.spawned(7, t0, &cfg());
-        s.stop(
-            t0,
-            libc::SIGTERM,
-            30 * SEC,
-            AfterStop::Remove,
-            StopReason::Scale,
-        );
-        assert_eq!(
-            s.stop(
-                t0,
-                libc::SIGTERM,
-                Duration::ZERO,
-                AfterStop::Respawn,
-                StopReason::Health
-            ),
-            vec![]
-        );
-        assert_eq!(s.deadline(), Some(t0));
-        assert!(matches!(
-            s.phase,
-            Phase::Stopping {
-                then: AfterStop::Remove,
-                reason: StopReason::Scale,
-                ..
-            }
-        ));
-        // a fast shutdown's KILL goes out at once
-        assert_eq!(
-            s.stop(
-                t0,
-                libc::SIGKILL,
-                Duration::ZERO,
-                AfterStop::Remove,
-                StopReason::Shutdown
-            ),
-            vec![Action::SignalGroup {
-                pid: 7,
-                signal: libc::SIGKILL
-            }]
-        );
-    }
-
-    #[test]
-    fn spawn_failure_backs_off() {
-        let t0 = Instant::now();
-        let mut s = Slot::new(1, 0);
-        s.spawn_failed("no such file".into(), t0, &cfg().backoff, 0.5);
-        assert_eq!(
-            s.phase,
-            Phase::Backoff {
-                until: t0 + Duration::from_millis(100)
-            }
-        );
-        assert_eq!(s.state_name(), "backoff");
-    }
-}
+mod tests;

@@ -1,48 +1,54 @@
 //! Dev runner: changes under a program's `watch` paths trigger a (debounced) rolling restart.
-//! inotify, read through tokio's AsyncFd; directories are watched recursively, new ones added
-//! as they appear. Editor droppings and bytecode (`.swp`, `~`, `.pyc`, `__pycache__`, dot
-//! files) are ignored.
+//! inotify (the `inotify` crate), read through tokio's AsyncFd; directories are watched
+//! recursively, new ones added as they appear. Editor droppings and bytecode (`.swp`, `~`,
+//! `.pyc`, `__pycache__`, dot files) are ignored.
+//!
+//! inotify gives one watch descriptor per directory, whoever asks: two programs watching one
+//! directory share it, so each descriptor maps to every program that watches it. When the
+//! kernel's queue overflows, events were lost: every watching program is told, rather than
+//! missing a change.
 
-use std::collections::HashMap;
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use tokio::io::unix::AsyncFd;
-use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-const MASK: u32 = libc::IN_MODIFY
-    | libc::IN_CLOSE_WRITE
-    | libc::IN_CREATE
-    | libc::IN_DELETE
-    | libc::IN_MOVED_FROM
-    | libc::IN_MOVED_TO;
-
-struct Inotify {
-    fd: AsyncFd<OwnedFd>,
-    /// watch descriptor -> (directory, program)
-    wds: HashMap<i32, (PathBuf, String)>,
+fn mask() -> WatchMask {
+    WatchMask::MODIFY
+        | WatchMask::CLOSE_WRITE
+        | WatchMask::CREATE
+        | WatchMask::DELETE
+        | WatchMask::MOVED_FROM
+        | WatchMask::MOVED_TO
 }
 
-impl Inotify {
+struct Watcher {
+    fd: AsyncFd<Inotify>,
+    /// watch descriptor -> (directory, every program watching it)
+    wds: HashMap<WatchDescriptor, (PathBuf, BTreeSet<String>)>,
+    /// every program with a watch, told when the queue overflows
+    all: BTreeSet<String>,
+}
+
+impl Watcher {
     fn add(&mut self, path: &Path, program: &str) {
-        let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
-            return;
+        let wd = match self.fd.get_ref().watches().add(path, mask()) {
+            Ok(wd) => wd,
+            Err(e) => {
+                warn!("watch {}: {e}", path.display());
+                return;
+            }
         };
-        // SAFETY: inotify_add_watch on our fd with a valid C string.
-        let wd =
-            unsafe { libc::inotify_add_watch(self.fd.get_ref().as_raw_fd(), c.as_ptr(), MASK) };
-        if wd < 0 {
-            warn!(
-                "watch {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
-            return;
+        self.all.insert(program.to_string());
+        let entry = self
+            .wds
+            .entry(wd)
+            .or_insert_with(|| (path.to_path_buf(), BTreeSet::new()));
+        if !entry.1.insert(program.to_string()) {
+            return; // this program already watches this directory (and its subdirectories)
         }
-        self.wds
-            .insert(wd, (path.to_path_buf(), program.to_string()));
         if path.is_dir() {
             if let Ok(rd) = std::fs::read_dir(path) {
                 for e in rd.flatten() {
@@ -53,6 +59,45 @@ impl Inotify {
                 }
             }
         }
+    }
+
+    /// One batch of events -> the programs to tell.
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<BTreeSet<String>> {
+        let mut changed = BTreeSet::new();
+        let mut new_dirs = vec![];
+        for ev in self.fd.get_mut().read_events(buf)? {
+            if ev.mask.contains(EventMask::Q_OVERFLOW) {
+                warn!("watch: the inotify queue overflowed and changes were lost; restarting every watching program");
+                changed.extend(self.all.iter().cloned());
+                continue;
+            }
+            let Some((dir, programs)) = self.wds.get(&ev.wd) else {
+                continue;
+            };
+            let name = ev
+                .name
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if ignored(&name) {
+                continue;
+            }
+            if ev.mask.contains(EventMask::ISDIR)
+                && ev.mask.intersects(EventMask::CREATE | EventMask::MOVED_TO)
+            {
+                new_dirs.push((dir.join(&name), programs.clone()));
+            }
+            debug!(
+                "watch: {} changed ({programs:?})",
+                dir.join(&name).display()
+            );
+            changed.extend(programs.iter().cloned());
+        }
+        for (dir, programs) in new_dirs {
+            for p in programs {
+                self.add(&dir, &p);
+            }
+        }
+        Ok(changed)
     }
 }
 
@@ -65,25 +110,22 @@ fn ignored(name: &str) -> bool {
         || name.ends_with(".tmp")
 }
 
-/// Start watching; each change sends the program's name. None if nothing is watched.
+/// Start watching; each change calls `changed` with the program's name. False if nothing is
+/// watched.
 pub fn start(
     programs: &[(String, Vec<PathBuf>)],
-) -> std::io::Result<Option<mpsc::UnboundedReceiver<String>>> {
+    changed: impl Fn(String) + Send + 'static,
+) -> std::io::Result<bool> {
     if programs.iter().all(|(_, p)| p.is_empty()) {
-        return Ok(None);
+        return Ok(false);
     }
-    // SAFETY: inotify_init1 returns a new fd we own.
-    let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: raw is a fresh fd nobody else owns; the AsyncFd owns it (and so keeps it open)
-    // for as long as it is registered.
-    let fd =
-        unsafe { AsyncFd::register(OwnedFd::from_raw_fd(raw)) }.map_err(|e| e.into_parts().1)?;
-    let mut ino = Inotify {
+    // SAFETY: the AsyncFd owns the inotify instance, so its fd stays open for as long as it is
+    // registered.
+    let fd = unsafe { AsyncFd::register(Inotify::init()?) }.map_err(|e| e.into_parts().1)?;
+    let mut w = Watcher {
         fd,
         wds: HashMap::new(),
+        all: BTreeSet::new(),
     };
     for (name, paths) in programs {
         for p in paths {
@@ -94,57 +136,29 @@ pub fn start(
                 );
                 continue;
             }
-            ino.add(p, name);
+            w.add(p, name);
         }
     }
-    let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 8192];
         loop {
-            let Ok(mut guard) = ino.fd.readable().await else {
+            let Ok(mut guard) = w.fd.readable_mut().await else {
                 return;
             };
-            // SAFETY: reading into our buffer from our non-blocking inotify fd.
-            let n = unsafe {
-                libc::read(
-                    ino.fd.get_ref().as_raw_fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                )
-            };
-            if n < 0 {
-                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock {
-                    guard.clear_ready();
-                    continue;
+            guard.clear_ready();
+            drop(guard);
+            loop {
+                match w.read(&mut buf) {
+                    Ok(progs) if progs.is_empty() => {}
+                    Ok(progs) => progs.into_iter().for_each(&changed),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        warn!("watch: reading inotify events failed: {e}; file changes are no longer watched");
+                        return;
+                    }
                 }
-                return;
-            }
-            let mut off = 0usize;
-            let hdr = std::mem::size_of::<libc::inotify_event>();
-            while off + hdr <= n as usize {
-                // SAFETY: the kernel wrote whole events; read_unaligned copes with alignment.
-                let ev: libc::inotify_event =
-                    unsafe { std::ptr::read_unaligned(buf.as_ptr().add(off) as *const _) };
-                let name_bytes = &buf[off + hdr..off + hdr + ev.len as usize];
-                let name =
-                    String::from_utf8_lossy(name_bytes.split(|b| *b == 0).next().unwrap_or(&[]))
-                        .into_owned();
-                off += hdr + ev.len as usize;
-                let Some((dir, program)) = ino.wds.get(&ev.wd).cloned() else {
-                    continue;
-                };
-                if ignored(&name) {
-                    continue;
-                }
-                if ev.mask & libc::IN_ISDIR != 0
-                    && ev.mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0
-                {
-                    ino.add(&dir.join(&name), &program);
-                }
-                debug!("watch: {} changed ({program})", dir.join(&name).display());
-                let _ = tx.send(program);
             }
         }
     });
-    Ok(Some(rx))
+    Ok(true)
 }

@@ -23,26 +23,29 @@ pub enum Command {
     },
 }
 
-/// An answer: HTTP status code and a JSON body.
-pub type Reply = (u16, serde_json::Value);
+/// Why the loop refused a command. The HTTP layer maps each to its status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// no such program
+    #[error("{0}")]
+    NotFound(String),
+    /// the program is busy with something that must finish first (a roll)
+    #[error("{0}")]
+    Busy(String),
+    /// the request cannot be applied (below min_ready, an invalid configuration on reload)
+    #[error("{0}")]
+    Invalid(String),
+    /// drover cannot take commands now (steps running, shutting down)
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// What the loop answers: what it did, or why it did nothing.
+pub type Reply = Result<String, Refused>;
 
 pub struct Request {
     pub command: Command,
     pub reply: oneshot::Sender<Reply>,
-}
-
-pub fn ok(message: impl Into<String>) -> Reply {
-    (
-        200,
-        serde_json::json!({ "ok": true, "message": message.into() }),
-    )
-}
-
-pub fn err(code: u16, message: impl Into<String>) -> Reply {
-    (
-        code,
-        serde_json::json!({ "ok": false, "error": message.into() }),
-    )
 }
 
 /// Read a bearer token file: one line, surrounding whitespace ignored, never empty.

@@ -184,7 +184,7 @@ pub fn render(s: &Snapshot) -> String {
                 o,
                 "drover_step_duration_seconds{{step=\"{}\",state=\"{}\"}} {d}",
                 esc(&st.name),
-                st.state
+                st.state.as_str()
             );
         }
     }

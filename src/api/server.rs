@@ -20,7 +20,7 @@ use axum::{Json, Router};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::snapshot::Snapshot;
-use crate::api::control::{self, Command, Reply, Request};
+use crate::api::control::{self, Command, Refused, Reply, Request};
 
 /// Largest request body the control API reads.
 pub const MAX_BODY: usize = 4096;
@@ -145,9 +145,35 @@ where
     let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
 }
 
-fn reply((code, body): Reply) -> Response {
-    let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (code, Json(body)).into_response()
+/// An HTTP-level refusal: `{"ok": false, "error": ...}` with its status code.
+fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    Rejection(code, message.into()).into_response()
+}
+
+/// A request refused before it reaches the loop.
+struct Rejection(StatusCode, String);
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "ok": false, "error": self.1 });
+        (self.0, Json(body)).into_response()
+    }
+}
+
+/// The loop's answer as HTTP.
+fn reply(r: Reply) -> Response {
+    match r {
+        Ok(message) => Json(serde_json::json!({ "ok": true, "message": message })).into_response(),
+        Err(e) => {
+            let code = match e {
+                Refused::NotFound(_) => StatusCode::NOT_FOUND,
+                Refused::Busy(_) => StatusCode::CONFLICT,
+                Refused::Invalid(_) => StatusCode::BAD_REQUEST,
+                Refused::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            error(code, e.to_string())
+        }
+    }
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -300,26 +326,26 @@ async fn page() -> impl IntoResponse {
 }
 
 async fn not_found() -> Response {
-    reply(control::err(404, "no such route; GET /, /status, /healthz, /readyz, /metrics; POST /reload, /programs/NAME/{restart,reload,scale,stop}"))
+    error(StatusCode::NOT_FOUND, "no such route; GET /, /status, /healthz, /readyz, /metrics; POST /reload, /programs/NAME/{restart,reload,scale,stop}")
 }
 
 async fn method_not_allowed() -> Response {
-    reply(control::err(
-        405,
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
         "method not allowed on this route (reads are GET, control actions are POST)",
-    ))
+    )
 }
 
 /// Ok if the caller may use mutating routes.
-fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), Reply> {
+fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), Rejection> {
     if api.unix {
         return Ok(());
     }
     let token = api.token.borrow().clone();
     let Some(token) = token else {
-        return Err(control::err(
-            403,
-            "the control API is off: set supervisor.control_token_file (then send Authorization: Bearer <token>) or serve status on a unix socket",
+        return Err(Rejection(
+            StatusCode::FORBIDDEN,
+            "the control API is off: set supervisor.control_token_file (then send Authorization: Bearer <token>) or serve status on a unix socket".into(),
         ));
     };
     let given = headers
@@ -328,10 +354,13 @@ fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), Reply> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if given.is_empty() {
-        return Err(control::err(401, "missing Authorization: Bearer <token>"));
+        return Err(Rejection(
+            StatusCode::UNAUTHORIZED,
+            "missing Authorization: Bearer <token>".into(),
+        ));
     }
     if !control::constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
-        return Err(control::err(401, "wrong token"));
+        return Err(Rejection(StatusCode::UNAUTHORIZED, "wrong token".into()));
     }
     Ok(())
 }
@@ -344,23 +373,23 @@ async fn ask(api: &Api, command: Command) -> Response {
         .await
         .is_err()
     {
-        return reply(control::err(503, "drover is shutting down"));
+        return error(StatusCode::SERVICE_UNAVAILABLE, "drover is shutting down");
     }
     match rx.await {
         Ok(r) => reply(r),
-        Err(_) => reply(control::err(503, "drover is shutting down")),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "drover is shutting down"),
     }
 }
 
-fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Reply> {
+fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Rejection> {
     body.map_err(|e| {
-        let code = e.status().as_u16();
-        let msg = if code == 413 {
+        let code = e.status();
+        let msg = if code == StatusCode::PAYLOAD_TOO_LARGE {
             format!("request body too large (limit {MAX_BODY} bytes)")
         } else {
             format!("cannot read the request body: {}", e.body_text())
         };
-        control::err(code, msg)
+        Rejection(code, msg)
     })
 }
 
@@ -372,7 +401,7 @@ async fn simple(
     command: Command,
 ) -> Response {
     if let Err(r) = authorize(api, headers).and(body_or_error(body).map(|_| ())) {
-        return reply(r);
+        return r.into_response();
     }
     ask(api, command).await
 }
@@ -413,6 +442,31 @@ async fn stop(
     simple(&api, &headers, body, Command::Stop { program: name }).await
 }
 
+/// `{"workers": N}`, 0..=10000, nothing else.
+fn scale_body(body: &[u8]) -> Result<u32, Rejection> {
+    let bad = |m: String| Rejection(StatusCode::BAD_REQUEST, m);
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| bad(format!("body is not JSON ({e}); send {{\"workers\": N}}")))?;
+    let Some(obj) = v.as_object() else {
+        return Err(bad("send a JSON object {\"workers\": N}".into()));
+    };
+    if let Some(k) = obj.keys().find(|k| *k != "workers") {
+        return Err(bad(format!("unknown field `{k}`; send {{\"workers\": N}}")));
+    }
+    let n = match obj.get("workers") {
+        Some(serde_json::Value::Number(n)) => n.as_i64(),
+        Some(_) => return Err(bad("`workers` must be an integer".into())),
+        None => return Err(bad("missing `workers`; send {\"workers\": N}".into())),
+    };
+    match n {
+        Some(n) if (0..=10_000).contains(&n) => Ok(n as u32),
+        _ => Err(bad(format!(
+            "`workers` must be between 0 and 10000, got {}",
+            obj["workers"]
+        ))),
+    }
+}
+
 async fn scale(
     State(api): State<Api>,
     headers: HeaderMap,
@@ -420,57 +474,15 @@ async fn scale(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if let Err(r) = authorize(&api, &headers) {
-        return reply(r);
+        return r.into_response();
     }
-    let body = match body_or_error(body) {
-        Ok(b) => b,
-        Err(r) => return reply(r),
+    let workers = match body_or_error(body).and_then(|b| scale_body(&b)) {
+        Ok(n) => n,
+        Err(r) => return r.into_response(),
     };
-    let v: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return reply(control::err(
-                400,
-                format!("body is not JSON ({e}); send {{\"workers\": N}}"),
-            ))
-        }
+    let command = Command::Scale {
+        program: name,
+        workers,
     };
-    let Some(obj) = v.as_object() else {
-        return reply(control::err(400, "send a JSON object {\"workers\": N}"));
-    };
-    if let Some(k) = obj.keys().find(|k| *k != "workers") {
-        return reply(control::err(
-            400,
-            format!("unknown field `{k}`; send {{\"workers\": N}}"),
-        ));
-    }
-    let n = match obj.get("workers") {
-        Some(serde_json::Value::Number(n)) => n.as_i64(),
-        Some(_) => return reply(control::err(400, "`workers` must be an integer")),
-        None => {
-            return reply(control::err(
-                400,
-                "missing `workers`; send {\"workers\": N}",
-            ))
-        }
-    };
-    match n {
-        Some(n) if (0..=10_000).contains(&n) => {
-            ask(
-                &api,
-                Command::Scale {
-                    program: name,
-                    workers: n as u32,
-                },
-            )
-            .await
-        }
-        _ => reply(control::err(
-            400,
-            format!(
-                "`workers` must be between 0 and 10000, got {}",
-                obj["workers"]
-            ),
-        )),
-    }
+    ask(&api, command).await
 }

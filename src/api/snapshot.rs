@@ -28,11 +28,33 @@ pub struct Snapshot {
     pub metrics: Counters,
 }
 
+/// Where a pre-start step is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+impl StepState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Pending => "pending",
+            StepState::Running => "running",
+            StepState::Succeeded => "succeeded",
+            StepState::Failed => "failed",
+            StepState::Skipped => "skipped",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StepStatus {
     pub name: String,
-    /// pending | running | succeeded | failed | skipped
-    pub state: &'static str,
+    pub state: StepState,
     pub exit: Option<serde_json::Value>,
     pub attempts: u32,
     pub duration_s: Option<f64>,

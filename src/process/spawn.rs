@@ -556,12 +556,9 @@ unsafe fn child(a: ChildArgs) -> ! {
 }
 
 /// Signal the process group led by `pid`. ESRCH (already gone) is not an error.
-pub fn signal_group(pid: libc::pid_t, sig: i32) {
+pub fn signal_group(pid: libc::pid_t, sig: nix::sys::signal::Signal) {
     if pid <= 1 {
         return;
     }
-    // SAFETY: kill(2) with a negative pid addresses the group; no memory involved.
-    unsafe {
-        libc::kill(-pid, sig);
-    }
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), sig);
 }

@@ -13,7 +13,9 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::path::{Path, PathBuf};
 
 use crate::config::WorkerBudget;
@@ -539,7 +541,7 @@ impl SlotCgroup {
     }
 
     /// v1: an eventfd that becomes readable when memory usage crosses `threshold`.
-    pub fn usage_notifier(&self, threshold: u64) -> std::io::Result<OwnedFd> {
+    pub fn usage_notifier(&self, threshold: u64) -> std::io::Result<EventFd> {
         let d = self
             .memory
             .as_ref()
@@ -549,17 +551,15 @@ impl SlotCgroup {
                 "usage thresholds are a cgroup v1 interface",
             ));
         }
-        // SAFETY: eventfd returns a new fd we own.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if efd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: efd is fresh and ours.
-        let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+        let efd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
         let usage = fs::File::open(d.join("memory.usage_in_bytes"))?;
         write(
             &d.join("cgroup.event_control"),
-            &format!("{} {} {threshold}", efd.as_raw_fd(), usage.as_raw_fd()),
+            &format!(
+                "{} {} {threshold}",
+                efd.as_fd().as_raw_fd(),
+                usage.as_raw_fd()
+            ),
         )?;
         Ok(efd)
     }

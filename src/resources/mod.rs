@@ -3,5 +3,6 @@
 
 pub mod autoscale;
 pub mod cgroup;
+pub mod enforcement;
 pub mod sizing;
 pub mod usage;

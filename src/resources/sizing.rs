@@ -4,8 +4,6 @@
 //! the smallest along its path — else the CPUs drover may run on; capped by the node memory
 //! budget divided by the per-worker hard limit; at least 1.
 
-use crate::config::Config;
-
 /// What the machine offers: (cores, where that number came from).
 pub fn cpu_capacity() -> (f64, String) {
     match crate::resources::cgroup::own_cpu_quota() {
@@ -44,42 +42,6 @@ pub fn auto_workers(
         }
     }
     (n.max(1), why)
-}
-
-/// Fill in `workers` for every `auto` program (and clamp autoscaled ones into their bounds).
-/// Returns one log line per program it decided for.
-pub fn resolve(cfg: &mut Config) -> Vec<String> {
-    let mut lines = vec![];
-    let needs_cpu = cfg.programs.iter().any(|p| p.workers_auto);
-    let (cores, src) = if needs_cpu {
-        cpu_capacity()
-    } else {
-        (0.0, String::new())
-    };
-    for p in &mut cfg.programs {
-        if p.workers_auto {
-            let (n, why) = auto_workers(cores, &src, cfg.budget.memory, p.budget.memory_hard);
-            p.workers = n;
-            lines.push(format!(
-                "program {}: workers = \"auto\" -> {n} ({why})",
-                p.name
-            ));
-        }
-        if let Some(a) = &p.autoscale {
-            let clamped = p.workers.clamp(a.min, a.max);
-            if clamped != p.workers {
-                lines.push(format!(
-                    "program {}: starting with {clamped} workers (autoscale min {} max {})",
-                    p.name, a.min, a.max
-                ));
-                p.workers = clamped;
-            }
-        }
-        if p.min_ready > p.workers {
-            p.min_ready = p.workers;
-        }
-    }
-    lines
 }
 
 #[cfg(test)]

@@ -1,0 +1,442 @@
+//! The reader for `[program.NAME]`, one function per sub-table.
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::keys::*;
+use super::tree::{kind, Ctx, Node, V};
+use super::values::fmt_size;
+use super::*;
+
+/// What the readers of one program's keys found, beyond the values themselves.
+#[derive(Default)]
+struct Seen {
+    check: bool,
+    min_uptime: bool,
+    min_ready: bool,
+}
+
+fn defaults(name: &str) -> ProgramCfg {
+    ProgramCfg {
+        name: name.into(),
+        command: CommandSpec::Argv(vec![]),
+        sockets: vec![],
+        workers: 1,
+        restart: RestartPolicy::Always,
+        backoff: BackoffCfg::default(),
+        stop_signal: nix::sys::signal::Signal::SIGTERM,
+        stop_timeout: Duration::from_secs(10),
+        env: vec![],
+        cwd: None,
+        log: LogMode::Capture,
+        min_ready: 1,
+        readiness: ReadinessCfg {
+            check: ReadyCheck::Uptime,
+            min_uptime: Duration::from_secs(1),
+            exec: vec![],
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_secs(60),
+        },
+        health: None,
+        watch: vec![],
+        workers_auto: false,
+        budget: WorkerBudget::default(),
+        autoscale: None,
+        run_as: None,
+        identity: None,
+    }
+}
+
+pub(super) fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<ProgramCfg> {
+    let what = format!("[program.{name}]");
+    let t = cx.table(&what, n)?;
+    cx.keys(&what, t, PROGRAM_KEYS, PROGRAM_LATER);
+    let mut p = defaults(name);
+    let mut command = None;
+    let mut user: Option<(String, Range<usize>)> = None;
+    let mut group: Option<(String, Range<usize>)> = None;
+    let mut seen = Seen::default();
+    for (k, _, v) in t {
+        let w = format!("program.{name}.{k}");
+        match k.as_str() {
+            "command" => command = cx.command(&w, v),
+            "sockets" => p.sockets = strings(cx, &w, v, "socket names"),
+            "workers" => match &v.v {
+                V::Str(s) if s == "auto" => p.workers_auto = true,
+                _ => {
+                    if let Some(i) = cx.uint(&w, v, 0, 10_000) {
+                        p.workers = i as u32
+                    }
+                }
+            },
+            "restart" => {
+                let options = [
+                    ("always", RestartPolicy::Always),
+                    ("on-failure", RestartPolicy::OnFailure),
+                    ("never", RestartPolicy::Never),
+                ];
+                if let Some(r) = cx.choice(&w, v, &options) {
+                    p.restart = r
+                }
+            }
+            "backoff" => read_backoff(cx, &w, v, &mut p.backoff),
+            "stop_signal" => {
+                if let Some(s) = cx.string(&w, v) {
+                    match crate::process::signals::parse(&s) {
+                        Some(sig) => p.stop_signal = sig,
+                        None => cx.err(&v.span, format!("{w}: `{s}` is not a signal drover sends (TERM, INT, QUIT, HUP, KILL, USR1, USR2, WINCH, ABRT)")),
+                    }
+                }
+            }
+            "stop_timeout" => {
+                if let Some(d) = cx.duration(&w, v) {
+                    p.stop_timeout = d
+                }
+            }
+            "env" => p.env = cx.env_table(&w, v),
+            "cwd" => p.cwd = cx.string(&w, v).map(PathBuf::from),
+            "user" => user = id_name(cx, &w, k, v),
+            "group" => group = id_name(cx, &w, k, v),
+            "log" => {
+                let options = [("capture", LogMode::Capture), ("inherit", LogMode::Inherit)];
+                if let Some(m) = cx.choice(&w, v, &options) {
+                    p.log = m
+                }
+            }
+            "min_ready" => {
+                if let Some(i) = cx.uint(&w, v, 0, 10_000) {
+                    p.min_ready = i as u32;
+                    seen.min_ready = true;
+                }
+            }
+            "watch" => {
+                p.watch = strings(cx, &w, v, "paths")
+                    .into_iter()
+                    .map(PathBuf::from)
+                    .collect()
+            }
+            "readiness" => read_readiness(cx, &w, v, &mut p.readiness, &mut seen),
+            "budget" => {
+                if let Some(b) = read_worker_budget(cx, &w, v) {
+                    p.budget = b
+                }
+            }
+            "autoscale" => p.autoscale = read_autoscale(cx, &w, v),
+            "health" => p.health = read_health(cx, &w, v),
+            _ => {}
+        }
+    }
+    finish(cx, &what, t, n, &mut p, &seen);
+    let at = user.as_ref().or(group.as_ref()).map(|(_, span)| span.start);
+    p.run_as = at.map(|at| {
+        let (line, col) = line_col(cx.src, at);
+        RunAs {
+            user: user.map(|(u, _)| u),
+            group: group.map(|(g, _)| g),
+            line,
+            col,
+        }
+    });
+    p.command = command?;
+    Some(p)
+}
+
+/// An array of strings (socket names, paths).
+fn strings(cx: &mut Ctx, w: &str, v: &Node, what: &str) -> Vec<String> {
+    match &v.v {
+        V::Arr(items) => items.iter().filter_map(|it| cx.string(w, it)).collect(),
+        _ => {
+            cx.err(
+                &v.span,
+                format!("{w}: expected an array of {what}, found {}", kind(v)),
+            );
+            vec![]
+        }
+    }
+}
+
+/// `user` or `group`: a name or a numeric id, looked up by `plan`.
+fn id_name(cx: &mut Ctx, w: &str, k: &str, v: &Node) -> Option<(String, Range<usize>)> {
+    let id = match &v.v {
+        V::Str(s) if !s.is_empty() => Some(s.clone()),
+        V::Int(i) if *i >= 0 && *i < u32::MAX as i64 => Some(i.to_string()),
+        _ => {
+            cx.err(
+                &v.span,
+                format!(
+                    "{w}: expected a {k} name or a numeric id, found {}",
+                    kind(v)
+                ),
+            );
+            None
+        }
+    };
+    id.map(|s| (s, v.span.clone()))
+}
+
+/// Defaults that follow from other keys, and the checks between keys of one program.
+fn finish(
+    cx: &mut Ctx,
+    what: &str,
+    t: &[(String, Range<usize>, Node)],
+    n: &Node,
+    p: &mut ProgramCfg,
+    seen: &Seen,
+) {
+    let span_of = |key: &str| {
+        t.iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, _, v)| v.span.clone())
+            .unwrap_or(n.span.clone())
+    };
+    if !seen.check && !p.sockets.is_empty() {
+        p.readiness.check = ReadyCheck::Listening;
+    }
+    if !seen.min_uptime && p.readiness.check != ReadyCheck::Uptime {
+        p.readiness.min_uptime = Duration::ZERO;
+    }
+    if !seen.min_ready {
+        p.min_ready = p.min_ready.min(p.workers);
+    } else if p.min_ready > p.workers {
+        cx.err(
+            &span_of("min_ready"),
+            format!(
+                "{what}: min_ready ({}) is more than workers ({})",
+                p.min_ready, p.workers
+            ),
+        );
+    }
+    if p.readiness.check == ReadyCheck::Listening && p.sockets.is_empty() && seen.check {
+        cx.err(
+            &span_of("readiness"),
+            format!("{what}: readiness check \"listening\" needs the program to have `sockets`"),
+        );
+    }
+    if !t.iter().any(|(k, _, _)| k == "command") {
+        cx.err(&n.span, format!("{what}: `command` is missing"));
+    }
+}
+
+fn read_backoff(cx: &mut Ctx, w: &str, v: &Node, b: &mut BackoffCfg) {
+    let Some(bt) = cx.table(w, v) else { return };
+    cx.keys(w, bt, BACKOFF_KEYS, &[]);
+    for (bk, _, bv) in bt {
+        let bw = format!("{w}.{bk}");
+        let d = match bk.as_str() {
+            "initial" => &mut b.initial,
+            "max" => &mut b.max,
+            "reset_after" => &mut b.reset_after,
+            _ => continue,
+        };
+        if let Some(x) = cx.duration(&bw, bv) {
+            *d = x
+        }
+    }
+    if b.max < b.initial {
+        cx.err(
+            &v.span,
+            format!(
+                "{w}: `max` ({:?}) is below `initial` ({:?})",
+                b.max, b.initial
+            ),
+        );
+    }
+}
+
+fn read_readiness(cx: &mut Ctx, w: &str, v: &Node, r: &mut ReadinessCfg, seen: &mut Seen) {
+    let Some(t) = cx.table(w, v) else { return };
+    cx.keys(w, t, READINESS_KEYS, &[]);
+    for (rk, _, rv) in t {
+        let rw = format!("{w}.{rk}");
+        match rk.as_str() {
+            "check" => {
+                let options = [
+                    ("listening", ReadyCheck::Listening),
+                    ("uptime", ReadyCheck::Uptime),
+                    ("exec", ReadyCheck::Exec),
+                ];
+                if let Some(c) = cx.choice(&rw, rv, &options) {
+                    r.check = c;
+                    seen.check = true;
+                }
+            }
+            "min_uptime" => {
+                if let Some(d) = cx.duration(&rw, rv) {
+                    r.min_uptime = d;
+                    seen.min_uptime = true;
+                }
+            }
+            "exec" => {
+                if let Some(CommandSpec::Argv(a)) = cx.command(&rw, rv) {
+                    r.exec = a
+                } else if let V::Str(_) = rv.v {
+                    cx.err(
+                        &rv.span,
+                        format!("{rw}: give an argv array, e.g. [\"sh\", \"-c\", \"…{{pid}}…\"]"),
+                    );
+                }
+            }
+            "interval" => {
+                if let Some(d) = cx.duration(&rw, rv) {
+                    r.interval = d.max(Duration::from_millis(10))
+                }
+            }
+            "timeout" => {
+                if let Some(d) = cx.duration(&rw, rv) {
+                    r.timeout = d
+                }
+            }
+            _ => {}
+        }
+    }
+    if r.check == ReadyCheck::Exec && r.exec.is_empty() {
+        cx.err(
+            &v.span,
+            format!("{w}: check = \"exec\" needs `exec = [...]`"),
+        );
+    }
+}
+
+fn read_worker_budget(cx: &mut Ctx, w: &str, v: &Node) -> Option<WorkerBudget> {
+    let t = cx.table(w, v)?;
+    cx.keys(w, t, WORKER_BUDGET_KEYS, &[]);
+    let mut b = WorkerBudget::default();
+    for (bk, _, bv) in t {
+        let bw = format!("{w}.{bk}");
+        match bk.as_str() {
+            "memory_soft" => b.memory_soft = cx.size(&bw, bv),
+            "memory_hard" => b.memory_hard = cx.size(&bw, bv),
+            "cpu" => b.cpu = cx.cores(&bw, bv),
+            _ => {}
+        }
+    }
+    if let (Some(s), Some(h)) = (b.memory_soft, b.memory_hard) {
+        if s > h {
+            cx.err(
+                &v.span,
+                format!(
+                    "{w}: memory_soft ({}) is above memory_hard ({})",
+                    fmt_size(s),
+                    fmt_size(h)
+                ),
+            );
+        }
+    }
+    Some(b)
+}
+
+fn read_autoscale(cx: &mut Ctx, w: &str, v: &Node) -> Option<AutoscaleCfg> {
+    let t = cx.table(w, v)?;
+    cx.keys(w, t, AUTOSCALE_KEYS, &[]);
+    let mut a = AutoscaleCfg {
+        min: 1,
+        max: 1,
+        target_cpu: 50.0,
+        scale_down_window: Duration::from_secs(300),
+    };
+    let mut have_max = false;
+    for (ak, _, av) in t {
+        let aw = format!("{w}.{ak}");
+        match ak.as_str() {
+            "min" => a.min = cx.uint(&aw, av, 1, 10_000).unwrap_or(1) as u32,
+            "max" => {
+                a.max = cx.uint(&aw, av, 1, 10_000).unwrap_or(1) as u32;
+                have_max = true;
+            }
+            "target_cpu" => {
+                let x = match av.v {
+                    V::Int(i) => Some(i as f64),
+                    V::Float(f) => Some(f),
+                    _ => None,
+                };
+                match x {
+                    Some(x) if x > 0.0 && x <= 100.0 => a.target_cpu = x,
+                    _ => cx.err(
+                        &av.span,
+                        format!(
+                            "{aw}: expected a percentage in (0, 100], found {}",
+                            kind(av)
+                        ),
+                    ),
+                }
+            }
+            "scale_down_window" => {
+                if let Some(d) = cx.duration(&aw, av) {
+                    a.scale_down_window = d
+                }
+            }
+            _ => {}
+        }
+    }
+    if !have_max {
+        cx.err(&v.span, format!("{w}: `max` is missing"));
+    } else if a.min > a.max {
+        cx.err(
+            &v.span,
+            format!("{w}: min ({}) is above max ({})", a.min, a.max),
+        );
+    }
+    Some(a)
+}
+
+fn read_health(cx: &mut Ctx, w: &str, v: &Node) -> Option<HealthCfg> {
+    let t = cx.table(w, v)?;
+    cx.keys(w, t, HEALTH_KEYS, &[]);
+    let mut h = HealthCfg {
+        http: None,
+        exec: None,
+        interval: Duration::from_secs(5),
+        timeout: Duration::from_secs(2),
+        failures: 3,
+        hung: true,
+    };
+    for (hk, _, hv) in t {
+        let hw = format!("{w}.{hk}");
+        match hk.as_str() {
+            "http" => {
+                if let Some(path) = cx.string(&hw, hv) {
+                    if path.starts_with('/') && !path.contains(char::is_whitespace) {
+                        h.http = Some(path)
+                    } else {
+                        cx.err(
+                            &hv.span,
+                            format!("{hw}: `{path}` is not a request path like \"/healthz\""),
+                        );
+                    }
+                }
+            }
+            "exec" => match cx.command(&hw, hv) {
+                Some(CommandSpec::Argv(a)) => h.exec = Some(a),
+                Some(CommandSpec::Shell(sh)) => {
+                    h.exec = Some(vec!["/bin/sh".into(), "-c".into(), sh])
+                }
+                None => {}
+            },
+            "interval" => {
+                if let Some(d) = cx.duration(&hw, hv) {
+                    h.interval = d.max(Duration::from_millis(50))
+                }
+            }
+            "timeout" => {
+                if let Some(d) = cx.duration(&hw, hv) {
+                    h.timeout = d
+                }
+            }
+            "failures" => {
+                if let Some(i) = cx.uint(&hw, hv, 1, 1000) {
+                    h.failures = i as u32
+                }
+            }
+            "hung" => match hv.v {
+                V::Bool(b) => h.hung = b,
+                _ => cx.err(
+                    &hv.span,
+                    format!("{hw}: expected true or false, found {}", kind(hv)),
+                ),
+            },
+            _ => {}
+        }
+    }
+    Some(h)
+}

@@ -1,0 +1,221 @@
+//! A program and its workers: what the loop keeps per program, and per worker beside its slot
+//! (readiness schedule, health record, cgroup, sampled usage, memory decision), so a worker's
+//! data goes when the worker goes.
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::config::{ListenAddr, ProgramCfg, ReadyCheck};
+use crate::process::probe;
+use crate::process::sockets::Bound;
+use crate::resources::autoscale::Autoscaler;
+use crate::resources::cgroup::SlotCgroup;
+use crate::state::{Phase, Slot, SlotCfg};
+
+use super::budget::{MemoryAction, Usage};
+use super::health::{HealthState, ProgramHealth};
+use super::rolling::Roll;
+use super::workers::CrashLoop;
+
+pub(super) struct Program {
+    pub id: u64,
+    pub cfg: ProgramCfg,
+    pub slot_cfg: SlotCfg,
+    pub workers: Vec<Worker>,
+    pub desired: u32,
+    /// drover's environment plus the program's, computed once
+    pub env: Vec<(String, String)>,
+    pub sockets: Vec<(String, RawFd)>,
+    pub inodes: Vec<u64>,
+    pub probe_target: Option<probe::Target>,
+    pub crash: CrashLoop,
+    pub roll: Option<Roll>,
+    /// being removed by a reload: dropped once its workers are gone
+    pub removing: bool,
+    pub health: ProgramHealth,
+    pub watch_due: Option<Instant>,
+    pub autoscaler: Option<Autoscaler>,
+}
+
+/// One worker: its slot (the state machine) and what the loop knows about its process.
+pub(super) struct Worker {
+    pub slot: Slot,
+    /// next readiness check (listening and exec checks)
+    pub ready_next: Option<Instant>,
+    pub health: HealthState,
+    /// its cgroup(s), where drover manages them, and the OOM-kill count when its process started
+    pub cgroup: Option<(SlotCgroup, u64)>,
+    pub usage: Usage,
+    /// drover is recycling it for its memory
+    pub memory: Option<MemoryAction>,
+}
+
+impl Worker {
+    pub fn new(slot: Slot) -> Worker {
+        Worker {
+            slot,
+            ready_next: None,
+            health: HealthState::default(),
+            cgroup: None,
+            usage: Usage::default(),
+            memory: None,
+        }
+    }
+
+    /// A new process started in this slot: what was known of the previous one is forgotten.
+    pub fn fresh_process(&mut self, first_check: Instant) {
+        self.ready_next = Some(first_check);
+        self.health = HealthState::default();
+        self.usage = Usage::default();
+        self.memory = None;
+        if let Some((cg, base)) = &mut self.cgroup {
+            *base = cg.oom_kills();
+        }
+    }
+
+    /// The kernel OOM-killed something in its cgroup since its process started.
+    pub fn oom_killed(&self) -> bool {
+        self.cgroup
+            .as_ref()
+            .is_some_and(|(cg, base)| cg.oom_kills() > *base)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.slot.id()
+    }
+}
+
+fn slot_cfg(p: &ProgramCfg) -> SlotCfg {
+    SlotCfg {
+        policy: p.restart,
+        backoff: p.backoff,
+        stop_signal: p.stop_signal,
+        stop_timeout: p.stop_timeout,
+        start_timeout: p.readiness.timeout,
+    }
+}
+
+impl Program {
+    pub fn new(id: u64, cfg: ProgramCfg, bound: &[Bound]) -> Program {
+        let mut p = Program {
+            id,
+            slot_cfg: slot_cfg(&cfg),
+            desired: cfg.workers,
+            autoscaler: cfg.autoscale.clone().map(Autoscaler::new),
+            cfg,
+            workers: Vec::new(),
+            env: vec![],
+            sockets: vec![],
+            inodes: vec![],
+            probe_target: None,
+            crash: CrashLoop::default(),
+            roll: None,
+            removing: false,
+            health: ProgramHealth::default(),
+            watch_due: None,
+        };
+        p.derive(bound);
+        p
+    }
+
+    /// A reloaded configuration for the same program; workers keep running until rolled.
+    pub fn reconfigure(&mut self, cfg: ProgramCfg, bound: &[Bound]) {
+        self.slot_cfg = slot_cfg(&cfg);
+        self.cfg = cfg;
+        self.derive(bound);
+    }
+
+    /// What follows from the configuration: environment, socket fds, probe target.
+    fn derive(&mut self, bound: &[Bound]) {
+        let p = &self.cfg;
+        let mut env = super::base_env();
+        let mut set = |k: &str, v: &str| {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.into(), v.into()));
+        };
+        // as systemd does for User=: the worker's own USER, LOGNAME and HOME, not drover's
+        if let Some(id) = &p.identity {
+            if let Some(n) = &id.name {
+                set("USER", n);
+                set("LOGNAME", n);
+            }
+            if let Some(h) = &id.home {
+                set("HOME", h);
+            }
+        }
+        for (k, v) in &p.env {
+            set(k, v);
+        }
+        let mine: Vec<&Bound> = p
+            .sockets
+            .iter()
+            .filter_map(|n| bound.iter().find(|b| &b.name == n))
+            .collect();
+        self.sockets = mine.iter().map(|b| (b.name.clone(), b.raw())).collect();
+        self.inodes = probe::inodes(&self.sockets.iter().map(|(_, fd)| *fd).collect::<Vec<_>>());
+        self.probe_target = mine.first().and_then(|b| probe_target(b));
+        self.env = env;
+    }
+
+    /// A new worker in this slot.
+    pub fn push(&mut self, slot: Slot) {
+        self.workers.push(Worker::new(slot));
+    }
+
+    pub fn worker(&self, id: u64) -> Option<&Worker> {
+        self.workers.iter().find(|w| w.id() == id)
+    }
+
+    pub fn worker_mut(&mut self, id: u64) -> Option<&mut Worker> {
+        self.workers.iter_mut().find(|w| w.id() == id)
+    }
+
+    pub fn ready_count(&self) -> usize {
+        self.workers.iter().filter(|w| w.slot.is_ready()).count()
+    }
+
+    /// When the worker's next readiness check is due (the loop's timer includes it).
+    pub fn readiness_due(&self, w: &Worker) -> Option<Instant> {
+        let Phase::Starting { since, .. } = w.slot.phase() else {
+            return None;
+        };
+        match self.cfg.readiness.check {
+            ReadyCheck::Uptime => Some(*since + self.cfg.readiness.min_uptime),
+            _ => w.ready_next,
+        }
+    }
+
+    /// The first readiness check of a process spawned `now`.
+    pub fn first_check(&self, now: Instant) -> Instant {
+        now + self.cfg.readiness.interval.min(Duration::from_millis(20))
+    }
+}
+
+/// Where the health probe connects: the program's first socket, loopback for a wildcard.
+fn probe_target(b: &Bound) -> Option<probe::Target> {
+    match &b.cfg_listen {
+        ListenAddr::Tcp(_) => b.local.parse().ok().map(|mut a: std::net::SocketAddr| {
+            if a.ip().is_unspecified() {
+                a.set_ip(if a.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
+            }
+            probe::Target::Tcp(a)
+        }),
+        ListenAddr::Unix(path) => Some(probe::Target::Unix(path.clone())),
+    }
+}
+
+/// The watch paths of a program, resolved against its cwd.
+pub fn watch_paths(p: &ProgramCfg) -> Vec<PathBuf> {
+    p.watch
+        .iter()
+        .map(|w| match (&p.cwd, w.is_relative()) {
+            (Some(c), true) => c.join(w),
+            _ => w.clone(),
+        })
+        .collect()
+}

@@ -1,0 +1,183 @@
+//! Publishing: after every event the loop sends a fresh `Snapshot` to the API, and tells
+//! systemd (READY once ready, STATUS when it changes, WATCHDOG from the loop's own timer, so it
+//! stops exactly when the loop stops turning).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::info;
+
+use super::{RunState, Supervisor};
+use crate::api::sd_notify::Notifier;
+use crate::api::snapshot::{ProgramStatus, Snapshot, SocketStatus, WorkerStatus};
+
+/// What drover has told systemd.
+pub(super) struct Systemd {
+    /// READY=1 has been sent
+    ready_sent: bool,
+    last_status: String,
+    pub next_watchdog: Option<Instant>,
+}
+
+impl Systemd {
+    pub fn new(n: Option<&Notifier>, now: Instant) -> Systemd {
+        Systemd {
+            ready_sent: false,
+            last_status: String::new(),
+            next_watchdog: n.and_then(|n| n.watchdog).map(|w| now + w),
+        }
+    }
+}
+
+impl Supervisor {
+    /// `4/4 api ready; 2/2 web ready` (what `systemctl status` shows).
+    pub(super) fn status_line(&self) -> String {
+        let mut parts: Vec<String> = self
+            .programs
+            .iter()
+            .map(|p| {
+                let mut s = format!(
+                    "{}/{} {} workers ready",
+                    p.ready_count(),
+                    p.desired,
+                    p.cfg.name
+                );
+                if p.roll.is_some() {
+                    s.push_str(" (rolling)");
+                }
+                if p.crash.reported {
+                    s.push_str(" (CRASH LOOP)");
+                }
+                s
+            })
+            .collect();
+        if matches!(self.run, RunState::Draining { .. }) {
+            parts.insert(0, "draining".into());
+        }
+        parts.join("; ")
+    }
+
+    pub(super) fn notify_systemd(&mut self, now: Instant) {
+        let Some(n) = &self.cx.notify else { return };
+        if let (Some(due), Some(every)) = (self.systemd.next_watchdog, n.watchdog) {
+            if now >= due {
+                n.watchdog();
+                self.systemd.next_watchdog = Some(now + every);
+            }
+        }
+        if !matches!(self.run, RunState::Running | RunState::Draining { .. }) {
+            return;
+        }
+        let status = self.status_line();
+        let ready = self
+            .programs
+            .iter()
+            .all(|p| p.ready_count() as u32 >= p.cfg.min_ready);
+        if !self.systemd.ready_sent && ready {
+            n.ready(&status);
+            self.systemd.ready_sent = true;
+            info!("ready: {status}");
+        } else if status != self.systemd.last_status {
+            n.status(&status);
+        }
+        self.systemd.last_status = status;
+    }
+
+    fn program_status(&self, now: Instant) -> Vec<ProgramStatus> {
+        self.programs
+            .iter()
+            .map(|p| ProgramStatus {
+                name: p.cfg.name.clone(),
+                desired: p.desired,
+                min_ready: p.cfg.min_ready,
+                ready_workers: p.ready_count() as u32,
+                crash_looping: p.crash.reported,
+                rolling: p.roll.is_some(),
+                health: p.health.note.clone(),
+                budget: (p.cfg.budget != Default::default()).then(|| {
+                    serde_json::json!({
+                        "memory_soft": p.cfg.budget.memory_soft,
+                        "memory_hard": p.cfg.budget.memory_hard,
+                        "cpu": p.cfg.budget.cpu,
+                    })
+                }),
+                autoscale: p.autoscaler.as_ref().and_then(|a| a.last.clone()),
+                workers: p
+                    .workers
+                    .iter()
+                    .map(|w| WorkerStatus {
+                        index: w.slot.index(),
+                        pid: w.slot.pid(),
+                        state: w.slot.state_name(),
+                        ready: w.slot.is_ready(),
+                        restarts: w.slot.restarts(),
+                        uptime_s: w.slot.since().map(|t| now.duration_since(t).as_secs_f64()),
+                        last_exit: w.slot.last_exit().map(|e| e.to_json()),
+                        health_failures: w.health.failures,
+                        memory_bytes: w.usage.memory,
+                        cpu_seconds: None,
+                        cpu_percent: w.usage.cpu_percent,
+                        cgroup: w
+                            .cgroup
+                            .as_ref()
+                            .map(|(cg, _)| {
+                                let mut v: Vec<String> = cg
+                                    .memory
+                                    .iter()
+                                    .chain(cg.cpu.iter())
+                                    .map(|d| d.display().to_string())
+                                    .collect();
+                                v.dedup();
+                                v
+                            })
+                            .unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    pub(super) fn publish(&self) {
+        let now = Instant::now();
+        let programs = self.program_status(now);
+        let ready = self.run == RunState::Running
+            && self.steps.all_succeeded()
+            && programs.iter().all(|p| p.ready_workers >= p.min_ready);
+        let b = &self.cx.budget;
+        let snap = Snapshot {
+            state: match self.run {
+                RunState::Steps => "starting",
+                RunState::Running => "running",
+                RunState::Draining { .. } => "draining",
+                RunState::Stopping { .. } => "stopping",
+            },
+            ready,
+            pid: std::process::id(),
+            pid1: self.cx.pid1,
+            config: self.cx.config_label.clone(),
+            uptime_s: now.duration_since(self.started).as_secs_f64(),
+            control: self.cx.control_mode,
+            last_reload: self.last_reload.clone(),
+            budget: Some(serde_json::json!({
+                "mode": b.mode.as_str(),
+                "why": b.notes,
+                "memory": self.cfg.budget.memory,
+                "cpu": self.cfg.budget.cpu,
+                "sample_interval_s": b.sample.then_some(self.cfg.budget.sample_interval.as_secs_f64()),
+                "cpu_throttling": if b.cgroups.as_ref().is_some_and(|c| c.cpu.is_some()) { "cgroup quota" } else { "none: CPU is measured and reported, not throttled" },
+            })),
+            steps: self.steps.status.clone(),
+            sockets: self
+                .sockets
+                .iter()
+                .map(|b| SocketStatus {
+                    name: b.name.clone(),
+                    listen: b.local.clone(),
+                })
+                .collect(),
+            programs,
+            metrics: self.metrics.clone(),
+        };
+        self.cx.snapshot.send_replace(Arc::new(snap));
+    }
+}

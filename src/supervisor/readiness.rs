@@ -1,0 +1,182 @@
+//! Readiness: when a starting worker counts as serving (up for `min_uptime`, accepting on its
+//! socket as seen in /proc, or an exec check that exits 0), and the exec checks themselves, which
+//! health shares. An exec check is a child like any other: the reaper reports its exit.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tracing::{debug, info, warn};
+
+use super::{RunState, Supervisor};
+use crate::config::ReadyCheck;
+use crate::process::probe;
+use crate::process::reaper::ExitStatus;
+use crate::process::spawn::{self, SpawnSpec, Stdio};
+use crate::state::Phase;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum ProbeKind {
+    Ready,
+    Health,
+}
+
+/// A running exec check.
+pub(super) struct ExecProbe {
+    pub prog: u64,
+    pub slot: u64,
+    pub kind: ProbeKind,
+    pub deadline: Instant,
+    pub killed: bool,
+}
+
+impl Supervisor {
+    pub(super) fn check_readiness(&mut self, now: Instant) {
+        if matches!(self.run, RunState::Stopping { .. }) {
+            return;
+        }
+        for pi in 0..self.programs.len() {
+            let rc = self.programs[pi].cfg.readiness.clone();
+            let mut ready = vec![];
+            let mut exec_due = vec![];
+            let p = &mut self.programs[pi];
+            for w in &mut p.workers {
+                let Phase::Starting { pid, since, .. } = *w.slot.phase() else {
+                    continue;
+                };
+                let due = w.ready_next.unwrap_or(now);
+                match rc.check {
+                    ReadyCheck::Uptime if now >= since + rc.min_uptime => ready.push(w.id()),
+                    ReadyCheck::Uptime => {}
+                    _ if now.duration_since(since) < rc.min_uptime || now < due => {}
+                    ReadyCheck::Listening if probe::listening(pid, &p.inodes) => ready.push(w.id()),
+                    ReadyCheck::Listening => w.ready_next = Some(now + rc.interval),
+                    ReadyCheck::Exec => {
+                        // no second check while this one runs; its result reschedules
+                        w.ready_next = Some(now + Duration::from_secs(3600));
+                        exec_due.push((w.id(), pid));
+                    }
+                }
+            }
+            for id in ready {
+                self.mark_ready(pi, id, now);
+            }
+            let timeout = rc.interval.max(Duration::from_secs(5));
+            for (id, pid) in exec_due {
+                self.spawn_exec_probe(pi, id, pid, &rc.exec, ProbeKind::Ready, timeout, now);
+            }
+        }
+    }
+
+    pub(super) fn mark_ready(&mut self, pi: usize, id: u64, now: Instant) {
+        let name = self.programs[pi].cfg.name.clone();
+        let Some(w) = self.programs[pi].worker_mut(id) else {
+            return;
+        };
+        let (idx, pid) = (w.slot.index(), w.slot.pid().unwrap_or(0));
+        if let Some(lat) = w.slot.ready(now) {
+            w.ready_next = None;
+            self.metrics
+                .ready_latency
+                .entry(name.clone())
+                .or_default()
+                .observe(lat.as_secs_f64());
+            info!(program = %name, worker = idx, pid, "worker {name}.{idx} (pid {pid}) ready in {:.2}s", lat.as_secs_f64());
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn spawn_exec_probe(
+        &mut self,
+        pi: usize,
+        slot: u64,
+        pid: i32,
+        argv: &[String],
+        kind: ProbeKind,
+        timeout: Duration,
+        now: Instant,
+    ) {
+        let argv: Vec<String> = argv
+            .iter()
+            .map(|a| a.replace("{pid}", &pid.to_string()))
+            .collect();
+        let p = &self.programs[pi];
+        let spec = SpawnSpec {
+            argv,
+            env: p.env.clone(),
+            cwd: p.cfg.cwd.clone(),
+            sockets: vec![],
+            stdio: Stdio::Null,
+            parent: self.parent_pid(),
+            cgroup_procs: vec![],
+            identity: p.cfg.identity.as_ref().map(|i| (i.uid, i.gid)),
+        };
+        let prog = p.id;
+        match spawn::spawn(&spec) {
+            Ok(ppid) => {
+                let deadline = now + timeout;
+                let probe = ExecProbe {
+                    prog,
+                    slot,
+                    kind,
+                    deadline,
+                    killed: false,
+                };
+                self.probes.insert(ppid, probe);
+            }
+            Err(e) => {
+                let what = if kind == ProbeKind::Ready {
+                    "readiness"
+                } else {
+                    "health"
+                };
+                warn!("program {}: {what} check could not start: {e}", p.cfg.name);
+                self.exec_probe_done(pi, slot, kind, false, format!("could not start: {e}"), now);
+            }
+        }
+    }
+
+    pub(super) fn on_exec_probe(&mut self, p: ExecProbe, status: ExitStatus, now: Instant) {
+        let Some(pi) = self.pidx(p.prog) else { return };
+        let detail = if p.killed {
+            "timed out".to_string()
+        } else {
+            status.to_string()
+        };
+        let ok = status.success() && !p.killed;
+        self.exec_probe_done(pi, p.slot, p.kind, ok, detail, now);
+    }
+
+    fn exec_probe_done(
+        &mut self,
+        pi: usize,
+        slot: u64,
+        kind: ProbeKind,
+        ok: bool,
+        detail: String,
+        now: Instant,
+    ) {
+        match kind {
+            ProbeKind::Ready if ok => self.mark_ready(pi, slot, now),
+            ProbeKind::Ready => {
+                let p = &mut self.programs[pi];
+                let next = now + p.cfg.readiness.interval;
+                if let Some(w) = p.worker_mut(slot) {
+                    w.ready_next = Some(next);
+                }
+                debug!("program {}: readiness check failed ({detail})", p.cfg.name);
+            }
+            ProbeKind::Health => {
+                self.worker_health_result(pi, slot, ok, &format!("exec check {detail}"), now)
+            }
+        }
+    }
+
+    pub(super) fn kill_overdue_probes(&mut self, now: Instant) {
+        for (pid, p) in self.probes.iter_mut() {
+            if !p.killed && now >= p.deadline {
+                p.killed = true;
+                spawn::signal_group(*pid, Signal::SIGKILL);
+            }
+        }
+    }
+}

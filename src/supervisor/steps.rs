@@ -1,0 +1,369 @@
+//! Pre-start steps: the loop's first phase. One step runs at a time, in order, with its timeout
+//! and retries; its exit comes from the reaper and its last lines from its output task, like
+//! every other event, so signals, control requests and the watchdog are handled by the one loop
+//! while a migration runs. When the last step succeeds the workers start; when one fails for
+//! good drover exits 3 and starts nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tracing::{debug, error, info, warn};
+
+use super::{plural, Event, RunState, Supervisor, EXIT_OK, EXIT_STEP};
+use crate::api::snapshot::{StepState, StepStatus};
+use crate::config::StepCfg;
+use crate::logs::output::{color_for, Source};
+use crate::process::reaper::ExitStatus;
+use crate::process::spawn::{self, SpawnSpec, Stdio};
+use crate::state::LastExit;
+
+/// Lines of a failed step's output quoted in the error.
+const STEP_TAIL: usize = 10;
+/// After a step exits, its output has this long to reach its end (a grandchild may hold it).
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+pub(super) struct Steps {
+    cfg: Vec<StepCfg>,
+    pub status: Vec<StepStatus>,
+    /// the step running or about to
+    at: usize,
+    attempt: u32,
+    started: Instant,
+    run: Run,
+    runs: u64,
+}
+
+enum Run {
+    /// start the next attempt at this instant
+    Waiting(Instant),
+    Running(Attempt),
+    /// no step left
+    Finished,
+}
+
+struct Attempt {
+    id: u64,
+    pid: i32,
+    timeout_at: Option<Instant>,
+    timed_out: bool,
+    shutdown: bool,
+    exit: Option<ExitStatus>,
+    tail: Option<Vec<String>>,
+    output_by: Option<Instant>,
+}
+
+/// How an attempt ended.
+enum End {
+    Exited(ExitStatus),
+    TimedOut,
+    SpawnFailed(String),
+    Shutdown,
+}
+
+impl Steps {
+    pub fn new(cfg: &[StepCfg]) -> Steps {
+        Steps {
+            status: cfg
+                .iter()
+                .map(|s| StepStatus {
+                    name: s.name.clone(),
+                    state: StepState::Pending,
+                    exit: None,
+                    attempts: 0,
+                    duration_s: None,
+                })
+                .collect(),
+            cfg: cfg.to_vec(),
+            at: 0,
+            attempt: 1,
+            started: Instant::now(),
+            run: Run::Waiting(Instant::now()),
+            runs: 0,
+        }
+    }
+
+    pub fn owns(&self, pid: i32) -> bool {
+        matches!(&self.run, Run::Running(a) if a.pid == pid)
+    }
+
+    pub fn current_name(&self) -> &str {
+        self.cfg.get(self.at).map_or("", |s| s.name.as_str())
+    }
+
+    pub fn all_succeeded(&self) -> bool {
+        self.status.iter().all(|s| s.state == StepState::Succeeded)
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.run {
+            Run::Waiting(t) => Some(*t),
+            Run::Running(a) if a.exit.is_some() => a.output_by,
+            Run::Running(a) if !a.timed_out => a.timeout_at,
+            _ => None,
+        }
+    }
+}
+
+impl Supervisor {
+    /// The first phase: run the steps, or start the workers if there are none.
+    pub(super) fn steps_begin(&mut self, now: Instant) {
+        self.run = RunState::Steps;
+        self.steps.started = now;
+        self.advance_steps(now);
+    }
+
+    pub(super) fn advance_steps(&mut self, now: Instant) {
+        loop {
+            if self.steps.at >= self.steps.cfg.len() {
+                self.steps.run = Run::Finished;
+            }
+            match &mut self.steps.run {
+                Run::Finished => return self.start_workers(now),
+                Run::Waiting(t) if now >= *t => self.start_attempt(now),
+                Run::Waiting(_) => return,
+                Run::Running(a) => {
+                    if a.exit.is_none() && !a.timed_out && a.timeout_at.is_some_and(|t| now >= t) {
+                        a.timed_out = true;
+                        let (pid, name) = (a.pid, self.steps.current_name().to_string());
+                        warn!(step = %name, "pre-start step {name} timed out; killing its process group");
+                        spawn::signal_group(pid, Signal::SIGKILL);
+                    }
+                    let Run::Running(a) = &self.steps.run else {
+                        return;
+                    };
+                    let output_done = a.tail.is_some() || a.output_by.is_some_and(|t| now >= t);
+                    let end = match (a.exit, output_done) {
+                        (Some(_), _) if a.shutdown => End::Shutdown,
+                        (Some(_), true) if a.timed_out => End::TimedOut,
+                        (Some(st), true) => End::Exited(st),
+                        _ => return,
+                    };
+                    let tail = a.tail.clone().unwrap_or_default();
+                    if !self.conclude(end, tail, now) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_attempt(&mut self, now: Instant) {
+        let step = self.steps.cfg[self.steps.at].clone();
+        let (i, attempt, attempts) = (self.steps.at, self.steps.attempt, step.retries + 1);
+        if attempt == 1 {
+            self.steps.started = now;
+        }
+        self.steps.status[i].state = StepState::Running;
+        self.steps.status[i].attempts = attempt;
+        if let Some(n) = &self.cx.notify {
+            n.status(&format!(
+                "pre-start step {} (attempt {attempt}/{attempts})",
+                step.name
+            ));
+        }
+        info!(step = %step.name, "pre-start step {} starting (attempt {attempt}/{attempts}): {}", step.name, step.command);
+        self.steps.runs += 1;
+        match self.spawn_step(&step, self.steps.runs) {
+            Ok(pid) => {
+                self.steps.run = Run::Running(Attempt {
+                    id: self.steps.runs,
+                    pid,
+                    timeout_at: step.timeout.map(|t| now + t),
+                    timed_out: false,
+                    shutdown: false,
+                    exit: None,
+                    tail: None,
+                    output_by: None,
+                });
+            }
+            Err(e) => {
+                self.conclude(End::SpawnFailed(e), vec![], now);
+            }
+        }
+    }
+
+    /// Spawn one attempt of a step, its output pumped to drover's with the step's prefix.
+    fn spawn_step(&mut self, step: &StepCfg, run: u64) -> Result<i32, String> {
+        let (r, w) = spawn::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let mut env = super::base_env();
+        for (k, v) in &step.env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        env.push(("DROVER_STEP".into(), step.name.clone()));
+        let spec = SpawnSpec {
+            argv: step.command.argv(),
+            env,
+            cwd: step.cwd.clone(),
+            sockets: vec![], // steps never receive the listening sockets
+            stdio: Stdio::Pipe(std::os::fd::AsRawFd::as_raw_fd(&w)),
+            parent: self.parent_pid(),
+            cgroup_procs: vec![],
+            identity: None, // steps run as drover (migrations usually need its credentials)
+        };
+        let pid = spawn::spawn(&spec).map_err(|e| e.to_string())?;
+        drop(w);
+        if let Some(g) = self.cx.guard.as_mut() {
+            g.watch(pid);
+        }
+        let source = Arc::new(Source {
+            label: format!("step.{}", step.name),
+            program: step.name.clone(),
+            worker: None,
+            color: color_for(&step.name),
+        });
+        let (out, events) = (self.cx.output.clone(), self.events.clone());
+        tokio::spawn(async move {
+            let tail = out.pump(source, r, STEP_TAIL).await.into_iter().collect();
+            let _ = events.send(Event::StepOutput { run, tail });
+        });
+        Ok(pid)
+    }
+
+    pub(super) fn on_step_exit(&mut self, pid: i32, status: ExitStatus, now: Instant) {
+        // nothing the step started outlives it
+        spawn::signal_group(pid, Signal::SIGKILL);
+        if let Some(g) = self.cx.guard.as_mut() {
+            g.unwatch(pid);
+        }
+        if let Run::Running(a) = &mut self.steps.run {
+            a.exit = Some(status);
+            a.output_by = Some(now + OUTPUT_GRACE);
+        }
+    }
+
+    pub(super) fn on_step_output(&mut self, run: u64, tail: Vec<String>, _now: Instant) {
+        if let Run::Running(a) = &mut self.steps.run {
+            if a.id == run {
+                a.tail = Some(tail);
+            }
+        }
+    }
+
+    /// TERM, INT or QUIT while steps run: stop the step, start no worker, exit 0.
+    pub(super) fn steps_signal(&mut self, sig: Signal) {
+        if !matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) {
+            debug!(
+                "{} ignored while pre-start steps run",
+                crate::process::signals::name(sig)
+            );
+            return;
+        }
+        let name = self.steps.current_name().to_string();
+        match &mut self.steps.run {
+            Run::Running(a) => {
+                info!(
+                    "{} received: stopping pre-start step {name}",
+                    crate::process::signals::name(sig)
+                );
+                spawn::signal_group(a.pid, Signal::SIGKILL);
+                a.shutdown = true;
+            }
+            _ => {
+                info!(
+                    "shutdown requested while waiting to retry step {name}; no worker was started"
+                );
+                self.finished = Some(EXIT_OK);
+            }
+        }
+    }
+
+    /// An attempt is over. True if the steps go on (another attempt or the next step).
+    fn conclude(&mut self, end: End, tail: Vec<String>, now: Instant) -> bool {
+        let i = self.steps.at;
+        let step = self.steps.cfg[i].clone();
+        let attempts = step.retries + 1;
+        let elapsed = now.duration_since(self.steps.started).as_secs_f64();
+        let st = &mut self.steps.status[i];
+        let reason = match end {
+            End::Exited(s) if s.success() => {
+                st.state = StepState::Succeeded;
+                st.exit = Some(LastExit::Exited(s).to_json());
+                st.duration_s = Some(elapsed);
+                info!(step = %step.name, "pre-start step {} succeeded in {elapsed:.2}s", step.name);
+                self.steps.at += 1;
+                self.steps.attempt = 1;
+                self.steps.run = Run::Waiting(now);
+                return true;
+            }
+            End::Exited(s) => {
+                st.exit = Some(LastExit::Exited(s).to_json());
+                s.to_string()
+            }
+            End::TimedOut => {
+                st.exit = Some(serde_json::json!({"reason": "timeout"}));
+                format!(
+                    "timed out after {:?} (its process group was killed)",
+                    step.timeout.unwrap_or_default()
+                )
+            }
+            End::SpawnFailed(e) => {
+                st.exit = Some(serde_json::json!({"reason": "spawn", "error": e}));
+                format!("could not be started: {e}")
+            }
+            End::Shutdown => {
+                st.state = StepState::Failed;
+                info!(
+                    "shutdown requested during pre-start step {}; no worker was started",
+                    step.name
+                );
+                self.finished = Some(EXIT_OK);
+                return false;
+            }
+        };
+        let attempt = self.steps.attempt;
+        if attempt < attempts {
+            warn!(step = %step.name, "pre-start step {} failed: {reason} (attempt {attempt}/{attempts}; retrying in {:?})", step.name, step.retry_delay);
+            self.steps.attempt += 1;
+            self.steps.run = Run::Waiting(now + step.retry_delay);
+            return true;
+        }
+        st.state = StepState::Failed;
+        st.duration_s = Some(elapsed);
+        for later in self.steps.status.iter_mut().skip(i + 1) {
+            later.state = StepState::Skipped;
+        }
+        let quoted = if tail.is_empty() {
+            "  (it printed nothing)".to_string()
+        } else {
+            tail.iter()
+                .map(|l| format!("  | {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        error!(
+            step = %step.name,
+            "pre-start step {} failed after {attempts} attempt{}: {reason}; no worker was started; exiting with code {EXIT_STEP}. Last output:\n{quoted}",
+            step.name,
+            plural(attempts as usize)
+        );
+        self.finished = Some(EXIT_STEP);
+        self.steps.run = Run::Finished;
+        false
+    }
+
+    /// Every step succeeded: start every program's workers.
+    fn start_workers(&mut self, now: Instant) {
+        if self.run != RunState::Steps || self.finished.is_some() {
+            return;
+        }
+        for pi in 0..self.programs.len() {
+            for i in 0..self.programs[pi].desired {
+                self.add_worker(pi, i, now);
+            }
+            self.schedule_health(pi, now);
+        }
+        self.run = RunState::Running;
+        if self.cx.budget.sample {
+            self.next_sample = Some(now + self.cfg.budget.sample_interval);
+        }
+        let total: u32 = self.programs.iter().map(|p| p.desired).sum();
+        let n = self.programs.len();
+        info!(
+            "supervising {n} program{} with {total} worker{} in all",
+            plural(n),
+            plural(total as usize)
+        );
+    }
+}

@@ -1,0 +1,483 @@
+//! Workers: spawn, stop, exit, the state machine's actions carried out, crash loops, scaling.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tracing::{error, info, warn};
+
+use super::{plural, RunState, Supervisor, EXIT_RUNTIME};
+use crate::config::{LogMode, OnExhausted};
+use crate::logs::output::{color_for, Source};
+use crate::process::reaper::ExitStatus;
+use crate::process::spawn::{self, SpawnSpec, Stdio};
+use crate::state::{Action, AfterStop, Exit, Next, Slot, StopReason, Why};
+
+/// A program's crash loop, as reported: it begins when every worker is crash-looping and ends
+/// when one has run long enough to forgive its failures.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct CrashLoop {
+    pub reported: bool,
+}
+
+/// A change worth a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CrashChange {
+    Began,
+    Recovered,
+}
+
+impl CrashLoop {
+    /// Look at the program's slots after an event.
+    pub fn update<'a>(
+        &mut self,
+        slots: impl Iterator<Item = &'a Slot> + Clone,
+        threshold: u32,
+    ) -> Option<CrashChange> {
+        let mut all = slots.clone().peekable();
+        let looping = all.peek().is_some() && all.all(|s| s.crash_looping(threshold));
+        if looping && !self.reported {
+            self.reported = true;
+            return Some(CrashChange::Began);
+        }
+        if !looping && self.reported && slots.into_iter().any(|s| s.failures() == 0) {
+            self.reported = false;
+            return Some(CrashChange::Recovered);
+        }
+        None
+    }
+}
+
+impl Supervisor {
+    /// A new worker at `index`, spawned at once. Returns its slot id.
+    pub(super) fn add_worker(&mut self, pi: usize, index: u32, now: Instant) -> u64 {
+        let id = self.new_id();
+        self.programs[pi].push(Slot::new(id, index));
+        self.spawn_worker(pi, id, now);
+        id
+    }
+
+    /// A rolling replacement beside `old`, spawned at once. Returns its slot id.
+    pub(super) fn add_replacement(&mut self, pi: usize, old: u64, now: Instant) -> Option<u64> {
+        let id = self.new_id();
+        let slot = Slot::replacing(id, &self.programs[pi].worker(old)?.slot);
+        self.programs[pi].push(slot);
+        self.spawn_worker(pi, id, now);
+        Some(id)
+    }
+
+    fn spawn_spec(&self, pi: usize, index: u32, out: Option<std::os::fd::RawFd>) -> SpawnSpec {
+        let prog = &self.programs[pi];
+        let mut env = prog.env.clone();
+        env.push(("DROVER_PROGRAM".into(), prog.cfg.name.clone()));
+        env.push(("DROVER_WORKER".into(), index.to_string()));
+        SpawnSpec {
+            argv: prog.cfg.command.argv(),
+            env,
+            cwd: prog.cfg.cwd.clone(),
+            sockets: prog.sockets.clone(),
+            stdio: out.map_or(Stdio::Inherit, Stdio::Pipe),
+            parent: self.parent_pid(),
+            cgroup_procs: vec![],
+            identity: prog.cfg.identity.as_ref().map(|i| (i.uid, i.gid)),
+        }
+    }
+
+    pub(super) fn spawn_worker(&mut self, pi: usize, id: u64, now: Instant) {
+        let jitter = self.jitter();
+        let prog = &self.programs[pi];
+        let Some(index) = prog.worker(id).map(|w| w.slot.index()) else {
+            return;
+        };
+        let (pname, sc) = (prog.cfg.name.clone(), prog.slot_cfg);
+        let name = format!("{pname}.{index}");
+        let pipe = match prog.cfg.log {
+            LogMode::Capture => spawn::pipe()
+                .inspect_err(|e| error!("worker {name}: cannot create its output pipe: {e}; its output goes to drover's"))
+                .ok(),
+            LogMode::Inherit => None,
+        };
+        let out = pipe
+            .as_ref()
+            .map(|(_, w)| std::os::fd::AsRawFd::as_raw_fd(w));
+        let mut spec = self.spawn_spec(pi, index, out);
+        let result = match self.worker_cgroup(pi, id, index) {
+            Ok(fds) => {
+                spec.cgroup_procs = fds;
+                spawn::spawn(&spec).map_err(|e| format!("spawn {e}"))
+            }
+            Err(e) => Err(format!("cannot set up its cgroup: {e}")),
+        };
+        let first_check = self.programs[pi].first_check(now);
+        match result {
+            Ok(pid) => {
+                if let Some((r, w)) = pipe {
+                    drop(w);
+                    let source = Arc::new(Source {
+                        label: name.clone(),
+                        program: pname.clone(),
+                        worker: Some(index),
+                        color: color_for(&pname),
+                    });
+                    let out = self.cx.output.clone();
+                    tokio::spawn(async move {
+                        out.pump(source, r, 0).await;
+                    });
+                }
+                if let Some(g) = self.cx.guard.as_mut() {
+                    g.watch(pid);
+                }
+                self.pids.insert(pid, (self.programs[pi].id, id));
+                if let Some(w) = self.programs[pi].worker_mut(id) {
+                    w.fresh_process(first_check);
+                    w.slot.spawned(pid, now, &sc);
+                }
+                info!(program = %pname, worker = index, pid, "worker {name} started (pid {pid})");
+            }
+            Err(e) => {
+                self.metrics.restart(&pname, "spawn");
+                if let Some(w) = self.programs[pi].worker_mut(id) {
+                    w.slot.spawn_failed(e.clone(), now, &sc.backoff, jitter);
+                    let delay = w.slot.last_delay();
+                    error!(program = %pname, worker = index, "worker {name}: {e} (retrying in {delay:.1?})");
+                }
+            }
+        }
+    }
+
+    /// Stop one worker with its program's stop signal and timeout, then carry out what the
+    /// state machine answers (a respawn, a removal). False if the worker is gone.
+    pub(super) fn stop_worker(
+        &mut self,
+        pi: usize,
+        id: u64,
+        then: AfterStop,
+        reason: StopReason,
+        now: Instant,
+    ) -> bool {
+        let sc = self.programs[pi].slot_cfg;
+        self.stop_worker_with(pi, id, (sc.stop_signal, sc.stop_timeout), then, reason, now)
+    }
+
+    /// `stop_worker` with an explicit signal and KILL timeout (shutdown, abandoned replacements).
+    pub(super) fn stop_worker_with(
+        &mut self,
+        pi: usize,
+        id: u64,
+        (signal, timeout): (Signal, Duration),
+        then: AfterStop,
+        reason: StopReason,
+        now: Instant,
+    ) -> bool {
+        let Some(w) = self.programs[pi].worker_mut(id) else {
+            return false;
+        };
+        let acts = w.slot.stop(now, signal, timeout, then, reason);
+        self.apply(pi, id, acts, now);
+        true
+    }
+
+    pub(super) fn on_worker_exit(
+        &mut self,
+        prog: u64,
+        id: u64,
+        pid: i32,
+        status: ExitStatus,
+        now: Instant,
+    ) {
+        // anything the worker left in its process group goes with it
+        spawn::signal_group(pid, Signal::SIGKILL);
+        if let Some(g) = self.cx.guard.as_mut() {
+            g.unwatch(pid);
+        }
+        let Some(pi) = self.pidx(prog) else { return };
+        let jitter = self.jitter();
+        let running = matches!(self.run, RunState::Running | RunState::Draining { .. });
+        let p = &mut self.programs[pi];
+        let (sc, name) = (p.slot_cfg, p.cfg.name.clone());
+        let Some(w) = p.worker_mut(id) else { return };
+        if let Some((cg, _)) = &w.cgroup {
+            cg.kill_all();
+        }
+        let oom = w.oom_killed();
+        w.memory = None;
+        let uptime = w
+            .slot
+            .since()
+            .map(|s| now.duration_since(s))
+            .unwrap_or_default();
+        let exit = w.slot.exited(status, oom, now, &sc, jitter);
+        let (idx, last) = (w.slot.index(), w.slot.last_exit().cloned());
+        log_exit(&name, idx, pid, &exit, last.as_ref(), uptime, &sc);
+        // a rolling replacement inherits the history of the worker it replaced
+        if let (Next::Stopped(r), Some(last)) = (exit.next, last) {
+            if r.is_roll() {
+                if let Some(succ) = p
+                    .workers
+                    .iter_mut()
+                    .find(|s| s.slot.index() == idx && s.id() != id)
+                {
+                    succ.slot.inherit(last);
+                }
+            }
+        }
+        if let (Some(reason), true) = (exit.counted, running) {
+            self.metrics.restart(&name, reason);
+        }
+        if !running && exit.actions.contains(&Action::Spawn) {
+            // never respawn during shutdown
+            self.programs[pi].workers.retain(|w| w.id() != id);
+            return;
+        }
+        self.apply(pi, id, exit.actions, now);
+    }
+
+    pub(super) fn apply(&mut self, pi: usize, id: u64, acts: Vec<Action>, now: Instant) {
+        for a in acts {
+            match a {
+                Action::Spawn => self.spawn_worker(pi, id, now),
+                Action::Signal { pid, signal, why } => {
+                    self.log_signal(pi, id, pid, why);
+                    spawn::signal_group(pid, signal);
+                    if signal != Signal::SIGKILL {
+                        // a SIGSTOPped worker must be continued to act on its stop signal
+                        spawn::signal_group(pid, Signal::SIGCONT);
+                    }
+                }
+                Action::Remove => {
+                    let p = &mut self.programs[pi];
+                    if let Some(i) = p.workers.iter().position(|w| w.id() == id) {
+                        let w = p.workers.remove(i);
+                        if let Some((cg, _)) = w.cgroup {
+                            self.cgroup_gc.push(cg);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The signals the state machine decides on its own say why; the others were logged by
+    /// whoever asked for the stop.
+    fn log_signal(&self, pi: usize, id: u64, pid: i32, why: Why) {
+        let p = &self.programs[pi];
+        let idx = p.worker(id).map(|w| w.slot.index()).unwrap_or(0);
+        let name = &p.cfg.name;
+        match why {
+            Why::StopTimedOut => warn!(
+                program = %name, worker = idx, pid,
+                "worker {name}.{idx} (pid {pid}) did not stop in time; sending SIGKILL to its process group"
+            ),
+            Why::Stop(StopReason::StartTimeout) => warn!(
+                program = %name, worker = idx, pid,
+                "worker {name}.{idx} did not become ready within {:?} ({:?} check); recycling it",
+                p.slot_cfg.start_timeout, p.cfg.readiness.check
+            ),
+            _ => {}
+        }
+    }
+
+    /// Timers of every worker: start timeouts, backoffs, stop timeouts.
+    pub(super) fn tick(&mut self, now: Instant) {
+        for pi in 0..self.programs.len() {
+            let sc = self.programs[pi].slot_cfg;
+            let due: Vec<(u64, Vec<Action>)> = self.programs[pi]
+                .workers
+                .iter_mut()
+                .map(|w| (w.id(), w.slot.tick(now, &sc)))
+                .filter(|(_, a)| !a.is_empty())
+                .collect();
+            for (id, acts) in due {
+                if self.run != RunState::Running && acts.contains(&Action::Spawn) {
+                    self.programs[pi].workers.retain(|w| w.id() != id);
+                    continue;
+                }
+                self.apply(pi, id, acts, now);
+            }
+        }
+    }
+
+    pub(super) fn check_exhausted(&mut self, _now: Instant) {
+        if self.run != RunState::Running {
+            return;
+        }
+        let threshold = self.cfg.supervisor.exhausted_after;
+        let on_exhausted = self.on_exhausted();
+        let mut exit = false;
+        for p in &mut self.programs {
+            let change = p.crash.update(p.workers.iter().map(|w| &w.slot), threshold);
+            let name = &p.cfg.name;
+            match change {
+                Some(super::workers::CrashChange::Began) => {
+                    let last = p
+                        .workers
+                        .first()
+                        .and_then(|w| w.slot.last_exit())
+                        .map(|e| e.to_string())
+                        .unwrap_or_default();
+                    let n = p.workers.len();
+                    let head = format!("program {name}: all {n} workers are crash-looping ({threshold}+ consecutive quick failures each; last: {last})");
+                    if on_exhausted == OnExhausted::Exit {
+                        error!(program = %name, "{head}; on_exhausted = \"exit\": shutting down with exit code {EXIT_RUNTIME}");
+                        exit = true;
+                    } else {
+                        error!(program = %name, "{head}; on_exhausted = \"stay\": still retrying with backoff up to {:?}", p.cfg.backoff.max);
+                    }
+                }
+                Some(super::workers::CrashChange::Recovered) => {
+                    info!(program = %name, "program {name} recovered from its crash loop")
+                }
+                None => {}
+            }
+        }
+        if exit {
+            self.exit_code = EXIT_RUNTIME;
+            self.begin_shutdown(false, Instant::now());
+        }
+    }
+
+    pub(super) fn scale(&mut self, pi: usize, to: u32, now: Instant, reason: StopReason) {
+        let from = self.programs[pi].desired;
+        self.programs[pi].desired = to;
+        let name = self.programs[pi].cfg.name.clone();
+        if from != to {
+            info!(program = %name, "program {name}: scaling from {from} to {to} workers");
+        }
+        // the live workers, one per index (a rolling replacement shares its old one's index)
+        let mut indexes: Vec<u32> = self.programs[pi]
+            .workers
+            .iter()
+            .filter(|w| !w.slot.is_leaving())
+            .map(|w| w.slot.index())
+            .collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        let live = indexes.len() as u32;
+        if to > live {
+            let mut next = 0;
+            for _ in live..to {
+                while indexes.contains(&next) {
+                    next += 1;
+                }
+                indexes.push(next);
+                self.add_worker(pi, next, now);
+            }
+        } else if to < live {
+            // the newest (highest index) workers go first
+            let drop: Vec<u32> = indexes
+                .iter()
+                .rev()
+                .take((live - to) as usize)
+                .copied()
+                .collect();
+            let ids: Vec<u64> = self.programs[pi]
+                .workers
+                .iter()
+                .filter(|w| drop.contains(&w.slot.index()))
+                .map(|w| w.id())
+                .collect();
+            for id in ids {
+                self.stop_worker(pi, id, AfterStop::Remove, reason, now);
+            }
+        }
+    }
+}
+
+/// One line per exit, saying what happens next.
+fn log_exit(
+    name: &str,
+    idx: u32,
+    pid: i32,
+    exit: &Exit,
+    last: Option<&crate::state::LastExit>,
+    uptime: Duration,
+    sc: &crate::state::SlotCfg,
+) {
+    let label = format!("{name}.{idx}");
+    let status = last.map(|l| l.to_string()).unwrap_or_default();
+    let status = match last {
+        Some(crate::state::LastExit::Killed(st, crate::state::KillCause::Oom)) => {
+            format!("{st} (OOM-killed by the kernel: above memory_hard in its cgroup)")
+        }
+        Some(crate::state::LastExit::Killed(st, _)) => {
+            format!("{st} (killed by drover: above memory_hard)")
+        }
+        Some(crate::state::LastExit::Stopped(st, _)) => st.to_string(),
+        _ => status,
+    };
+    match exit.next {
+        Next::Stopped(why) => {
+            info!(program = %name, worker = idx, pid, "worker {label} (pid {pid}) stopped ({}): {status}", why.as_str())
+        }
+        Next::RestartNow => {
+            warn!(program = %name, worker = idx, pid, "worker {label} (pid {pid}) exited with {status} after {uptime:.1?}; restarting now")
+        }
+        Next::RestartIn { delay, failures } => warn!(
+            program = %name, worker = idx, pid,
+            "worker {label} (pid {pid}) exited with {status} after {uptime:.1?}; restarting in {delay:.1?} ({failures} consecutive quick failure{})",
+            plural(failures as usize)
+        ),
+        Next::NotRestarting => {
+            info!(program = %name, worker = idx, pid, "worker {label} (pid {pid}) exited with {status}; restart = {:?}: not restarting", sc.policy)
+        }
+        Next::Ignored => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackoffCfg, RestartPolicy};
+    use crate::state::SlotCfg;
+
+    fn cfg() -> SlotCfg {
+        SlotCfg {
+            policy: RestartPolicy::Always,
+            backoff: BackoffCfg::default(),
+            stop_signal: Signal::SIGTERM,
+            stop_timeout: Duration::from_secs(5),
+            start_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// Fail a slot `n` times quickly, starting at `t`.
+    fn failing(id: u64, n: u32, t: Instant) -> Slot {
+        let mut s = Slot::new(id, id as u32);
+        for i in 0..n {
+            s.spawned(100 + i as i32, t, &cfg());
+            s.exited(ExitStatus::Code(1), false, t, &cfg(), 0.5);
+        }
+        s
+    }
+
+    #[test]
+    fn a_crash_loop_is_every_worker_failing_and_ends_when_one_recovers() {
+        let t = Instant::now();
+        let mut c = CrashLoop::default();
+        let (a, b) = (failing(1, 5, t), failing(2, 4, t));
+        assert_eq!(
+            c.update([&a, &b].into_iter(), 5),
+            None,
+            "one worker is not looping yet"
+        );
+        let b = failing(2, 5, t);
+        assert_eq!(c.update([&a, &b].into_iter(), 5), Some(CrashChange::Began));
+        assert_eq!(c.update([&a, &b].into_iter(), 5), None, "reported once");
+        // one worker comes up and stays up past reset_after: its failures are forgiven
+        let mut up = failing(2, 5, t);
+        up.spawned(7, t, &cfg());
+        up.exited(
+            ExitStatus::Code(1),
+            false,
+            t + Duration::from_secs(60),
+            &cfg(),
+            0.5,
+        );
+        assert_eq!(up.failures(), 0);
+        assert_eq!(
+            c.update([&a, &up].into_iter(), 5),
+            Some(CrashChange::Recovered)
+        );
+        assert_eq!(c.update(std::iter::empty(), 5), None, "no workers, no loop");
+    }
+}

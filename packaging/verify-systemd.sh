@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$(readlink -f "${1:-target/debug/drover}")
 [ -x "$BIN" ] || { echo "FAIL: no drover binary at $BIN (cargo build first)"; exit 1; }
-command -v unshare >/dev/null && [ -x /lib/systemd/systemd ] || { echo "SKIPPED: needs unshare and systemd"; exit 0; }
+command -v unshare >/dev/null && [ -x /lib/systemd/systemd ] || { echo "SKIPPED: needs unshare and systemd"; [ -z "${DROVER_SKIP_LOG:-}" ] || echo "verify-systemd.sh: needs unshare and systemd" >> "$DROVER_SKIP_LOG"; exit 0; }
 
 WORK=$(readlink -f target)/systemd-verify.$$
 mkdir -p "$WORK"

@@ -9,8 +9,6 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-const T: Duration = Duration::from_secs(30);
-
 fn cfg(budget: &str, program: &str, workers: &str) -> String {
     // quick backoff; before `program`, which may open [program.web.*] sub-tables
     demo_web(
@@ -71,10 +69,10 @@ fn memory_hard_in_a_cgroup_is_an_oom_kill_recorded_as_oom() {
         .is_some_and(|c| c.iter().any(|p| p.as_str().unwrap().contains("/memory/")))
         || st["budget"]["mode"] == "cgroup v2";
     if !has_memory_cgroup {
-        println!(
-            "SKIPPED: no writable memory cgroup here (budget mode: {})",
+        skip(&format!(
+            "no writable memory cgroup here (budget mode: {})",
             st["budget"]
-        );
+        ));
         return;
     }
     let (old, v, took) = grow_until_replaced(&d);
@@ -176,7 +174,9 @@ impl Drop for CpuParent {
 #[test]
 fn cpu_budget_throttles_a_busy_worker_to_its_quota() {
     let Some(parent) = CpuParent::new(-1) else {
-        println!("SKIPPED: cannot create a cpu cgroup for drover to run in (no writable cgroup v1 cpu hierarchy)");
+        skip(
+            "cannot create a cpu cgroup for drover to run in (no writable cgroup v1 cpu hierarchy)",
+        );
         return;
     };
     let wrap = parent.wrap();
@@ -222,14 +222,15 @@ fn cpu_budget_throttles_a_busy_worker_to_its_quota() {
             .as_f64()
             .is_some_and(|c| c > 1.0)
     });
-    let mut samples = vec![];
-    let end = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < end {
-        if let Some(c) = worker(&d.status(), 0)["cpu_percent"].as_f64() {
+    // four successive samples (one per 500 ms sample interval) while it burns
+    let mut samples: Vec<f64> = vec![];
+    wait_until(T, "four CPU samples while burning", || {
+        let c = worker(&d.status(), 0)["cpu_percent"].as_f64();
+        if let Some(c) = c.filter(|c| samples.last() != Some(c)) {
             samples.push(c);
         }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+        (samples.len() >= 4).then_some(())
+    });
     burner.join().unwrap();
     let after = throttled();
     let max = samples.iter().cloned().fold(0.0, f64::max);
@@ -240,14 +241,13 @@ fn cpu_budget_throttles_a_busy_worker_to_its_quota() {
     );
     // a quota is a ceiling: on an idle machine this reads ~50 %, on a loaded one less, never more
     assert!(max <= 65.0, "above its 0.5-core quota: {samples:?}");
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(T), 0);
+    d.stop_ok();
 }
 
 #[test]
 fn workers_auto_follows_the_cgroup_cpu_quota() {
     let Some(parent) = CpuParent::new(150_000) else {
-        println!("SKIPPED: cannot create a cpu cgroup with a quota for drover to run in");
+        skip("cannot create a cpu cgroup with a quota for drover to run in");
         return;
     };
     let wrap = parent.wrap();
@@ -256,8 +256,7 @@ fn workers_auto_follows_the_cgroup_cpu_quota() {
     assert_eq!(st["programs"][0]["desired"], 2, "ceil(1.5 cores) = 2");
     let log = d.stderr();
     assert!(
-        log.contains("program web: workers = \\\"auto\\\" -> 2 (cpu quota 1.5 cores from")
-            || log.contains("workers = \"auto\" -> 2 (cpu quota 1.5 cores from"),
+        d.logged("program web: workers = \"auto\" -> 2 (cpu quota 1.5 cores from"),
         "{log}"
     );
     // `check` explains the same derivation
@@ -271,8 +270,7 @@ fn workers_auto_follows_the_cgroup_cpu_quota() {
         plan.contains("derived: program web: workers = \"auto\" -> 2 (cpu quota 1.5 cores"),
         "{plan}"
     );
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(T), 0);
+    d.stop_ok();
 }
 
 #[test]
@@ -318,8 +316,7 @@ fn autoscaler_scales_up_under_cpu_load_and_back_down_after_the_window() {
         m.contains("drover_autoscale_desired_workers{program=\"web\"} 1"),
         "{m}"
     );
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(T), 0);
+    d.stop_ok();
 }
 
 #[test]
@@ -340,7 +337,7 @@ fn cgroup_v2_runs_only_where_v2_controllers_exist() {
                 .is_ok_and(|c| c.contains("memory"))
     });
     if !usable {
-        println!("SKIPPED: no cgroup v2 memory/cpu controllers delegated here (v2 is unit-tested on a file tree in src/resources/cgroup.rs)");
+        skip("no cgroup v2 memory/cpu controllers delegated here (v2 is unit-tested on a file tree in src/resources/cgroup.rs)");
         return;
     }
     let d = Drover::start(&cfg(
@@ -371,10 +368,10 @@ fn a_sigkilled_drover_leaves_no_cgroup_or_process_behind() {
         })
         .collect();
     if dirs.is_empty() {
-        println!(
-            "SKIPPED: no writable cgroup here (budget mode: {})",
+        skip(&format!(
+            "no writable cgroup here (budget mode: {})",
             st["budget"]["mode"]
-        );
+        ));
         return;
     }
     let pids = Drover::worker_pids(&st, "web");
@@ -407,10 +404,8 @@ fn a_grandchild_that_calls_setsid_still_goes_with_its_workers_cgroup() {
         .as_array()
         .is_none_or(|c| c.is_empty())
     {
-        println!(
-            "SKIPPED: no writable cgroup here (budget mode: {}); without one a setsid() grandchild escapes, as the README says",
-            st["budget"]["mode"]
-        );
+        skip(&format!("no writable cgroup here (budget mode: {}); without one a setsid() grandchild escapes, as the README says", st["budget"]["mode"]
+        ));
         return;
     }
     let worker_pid = Drover::worker_pids(&st, "w")[0];

@@ -10,7 +10,7 @@ use std::time::Duration;
 #[test]
 fn fastapi_under_uvicorn_fd_3_answers_from_both_workers() {
     let Some(py) = fastapi_python() else {
-        println!("SKIPPED: no Python with fastapi and uvicorn (run tests/run.sh, or set DROVER_TEST_PYTHON)");
+        skip("no Python with fastapi and uvicorn (run tests/run.sh, or set DROVER_TEST_PYTHON)");
         return;
     };
     let app = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/fastapi");

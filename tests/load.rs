@@ -19,7 +19,7 @@ fn ready(v: &serde_json::Value, n: usize) -> bool {
 
 fn start(workers: u32) -> Option<(Drover, String)> {
     let Some(py) = fastapi_python() else {
-        println!("SKIPPED: no Python with fastapi and uvicorn (run tests/run.sh, or set DROVER_TEST_PYTHON)");
+        skip("no Python with fastapi and uvicorn (run tests/run.sh, or set DROVER_TEST_PYTHON)");
         return None;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -87,8 +87,7 @@ fn rolling_restart_under_load_fails_no_request() {
         roll.as_secs_f64()
     );
     assert_graceful(&st);
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(T), 0);
+    d.stop_ok();
 }
 
 #[test]
@@ -116,8 +115,7 @@ fn sigkill_every_2s_under_load_refuses_no_connection() {
     assert!(st.ok > 100, "the load ran: {st:?}");
     assert_eq!(st.refused, 0, "{st:?}");
     assert_eq!(st.failed, 0, "no non-2xx answers: {st:?}");
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(T), 0);
+    d.stop_ok();
 }
 
 #[test]
@@ -140,6 +138,5 @@ fn scale_3_4_3_under_load_fails_no_request() {
     let st = finish_load(load);
     println!("FIGURE scale 3->4->3 under load: {st}");
     assert_graceful(&st);
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(T), 0);
+    d.stop_ok();
 }

@@ -5,7 +5,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-const T: Duration = Duration::from_secs(30);
 const TOKEN: &str = "test-token-0123456789abcdef";
 
 fn demo_cfg(workers: u32, extra_sup: &str, extra_prog: &str) -> String {
@@ -21,11 +20,6 @@ fn start_with_token(cfg: &str) -> Drover {
     let mut d = Drover::start(&cfg);
     d.keep.push(dir);
     d
-}
-
-fn all_ready(v: &serde_json::Value, n: usize) -> bool {
-    let ws = v["programs"][0]["workers"].as_array().unwrap();
-    ws.len() == n && ws.iter().all(|w| w["ready"] == true)
 }
 
 #[test]
@@ -44,8 +38,7 @@ fn readiness_follows_the_workers_and_readyz_says_so() {
         all_ready(v, 2) && !Drover::worker_pids(v, "web").contains(&pid)
     });
     assert_eq!(http_get_status(&addr, "/readyz").unwrap().0, 200);
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(T), 0);
+    d.stop_ok();
 }
 
 #[test]
@@ -266,8 +259,7 @@ fn sighup_with_a_bad_config_keeps_the_old_one_and_a_good_one_applies() {
             && metrics.contains("drover_reloads_total{result=\"error\"} 1"),
         "{metrics}"
     );
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(T), 0);
+    d.stop_ok();
 }
 
 #[test]
@@ -377,8 +369,7 @@ fn a_sigstopped_worker_is_detected_and_replaced() {
     assert!(d.stderr().contains("hung: stopped"), "{}", d.stderr());
     println!("SIGSTOPped worker replaced after {took:?} (interval 200ms x 3 failures)");
     assert!(!alive(victim));
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(T), 0);
+    d.stop_ok();
 }
 
 #[test]
@@ -470,8 +461,7 @@ fn a_change_under_a_watched_path_rolls_the_workers() {
     assert!(d
         .stderr()
         .contains("change under its watch paths; rolling restart"));
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(T), 0);
+    d.stop_ok();
 }
 
 #[test]
@@ -521,8 +511,7 @@ fn a_unix_socket_status_listener_allows_control_without_a_token() {
         out.contains("404") && out.contains("no program named `nope`"),
         "{out}"
     );
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(T), 0);
+    d.stop_ok();
 }
 
 #[test]

@@ -14,7 +14,7 @@ fn chromium() -> Option<&'static str> {
 #[test]
 fn status_page_shows_live_pids_in_chromium() {
     let Some(chrome) = chromium() else {
-        println!("SKIPPED: chromium is not installed (tests/run.sh installs Debian's chromium)");
+        skip("chromium is not installed (tests/run.sh installs Debian's chromium)");
         return;
     };
     let d = Drover::start(&format!(

@@ -5,8 +5,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-const T: Duration = Duration::from_secs(20);
-
 /// Run a drover command that must refuse to start (exit 2); its stderr.
 fn refused_with_2(cmd: &mut std::process::Command) -> String {
     let out = cmd.output().unwrap();
@@ -37,7 +35,7 @@ fn environ(pid: i64) -> Vec<String> {
 fn workers_run_as_their_user_and_group_with_no_supplementary_groups() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        println!("SKIPPED: changing a worker's user needs drover to run as root");
+        skip("changing a worker's user needs drover to run as root");
         return;
     }
     // Debian's nobody (65534) and nogroup (65534); root starts with supplementary groups to clear
@@ -94,7 +92,7 @@ fn workers_run_as_their_user_and_group_with_no_supplementary_groups() {
 fn a_drover_that_is_not_root_refuses_another_user_before_starting_anything() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/usr/bin/setpriv").exists() {
-        println!("SKIPPED: needs root and setpriv to run drover as nobody");
+        skip("needs root and setpriv to run drover as nobody");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -305,16 +303,16 @@ fn curl_https(addr: &str, path: &str, ca: &std::path::Path) -> Option<String> {
 #[test]
 fn the_status_listener_speaks_tls_and_rereads_its_certificate_on_hup() {
     if !cfg!(feature = "tls") {
-        println!("SKIPPED: built without the `tls` feature (tests/run.sh builds with it)");
+        skip("built without the `tls` feature (tests/run.sh builds with it)");
         return;
     }
     let certs = tempfile::tempdir().unwrap();
     if !self_signed(certs.path(), "first") || !self_signed(certs.path(), "second") {
-        println!("SKIPPED: openssl cannot make a test certificate here");
+        skip("openssl cannot make a test certificate here");
         return;
     }
     if !installed("curl") {
-        println!("SKIPPED: curl is not installed");
+        skip("curl is not installed");
         return;
     }
     let (cert, key) = (certs.path().join("live.crt"), certs.path().join("live.key"));

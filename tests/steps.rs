@@ -2,9 +2,6 @@
 
 mod common;
 use common::*;
-use std::time::Duration;
-
-const T: Duration = Duration::from_secs(20);
 
 #[test]
 fn steps_run_in_order_before_any_worker() {
@@ -49,8 +46,7 @@ workers = 2
         out.contains("first step says hello") && out.contains("step.first"),
         "{out}"
     );
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(T), 0);
+    d.stop_ok();
 }
 
 #[test]
@@ -227,7 +223,7 @@ workers = 2
 #[test]
 fn ipv6_and_unix_sockets_serve_the_demo_worker() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
-        println!("SKIPPED: no IPv6 loopback on this machine");
+        skip("no IPv6 loopback on this machine");
         return;
     }
     let mut d = Drover::start(
@@ -260,6 +256,5 @@ sockets = ["local"]
         Some(b)
     });
     assert!(body.contains("demo-worker local.0"), "{body}");
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(T), 0);
+    d.stop_ok();
 }

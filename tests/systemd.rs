@@ -7,8 +7,6 @@ use common::*;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-const T: Duration = Duration::from_secs(30);
-
 fn demo(extra: &str) -> String {
     format!(
         "[supervisor]\nstatus = \"127.0.0.1:0\"\n{extra}\n[socket.http]\nlisten = \"127.0.0.1:0\"\n[program.web]\ncommand = [\"sh\", \"-c\", \"env > {{dir}}/env.$DROVER_WORKER; exec {{bin}} demo-worker\"]\nsockets = [\"http\"]\nworkers = 2\n"
@@ -92,7 +90,7 @@ fn sd_notify_ready_status_watchdog_reloading_stopping() {
 #[test]
 fn socket_activation_adopts_the_named_socket() {
     if !installed("systemd-socket-activate") {
-        println!("SKIPPED: systemd-socket-activate is not installed (Debian package systemd)");
+        skip("systemd-socket-activate is not installed (Debian package systemd)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -124,14 +122,13 @@ fn socket_activation_adopts_the_named_socket() {
         "{}",
         d.stderr()
     );
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(T), 0);
+    d.stop_ok();
 }
 
 #[test]
 fn systemd_analyze_verify_is_silent_on_the_units() {
     if !installed("systemd-analyze") {
-        println!("SKIPPED: systemd-analyze is not installed");
+        skip("systemd-analyze is not installed");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -171,7 +168,7 @@ fn the_service_unit_exposure_stays_ok() {
     {
         Ok(o) => o,
         Err(_) => {
-            println!("SKIPPED: systemd-analyze is not installed");
+            skip("systemd-analyze is not installed");
             return;
         }
     };
@@ -185,7 +182,7 @@ fn the_service_unit_exposure_stays_ok() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse::<f64>().ok())
     else {
-        println!("SKIPPED: this systemd-analyze cannot score a unit offline");
+        skip("this systemd-analyze cannot score a unit offline");
         return;
     };
     // 8.3 ("EXPOSED") before the hardening; 3.3 now, with drover still working under a real

@@ -4,8 +4,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-const T: Duration = Duration::from_secs(20);
-
 fn demo(workers: u32, extra: &str) -> String {
     demo_web(&workers.to_string(), extra, "")
 }
@@ -46,8 +44,7 @@ fn kill_9_gets_a_replacement_and_the_socket_keeps_serving() {
     assert!(out.status.success(), "{table}");
     let new = w["pid"].as_i64().unwrap().to_string();
     assert!(table.contains(&new) && table.contains("SIGKILL"), "{table}");
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(T), 0);
+    d.stop_ok();
 }
 
 #[test]
@@ -55,21 +52,55 @@ fn a_crash_loop_backs_off_instead_of_spinning() {
     let d = Drover::start(&one_program(
         "command = \"echo x >> {dir}/spawns; exit 1\"\nbackoff = { initial = \"100ms\", max = \"1s\", reset_after = \"10s\" }",
     ));
-    // let it crash-loop for 5 s (a window, not a timing assertion: the bound is 100x apart)
-    let start = std::time::Instant::now();
-    wait_until(T, "5 s of crash looping", || {
-        (start.elapsed() >= Duration::from_secs(5)).then_some(())
+    // the delays drover chose, from its log: wait for six quick failures in a row
+    let delays = wait_until(T, "six restarts after quick failures", || {
+        let ms: Vec<f64> = d
+            .messages()
+            .iter()
+            .filter_map(|m| m.split("; restarting in ").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next().map(ms))
+            .collect();
+        (ms.len() >= 6).then_some(ms)
     });
+    // 100, 200, 400, 800, 1000, 1000 ms, each ±25 %: doubling to the cap, never a busy loop
+    for (i, d) in delays.iter().take(6).enumerate() {
+        let base = (100.0 * 2f64.powi(i as i32)).min(1000.0);
+        assert!(
+            *d >= base * 0.75 - 1.0 && *d <= (base * 1.25).min(1000.0) + 1.0,
+            "delay {i}: {d} ms (of {delays:?})"
+        );
+    }
+    // every spawn was an exit drover logged, plus the one running or waiting now
     let spawns = std::fs::read_to_string(d.path("spawns"))
         .unwrap_or_default()
         .lines()
         .count();
-    // 100, 200, 400, 800, 1000, 1000 ms … ≈ 8 spawns in 5 s; a busy loop would make thousands
-    assert!((3..=20).contains(&spawns), "spawns in 5 s: {spawns}");
+    let exits = d
+        .messages()
+        .iter()
+        .filter(|m| m.contains("exited with exit code 1"))
+        .count();
+    assert!(spawns <= exits + 1, "{spawns} spawns for {exits} exits");
     let st = d.status();
     let w = &st["programs"][0]["workers"][0];
     assert_eq!(w["last_exit"]["code"], 1);
-    assert!(w["restarts"].as_u64().unwrap() >= 2);
+    assert!(w["restarts"].as_u64().unwrap() >= 5);
+}
+
+/// `1.6s`, `400.0ms`, `812µs` (Rust's Debug of a Duration) in milliseconds.
+fn ms(s: &str) -> f64 {
+    let s = s.trim_end_matches([')', ',', ';']);
+    let (num, unit) = s.split_at(
+        s.find(|c: char| c.is_alphabetic() || c == '\u{b5}')
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "s" => n * 1000.0,
+        "ms" => n,
+        "µs" | "us" => n / 1000.0,
+        _ => f64::NAN,
+    }
 }
 
 #[test]
@@ -95,8 +126,7 @@ fn on_exhausted_stay_keeps_running_degraded() {
         v["programs"][0]["crash_looping"] == true
     });
     assert_eq!(st["state"], "running");
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(T), 0);
+    d.stop_ok();
 }
 
 #[test]
@@ -109,8 +139,7 @@ fn a_term_ignoring_worker_and_its_grandchild_are_killed_after_stop_timeout() {
         (p.len() == 2).then_some(p)
     });
     assert!(pids.iter().all(|p| alive(*p)));
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(T), 0);
+    d.stop_ok();
     assert!(
         d.stderr()
             .contains("did not stop in time; sending SIGKILL to its process group"),
@@ -184,8 +213,7 @@ fn ttin_ttou_scale_and_usr1_is_forwarded() {
         ws.len() == 1 && ws[0]["index"] == 0
     });
     assert_eq!(st["programs"][0]["desired"], 1);
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(T), 0);
+    d.stop_ok();
 }
 
 #[test]
@@ -213,8 +241,7 @@ fn captured_output_is_prefixed_and_long_lines_are_split_not_lost() {
             .count()
             >= 2
     );
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(T), 0);
+    d.stop_ok();
 }
 
 #[test]
@@ -243,7 +270,7 @@ fn a_missing_command_backs_off_with_a_clear_reason() {
 #[test]
 fn running_out_of_file_descriptors_is_a_clear_error_and_a_backoff_not_a_panic() {
     if !installed("prlimit") {
-        println!("SKIPPED: prlimit (util-linux) is not installed");
+        skip("prlimit (util-linux) is not installed");
         return;
     }
     // a hard limit drover cannot raise: some of the 40 workers cannot get their pipes
@@ -316,12 +343,13 @@ fn rss_and_ticks(pid: i32) -> (u64, u64) {
     (rss, f[0] + f[1])
 }
 
+/// The storm for minutes, with its CPU and restart-rate figures, is bench/soak.py; here, a count:
+/// memory stays flat across a thousand restarts of 100 workers crashing together.
 #[test]
-fn a_crash_storm_of_100_workers_for_60s_keeps_memory_flat_and_cpu_bounded() {
-    // every worker exits after 0.5 s, all together, again and again (bench/soak.py runs this
-    // for 10 minutes on the release build)
+fn a_crash_storm_of_100_workers_keeps_memory_flat() {
+    // every worker exits after 0.5 s, all together, again and again
     let d = Drover::start(&one_program(
-        "command = [\"sh\", \"-c\", \"sleep 0.5; exit 1\"]\nworkers = 100\nbackoff = { initial = \"100ms\", max = \"2s\" }",
+        "command = [\"sh\", \"-c\", \"sleep 0.5; exit 1\"]\nworkers = 100\nbackoff = { initial = \"100ms\", max = \"1s\" }",
     ));
     let restarts = |v: &serde_json::Value| -> u64 {
         v["programs"][0]["workers"]
@@ -332,33 +360,23 @@ fn a_crash_storm_of_100_workers_for_60s_keeps_memory_flat_and_cpu_bounded() {
             .sum()
     };
     // warm up: every worker has crashed a few times and its backoff has grown
-    d.wait_status("3 crashes per worker", Duration::from_secs(30), |v| {
-        restarts(v) >= 300
-    });
-    let (rss0, ticks0) = rss_and_ticks(d.pid);
+    d.wait_status("3 crashes per worker", T, |v| restarts(v) >= 300);
+    let (rss0, _) = rss_and_ticks(d.pid);
     let r0 = restarts(&d.status());
-    let t0 = std::time::Instant::now();
-    wait_until(Duration::from_secs(70), "60 s of crash storm", || {
-        (t0.elapsed() >= Duration::from_secs(60)).then_some(())
+    d.wait_status("1,000 more restarts", Duration::from_secs(90), |v| {
+        restarts(v) >= r0 + 1000
     });
-    let (rss1, ticks1) = rss_and_ticks(d.pid);
-    let r1 = restarts(&d.status());
-    let secs = t0.elapsed().as_secs_f64();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let cpu = (ticks1 - ticks0) as f64 / hz / secs;
-    let rate = (r1 - r0) as f64 / secs;
-    println!(
-        "FIGURE crash storm, 100 workers, {secs:.0} s: {rate:.0} restarts/s, drover CPU {:.1} % of a core, RSS {rss0} -> {rss1} KiB",
-        cpu * 100.0
-    );
+    let (rss1, _) = rss_and_ticks(d.pid);
+    println!("FIGURE crash storm, 100 workers, 1,000 restarts: RSS {rss0} -> {rss1} KiB");
     assert!(
         rss1 < rss0 + 1024,
         "drover's memory grew from {rss0} to {rss1} KiB"
     );
-    // without backoff every worker would restart every 0.5 s (200/s); with it the rate falls
-    assert!(rate > 0.0 && rate < 150.0, "{rate:.0} restarts/s");
-    assert!(cpu < 0.5, "drover used {:.0} % of a core", cpu * 100.0);
+    let addr = d.status_addr();
+    assert!(
+        http_get(&addr, "/healthz").is_some(),
+        "drover answers throughout"
+    );
 }
 
 /// A pids cgroup made for one test, removed (with anything left in it) when dropped.
@@ -388,7 +406,7 @@ fn a_full_process_table_is_a_clear_error_and_a_backoff_and_status_keeps_answerin
         std::process::id()
     ));
     if std::fs::create_dir(&cg).is_err() {
-        println!("SKIPPED: no writable cgroup v1 pids hierarchy here");
+        skip("no writable cgroup v1 pids hierarchy here");
         return;
     }
     let cg = PidsCgroup(cg);

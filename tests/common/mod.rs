@@ -55,6 +55,9 @@ impl Drover {
             None => Command::new(BIN),
         };
         cmd.arg("run").arg("-c").arg(dir.path().join("drover.toml"));
+        // its own process group, so a failed test can kill everything it started (and, under
+        // `unshare --kill-child`, the namespace with it)
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.current_dir(dir.path())
             .env_remove("DROVER_CONFIG")
             .env("DROVER_LOG", "debug")
@@ -177,7 +180,10 @@ impl Drop for Drover {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             if self.exit.is_none() {
-                // SIGKILL: drover's guard then kills every worker group it started
+                // SIGKILL to drover's group (drover, or unshare and the drover it forked): the
+                // guard, or the end of the namespace, then kills every worker group it started
+                // SAFETY: kill(2) on the process group this test started.
+                unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
                 let _ = c.kill();
                 let _ = c.wait();
             }
@@ -437,4 +443,64 @@ pub fn installed(program: &str) -> bool {
         .arg("--version")
         .output()
         .is_ok()
+}
+
+/// A test that cannot run here says why: `SKIPPED: reason` on its output, and a line in the
+/// skip log (`$DROVER_SKIP_LOG`, else target/skipped.log) that `tests/run.sh` counts and prints
+/// at the end, because `cargo test` hides the output of a test that passes.
+pub fn skip(reason: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unknown test")
+        .to_string();
+    println!("SKIPPED: {reason}");
+    let log = std::env::var("DROVER_SKIP_LOG")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/skipped.log").to_string());
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = writeln!(f, "{test}: {reason}");
+    }
+}
+
+/// How long a test waits for anything drover should do within seconds.
+pub const T: Duration = Duration::from_secs(30);
+
+/// The first program has exactly `n` workers and every one is ready.
+pub fn all_ready(v: &serde_json::Value, n: usize) -> bool {
+    let ws = v["programs"][0]["workers"].as_array().unwrap();
+    ws.len() == n && ws.iter().all(|w| w["ready"] == true)
+}
+
+impl Drover {
+    /// TERM, then drover exits 0 within `T`: the clean shutdown every test ends with.
+    pub fn stop_ok(&mut self) {
+        self.signal(libc::SIGTERM);
+        let code = self.wait_exit(T);
+        assert_eq!(code, 0, "drover's exit after TERM\n{}", self.stderr());
+    }
+
+    /// drover's own log, parsed: it writes JSON lines when stderr is not a terminal, as here.
+    /// Lines that are not JSON (a worker's output under `log = "inherit"`) are left out.
+    pub fn log(&self) -> Vec<serde_json::Value> {
+        self.stderr()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The message of every log line, in order.
+    pub fn messages(&self) -> Vec<String> {
+        self.log()
+            .iter()
+            .filter_map(|v| v["message"].as_str().map(String::from))
+            .collect()
+    }
+
+    /// Some log message contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.messages().iter().any(|m| m.contains(text))
+    }
 }

@@ -22,8 +22,7 @@ pub fn main() -> i32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    // SAFETY: getpid has no preconditions.
-    let me = unsafe { libc::getpid() };
+    let me = std::process::id() as i32;
     if fds < 1 {
         eprintln!("demo-worker: no listening socket was passed (LISTEN_FDS is not set); run it under `drover run`");
         return 2;

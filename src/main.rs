@@ -148,27 +148,31 @@ fn load(src: &Source) -> Result<(Config, Vec<String>), u8> {
 /// fds 0-2 must be open, or the first pipe or socket would land on one of them; every fd drover
 /// inherited above them is marked close-on-exec so no worker or step receives it.
 fn ensure_stdio() {
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        let fds: Vec<i32> = dir
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .filter(|fd| *fd > 2)
-            .collect();
-        for fd in fds {
-            // SAFETY: setting FD_CLOEXEC on an fd number; harmless if it was the dir's own fd.
-            unsafe {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags >= 0 {
-                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-                }
-            }
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    // /dev/null opens at the lowest free number: keep it while that is 0, 1 or 2
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        if std::os::fd::AsRawFd::as_raw_fd(&f) > 2 {
+            break;
         }
+        std::mem::forget(f);
     }
-    for fd in 0..3 {
-        // SAFETY: fcntl(F_GETFD) only queries; open of /dev/null fills the lowest free fd.
-        unsafe {
-            if libc::fcntl(fd, libc::F_GETFD) < 0 {
-                libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-            }
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        if !std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists() {
+            continue; // the listing's own fd, closed since
+        }
+        // SAFETY: `fd` is open (drover is single-threaded here, nothing closes it meanwhile) and
+        // is only borrowed for two fcntl calls.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFD) {
+            let flags = FdFlag::from_bits_truncate(flags) | FdFlag::FD_CLOEXEC;
+            let _ = fcntl(fd, FcntlArg::F_SETFD(flags));
         }
     }
 }

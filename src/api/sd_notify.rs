@@ -22,8 +22,7 @@ impl Notifier {
         let path = std::env::var("NOTIFY_SOCKET")
             .ok()
             .filter(|p| !p.is_empty())?;
-        // SAFETY: getpid has no preconditions.
-        let me = unsafe { libc::getpid() };
+        let me = std::process::id() as i32;
         let watchdog = std::env::var("WATCHDOG_USEC")
             .ok()
             .and_then(|u| u.parse::<u64>().ok())
@@ -64,13 +63,9 @@ impl Notifier {
 
     /// RELOADING=1 with the monotonic timestamp systemd 253+ expects.
     pub fn reloading(&self) {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes into a local timespec.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let usec = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000;
+        let usec = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|ts| ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1000)
+            .unwrap_or(0);
         self.send(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
     }
 

@@ -3,14 +3,11 @@
 
 pub mod output;
 
+use std::io::IsTerminal;
+
 use tracing::level_filters::LevelFilter;
 
 use crate::config::LogFormat;
-
-pub fn isatty(fd: i32) -> bool {
-    // SAFETY: isatty only inspects the fd.
-    unsafe { libc::isatty(fd) == 1 }
-}
 
 /// How lines are written: drover's own log and the workers' output match.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -54,7 +51,7 @@ pub fn init(format: LogFormat) -> Style {
         }
     }
     let json = match format {
-        LogFormat::Auto => !isatty(2),
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
         LogFormat::Json => true,
         LogFormat::Text | LogFormat::Journald => false,
     };
@@ -70,8 +67,10 @@ pub fn init(format: LogFormat) -> Style {
             .init();
         Style::Json
     } else {
-        b.with_ansi(isatty(2)).init();
-        Style::Text { color: isatty(1) }
+        b.with_ansi(std::io::stderr().is_terminal()).init();
+        Style::Text {
+            color: std::io::stdout().is_terminal(),
+        }
     }
 }
 
@@ -83,12 +82,9 @@ fn under_journald() -> bool {
     let Some((dev, ino)) = v.split_once(':') else {
         return false;
     };
-    // SAFETY: fstat writes into a zeroed local struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat on fd 2 into the local above.
-    if unsafe { libc::fstat(2, &mut st) } != 0 {
+    let Ok(st) = nix::sys::stat::fstat(std::io::stderr()) else {
         return false;
-    }
+    };
     dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
 }
 

@@ -1,10 +1,10 @@
 //! The user and group a program's workers run as (`user = "app"`, `group = "app"`).
 //!
-//! Names are looked up once, when the configuration is loaded, with the reentrant libc calls;
+//! Names are looked up once, when the configuration is planned (nix's reentrant look-ups);
 //! the forked child only makes the three syscalls that drop privileges (`setgroups`, `setgid`,
 //! `setuid`, in that order), after it has joined its cgroup and before it execs.
 
-use std::ffi::{CStr, CString};
+use nix::unistd::{getegid, geteuid, Group, Uid, User};
 
 /// Who a program's workers run as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,34 +16,32 @@ pub struct Identity {
     pub home: Option<String>,
 }
 
-struct Passwd {
-    name: String,
-    uid: libc::uid_t,
-    gid: libc::gid_t,
-    home: String,
-}
-
 /// Resolve `user` (a name or a numeric uid; None: drover's own) and `group` (a name or a numeric
 /// gid; None: the user's primary group from its passwd entry).
 pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Identity, String> {
+    let lookup = |e: nix::Error| format!("looking up the user failed: {e}");
     let (uid, pw) = match user {
         None => (current().0, None),
         Some(u) => match u.parse::<libc::uid_t>() {
-            Ok(uid) => (uid, lookup_user(Key::Uid(uid))?),
+            Ok(uid) => (uid, User::from_uid(Uid::from_raw(uid)).map_err(lookup)?),
             Err(_) => {
-                let c = CString::new(u).map_err(|_| format!("user `{u}` contains a NUL byte"))?;
-                let p = lookup_user(Key::Name(&c))?
+                let p = User::from_name(u)
+                    .map_err(lookup)?
                     .ok_or_else(|| format!("no user `{u}` on this system"))?;
-                (p.uid, Some(p))
+                (p.uid.as_raw(), Some(p))
             }
         },
     };
     let gid = match (group, &pw) {
         (Some(g), _) => match g.parse::<libc::gid_t>() {
             Ok(gid) => gid,
-            Err(_) => lookup_group(g)?.ok_or_else(|| format!("no group `{g}` on this system"))?,
+            Err(_) => Group::from_name(g)
+                .map_err(|e| format!("looking up the group failed: {e}"))?
+                .ok_or_else(|| format!("no group `{g}` on this system"))?
+                .gid
+                .as_raw(),
         },
-        (None, Some(p)) => p.gid,
+        (None, Some(p)) => p.gid.as_raw(),
         (None, None) => {
             return Err(format!(
                 "uid {uid} has no passwd entry, so it has no primary group: set `group` too"
@@ -54,97 +52,13 @@ pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Identity, Stri
         uid,
         gid,
         name: pw.as_ref().map(|p| p.name.clone()),
-        home: pw.map(|p| p.home),
+        home: pw.map(|p| p.dir.display().to_string()),
     })
 }
 
 /// Drover's own effective ids.
 pub fn current() -> (libc::uid_t, libc::gid_t) {
-    // SAFETY: geteuid/getegid cannot fail and have no preconditions.
-    unsafe { (libc::geteuid(), libc::getegid()) }
-}
-
-enum Key<'a> {
-    Name(&'a CStr),
-    Uid(libc::uid_t),
-}
-
-/// Call a reentrant getpw*_r / getgr*_r with a buffer that grows on ERANGE. `call` gets the
-/// buffer and returns the function's result code and whether an entry was found; `what` names
-/// the lookup in errors.
-fn with_buffer(
-    what: &str,
-    mut call: impl FnMut(&mut [u8]) -> (libc::c_int, bool),
-) -> Result<bool, String> {
-    let mut buf = vec![0u8; 4096];
-    loop {
-        match call(&mut buf) {
-            (libc::ERANGE, _) if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
-            (0, found) => return Ok(found),
-            (rc, _) => {
-                return Err(format!(
-                    "looking up the {what} failed: {}",
-                    std::io::Error::from_raw_os_error(rc)
-                ))
-            }
-        }
-    }
-}
-
-fn lookup_user(key: Key) -> Result<Option<Passwd>, String> {
-    let mut entry = None;
-    with_buffer("user", |buf| {
-        // SAFETY: all-zero is a valid passwd; getpw*_r fills it with pointers into `buf`, read
-        // below before `buf` is touched again.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut out: *mut libc::passwd = std::ptr::null_mut();
-        let (ptr, len) = (buf.as_mut_ptr() as *mut libc::c_char, buf.len());
-        // SAFETY: valid pointers and the true length of `buf`.
-        let rc = unsafe {
-            match key {
-                Key::Name(n) => libc::getpwnam_r(n.as_ptr(), &mut pwd, ptr, len, &mut out),
-                Key::Uid(u) => libc::getpwuid_r(u, &mut pwd, ptr, len, &mut out),
-            }
-        };
-        if rc == 0 && !out.is_null() {
-            // SAFETY: on success the string fields point at NUL-terminated strings in `buf`.
-            entry = Some(unsafe {
-                Passwd {
-                    name: CStr::from_ptr(pwd.pw_name).to_string_lossy().into_owned(),
-                    uid: pwd.pw_uid,
-                    gid: pwd.pw_gid,
-                    home: CStr::from_ptr(pwd.pw_dir).to_string_lossy().into_owned(),
-                }
-            });
-        }
-        (rc, !out.is_null())
-    })?;
-    Ok(entry)
-}
-
-fn lookup_group(name: &str) -> Result<Option<libc::gid_t>, String> {
-    let cname = CString::new(name).map_err(|_| format!("group `{name}` contains a NUL byte"))?;
-    let mut gid = None;
-    with_buffer("group", |buf| {
-        // SAFETY: all-zero is a valid group; getgrnam_r fills it with pointers into `buf`.
-        let mut grp: libc::group = unsafe { std::mem::zeroed() };
-        let mut out: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: valid pointers and the true length of `buf`.
-        let rc = unsafe {
-            libc::getgrnam_r(
-                cname.as_ptr(),
-                &mut grp,
-                buf.as_mut_ptr() as *mut libc::c_char,
-                buf.len(),
-                &mut out,
-            )
-        };
-        if rc == 0 && !out.is_null() {
-            gid = Some(grp.gr_gid);
-        }
-        (rc, !out.is_null())
-    })?;
-    Ok(gid)
+    (geteuid().as_raw(), getegid().as_raw())
 }
 
 #[cfg(test)]

@@ -18,17 +18,14 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The inode of an open fd (how sockets are matched across processes).
-pub fn fd_inode(fd: RawFd) -> Option<u64> {
-    // SAFETY: fstat writes into a zeroed local struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat only writes into the local struct above.
-    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st.st_ino)
+pub fn fd_inode(fd: impl AsFd) -> Option<u64> {
+    nix::sys::stat::fstat(fd).ok().map(|st| st.st_ino)
 }
 
 /// `pid` and its descendants (bounded), from /proc/PID/task/*/children.
@@ -399,8 +396,8 @@ pub fn owner_of_socket(inode: u64, pids: &[i32]) -> Option<i32> {
 }
 
 /// Distinct listening-socket inodes for a set of fds.
-pub fn inodes(fds: &[RawFd]) -> Vec<u64> {
-    let set: HashSet<u64> = fds.iter().filter_map(|fd| fd_inode(*fd)).collect();
+pub fn inodes<'a>(fds: impl IntoIterator<Item = &'a OwnedFd>) -> Vec<u64> {
+    let set: HashSet<u64> = fds.into_iter().filter_map(fd_inode).collect();
     set.into_iter().collect()
 }
 

@@ -94,8 +94,7 @@ pub fn bind(cfg: &SocketCfg) -> Result<Bound, BindError> {
 /// name. Read once at start; the variables are for drover only, workers get their own.
 pub fn from_systemd() -> Vec<(String, OwnedFd)> {
     use std::os::fd::FromRawFd;
-    // SAFETY: getpid has no preconditions.
-    let me = unsafe { libc::getpid() };
+    let me = std::process::id() as i32;
     let pid_ok = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<i32>().ok())

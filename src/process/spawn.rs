@@ -7,7 +7,9 @@
 //! exists in the child. An exec failure is reported through a close-on-exec pipe.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -34,15 +36,9 @@ pub enum SpawnError {
 fn limit_hint(err: &std::io::Error) -> String {
     match err.raw_os_error() {
         Some(libc::EMFILE) | Some(libc::ENFILE) => {
-            let mut lim = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            // SAFETY: getrlimit writes a local struct.
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+            let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(0, |(soft, _)| soft);
             format!(
-                " (drover's open-files limit is {}; each worker needs a few: raise `ulimit -n` or LimitNOFILE=)",
-                lim.rlim_cur
+                " (drover's open-files limit is {soft}; each worker needs a few: raise `ulimit -n` or LimitNOFILE=)"
             )
         }
         Some(libc::EAGAIN) => {
@@ -102,12 +98,7 @@ pub fn resolve(program: &str, path_var: Option<&str>, cwd: Option<&Path>) -> Opt
 }
 
 pub fn is_executable(p: &Path) -> bool {
-    let Ok(c) = CString::new(p.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: access(2) on a valid C string; no memory is handed to the kernel to keep.
-    let ok = unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0;
-    ok && p.is_file()
+    nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok() && p.is_file()
 }
 
 fn cstr(s: &str) -> Result<CString, SpawnError> {
@@ -116,13 +107,7 @@ fn cstr(s: &str) -> Result<CString, SpawnError> {
 
 /// Create a pipe whose both ends are close-on-exec.
 pub fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 fills the two-element array; we own both fds afterwards.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned these fds to us and nothing else owns them.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
 }
 
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
@@ -135,23 +120,13 @@ static INHERITED_NOFILE_SOFT: AtomicU64 = AtomicU64::new(0);
 /// drover inherited back (programs that use select(2) break above 1,024), as systemd advises.
 /// Returns (inherited, raised) when it changed anything.
 pub fn raise_nofile() -> Option<(u64, u64)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit write and read a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
-            return None;
-        }
-        let old = lim.rlim_cur;
-        lim.rlim_cur = lim.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            return None;
-        }
-        INHERITED_NOFILE_SOFT.store(old, Ordering::Relaxed);
-        Some((old, lim.rlim_max))
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft >= hard {
+        return None;
     }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).ok()?;
+    INHERITED_NOFILE_SOFT.store(soft, Ordering::Relaxed);
+    Some((soft, hard))
 }
 const STAGE_EXEC: i32 = 1;
 const STAGE_CHDIR: i32 = 2;

@@ -16,6 +16,8 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
 
 use crate::config::WorkerBudget;
@@ -120,11 +122,7 @@ pub fn v2_own_dir() -> Option<(PathBuf, bool)> {
 }
 
 fn writable(dir: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: access(2) on a valid C string.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
 /// Find what can be enforced. `create` makes the parent directories (run); without it the
@@ -182,8 +180,7 @@ pub fn detect(create: bool, also: &[i32]) -> Detection {
         }
     }
     // v1: memory and cpu hierarchies, each on its own
-    // SAFETY: getpid has no preconditions.
-    let me = unsafe { libc::getpid() };
+    let me = std::process::id();
     let mut v1 = |ctrl: &str, what: &str| -> Option<PathBuf> {
         let Some((dir, is_root)) = v1_own_dir(ctrl) else {
             notes.push(format!("cgroup v1 {ctrl}: no such hierarchy mounted"));
@@ -239,8 +236,7 @@ pub fn v2_setup(dir: &Path, also: &[i32]) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
     }
-    // SAFETY: getpid has no preconditions.
-    let me = unsafe { libc::getpid() };
+    let me = std::process::id();
     write(&leaf.join("cgroup.procs"), &me.to_string())?;
     for pid in also {
         write(&leaf.join("cgroup.procs"), &pid.to_string())?;
@@ -521,8 +517,7 @@ impl SlotCgroup {
         }
         for pid in self.pids() {
             if pid > 1 {
-                // SAFETY: kill(2) on a pid read from the slot's own cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
     }
@@ -617,19 +612,7 @@ pub fn own_cpu_quota() -> Option<(f64, String)> {
 
 /// CPUs this process may run on.
 pub fn available_cores() -> usize {
-    // SAFETY: sched_getaffinity fills a zeroed cpu_set_t of the size we pass.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
-            let n = libc::CPU_COUNT(&set) as usize;
-            if n > 0 {
-                return n;
-            }
-        }
-    }
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 #[cfg(test)]
@@ -651,8 +634,7 @@ mod tests {
             fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
             "+memory +cpu +pids"
         );
-        // SAFETY: getpid has no preconditions.
-        let me = unsafe { libc::getpid() };
+        let me = std::process::id();
         assert_eq!(
             fs::read_to_string(root.join("supervisor/cgroup.procs")).unwrap(),
             me.to_string()

@@ -96,8 +96,12 @@ pub fn pread_stat(f: &std::fs::File) -> Option<ProcStat> {
 }
 
 pub fn page_size() -> u64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(1) as u64
+    use nix::unistd::{sysconf, SysconfVar};
+    sysconf(SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096)
+        .max(1) as u64
 }
 
 fn pss(pid: i32) -> Option<u64> {
@@ -114,8 +118,12 @@ fn pss(pid: i32) -> Option<u64> {
 }
 
 pub fn clock_ticks_per_sec() -> f64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64
+    use nix::unistd::{sysconf, SysconfVar};
+    sysconf(SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100)
+        .max(1) as f64
 }
 
 #[cfg(test)]
@@ -148,8 +156,7 @@ mod tests {
 
     #[test]
     fn scanning_finds_our_own_group() {
-        // SAFETY: getpgrp has no preconditions.
-        let me = unsafe { libc::getpgrp() };
+        let me = nix::unistd::getpgrp().as_raw();
         let got = scan(&HashSet::from([me]), true);
         let u = got.get(&me).expect("this test's process group");
         assert!(u.procs >= 1 && u.memory > 0, "{u:?}");

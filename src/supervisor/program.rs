@@ -153,7 +153,7 @@ impl Program {
             .filter_map(|n| bound.iter().find(|b| &b.name == n))
             .collect();
         self.sockets = mine.iter().map(|b| (b.name.clone(), b.raw())).collect();
-        self.inodes = probe::inodes(&self.sockets.iter().map(|(_, fd)| *fd).collect::<Vec<_>>());
+        self.inodes = probe::inodes(mine.iter().map(|b| &b.fd));
         self.probe_target = mine.first().and_then(|b| probe_target(b));
         self.env = env;
     }

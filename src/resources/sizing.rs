@@ -4,15 +4,74 @@
 //! the smallest along its path — else the CPUs drover may run on; capped by the node memory
 //! budget divided by the per-worker hard limit; at least 1.
 
+use std::fs;
+
+use super::cgroup::{read_u64, v1_own_dir, v2_own_dir};
+
 /// What the machine offers: (cores, where that number came from).
 pub fn cpu_capacity() -> (f64, String) {
-    match crate::resources::cgroup::own_cpu_quota() {
+    match own_cpu_quota() {
         Some((q, src)) => (q, format!("cpu quota {} cores from {src}", trim(q))),
         None => {
-            let n = crate::resources::cgroup::available_cores();
+            let n = available_cores();
             (n as f64, format!("{n} available cores, no cpu quota"))
         }
     }
+}
+
+/// CPU quota of drover's own cgroup in cores (the smallest along the path), and where it came from.
+pub fn own_cpu_quota() -> Option<(f64, String)> {
+    let mut best: Option<(f64, String)> = None;
+    let mut consider = |cores: f64, src: String| {
+        if best.as_ref().is_none_or(|(b, _)| cores < *b) {
+            best = Some((cores, src));
+        }
+    };
+    if let Some((dir, _)) = v2_own_dir() {
+        let mut d = Some(dir.as_path());
+        while let Some(p) = d {
+            if let Ok(s) = fs::read_to_string(p.join("cpu.max")) {
+                let mut f = s.split_whitespace();
+                if let (Some(q), Some(per)) =
+                    (f.next(), f.next().and_then(|x| x.parse::<f64>().ok()))
+                {
+                    if let Ok(q) = q.parse::<f64>() {
+                        consider(q / per, format!("{}/cpu.max", p.display()));
+                    }
+                }
+            }
+            if p.parent()
+                .is_none_or(|pp| !pp.join("cgroup.controllers").exists())
+            {
+                break;
+            }
+            d = p.parent();
+        }
+    }
+    if let Some((dir, _)) = v1_own_dir("cpu") {
+        let mut d = Some(dir.as_path());
+        while let Some(p) = d {
+            let q = fs::read_to_string(p.join("cpu.cfs_quota_us"))
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok());
+            let per = read_u64(&p.join("cpu.cfs_period_us"));
+            match (q, per) {
+                (Some(q), Some(per)) if q > 0 && per > 0 => consider(
+                    q as f64 / per as f64,
+                    format!("{}/cpu.cfs_quota_us", p.display()),
+                ),
+                (None, _) | (_, None) => break,
+                _ => {}
+            }
+            d = p.parent();
+        }
+    }
+    best
+}
+
+/// CPUs this process may run on.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn trim(x: f64) -> String {

@@ -324,15 +324,28 @@ def budget(recycles=8):
                         out.setdefault(j["pid"], ts + float("0." + j["timestamp"][20:-1]))
                 return out
 
+            def stamps_now():
+                if not os.path.exists(stamps):
+                    return []
+                return [(w, int(q), float(t)) for w, q, t in (l.split() for l in open(stamps).read().splitlines())]
+
             def pairs():
-                """(last seen below -> decided, the bracket's width) per recycle."""
-                d = decisions()
-                return [((d[q] - below) * 1000, (above - below) * 1000)
-                        for q, (below, above) in list(crossed.items()) if q in d]
+                """Per recycle, from the last observation below the line: drover's decision, the
+                replacement's first line, the old worker's SIGTERM; and the bracket's width."""
+                d, ev, out = decisions(), stamps_now(), []
+                for q, (below, above) in list(crossed.items()):
+                    starts = [t for w, q2, t in ev if w == "start" and q2 != q and t >= below]
+                    terms = [t for w, q2, t in ev if w == "term" and q2 == q]
+                    if q in d and starts and terms:
+                        out.append(((d[q] - below) * 1000, (min(starts) - below) * 1000,
+                                    (terms[0] - below) * 1000, (above - below) * 1000))
+                return out
             got = wait_for(lambda: (lambda x: x if len(x) >= recycles else None)(pairs()),
                            f"{recycles} memory recycles", 120, 0.1)
-            lat = [a for a, _ in got]
-            width = [b for _, b in got]
+            lat = [g[0] for g in got]
+            started = [g[1] for g in got]
+            term = [g[2] for g in got]
+            width = [g[3] for g in got]
             assert min(lat) >= 0, f"a negative reaction is a broken measurement: {lat}"
         finally:
             stop.set()
@@ -340,12 +353,15 @@ def budget(recycles=8):
             if os.path.exists(stamps):
                 os.unlink(stamps)
         label = f"{mode} ({'v1 usage threshold, eventfd' if mode == 'cgroup' else 'sampling every ' + interval})"
-        data[label] = {"decided_ms": lat, "bracket_ms": width}
+        data[label] = {"decided_ms": lat, "replacement_first_line_ms": started,
+                       "old_worker_signalled_ms": term, "bracket_ms": width}
         rows.append([label, len(lat), f"{statistics.median(lat):.2f}", f"{pct(lat, 0.95):.2f}", f"{max(lat):.2f}",
-                     f"{statistics.median(width):.3f}"])
+                     f"{statistics.median(width):.3f}", f"{statistics.median(started):.0f}",
+                     f"{statistics.median(term):.0f}"])
     text = table("Memory budget reaction: memory_soft crossed -> drover decides the recycle (its log line), ms; "
                  "clock from the harness's last observation of the same figure below the line",
-                 ["drover budget mode", "recycles", "median", "p95", "max", "observation bracket, median"], rows)
+                 ["drover budget mode", "recycles", "median", "p95", "max", "observation bracket, median",
+                  "replacement's first line (Python), median", "old worker's SIGTERM, median"], rows)
     save("budget", {"ms": data, "table": text})
 
 

@@ -125,66 +125,7 @@ async fn conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, name: String, pid: i3
         }
         buf.drain(..body_len);
 
-        let mut exit_after = None;
-        let (status, body) = if path == "/" {
-            (
-                "200 OK",
-                format!("hello from drover demo-worker {name} pid {pid}\n"),
-            )
-        } else if path == "/healthz" {
-            // DEMO_UNHEALTHY_WORKER=N makes worker N fail its health checks (for demos and tests)
-            let sick = std::env::var("DEMO_UNHEALTHY_WORKER")
-                .ok()
-                .is_some_and(|w| {
-                    std::env::var("DROVER_WORKER").ok().as_deref() == Some(w.as_str())
-                });
-            if sick {
-                ("503 Service Unavailable", "unhealthy\n".to_string())
-            } else {
-                ("200 OK", "ok\n".to_string())
-            }
-        } else if path == "/pid" {
-            ("200 OK", format!("{pid}\n"))
-        } else if let Some(ms) = path
-            .strip_prefix("/sleep/")
-            .and_then(|m| m.parse::<u64>().ok())
-        {
-            tokio::time::sleep(Duration::from_millis(ms.min(600_000))).await;
-            ("200 OK", format!("slept {ms}ms in pid {pid}\n"))
-        } else if let Some(mb) = path
-            .strip_prefix("/alloc/")
-            .and_then(|m| m.parse::<usize>().ok())
-        {
-            // keep MB more MiB, touched, for memory budget demos and tests
-            let mut v = vec![0u8; mb.min(4096) << 20];
-            for i in (0..v.len()).step_by(4096) {
-                v[i] = 1;
-            }
-            let total = HELD.with(|h| {
-                h.borrow_mut().push(v);
-                h.borrow().iter().map(|b| b.len()).sum::<usize>() >> 20
-            });
-            ("200 OK", format!("pid {pid} holds {total} MiB\n"))
-        } else if let Some(ms) = path
-            .strip_prefix("/burn/")
-            .and_then(|m| m.parse::<u64>().ok())
-        {
-            // spin the CPU for MS milliseconds (autoscaling and CPU quota demos)
-            let end = std::time::Instant::now() + Duration::from_millis(ms.min(60_000));
-            let mut x = 0u64;
-            while std::time::Instant::now() < end {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-            }
-            ("200 OK", format!("pid {pid} burned {ms}ms ({x})\n"))
-        } else if let Some(code) = path
-            .strip_prefix("/exit/")
-            .and_then(|c| c.parse::<i32>().ok())
-        {
-            exit_after = Some(code);
-            ("200 OK", format!("pid {pid} exiting with code {code}\n"))
-        } else {
-            ("404 Not Found", "not found\n".to_string())
-        };
+        let (status, body, exit_after) = route(&path, &name, pid).await;
         let resp = format!(
             "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-worker-pid: {pid}\r\n{}\r\n{body}",
             body.len(),
@@ -201,4 +142,69 @@ async fn conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, name: String, pid: i3
             return;
         }
     }
+}
+
+/// The answer to `path`: status line, body, and the exit code if the worker should exit after it.
+async fn route(path: &str, name: &str, pid: i32) -> (&'static str, String, Option<i32>) {
+    let (status, body) = if path == "/" {
+        (
+            "200 OK",
+            format!("hello from drover demo-worker {name} pid {pid}\n"),
+        )
+    } else if path == "/healthz" {
+        // DEMO_UNHEALTHY_WORKER=N makes worker N fail its health checks (for demos and tests)
+        let sick = std::env::var("DEMO_UNHEALTHY_WORKER")
+            .ok()
+            .is_some_and(|w| std::env::var("DROVER_WORKER").ok().as_deref() == Some(w.as_str()));
+        if sick {
+            ("503 Service Unavailable", "unhealthy\n".to_string())
+        } else {
+            ("200 OK", "ok\n".to_string())
+        }
+    } else if path == "/pid" {
+        ("200 OK", format!("{pid}\n"))
+    } else if let Some(ms) = path
+        .strip_prefix("/sleep/")
+        .and_then(|m| m.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms.min(600_000))).await;
+        ("200 OK", format!("slept {ms}ms in pid {pid}\n"))
+    } else if let Some(mb) = path
+        .strip_prefix("/alloc/")
+        .and_then(|m| m.parse::<usize>().ok())
+    {
+        // keep MB more MiB, touched, for memory budget demos and tests
+        let mut v = vec![0u8; mb.min(4096) << 20];
+        for i in (0..v.len()).step_by(4096) {
+            v[i] = 1;
+        }
+        let total = HELD.with(|h| {
+            h.borrow_mut().push(v);
+            h.borrow().iter().map(|b| b.len()).sum::<usize>() >> 20
+        });
+        ("200 OK", format!("pid {pid} holds {total} MiB\n"))
+    } else if let Some(ms) = path
+        .strip_prefix("/burn/")
+        .and_then(|m| m.parse::<u64>().ok())
+    {
+        // spin the CPU for MS milliseconds (autoscaling and CPU quota demos)
+        let end = std::time::Instant::now() + Duration::from_millis(ms.min(60_000));
+        let mut x = 0u64;
+        while std::time::Instant::now() < end {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        ("200 OK", format!("pid {pid} burned {ms}ms ({x})\n"))
+    } else if let Some(code) = path
+        .strip_prefix("/exit/")
+        .and_then(|c| c.parse::<i32>().ok())
+    {
+        return (
+            "200 OK",
+            format!("pid {pid} exiting with code {code}\n"),
+            Some(code),
+        );
+    } else {
+        ("404 Not Found", "not found\n".to_string())
+    };
+    (status, body, None)
 }

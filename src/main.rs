@@ -452,19 +452,7 @@ async fn supervise(s: Start) -> i32 {
         }
     }
     let events = supervisor::events();
-    let watched: Vec<(String, Vec<PathBuf>)> = s
-        .cfg
-        .programs
-        .iter()
-        .map(|p| (p.name.clone(), supervisor::watch_paths(p)))
-        .collect();
-    let tx = events.0.clone();
-    let on_change = move |program| {
-        let _ = tx.send(supervisor::Event::FilesChanged { program });
-    };
-    if let Err(e) = drover::watch::start(&watched, on_change) {
-        error!("cannot watch files for the dev runner: {e}; changes will not restart workers");
-    }
+    watch_files(&s.cfg, events.0.clone());
     let src = s.src;
     let cx = supervisor::Context {
         config_label: src.label(),
@@ -490,6 +478,21 @@ async fn supervise(s: Start) -> i32 {
     supervisor::Supervisor::new(s.cfg, bound, cx)
         .run(reaper, signals)
         .await
+}
+
+/// The dev runner: changes under a program's watch paths become events for the loop.
+fn watch_files(cfg: &Config, events: supervisor::Events) {
+    let watched: Vec<(String, Vec<PathBuf>)> = cfg
+        .programs
+        .iter()
+        .map(|p| (p.name.clone(), supervisor::watch_paths(p)))
+        .collect();
+    let on_change = move |program| {
+        let _ = events.send(supervisor::Event::FilesChanged { program });
+    };
+    if let Err(e) = drover::watch::start(&watched, on_change) {
+        error!("cannot watch files for the dev runner: {e}; changes will not restart workers");
+    }
 }
 
 /// Bind the status endpoint and serve it in a task of its own.

@@ -120,8 +120,20 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
 
 pub fn render(cfg: &Config, source: &str) -> String {
     let mut o = String::new();
-    let s = &cfg.supervisor;
     let _ = writeln!(o, "configuration: {source}");
+    render_supervisor(&mut o, cfg);
+    render_sockets_and_steps(&mut o, cfg);
+    let _ = writeln!(o, "programs ({}):", cfg.programs.len());
+    for p in &cfg.programs {
+        render_program(&mut o, p);
+        render_checks(&mut o, p);
+    }
+    render_budgets(&mut o, cfg);
+    o
+}
+
+fn render_supervisor(o: &mut String, cfg: &Config) {
+    let s = &cfg.supervisor;
     let _ = writeln!(
         o,
         "supervisor: status {}, shutdown timeout {:?}, log format {:?}",
@@ -153,6 +165,9 @@ pub fn render(cfg: &Config, source: &str) -> String {
                 "off (set control_token_file, or serve status on a unix socket)".to_string(),
         }
     );
+}
+
+fn render_sockets_and_steps(o: &mut String, cfg: &Config) {
     let _ = writeln!(
         o,
         "sockets ({}), bound once before the steps run:",
@@ -194,110 +209,117 @@ pub fn render(cfg: &Config, source: &str) -> String {
             st.retry_delay
         );
     }
-    let _ = writeln!(o, "programs ({}):", cfg.programs.len());
-    for p in &cfg.programs {
+}
+
+fn render_program(o: &mut String, p: &crate::config::ProgramCfg) {
+    let _ = writeln!(
+        o,
+        "  {}: {} worker{} ({})",
+        p.name,
+        p.workers,
+        if p.workers == 1 { "" } else { "s" },
+        if p.workers_auto {
+            "workers = \"auto\": see `derived`"
+        } else {
+            "as configured"
+        }
+    );
+    let _ = writeln!(o, "    command  {}", p.command);
+    if let Some(id) = &p.identity {
         let _ = writeln!(
             o,
-            "  {}: {} worker{} ({})",
-            p.name,
-            p.workers,
-            if p.workers == 1 { "" } else { "s" },
-            if p.workers_auto {
-                "workers = \"auto\": see `derived`"
-            } else {
-                "as configured"
-            }
+            "    runs as  uid {} gid {}{}, no supplementary groups",
+            id.uid,
+            id.gid,
+            id.name
+                .as_ref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
         );
-        let _ = writeln!(o, "    command  {}", p.command);
-        if let Some(id) = &p.identity {
+    }
+    if !p.sockets.is_empty() {
+        let fds: Vec<String> = p
+            .sockets
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{n} at fd {}", 3 + i))
+            .collect();
+        let _ = writeln!(
+            o,
+            "    sockets  {} (LISTEN_FDS={})",
+            fds.join(", "),
+            p.sockets.len()
+        );
+    }
+    let _ = writeln!(
+        o,
+        "    restart  {:?}; backoff {:?} doubling to {:?}, reset after {:?} up",
+        p.restart, p.backoff.initial, p.backoff.max, p.backoff.reset_after
+    );
+    let _ = writeln!(
+        o,
+        "    stop     SIG{} to the process group, SIGKILL after {:?}",
+        signals::name(p.stop_signal),
+        p.stop_timeout
+    );
+    let _ = writeln!(o, "    output   {:?}", p.log);
+}
+
+/// Readiness, health and watch lines of one program.
+fn render_checks(o: &mut String, p: &crate::config::ProgramCfg) {
+    let r = &p.readiness;
+    let how = match r.check {
+        crate::config::ReadyCheck::Listening => {
+            "accepting on its socket (seen in /proc)".to_string()
+        }
+        crate::config::ReadyCheck::Uptime => format!("up for {:?}", r.min_uptime),
+        crate::config::ReadyCheck::Exec => format!("`{}` exits 0", r.exec.join(" ")),
+    };
+    let _ = writeln!(
+        o,
+        "    ready    when {how}; checked every {:?}; not ready within {:?} -> recycled; /readyz needs {} ready",
+        r.interval, r.timeout, p.min_ready
+    );
+    match &p.health {
+        Some(h) => {
+            let mut what = vec![];
+            if let Some(path) = &h.http {
+                what.push(format!("GET {path} through the socket"));
+            }
+            if let Some(e) = &h.exec {
+                what.push(format!("`{}`", e.join(" ")));
+            }
+            if h.hung {
+                what.push("hang detection from /proc".into());
+            }
             let _ = writeln!(
                 o,
-                "    runs as  uid {} gid {}{}, no supplementary groups",
-                id.uid,
-                id.gid,
-                id.name
-                    .as_ref()
-                    .map(|n| format!(" ({n})"))
-                    .unwrap_or_default()
+                "    health   {} every {:?} (timeout {:?}); {} failures in a row -> recycled",
+                what.join(" + "),
+                h.interval,
+                h.timeout,
+                h.failures
             );
         }
-        if !p.sockets.is_empty() {
-            let fds: Vec<String> = p
-                .sockets
-                .iter()
-                .enumerate()
-                .map(|(i, n)| format!("{n} at fd {}", 3 + i))
-                .collect();
+        None => {
             let _ = writeln!(
                 o,
-                "    sockets  {} (LISTEN_FDS={})",
-                fds.join(", "),
-                p.sockets.len()
-            );
-        }
-        let _ = writeln!(
-            o,
-            "    restart  {:?}; backoff {:?} doubling to {:?}, reset after {:?} up",
-            p.restart, p.backoff.initial, p.backoff.max, p.backoff.reset_after
-        );
-        let _ = writeln!(
-            o,
-            "    stop     SIG{} to the process group, SIGKILL after {:?}",
-            signals::name(p.stop_signal),
-            p.stop_timeout
-        );
-        let _ = writeln!(o, "    output   {:?}", p.log);
-        let r = &p.readiness;
-        let how = match r.check {
-            crate::config::ReadyCheck::Listening => {
-                "accepting on its socket (seen in /proc)".to_string()
-            }
-            crate::config::ReadyCheck::Uptime => format!("up for {:?}", r.min_uptime),
-            crate::config::ReadyCheck::Exec => format!("`{}` exits 0", r.exec.join(" ")),
-        };
-        let _ = writeln!(
-            o,
-            "    ready    when {how}; checked every {:?}; not ready within {:?} -> recycled; /readyz needs {} ready",
-            r.interval, r.timeout, p.min_ready
-        );
-        match &p.health {
-            Some(h) => {
-                let mut what = vec![];
-                if let Some(path) = &h.http {
-                    what.push(format!("GET {path} through the socket"));
-                }
-                if let Some(e) = &h.exec {
-                    what.push(format!("`{}`", e.join(" ")));
-                }
-                if h.hung {
-                    what.push("hang detection from /proc".into());
-                }
-                let _ = writeln!(
-                    o,
-                    "    health   {} every {:?} (timeout {:?}); {} failures in a row -> recycled",
-                    what.join(" + "),
-                    h.interval,
-                    h.timeout,
-                    h.failures
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    o,
-                    "    health   no checks (add [program.{}.health])",
-                    p.name
-                );
-            }
-        }
-        if !p.watch.is_empty() {
-            let w: Vec<String> = p.watch.iter().map(|x| x.display().to_string()).collect();
-            let _ = writeln!(
-                o,
-                "    watch    {} -> rolling restart on change",
-                w.join(", ")
+                "    health   no checks (add [program.{}.health])",
+                p.name
             );
         }
     }
+    if !p.watch.is_empty() {
+        let w: Vec<String> = p.watch.iter().map(|x| x.display().to_string()).collect();
+        let _ = writeln!(
+            o,
+            "    watch    {} -> rolling restart on change",
+            w.join(", ")
+        );
+    }
+}
+
+fn render_budgets(o: &mut String, cfg: &Config) {
     let b = &cfg.budget;
     let _ = writeln!(
         o,
@@ -340,7 +362,6 @@ pub fn render(cfg: &Config, source: &str) -> String {
             );
         }
     }
-    o
 }
 
 /// Fill in `workers` for every `auto` program (and clamp autoscaled ones into their bounds).

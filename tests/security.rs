@@ -324,7 +324,7 @@ fn the_status_listener_speaks_tls_and_rereads_its_certificate_on_hup() {
         key.display()
     ));
     let addr = d.logged_addr("status endpoint on ");
-    assert!(d.stderr().contains("(https;"), "{}", d.stderr());
+    assert!(d.logged("(https;"), "{}", d.stderr());
     let first = certs.path().join("first.crt");
     let second = certs.path().join("second.crt");
     let body = wait_until(T, "/healthz over https", || {
@@ -343,7 +343,7 @@ fn the_status_listener_speaks_tls_and_rereads_its_certificate_on_hup() {
     std::fs::write(&key, "not a key").unwrap();
     d.signal(libc::SIGHUP);
     wait_until(T, "the failed reload to be logged", || {
-        d.stderr().contains("reload failed").then_some(())
+        d.logged("reload failed").then_some(())
     });
     assert!(curl_https(&addr, "/healthz", &first).is_some());
 

@@ -261,7 +261,7 @@ fn a_missing_command_backs_off_with_a_clear_reason() {
         "{w}"
     );
     assert!(
-        d.stderr().contains("worker w.0: spawn /no/such/server"),
+        d.logged("worker w.0: spawn /no/such/server"),
         "{}",
         d.stderr()
     );

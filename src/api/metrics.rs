@@ -64,24 +64,7 @@ pub fn render(s: &Snapshot) -> String {
         o,
         "# HELP drover_workers Workers by program and state.\n# TYPE drover_workers gauge"
     );
-    for p in &s.programs {
-        let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
-        for st in [
-            "starting", "running", "stopping", "backoff", "failed", "stopped",
-        ] {
-            by_state.insert(st, 0);
-        }
-        for w in &p.workers {
-            *by_state.entry(w.state).or_default() += 1;
-        }
-        for (st, n) in by_state {
-            let _ = writeln!(
-                o,
-                "drover_workers{{program=\"{}\",state=\"{st}\"}} {n}",
-                esc(&p.name)
-            );
-        }
-    }
+    workers_by_state(&mut o, s);
     per_program(
         &mut o,
         s,
@@ -105,30 +88,7 @@ pub fn render(s: &Snapshot) -> String {
             esc(reason)
         );
     }
-    per_worker(
-        &mut o,
-        s,
-        "drover_worker_memory_bytes",
-        "gauge",
-        "Resident memory of each worker (its cgroup or process group when sampled).",
-        |w| w.memory_bytes.map(|b| b.to_string()),
-    );
-    per_worker(
-        &mut o,
-        s,
-        "drover_worker_cpu_seconds_total",
-        "counter",
-        "CPU time of each worker's lead process.",
-        |w| w.cpu_seconds.map(|c| c.to_string()),
-    );
-    per_worker(
-        &mut o,
-        s,
-        "drover_worker_cpu_percent",
-        "gauge",
-        "CPU of each worker's process group over the last sample, percent of one core.",
-        |w| w.cpu_percent.map(|c| format!("{c:.2}")),
-    );
+    worker_families(&mut o, s);
     // each family's samples right after its own HELP/TYPE, as the text format wants
     per_program(
         &mut o,
@@ -148,6 +108,36 @@ pub fn render(s: &Snapshot) -> String {
                 .map(|d| format!("{:.2}", d.utilization))
         },
     );
+    ready_histogram(&mut o, s);
+    steps_reloads_probes(&mut o, s);
+    o
+}
+
+/// `drover_workers{program, state}`, every state present (zero included).
+fn workers_by_state(o: &mut String, s: &Snapshot) {
+    for p in &s.programs {
+        let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
+        for st in [
+            "starting", "running", "stopping", "backoff", "failed", "stopped",
+        ] {
+            by_state.insert(st, 0);
+        }
+        for w in &p.workers {
+            *by_state.entry(w.state).or_default() += 1;
+        }
+        for (st, n) in by_state {
+            let _ = writeln!(
+                o,
+                "drover_workers{{program=\"{}\",state=\"{st}\"}} {n}",
+                esc(&p.name)
+            );
+        }
+    }
+}
+
+/// `drover_spawn_to_ready_seconds`, a histogram per program.
+fn ready_histogram(o: &mut String, s: &Snapshot) {
+    let m = &s.metrics;
     let _ = writeln!(o, "# HELP drover_spawn_to_ready_seconds Time from spawn to passing readiness.\n# TYPE drover_spawn_to_ready_seconds histogram");
     for (prog, h) in &m.ready_latency {
         for (i, b) in READY_BUCKETS.iter().enumerate() {
@@ -177,6 +167,11 @@ pub fn render(s: &Snapshot) -> String {
             h.count
         );
     }
+}
+
+/// Step durations, reloads by result, failed health probes.
+fn steps_reloads_probes(o: &mut String, s: &Snapshot) {
+    let m = &s.metrics;
     let _ = writeln!(o, "# HELP drover_step_duration_seconds How long each pre-start step took.\n# TYPE drover_step_duration_seconds gauge");
     for st in &s.steps {
         if let Some(d) = st.duration_s {
@@ -202,5 +197,32 @@ pub fn render(s: &Snapshot) -> String {
             esc(prog)
         );
     }
-    o
+}
+
+/// Memory and CPU of each worker.
+fn worker_families(o: &mut String, s: &Snapshot) {
+    per_worker(
+        o,
+        s,
+        "drover_worker_memory_bytes",
+        "gauge",
+        "Resident memory of each worker (its cgroup or process group when sampled).",
+        |w| w.memory_bytes.map(|b| b.to_string()),
+    );
+    per_worker(
+        o,
+        s,
+        "drover_worker_cpu_seconds_total",
+        "counter",
+        "CPU time of each worker's lead process.",
+        |w| w.cpu_seconds.map(|c| c.to_string()),
+    );
+    per_worker(
+        o,
+        s,
+        "drover_worker_cpu_percent",
+        "gauge",
+        "CPU of each worker's process group over the last sample, percent of one core.",
+        |w| w.cpu_percent.map(|c| format!("{c:.2}")),
+    );
 }

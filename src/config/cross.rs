@@ -9,6 +9,13 @@ use super::values::{did_you_mean, fmt_size};
 use super::Config;
 
 pub(super) fn cross_check(cx: &mut Ctx, cfg: &Config, top: &[(String, Range<usize>, Node)]) {
+    node_budget(cx, cfg, top);
+    socket_references(cx, cfg, top);
+    duplicates(cx, cfg, top);
+}
+
+/// The workers' budgets must fit the node's.
+fn node_budget(cx: &mut Ctx, cfg: &Config, top: &[(String, Range<usize>, Node)]) {
     let budget_span = top
         .iter()
         .find(|(k, _, _)| k == "budget")
@@ -42,23 +49,15 @@ pub(super) fn cross_check(cx: &mut Ctx, cfg: &Config, top: &[(String, Range<usiz
             cx.err(&budget_span, format!("budget.cpu: the workers' cpu budgets add up to {sum} cores, more than the node's {node}"));
         }
     }
+}
+
+/// Every socket a program names exists.
+fn socket_references(cx: &mut Ctx, cfg: &Config, top: &[(String, Range<usize>, Node)]) {
     let socket_names: Vec<&str> = cfg.sockets.iter().map(|s| s.name.as_str()).collect();
-    let find = |sect: &str, name: &str| -> Option<Range<usize>> {
-        let (_, _, n) = top.iter().find(|(k, _, _)| k == sect)?;
-        let V::Table(t) = &n.v else { return None };
-        let (_, _, pn) = t.iter().find(|(k, _, _)| k == name)?;
-        let V::Table(pt) = &pn.v else {
-            return Some(pn.span.clone());
-        };
-        pt.iter()
-            .find(|(k, _, _)| k == "sockets")
-            .map(|(_, _, v)| v.span.clone())
-            .or(Some(pn.span.clone()))
-    };
     for p in &cfg.programs {
         for s in &p.sockets {
             if !socket_names.contains(&s.as_str()) {
-                let span = find("program", &p.name).unwrap_or(0..0);
+                let span = find(top, "program", &p.name).unwrap_or(0..0);
                 let hint = did_you_mean(s, &socket_names)
                     .map(|x| format!("; did you mean `{x}`?"))
                     .unwrap_or_else(|| {
@@ -75,6 +74,10 @@ pub(super) fn cross_check(cx: &mut Ctx, cfg: &Config, top: &[(String, Range<usiz
             }
         }
     }
+}
+
+/// Step names and socket addresses are unique.
+fn duplicates(cx: &mut Ctx, cfg: &Config, top: &[(String, Range<usize>, Node)]) {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for s in &cfg.prestart {
         *seen.entry(&s.name).or_default() += 1;
@@ -93,7 +96,7 @@ pub(super) fn cross_check(cx: &mut Ctx, cfg: &Config, top: &[(String, Range<usiz
     for s in &cfg.sockets {
         let key = s.listen.to_string();
         if let Some(other) = addrs.insert(key.clone(), &s.name) {
-            let span = find("socket", &s.name).unwrap_or(0..0);
+            let span = find(top, "socket", &s.name).unwrap_or(0..0);
             cx.err(
                 &span,
                 format!(
@@ -103,4 +106,18 @@ pub(super) fn cross_check(cx: &mut Ctx, cfg: &Config, top: &[(String, Range<usiz
             );
         }
     }
+}
+
+/// Where to point at a section's entry (a program's `sockets`, else the entry itself).
+fn find(top: &[(String, Range<usize>, Node)], sect: &str, name: &str) -> Option<Range<usize>> {
+    let (_, _, n) = top.iter().find(|(k, _, _)| k == sect)?;
+    let V::Table(t) = &n.v else { return None };
+    let (_, _, pn) = t.iter().find(|(k, _, _)| k == name)?;
+    let V::Table(pt) = &pn.v else {
+        return Some(pn.span.clone());
+    };
+    pt.iter()
+        .find(|(k, _, _)| k == "sockets")
+        .map(|(_, _, v)| v.span.clone())
+        .or(Some(pn.span.clone()))
 }

@@ -382,54 +382,7 @@ pub fn parse(
     };
     cx.keys("top level", top, TOP_KEYS, TOP_LATER);
     for (k, _, n) in top {
-        match k.as_str() {
-            "supervisor" => sections::read_supervisor(&mut cx, n, &mut cfg.supervisor),
-            "budget" => sections::read_budget(&mut cx, n, &mut cfg.budget),
-            "prestart" => match &n.v {
-                V::Arr(items) => {
-                    for (i, it) in items.iter().enumerate() {
-                        if let Some(s) = sections::read_step(&mut cx, i, it) {
-                            cfg.prestart.push(s);
-                        }
-                    }
-                }
-                _ => cx.err(
-                    &n.span,
-                    format!("prestart: expected [[prestart]] entries, found {}", kind(n)),
-                ),
-            },
-            "socket" => {
-                if let Some(t) = cx.table("socket", n) {
-                    for (name, ks, sn) in t {
-                        if !values::is_name(name) {
-                            cx.err(
-                                ks,
-                                format!("socket `{name}`: names use letters, digits, `-` and `_`"),
-                            );
-                        }
-                        if let Some(s) = sections::read_socket(&mut cx, name, sn) {
-                            cfg.sockets.push(s);
-                        }
-                    }
-                }
-            }
-            "program" => {
-                if let Some(t) = cx.table("program", n) {
-                    for (name, ks, pn) in t {
-                        if !values::is_name(name) {
-                            cx.err(
-                                ks,
-                                format!("program `{name}`: names use letters, digits, `-` and `_`"),
-                            );
-                        }
-                        if let Some(p) = program::read_program(&mut cx, name, pn) {
-                            cfg.programs.push(p);
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
+        read_section(&mut cx, k, n, &mut cfg);
     }
     cross::cross_check(&mut cx, &cfg, top);
     if cx.problems.is_empty() {
@@ -440,6 +393,58 @@ pub fn parse(
             file: file.into(),
             problems: cx.problems,
         })
+    }
+}
+
+/// One top-level section into `cfg`.
+fn read_section(cx: &mut Ctx, k: &str, n: &tree::Node, cfg: &mut Config) {
+    match k {
+        "supervisor" => sections::read_supervisor(cx, n, &mut cfg.supervisor),
+        "budget" => sections::read_budget(cx, n, &mut cfg.budget),
+        "prestart" => match &n.v {
+            V::Arr(items) => {
+                for (i, it) in items.iter().enumerate() {
+                    if let Some(s) = sections::read_step(cx, i, it) {
+                        cfg.prestart.push(s);
+                    }
+                }
+            }
+            _ => cx.err(
+                &n.span,
+                format!("prestart: expected [[prestart]] entries, found {}", kind(n)),
+            ),
+        },
+        "socket" => {
+            if let Some(t) = cx.table("socket", n) {
+                for (name, ks, sn) in t {
+                    if !values::is_name(name) {
+                        cx.err(
+                            ks,
+                            format!("socket `{name}`: names use letters, digits, `-` and `_`"),
+                        );
+                    }
+                    if let Some(s) = sections::read_socket(cx, name, sn) {
+                        cfg.sockets.push(s);
+                    }
+                }
+            }
+        }
+        "program" => {
+            if let Some(t) = cx.table("program", n) {
+                for (name, ks, pn) in t {
+                    if !values::is_name(name) {
+                        cx.err(
+                            ks,
+                            format!("program `{name}`: names use letters, digits, `-` and `_`"),
+                        );
+                    }
+                    if let Some(p) = program::read_program(cx, name, pn) {
+                        cfg.programs.push(p);
+                    }
+                }
+            }
+        }
+        _ => {}
     }
 }
 

@@ -62,33 +62,17 @@ pub(super) fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<Program
         match k.as_str() {
             "command" => command = cx.command(&w, v),
             "sockets" => p.sockets = strings(cx, &w, v, "socket names"),
-            "workers" => match &v.v {
-                V::Str(s) if s == "auto" => p.workers_auto = true,
-                _ => {
-                    if let Some(i) = cx.uint(&w, v, 0, 10_000) {
-                        p.workers = i as u32
-                    }
-                }
-            },
+            "workers" => workers(cx, &w, v, &mut p),
             "restart" => {
                 let options = [
                     ("always", RestartPolicy::Always),
                     ("on-failure", RestartPolicy::OnFailure),
                     ("never", RestartPolicy::Never),
                 ];
-                if let Some(r) = cx.choice(&w, v, &options) {
-                    p.restart = r
-                }
+                p.restart = cx.choice(&w, v, &options).unwrap_or(p.restart)
             }
             "backoff" => read_backoff(cx, &w, v, &mut p.backoff),
-            "stop_signal" => {
-                if let Some(s) = cx.string(&w, v) {
-                    match crate::process::signals::parse(&s) {
-                        Some(sig) => p.stop_signal = sig,
-                        None => cx.err(&v.span, format!("{w}: `{s}` is not a signal drover sends (TERM, INT, QUIT, HUP, KILL, USR1, USR2, WINCH, ABRT)")),
-                    }
-                }
-            }
+            "stop_signal" => p.stop_signal = stop_signal(cx, &w, v).unwrap_or(p.stop_signal),
             "stop_timeout" => {
                 if let Some(d) = cx.duration(&w, v) {
                     p.stop_timeout = d
@@ -100,9 +84,7 @@ pub(super) fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<Program
             "group" => group = id_name(cx, &w, k, v),
             "log" => {
                 let options = [("capture", LogMode::Capture), ("inherit", LogMode::Inherit)];
-                if let Some(m) = cx.choice(&w, v, &options) {
-                    p.log = m
-                }
+                p.log = cx.choice(&w, v, &options).unwrap_or(p.log)
             }
             "min_ready" => {
                 if let Some(i) = cx.uint(&w, v, 0, 10_000) {
@@ -140,6 +122,23 @@ pub(super) fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<Program
     });
     p.command = command?;
     Some(p)
+}
+
+/// `workers`: a count, or `"auto"` (derived when planning).
+fn workers(cx: &mut Ctx, w: &str, v: &Node, p: &mut ProgramCfg) {
+    match &v.v {
+        V::Str(s) if s == "auto" => p.workers_auto = true,
+        _ => p.workers = cx.uint(w, v, 0, 10_000).map_or(p.workers, |i| i as u32),
+    }
+}
+
+fn stop_signal(cx: &mut Ctx, w: &str, v: &Node) -> Option<nix::sys::signal::Signal> {
+    let s = cx.string(w, v)?;
+    let sig = crate::process::signals::parse(&s);
+    if sig.is_none() {
+        cx.err(&v.span, format!("{w}: `{s}` is not a signal drover sends (TERM, INT, QUIT, HUP, KILL, USR1, USR2, WINCH, ABRT)"));
+    }
+    sig
 }
 
 /// An array of strings (socket names, paths).

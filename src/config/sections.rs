@@ -72,7 +72,11 @@ pub(super) fn read_supervisor(cx: &mut Ctx, n: &Node, s: &mut SupervisorCfg) {
             _ => {}
         }
     }
-    // TLS needs both files, and a TCP listener to speak it on
+    check_tls(cx, t, s);
+}
+
+/// TLS needs both files, and a TCP listener to speak it on.
+fn check_tls(cx: &mut Ctx, t: &[(String, std::ops::Range<usize>, Node)], s: &SupervisorCfg) {
     let span_of = |key: &str| {
         t.iter()
             .find(|(k, _, _)| k == key)

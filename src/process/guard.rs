@@ -61,6 +61,19 @@ impl Guard {
 }
 
 unsafe fn guard_main(r: File) -> ! {
+    detach();
+    let (groups, cgroups) = read_until_eof(r);
+    for g in groups {
+        if g > 1 {
+            libc::kill(-g, libc::SIGKILL);
+        }
+    }
+    remove_cgroups(&cgroups);
+    libc::_exit(0)
+}
+
+/// Ignore the signals meant for drover, hold no terminal or pipe open, be named `drover-guard`.
+unsafe fn detach() {
     // Terminal and service-manager signals are drover's business, not the guard's.
     for s in [
         libc::SIGINT,
@@ -90,6 +103,10 @@ unsafe fn guard_main(r: File) -> ! {
         0,
         0,
     );
+}
+
+/// Follow drover's `+PGID`, `-PGID`, `c<dir>`, `k<dir>` lines until drover is gone (EOF).
+fn read_until_eof(r: File) -> (BTreeSet<libc::pid_t>, Vec<(std::path::PathBuf, bool)>) {
     let mut groups: BTreeSet<libc::pid_t> = BTreeSet::new();
     let mut cgroups: Vec<(std::path::PathBuf, bool)> = Vec::new();
     let mut line = String::new();
@@ -114,15 +131,14 @@ unsafe fn guard_main(r: File) -> ! {
             cgroups.push((d.into(), true));
         }
     }
-    for g in groups {
-        if g > 1 {
-            libc::kill(-g, libc::SIGKILL);
-        }
-    }
-    // empty and remove drover's cgroups (a dying process leaves its cgroup a moment later)
+    (groups, cgroups)
+}
+
+/// Empty and remove drover's cgroups (a dying process leaves its cgroup a moment later).
+fn remove_cgroups(cgroups: &[(std::path::PathBuf, bool)]) {
     for _ in 0..100 {
         let mut left = false;
-        for (dir, keep) in &cgroups {
+        for (dir, keep) in cgroups {
             let Ok(rd) = std::fs::read_dir(dir) else {
                 continue;
             };
@@ -137,7 +153,8 @@ unsafe fn guard_main(r: File) -> ! {
                     .filter_map(|l| l.trim().parse::<libc::pid_t>().ok())
                 {
                     if pid > 1 {
-                        libc::kill(pid, libc::SIGKILL);
+                        // SAFETY: kill(2) on a pid read from drover's own cgroup.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
                     }
                 }
                 if std::fs::remove_dir(&child).is_err() {
@@ -153,5 +170,4 @@ unsafe fn guard_main(r: File) -> ! {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    libc::_exit(0)
 }

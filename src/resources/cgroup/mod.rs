@@ -128,102 +128,97 @@ fn writable(dir: &Path) -> bool {
 pub fn detect(create: bool, also: &[i32]) -> Detection {
     let mut notes = vec![];
     // v2 first: a delegated subtree with memory and cpu controllers available
-    if let Some((dir, is_root)) = v2_own_dir() {
-        let avail = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-        let has = |c: &str| avail.split_whitespace().any(|x| x == c);
-        if is_root {
-            notes.push(format!(
-                "cgroup v2: drover runs in the root cgroup ({}); it never creates cgroups there",
-                dir.display()
-            ));
-        } else if !(has("memory") || has("cpu")) {
-            notes.push(format!(
-                "cgroup v2: no memory/cpu controllers available in {}",
-                dir.display()
-            ));
-        } else if !writable(&dir) {
-            notes.push(format!(
-                "cgroup v2: {} is not writable (not delegated)",
-                dir.display()
-            ));
-        } else {
-            let setup = if create { v2_setup(&dir, also) } else { Ok(()) };
-            match setup {
-                Ok(()) => {
-                    notes.push(format!(
-                        "cgroup v2: delegated subtree {} (memory: {}, cpu: {})",
-                        dir.display(),
-                        if has("memory") {
-                            "memory.high / memory.max"
-                        } else {
-                            "not available"
-                        },
-                        if has("cpu") {
-                            "cpu.max"
-                        } else {
-                            "not available"
-                        }
-                    ));
-                    return Detection {
-                        cgroups: Some(Cgroups {
-                            version: Version::V2,
-                            memory: has("memory").then(|| dir.clone()),
-                            cpu: has("cpu").then(|| dir.clone()),
-                        }),
-                        notes,
-                    };
-                }
-                Err(e) => notes.push(format!("cgroup v2: cannot set up {}: {e}", dir.display())),
-            }
-        }
+    if let Some(cgroups) = detect_v2(create, also, &mut notes) {
+        return Detection {
+            cgroups: Some(cgroups),
+            notes,
+        };
     }
     // v1: memory and cpu hierarchies, each on its own
-    let me = std::process::id();
-    let mut v1 = |ctrl: &str, what: &str| -> Option<PathBuf> {
-        let Some((dir, is_root)) = v1_own_dir(ctrl) else {
-            notes.push(format!("cgroup v1 {ctrl}: no such hierarchy mounted"));
-            return None;
-        };
-        if is_root {
-            notes.push(format!(
-                "cgroup v1 {ctrl}: drover runs at the hierarchy's root ({}); it never creates cgroups there, so {what} is not enforced by a cgroup",
-                dir.display()
-            ));
-            return None;
-        }
-        if !writable(&dir) {
-            notes.push(format!(
-                "cgroup v1 {ctrl}: {} is not writable",
-                dir.display()
-            ));
-            return None;
-        }
-        let base = dir.join(format!("drover-{me}"));
-        if create {
-            if let Err(e) = fs::create_dir(&base) {
-                if e.kind() != std::io::ErrorKind::AlreadyExists {
-                    notes.push(format!(
-                        "cgroup v1 {ctrl}: cannot create {}: {e}",
-                        base.display()
-                    ));
-                    return None;
-                }
-            }
-        }
-        notes.push(format!(
-            "cgroup v1 {ctrl}: workers under {}",
-            base.display()
-        ));
-        Some(base)
-    };
-    let memory = v1("memory", "memory");
-    let cpu = v1("cpu", "the CPU quota");
+    let memory = detect_v1("memory", "memory", create, &mut notes);
+    let cpu = detect_v1("cpu", "the CPU quota", create, &mut notes);
     let cgroups = (memory.is_some() || cpu.is_some()).then_some(Cgroups {
         version: Version::V1,
         memory,
         cpu,
     });
     Detection { cgroups, notes }
+}
+
+/// A delegated v2 subtree drover may use, set up when `create`; a note either way.
+fn detect_v2(create: bool, also: &[i32], notes: &mut Vec<String>) -> Option<Cgroups> {
+    let (dir, is_root) = v2_own_dir()?;
+    let avail = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    let has = |c: &str| avail.split_whitespace().any(|x| x == c);
+    let d = dir.display();
+    let problem = if is_root {
+        Some(format!(
+            "drover runs in the root cgroup ({d}); it never creates cgroups there"
+        ))
+    } else if !(has("memory") || has("cpu")) {
+        Some(format!("no memory/cpu controllers available in {d}"))
+    } else if !writable(&dir) {
+        Some(format!("{d} is not writable (not delegated)"))
+    } else if let Err(e) = if create { v2_setup(&dir, also) } else { Ok(()) } {
+        Some(format!("cannot set up {d}: {e}"))
+    } else {
+        None
+    };
+    if let Some(p) = problem {
+        notes.push(format!("cgroup v2: {p}"));
+        return None;
+    }
+    let or_not = |c: &str, how: &'static str| if has(c) { how } else { "not available" };
+    notes.push(format!(
+        "cgroup v2: delegated subtree {d} (memory: {}, cpu: {})",
+        or_not("memory", "memory.high / memory.max"),
+        or_not("cpu", "cpu.max")
+    ));
+    Some(Cgroups {
+        version: Version::V2,
+        memory: has("memory").then(|| dir.clone()),
+        cpu: has("cpu").then(|| dir.clone()),
+    })
+}
+
+/// drover's own directory under the v1 hierarchy of `ctrl` (`drover-<pid>` below the cgroup it
+/// runs in), created when `create`; a note either way.
+fn detect_v1(ctrl: &str, what: &str, create: bool, notes: &mut Vec<String>) -> Option<PathBuf> {
+    let Some((dir, is_root)) = v1_own_dir(ctrl) else {
+        notes.push(format!("cgroup v1 {ctrl}: no such hierarchy mounted"));
+        return None;
+    };
+    if is_root {
+        notes.push(format!(
+            "cgroup v1 {ctrl}: drover runs at the hierarchy's root ({}); it never creates cgroups there, so {what} is not enforced by a cgroup",
+            dir.display()
+        ));
+        return None;
+    }
+    if !writable(&dir) {
+        notes.push(format!(
+            "cgroup v1 {ctrl}: {} is not writable",
+            dir.display()
+        ));
+        return None;
+    }
+    let base = dir.join(format!("drover-{}", std::process::id()));
+    if create {
+        if let Err(e) = fs::create_dir(&base) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                notes.push(format!(
+                    "cgroup v1 {ctrl}: cannot create {}: {e}",
+                    base.display()
+                ));
+                return None;
+            }
+        }
+    }
+    notes.push(format!(
+        "cgroup v1 {ctrl}: workers under {}",
+        base.display()
+    ));
+    Some(base)
 }
 
 /// v2: move drover (and `also`, its guard) into a leaf and hand the controllers to the children.

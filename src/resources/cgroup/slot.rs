@@ -26,85 +26,29 @@ pub struct SlotCgroup {
 impl Cgroups {
     /// Create (or reuse) the cgroup of one slot and apply its budget.
     pub fn slot(&self, name: &str, b: &WorkerBudget) -> std::io::Result<SlotCgroup> {
-        let mut procs = vec![];
-        let mk = |base: &Path| -> std::io::Result<PathBuf> {
-            let dir = base.join(name);
-            match fs::create_dir(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(std::io::Error::new(
-                        e.kind(),
-                        format!("mkdir {}: {e}", dir.display()),
-                    ))
-                }
-            }
-            Ok(dir)
-        };
         let (memory, cpu) = match self.version {
-            Version::V1 => {
-                let m = match &self.memory {
-                    Some(base) => {
-                        let d = mk(base)?;
-                        if let Some(h) = b.memory_hard {
-                            write(&d.join("memory.limit_in_bytes"), &h.to_string())?;
-                            // without swap accounting a hard limit could be dodged into swap
-                            let _ = write(&d.join("memory.memsw.limit_in_bytes"), &h.to_string());
-                        }
-                        if let Some(s) = b.memory_soft {
-                            write(&d.join("memory.soft_limit_in_bytes"), &s.to_string())?;
-                        }
-                        Some(d)
-                    }
-                    None => None,
-                };
-                let c = match &self.cpu {
-                    Some(base) => {
-                        let d = mk(base)?;
-                        write(&d.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
-                        let quota = b
-                            .cpu
-                            .map(|c| ((c * CFS_PERIOD_US as f64) as i64).max(1000))
-                            .unwrap_or(-1);
-                        write(&d.join("cpu.cfs_quota_us"), &quota.to_string())?;
-                        Some(d)
-                    }
-                    None => None,
-                };
-                (m, c)
-            }
+            Version::V1 => (
+                self.memory
+                    .as_ref()
+                    .map(|base| v1_memory(&mkdir(base, name)?, b))
+                    .transpose()?,
+                self.cpu
+                    .as_ref()
+                    .map(|base| v1_cpu(&mkdir(base, name)?, b))
+                    .transpose()?,
+            ),
             Version::V2 => {
                 let base = self
                     .memory
                     .as_ref()
                     .or(self.cpu.as_ref())
                     .expect("a v2 cgroup has a directory");
-                let d = mk(base)?;
-                if self.memory.is_some() {
-                    write(
-                        &d.join("memory.max"),
-                        &b.memory_hard
-                            .map(|h| h.to_string())
-                            .unwrap_or_else(|| "max".into()),
-                    )?;
-                    write(
-                        &d.join("memory.high"),
-                        &b.memory_soft
-                            .map(|s| s.to_string())
-                            .unwrap_or_else(|| "max".into()),
-                    )?;
-                    let _ = write(&d.join("memory.swap.max"), "0");
-                }
-                if self.cpu.is_some() {
-                    let v = match b.cpu {
-                        Some(c) => format!(
-                            "{} {CFS_PERIOD_US}",
-                            ((c * CFS_PERIOD_US as f64) as u64).max(1000)
-                        ),
-                        None => format!("max {CFS_PERIOD_US}"),
-                    };
-                    write(&d.join("cpu.max"), &v)?;
-                }
+                let d = v2_slot(
+                    &mkdir(base, name)?,
+                    b,
+                    self.memory.is_some(),
+                    self.cpu.is_some(),
+                )?;
                 (
                     self.memory.as_ref().map(|_| d.clone()),
                     self.cpu.as_ref().map(|_| d.clone()),
@@ -113,19 +57,10 @@ impl Cgroups {
         };
         let mut dirs: Vec<&PathBuf> = memory.iter().chain(cpu.iter()).collect();
         dirs.dedup();
-        for d in dirs {
-            let procs_path = d.join("cgroup.procs");
-            let f = fs::OpenOptions::new()
-                .write(true)
-                // a test tree has no kernel files: create it there
-                .create(!procs_path.starts_with("/sys/fs/cgroup"))
-                .truncate(false)
-                .open(&procs_path)
-                .map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("open {}/cgroup.procs: {e}", d.display()))
-                })?;
-            procs.push(OwnedFd::from(f));
-        }
+        let procs = dirs
+            .into_iter()
+            .map(|d| open_procs(d))
+            .collect::<Result<_, _>>()?;
         Ok(SlotCgroup {
             version: self.version,
             memory,
@@ -253,4 +188,76 @@ impl SlotCgroup {
         )?;
         Ok(efd)
     }
+}
+
+fn mkdir(base: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let dir = base.join(name);
+    match fs::create_dir(&dir) {
+        Ok(()) => Ok(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(dir),
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!("mkdir {}: {e}", dir.display()),
+        )),
+    }
+}
+
+/// v1 memory: the hard limit (and the same for memory+swap, so it cannot be dodged into swap
+/// where swap accounting is on), the soft limit.
+fn v1_memory(d: &Path, b: &WorkerBudget) -> std::io::Result<PathBuf> {
+    if let Some(h) = b.memory_hard {
+        write(&d.join("memory.limit_in_bytes"), &h.to_string())?;
+        let _ = write(&d.join("memory.memsw.limit_in_bytes"), &h.to_string());
+    }
+    if let Some(s) = b.memory_soft {
+        write(&d.join("memory.soft_limit_in_bytes"), &s.to_string())?;
+    }
+    Ok(d.to_path_buf())
+}
+
+/// v1 cpu: a CFS quota of `cpu` cores (none: unlimited).
+fn v1_cpu(d: &Path, b: &WorkerBudget) -> std::io::Result<PathBuf> {
+    write(&d.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
+    let quota = b
+        .cpu
+        .map(|c| ((c * CFS_PERIOD_US as f64) as i64).max(1000))
+        .unwrap_or(-1);
+    write(&d.join("cpu.cfs_quota_us"), &quota.to_string())?;
+    Ok(d.to_path_buf())
+}
+
+/// v2: memory.max / memory.high (no swap), cpu.max, in one directory.
+fn v2_slot(d: &Path, b: &WorkerBudget, memory: bool, cpu: bool) -> std::io::Result<PathBuf> {
+    let or_max = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "max".into());
+    if memory {
+        write(&d.join("memory.max"), &or_max(b.memory_hard))?;
+        write(&d.join("memory.high"), &or_max(b.memory_soft))?;
+        let _ = write(&d.join("memory.swap.max"), "0");
+    }
+    if cpu {
+        let v = match b.cpu {
+            Some(c) => format!(
+                "{} {CFS_PERIOD_US}",
+                ((c * CFS_PERIOD_US as f64) as u64).max(1000)
+            ),
+            None => format!("max {CFS_PERIOD_US}"),
+        };
+        write(&d.join("cpu.max"), &v)?;
+    }
+    Ok(d.to_path_buf())
+}
+
+/// `cgroup.procs` of a directory, opened for the child to write its pid into.
+fn open_procs(d: &Path) -> std::io::Result<OwnedFd> {
+    let procs_path = d.join("cgroup.procs");
+    fs::OpenOptions::new()
+        .write(true)
+        // a test tree has no kernel files: create it there
+        .create(!procs_path.starts_with("/sys/fs/cgroup"))
+        .truncate(false)
+        .open(&procs_path)
+        .map(OwnedFd::from)
+        .map_err(|e| {
+            std::io::Error::new(e.kind(), format!("open {}/cgroup.procs: {e}", d.display()))
+        })
 }

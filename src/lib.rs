@@ -15,12 +15,14 @@
 //!   command-line client, TLS, sd_notify
 //! - `logs`       drover's own logs, and worker/step output (prefixes, one writer thread)
 //! - `watch`      dev runner: inotify on `watch` paths -> rolling restart
+//! - `oneline`    `drover run [flags] -- COMMAND`: flags -> the TOML a file would hold
 //! - `demo`       `drover demo-worker`, a tiny HTTP worker on the inherited fd 3
 
 pub mod api;
 pub mod config;
 pub mod demo;
 pub mod logs;
+pub mod oneline;
 pub mod plan;
 pub mod process;
 pub mod resources;

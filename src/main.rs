@@ -29,18 +29,43 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Supervise: run pre-start steps, bind sockets, run and restart workers.
+    /// Supervise: run pre-start steps, bind sockets, run and restart workers. With a command
+    /// after `--`, no file: the flags build the configuration (one-line mode).
+    #[command(after_help = ONE_LINE_HELP)]
     Run {
         /// Configuration file (default: $DROVER_CONFIG, ./drover.toml, /etc/drover/drover.toml, else the demo)
-        #[arg(short, long)]
+        #[arg(short, long, conflicts_with = "command")]
         config: Option<PathBuf>,
+        /// One-line mode: workers of COMMAND, a number or `auto` (default ${WEB_CONCURRENCY:-1})
+        #[arg(long, value_name = "N|auto", requires = "command")]
+        workers: Option<String>,
+        /// One-line mode: a socket to bind and pass at fd 3.. (HOST:PORT, :PORT, unix:PATH); repeatable
+        #[arg(long, value_name = "ADDR", requires = "command")]
+        bind: Vec<String>,
+        /// One-line mode: the status endpoint (ADDR or `off`; default 127.0.0.1:9900, off for a bare command)
+        #[arg(long, value_name = "ADDR|off", requires = "command")]
+        status: Option<String>,
+        /// One-line mode: a pre-start step, run by /bin/sh -c before any worker; repeatable
+        #[arg(long, value_name = "CMD", requires = "command")]
+        prestart: Vec<String>,
+        /// One-line mode: TERM, then KILL after this (e.g. 20s)
+        #[arg(long, value_name = "DURATION", requires = "command")]
+        stop_timeout: Option<String>,
+        /// Print the configuration the one-line flags stand for, as TOML, and exit
+        #[arg(long, requires = "command")]
+        print_config: bool,
+        /// The worker command (one-line mode)
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
     },
     /// Validate a configuration and print the resolved plan (exit 0 good, 2 bad).
     Check {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
-    /// Show programs and workers from a running drover's status endpoint.
+    /// Show programs and workers from a running drover's status endpoint. Exit 0 when drover
+    /// is ready, 1 when it runs but is not ready (starting, draining, a program below
+    /// min_ready), 2 when it cannot be reached: usable as a container healthcheck.
     Status {
         /// http://HOST:PORT or unix:/path (default: $DROVER_STATUS_URL or http://127.0.0.1:9900)
         #[arg(long)]
@@ -48,6 +73,9 @@ enum Cmd {
         /// Print the raw /status JSON document.
         #[arg(long)]
         json: bool,
+        /// Print nothing; only the exit code says (a healthcheck).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// A tiny built-in HTTP worker serving on the inherited fd 3 (for the demo and tests).
     DemoWorker,
@@ -79,13 +107,27 @@ enum CtlAction {
 enum Source {
     File(PathBuf),
     Demo,
+    /// one-line mode: the TOML the flags stand for
+    CommandLine(String),
 }
+
+const ONE_LINE_HELP: &str = "\
+One-line mode, no file (drover binds the socket and passes it at fd 3 with LISTEN_FDS):
+  uvicorn main:app --workers 4 --port 8000
+      drover run --workers 4 --bind :8000 -- uvicorn main:app --fd 3
+  gunicorn -w 4 -b :8000 -k uvicorn.workers.UvicornWorker main:app
+      drover run --workers 4 --bind :8000 -- gunicorn -k uvicorn.workers.UvicornWorker main:app
+  tini -- python job.py          (exits with the job's code; 128 + signal if it was killed)
+      drover run -- python job.py
+--workers defaults to ${WEB_CONCURRENCY:-1}. --print-config shows the file these flags make,
+to start from when you outgrow the flags (drover run -c drover.toml).";
 
 impl Source {
     fn label(&self) -> String {
         match self {
             Source::File(p) => p.display().to_string(),
             Source::Demo => "embedded demo".into(),
+            Source::CommandLine(_) => "command line".into(),
         }
     }
 }
@@ -113,6 +155,7 @@ fn read_config(src: &Source) -> Result<(Config, Vec<String>), String> {
             "<embedded demo>".to_string(),
             drover::DEMO_CONFIG.to_string(),
         ),
+        Source::CommandLine(text) => ("<command line>".to_string(), text.clone()),
         Source::File(p) => match std::fs::read(p) {
             Ok(bytes) => match config::decode(&p.display().to_string(), &bytes) {
                 Ok(t) => (p.display().to_string(), t),
@@ -187,24 +230,37 @@ fn main() -> ExitCode {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     let code = match cli.cmd {
-        Cmd::Run { config } => run(find_config(config)),
-        Cmd::Check { config } => check(find_config(config)),
-        Cmd::Status { url, json } => {
-            let url = status_url(url);
-            match client::status(&url, json) {
-                Ok(s) => {
-                    print!("{s}");
-                    if json {
-                        println!();
-                    }
+        Cmd::Run {
+            config,
+            workers,
+            bind,
+            status,
+            prestart,
+            stop_timeout,
+            print_config,
+            command,
+        } => {
+            if command.is_empty() {
+                run(find_config(config))
+            } else {
+                let one = drover::oneline::OneLine {
+                    workers,
+                    bind,
+                    status,
+                    prestart,
+                    stop_timeout,
+                    command,
+                };
+                if print_config {
+                    print!("{}", one.to_toml());
                     0
-                }
-                Err(e) => {
-                    eprintln!("drover status: {e}");
-                    1
+                } else {
+                    run(Source::CommandLine(one.to_toml()))
                 }
             }
         }
+        Cmd::Check { config } => check(find_config(config)),
+        Cmd::Status { url, json, quiet } => status(url, json, quiet),
         Cmd::DemoWorker => drover::demo::main(),
         Cmd::Ctl {
             url,
@@ -213,6 +269,32 @@ fn main() -> ExitCode {
         } => ctl(url, token_file, action),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// `drover status`: 0 ready, 1 running but not ready, 2 unreachable.
+fn status(url: Option<String>, json: bool, quiet: bool) -> i32 {
+    let url = status_url(url);
+    match client::status(&url, json) {
+        Ok((text, ready)) => {
+            if !quiet {
+                print!("{text}");
+                if json {
+                    println!();
+                }
+            }
+            if ready {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            if !quiet {
+                eprintln!("drover status: {e}");
+            }
+            2
+        }
+    }
 }
 
 fn status_url(url: Option<String>) -> String {
@@ -350,6 +432,7 @@ fn run(src: Source) -> i32 {
             "no configuration found (-c, $DROVER_CONFIG, ./drover.toml, /etc/drover/drover.toml): running the embedded demo config; try http://127.0.0.1:8000/ and `drover status`"
         ),
         Source::File(p) => info!("drover {} starting with {}", env!("CARGO_PKG_VERSION"), p.display()),
+        Source::CommandLine(_) => info!("drover {} starting in one-line mode (--print-config shows it as a file)", env!("CARGO_PKG_VERSION")),
     }
     for d in &derived {
         info!("{d}");

@@ -105,6 +105,9 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
         }
     }
     for p in &cfg.programs {
+        w.extend(server_flags(p));
+    }
+    for p in &cfg.programs {
         if let Some(c) = &p.cwd {
             if !c.is_dir() {
                 w.push(format!(
@@ -116,6 +119,64 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
         }
     }
     w
+}
+
+/// uvicorn, gunicorn and hypercorn flags that fight drover's own job in a program with sockets,
+/// each with what to do instead.
+pub fn server_flags(p: &crate::config::ProgramCfg) -> Vec<String> {
+    if p.sockets.is_empty() {
+        return vec![];
+    }
+    let argv: Vec<String> = match &p.command {
+        CommandSpec::Argv(v) => v.clone(),
+        CommandSpec::Shell(s) => s.split_whitespace().map(String::from).collect(),
+    };
+    let base = |a: &str| a.rsplit('/').next().unwrap_or(a).to_string();
+    let Some(server) = argv
+        .iter()
+        .map(|a| base(a))
+        .find(|b| matches!(b.as_str(), "uvicorn" | "gunicorn" | "hypercorn"))
+    else {
+        return vec![];
+    };
+    let name = &p.name;
+    let mut out = vec![];
+    let mut has_fd = false;
+    for (i, a) in argv.iter().enumerate() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with('-') => (f, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        let value = inline
+            .or_else(|| argv.get(i + 1).cloned())
+            .unwrap_or_default();
+        let said = format!("program {name}: {server} `{flag} {value}`");
+        let advice = match (server.as_str(), flag) {
+            (_, "--workers") | ("gunicorn" | "hypercorn", "-w") => format!(
+                "drover runs the workers, each a single {server} process: remove it and set `workers = {value}` in [program.{name}]"
+            ),
+            ("uvicorn", "--host" | "--port") | ("uvicorn", "--uds") => format!(
+                "{server} would bind its own socket beside drover's: remove it, and serve drover's with `--fd 3` (set the address in [socket.*] `listen`)"
+            ),
+            ("gunicorn", "--bind" | "-b") => "gunicorn would bind its own socket: remove it; gunicorn takes drover's from LISTEN_FDS (set the address in [socket.*] `listen`)".to_string(),
+            ("hypercorn", "--bind" | "-b") if !value.starts_with("fd://") => "hypercorn would bind its own socket: use `--bind fd://3` to serve drover's (set the address in [socket.*] `listen`)".to_string(),
+            (_, "--reload") => format!(
+                "{server}'s reloader is a second supervisor: remove it and use `watch = [\"src/\"]` in [program.{name}] (a rolling restart on change)"
+            ),
+            ("uvicorn", "--fd") => {
+                has_fd = true;
+                continue;
+            }
+            _ => continue,
+        };
+        out.push(format!("{said}: {advice}"));
+    }
+    if server == "uvicorn" && !has_fd {
+        out.push(format!(
+            "program {name}: uvicorn without `--fd 3` binds its own socket (127.0.0.1:8000 unless told otherwise), not drover's: add `--fd 3`"
+        ));
+    }
+    out
 }
 
 pub fn render(cfg: &Config, source: &str) -> String {
@@ -395,6 +456,10 @@ fn derive_workers(cfg: &mut Config) -> Vec<String> {
             }
         }
         if p.min_ready > p.workers {
+            lines.push(format!(
+                "program {}: min_ready {} lowered to {} (its worker count)",
+                p.name, p.min_ready, p.workers
+            ));
             p.min_ready = p.workers;
         }
     }

@@ -377,7 +377,7 @@ fn http_health_failures_are_attributed_to_the_worker_that_answered() {
     let d = Drover::start(&demo_cfg(
         2,
         "",
-        "env = { DEMO_UNHEALTHY_WORKER = \"1\" }\n[program.web.health]\nhttp = \"/healthz\"\ninterval = \"20ms\"\nfailures = 1\nhung = false",
+        "env = { DEMO_UNHEALTHY_WORKER = \"1\" }\n[program.web.health]\nhttp = \"/healthz\"\ninterval = \"50ms\"\nfailures = 1\nhung = false",
     ));
     let st = d.wait_status("worker 1 recycled for health", T, |v| {
         v["programs"][0]["workers"]

@@ -208,12 +208,12 @@ pub fn render(doc: &serde_json::Value) -> String {
     out
 }
 
-pub fn status(url: &str, json: bool) -> Result<String, ClientError> {
+/// The status document as text (a table, or the raw JSON), and whether drover is ready (what
+/// /readyz would answer: `ready` in the document).
+pub fn status(url: &str, json: bool) -> Result<(String, bool), ClientError> {
     let body = get(url, "/status")?;
-    if json {
-        return Ok(body);
-    }
     let doc: serde_json::Value =
         serde_json::from_str(&body).map_err(|e| ClientError::Json(e, url.into()))?;
-    Ok(render(&doc))
+    let ready = doc["ready"] == true;
+    Ok((if json { body } else { render(&doc) }, ready))
 }

@@ -15,6 +15,7 @@ pub(super) const SUP_KEYS: &[&str] = &[
     "on_exhausted",
     "exhausted_after",
     "drain_delay",
+    "on_all_exited",
 ];
 pub(super) const STEP_KEYS: &[&str] = &[
     "name",
@@ -45,6 +46,8 @@ pub(super) const PROGRAM_KEYS: &[&str] = &[
     "watch",
     "budget",
     "autoscale",
+    "max_lifetime",
+    "max_lifetime_jitter",
 ];
 pub(super) const PROGRAM_LATER: &[&str] = &[];
 pub(super) const READINESS_KEYS: &[&str] = &["check", "min_uptime", "exec", "interval", "timeout"];

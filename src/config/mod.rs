@@ -116,6 +116,15 @@ pub enum OnExhausted {
     Stay,
 }
 
+/// What drover does when every worker has ended and none will run again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnAllExited {
+    /// exit with the last worker's code (a container's or a Job's work is done)
+    Exit,
+    /// stay up, serving status, until told to stop
+    Stay,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartPolicy {
     Always,
@@ -161,6 +170,7 @@ pub struct SupervisorCfg {
     pub exhausted_after: u32,
     /// after shutdown begins, /readyz says 503 this long before workers are stopped
     pub drain_delay: Duration,
+    pub on_all_exited: OnAllExited,
 }
 
 impl Default for SupervisorCfg {
@@ -175,6 +185,7 @@ impl Default for SupervisorCfg {
             on_exhausted: None,
             exhausted_after: 5,
             drain_delay: Duration::ZERO,
+            on_all_exited: OnAllExited::Exit,
         }
     }
 }
@@ -299,6 +310,9 @@ pub struct ProgramCfg {
     pub readiness: ReadinessCfg,
     pub health: Option<HealthCfg>,
     pub watch: Vec<PathBuf>,
+    /// replace a worker older than this (plus up to `max_lifetime_jitter`) through the rolling path
+    pub max_lifetime: Option<Duration>,
+    pub max_lifetime_jitter: Duration,
     /// `workers = "auto"`: `workers` is filled in by `budget::resolve_auto`
     pub workers_auto: bool,
     pub budget: WorkerBudget,

@@ -43,6 +43,8 @@ fn defaults(name: &str) -> ProgramCfg {
         workers_auto: false,
         budget: WorkerBudget::default(),
         autoscale: None,
+        max_lifetime: None,
+        max_lifetime_jitter: Duration::ZERO,
         run_as: None,
         identity: None,
     }
@@ -75,7 +77,11 @@ pub(super) fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<Program
             "stop_signal" => p.stop_signal = stop_signal(cx, &w, v).unwrap_or(p.stop_signal),
             "stop_timeout" => {
                 if let Some(d) = cx.duration(&w, v) {
-                    p.stop_timeout = d
+                    if d.is_zero() {
+                        cx.err(&v.span, format!("{w}: must be more than zero; to kill at once, write stop_signal = \"KILL\""));
+                    } else {
+                        p.stop_timeout = d
+                    }
                 }
             }
             "env" => p.env = cx.env_table(&w, v),
@@ -106,6 +112,10 @@ pub(super) fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<Program
             }
             "autoscale" => p.autoscale = read_autoscale(cx, &w, v),
             "health" => p.health = read_health(cx, &w, v),
+            "max_lifetime" => p.max_lifetime = cx.positive(&w, v, Duration::from_secs(1)),
+            "max_lifetime_jitter" => {
+                p.max_lifetime_jitter = cx.duration(&w, v).unwrap_or(p.max_lifetime_jitter)
+            }
             _ => {}
         }
     }
@@ -124,11 +134,32 @@ pub(super) fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<Program
     Some(p)
 }
 
-/// `workers`: a count, or `"auto"` (derived when planning).
+/// `workers`: a count, or `"auto"` (derived when planning), or a string that expands to one of
+/// them: `"${WEB_CONCURRENCY:-auto}"`.
 fn workers(cx: &mut Ctx, w: &str, v: &Node, p: &mut ProgramCfg) {
-    match &v.v {
-        V::Str(s) if s == "auto" => p.workers_auto = true,
-        _ => p.workers = cx.uint(w, v, 0, 10_000).map_or(p.workers, |i| i as u32),
+    let V::Str(raw) = &v.v else {
+        p.workers = cx.uint(w, v, 0, 10_000).map_or(p.workers, |i| i as u32);
+        return;
+    };
+    let Some(x) = cx.string(w, v) else { return };
+    let from = if x == *raw {
+        String::new()
+    } else {
+        format!(" (from {raw:?})")
+    };
+    match x.trim() {
+        "auto" => p.workers_auto = true,
+        t => match t.parse::<i64>() {
+            Ok(i) if (0..=10_000).contains(&i) => p.workers = i as u32,
+            Ok(i) => cx.err(
+                &v.span,
+                format!("{w}: {i}{from} is out of range (allowed 0..=10000)"),
+            ),
+            Err(_) => cx.err(
+                &v.span,
+                format!("{w}: `{x}`{from} is neither a number of workers nor \"auto\""),
+            ),
+        },
     }
 }
 
@@ -212,6 +243,18 @@ fn finish(
             format!("{what}: readiness check \"listening\" needs the program to have `sockets`"),
         );
     }
+    if !p.max_lifetime_jitter.is_zero() && p.max_lifetime.is_none() {
+        cx.err(
+            &span_of("max_lifetime_jitter"),
+            format!("{what}: max_lifetime_jitter spreads max_lifetime, which is not set"),
+        );
+    }
+    if p.health.as_ref().is_some_and(|h| h.http.is_some()) && p.sockets.is_empty() {
+        cx.err(
+            &span_of("health"),
+            format!("{what}: health check `http` goes through the program's socket, and it has no `sockets`; use `exec` instead, or give it a socket"),
+        );
+    }
     if !t.iter().any(|(k, _, _)| k == "command") {
         cx.err(&n.span, format!("{what}: `command` is missing"));
     }
@@ -228,7 +271,8 @@ fn read_backoff(cx: &mut Ctx, w: &str, v: &Node, b: &mut BackoffCfg) {
             "reset_after" => &mut b.reset_after,
             _ => continue,
         };
-        if let Some(x) = cx.duration(&bw, bv) {
+        // zero would restart a crashing worker at once, forever: a busy loop
+        if let Some(x) = cx.positive(&bw, bv, Duration::from_millis(1)) {
             *d = x
         }
     }
@@ -277,12 +321,12 @@ fn read_readiness(cx: &mut Ctx, w: &str, v: &Node, r: &mut ReadinessCfg, seen: &
                 }
             }
             "interval" => {
-                if let Some(d) = cx.duration(&rw, rv) {
-                    r.interval = d.max(Duration::from_millis(10))
+                if let Some(d) = cx.positive(&rw, rv, Duration::from_millis(10)) {
+                    r.interval = d
                 }
             }
             "timeout" => {
-                if let Some(d) = cx.duration(&rw, rv) {
+                if let Some(d) = cx.positive(&rw, rv, Duration::from_millis(1)) {
                     r.timeout = d
                 }
             }
@@ -361,7 +405,7 @@ fn read_autoscale(cx: &mut Ctx, w: &str, v: &Node) -> Option<AutoscaleCfg> {
                 }
             }
             "scale_down_window" => {
-                if let Some(d) = cx.duration(&aw, av) {
+                if let Some(d) = cx.positive(&aw, av, Duration::from_millis(1)) {
                     a.scale_down_window = d
                 }
             }
@@ -413,12 +457,12 @@ fn read_health(cx: &mut Ctx, w: &str, v: &Node) -> Option<HealthCfg> {
                 None => {}
             },
             "interval" => {
-                if let Some(d) = cx.duration(&hw, hv) {
-                    h.interval = d.max(Duration::from_millis(50))
+                if let Some(d) = cx.positive(&hw, hv, Duration::from_millis(50)) {
+                    h.interval = d
                 }
             }
             "timeout" => {
-                if let Some(d) = cx.duration(&hw, hv) {
+                if let Some(d) = cx.positive(&hw, hv, Duration::from_millis(1)) {
                     h.timeout = d
                 }
             }

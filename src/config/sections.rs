@@ -34,7 +34,9 @@ pub(super) fn read_supervisor(cx: &mut Ctx, n: &Node, s: &mut SupervisorCfg) {
             "tls_cert" => s.tls_cert = cx.string("supervisor.tls_cert", v).map(PathBuf::from),
             "tls_key" => s.tls_key = cx.string("supervisor.tls_key", v).map(PathBuf::from),
             "shutdown_timeout" => {
-                if let Some(d) = cx.duration("supervisor.shutdown_timeout", v) {
+                if let Some(d) =
+                    cx.positive("supervisor.shutdown_timeout", v, Duration::from_millis(1))
+                {
                     s.shutdown_timeout = d
                 }
             }
@@ -58,6 +60,11 @@ pub(super) fn read_supervisor(cx: &mut Ctx, n: &Node, s: &mut SupervisorCfg) {
                     v,
                     &[("exit", OnExhausted::Exit), ("stay", OnExhausted::Stay)],
                 )
+            }
+            "on_all_exited" => {
+                let options = [("exit", OnAllExited::Exit), ("stay", OnAllExited::Stay)];
+                let w = "supervisor.on_all_exited";
+                s.on_all_exited = cx.choice(w, v, &options).unwrap_or(s.on_all_exited)
             }
             "exhausted_after" => {
                 if let Some(i) = cx.uint("supervisor.exhausted_after", v, 1, 1000) {
@@ -171,7 +178,7 @@ pub(super) fn read_step(cx: &mut Ctx, i: usize, n: &Node) -> Option<StepCfg> {
                 command = cx.command(&w, v);
                 ok &= command.is_some();
             }
-            "timeout" => step.timeout = cx.duration(&w, v),
+            "timeout" => step.timeout = cx.positive(&w, v, Duration::from_millis(1)),
             "retries" => step.retries = cx.uint(&w, v, 0, 1000).unwrap_or(0) as u32,
             "retry_delay" => {
                 if let Some(d) = cx.duration(&w, v) {
@@ -233,6 +240,16 @@ pub(super) fn read_socket(cx: &mut Ctx, name: &str, n: &Node) -> Option<SocketCf
     }
     if !t.iter().any(|(k, _, _)| k == "listen") {
         cx.err(&n.span, format!("{what}: `listen` is missing"));
+    }
+    if let (Some(_), Some(ListenAddr::Tcp(_))) = (mode, &listen) {
+        let span = t
+            .iter()
+            .find(|(k, _, _)| k == "mode")
+            .map(|(_, _, v)| v.span.clone());
+        cx.err(
+            &span.unwrap_or(n.span.clone()),
+            format!("socket.{name}.mode: a file mode applies to a unix socket; `listen` is a TCP address"),
+        );
     }
     Some(SocketCfg {
         name: name.into(),

@@ -173,6 +173,27 @@ impl Ctx<'_> {
         }
     }
 
+    /// A duration that must be positive and at least `min`: zero, or less than drover can act
+    /// on, is an error with its position, never silently raised.
+    pub(super) fn positive(&mut self, what: &str, n: &Node, min: Duration) -> Option<Duration> {
+        let d = self.duration(what, n)?;
+        if d.is_zero() {
+            self.err(
+                &n.span,
+                format!("{what}: must be more than zero (write e.g. \"5s\")"),
+            );
+            return None;
+        }
+        if d < min {
+            self.err(
+                &n.span,
+                format!("{what}: {d:?} is below the shortest drover allows here, {min:?}"),
+            );
+            return None;
+        }
+        Some(d)
+    }
+
     pub(super) fn size(&mut self, what: &str, n: &Node) -> Option<u64> {
         let s = match &n.v {
             V::Int(i) if *i > 0 => return Some(*i as u64),

@@ -12,8 +12,11 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
+
+use tokio::sync::{mpsc, Notify};
 
 use super::{now_rfc3339, Style};
 
@@ -36,34 +39,95 @@ pub struct Source {
     pub color: u8,
 }
 
+/// What the writer thread receives: a line, or a request to flush and say so.
+enum Msg {
+    Line(Line),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 #[derive(Clone)]
 pub struct Output {
-    tx: mpsc::Sender<Line>,
+    tx: mpsc::Sender<Msg>,
+    /// pumps still reading a pipe, and a wake-up for `settle` when one ends
+    pumps: Arc<(AtomicUsize, Notify)>,
+}
+
+/// Counts a pump while it runs, on every path out of it.
+struct Pumping(Arc<(AtomicUsize, Notify)>);
+
+impl Pumping {
+    fn new(p: &Arc<(AtomicUsize, Notify)>) -> Pumping {
+        p.0.fetch_add(1, Ordering::SeqCst);
+        Pumping(p.clone())
+    }
+}
+
+impl Drop for Pumping {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::SeqCst);
+        self.0 .1.notify_waiters();
+    }
 }
 
 impl Output {
     /// Start the writer thread.
     pub fn start(style: Style) -> Output {
-        let (tx, mut rx) = mpsc::channel::<Line>(256);
+        let (tx, mut rx) = mpsc::channel::<Msg>(256);
         std::thread::Builder::new()
             .name("drover-output".into())
             .spawn(move || {
                 let stdout = std::io::stdout();
                 let mut out = std::io::BufWriter::with_capacity(16 * 1024, stdout.lock());
+                let mut acks = vec![];
                 while let Some(first) = rx.blocking_recv() {
-                    write_line(&mut out, style, &first);
-                    while let Ok(more) = rx.try_recv() {
-                        write_line(&mut out, style, &more);
+                    let mut next = Some(first);
+                    while let Some(m) = next {
+                        match m {
+                            Msg::Line(l) => write_line(&mut out, style, &l),
+                            Msg::Flush(ack) => acks.push(ack),
+                        }
+                        next = rx.try_recv().ok();
                     }
                     let _ = out.flush();
+                    for ack in acks.drain(..) {
+                        let _ = ack.send(());
+                    }
                 }
             })
             .expect("spawning the output thread");
-        Output { tx }
+        Output {
+            tx,
+            pumps: Arc::new((AtomicUsize::new(0), Notify::new())),
+        }
+    }
+
+    /// Before drover exits: let every pump read its pipe to the end (a worker's last lines are
+    /// still in it when its exit is reaped), for at most `within`, then have the writer flush.
+    /// Returns the pumps that were still reading at the deadline (their pipes held open by
+    /// something that outlived its worker), for the log.
+    pub async fn settle(&self, within: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            // registered before the count is read, so a pump that ends in between still wakes us
+            let woken = self.pumps.1.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.pumps.0.load(Ordering::SeqCst) == 0
+                || tokio::time::timeout_at(deadline, woken).await.is_err()
+            {
+                break;
+            }
+        }
+        let (ack, flushed) = tokio::sync::oneshot::channel();
+        if self.tx.send(Msg::Flush(ack)).await.is_ok() {
+            let _ = tokio::time::timeout(within, flushed).await;
+        }
+        self.pumps.0.load(Ordering::SeqCst)
     }
 
     /// Read `fd` to EOF, forwarding lines. Returns the last `keep` lines (for step errors).
     pub async fn pump(&self, source: Arc<Source>, fd: OwnedFd, keep: usize) -> VecDeque<String> {
+        let _pumping = Pumping::new(&self.pumps);
         let mut tail = VecDeque::new();
         let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
             return tail;
@@ -118,11 +182,11 @@ impl Output {
         }
         let _ = self
             .tx
-            .send(Line {
+            .send(Msg::Line(Line {
                 source: source.clone(),
                 text,
                 split,
-            })
+            }))
             .await;
     }
 }

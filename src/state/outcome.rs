@@ -24,6 +24,8 @@ pub enum StopReason {
     Stop,
     /// above its soft memory budget: replaced gracefully
     Memory,
+    /// older than its program's max_lifetime: replaced gracefully
+    Lifetime,
 }
 
 impl StopReason {
@@ -37,6 +39,7 @@ impl StopReason {
             StopReason::StartTimeout => "start-timeout",
             StopReason::Stop => "stop",
             StopReason::Memory => "memory",
+            StopReason::Lifetime => "lifetime",
         }
     }
 
@@ -45,7 +48,7 @@ impl StopReason {
     pub fn is_roll(self) -> bool {
         matches!(
             self,
-            StopReason::Restart | StopReason::Reload | StopReason::Memory
+            StopReason::Restart | StopReason::Reload | StopReason::Memory | StopReason::Lifetime
         )
     }
 }

@@ -53,6 +53,9 @@ pub const EXIT_STEP: i32 = 3;
 /// After the shutdown timeout everything was KILLed; wait this much more for the reaper.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 
+/// Before exiting, worker output still in pipes has this long to be read and written.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
 /// Re-reads the configuration for a reload.
 pub type Reloader = Box<dyn Fn() -> Result<Config, String>>;
 
@@ -137,6 +140,8 @@ pub struct Supervisor {
     cgroup_gc: Vec<SlotCgroup>,
     next_sample: Option<Instant>,
     systemd: publish::Systemd,
+    /// how the last worker that ended for good (no restart) ended: the exit code when all are done
+    last_ended: Option<ExitStatus>,
 }
 
 impl Supervisor {
@@ -167,6 +172,7 @@ impl Supervisor {
             cgroup_gc: Vec::new(),
             next_sample: None,
             systemd,
+            last_ended: None,
         };
         for p in &cfg.programs {
             let id = s.new_id();
@@ -216,6 +222,10 @@ impl Supervisor {
             if let Some(code) = self.exit_now() {
                 self.publish();
                 self.remove_cgroups().await;
+                let open = self.cx.output.settle(OUTPUT_GRACE).await;
+                if open > 0 {
+                    error!("{open} output pipe(s) still open {OUTPUT_GRACE:?} after their workers ended (held by a process that outlived its worker); their last lines may be lost");
+                }
                 return code;
             }
             let deadline = self.next_deadline(Instant::now());
@@ -317,6 +327,8 @@ impl Supervisor {
             self.check_watch(now);
             self.check_budgets(now);
             self.advance_rolls(now);
+            self.check_lifetimes(now);
+            self.check_done(now);
             self.cgroup_gc.retain(|cg| !cg.remove());
             self.programs
                 .retain(|p| !(p.removing && p.workers.is_empty()));
@@ -341,6 +353,16 @@ impl Supervisor {
             }
             take(p.health.next);
             take(p.watch_due);
+            if p.roll.is_none() {
+                // during a roll, its own progress wakes the loop; lifetimes are looked at after
+                take(
+                    p.workers
+                        .iter()
+                        .filter(|w| w.slot.is_ready())
+                        .filter_map(|w| w.retire_at)
+                        .min(),
+                );
+            }
         }
         if self.cx.budget.sample && self.run == RunState::Running {
             take(self.next_sample);

@@ -49,6 +49,8 @@ pub(super) struct Worker {
     pub usage: Usage,
     /// drover is recycling it for its memory
     pub memory: Option<MemoryAction>,
+    /// when it has lived its program's max_lifetime (jittered), if it has one
+    pub retire_at: Option<Instant>,
 }
 
 impl Worker {
@@ -60,12 +62,14 @@ impl Worker {
             cgroup: None,
             usage: Usage::default(),
             memory: None,
+            retire_at: None,
         }
     }
 
     /// A new process started in this slot: what was known of the previous one is forgotten.
-    pub fn fresh_process(&mut self, first_check: Instant) {
+    pub fn fresh_process(&mut self, first_check: Instant, retire_at: Option<Instant>) {
         self.ready_next = Some(first_check);
+        self.retire_at = retire_at;
         self.health = HealthState::default();
         self.usage = Usage::default();
         self.memory = None;

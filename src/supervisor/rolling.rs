@@ -126,6 +126,36 @@ impl Supervisor {
         ));
     }
 
+    /// Workers older than their program's max_lifetime are replaced through a roll, one at a
+    /// time, their replacements ready first. A program already rolling waits for it to end.
+    pub(super) fn check_lifetimes(&mut self, now: Instant) {
+        if self.run != RunState::Running {
+            return;
+        }
+        for pi in 0..self.programs.len() {
+            let p = &mut self.programs[pi];
+            if p.roll.is_some() || p.removing {
+                continue;
+            }
+            let mut due: Vec<(Instant, u64)> = p
+                .workers
+                .iter()
+                .filter(|w| w.slot.is_ready() && w.memory.is_none())
+                .filter_map(|w| w.retire_at.filter(|t| now >= *t).map(|t| (t, w.id())))
+                .collect();
+            if due.is_empty() {
+                continue;
+            }
+            due.sort_unstable();
+            let name = &p.cfg.name;
+            let life = p.cfg.max_lifetime.unwrap_or_default();
+            info!(program = %name, "program {name}: {} worker{} older than max_lifetime {life:?}: replacing, ready first", due.len(), plural(due.len()));
+            let ids = due.into_iter().map(|(_, id)| id).collect();
+            p.roll = Some(Roll::new(StopReason::Lifetime, now, ids));
+            self.advance_rolls(now);
+        }
+    }
+
     pub(super) fn advance_rolls(&mut self, now: Instant) {
         if self.run != RunState::Running {
             for p in &mut self.programs {

@@ -7,11 +7,11 @@ use nix::sys::signal::Signal;
 use tracing::{error, info, warn};
 
 use super::{plural, RunState, Supervisor, EXIT_RUNTIME};
-use crate::config::{LogMode, OnExhausted};
+use crate::config::{LogMode, OnAllExited, OnExhausted};
 use crate::logs::output::{color_for, Source};
 use crate::process::reaper::ExitStatus;
 use crate::process::spawn::{self, SpawnSpec, Stdio};
-use crate::state::{Action, AfterStop, Exit, Next, Slot, StopReason, Why};
+use crate::state::{Action, AfterStop, Exit, Next, Phase, Slot, StopReason, Why};
 
 /// A program's crash loop, as reported: it begins when every worker is crash-looping and ends
 /// when one has run long enough to forgive its failures.
@@ -109,6 +109,10 @@ impl Supervisor {
             Err(e) => Err(format!("cannot set up its cgroup: {e}")),
         };
         let first_check = self.programs[pi].first_check(now);
+        let j = self.jitter();
+        let c = &self.programs[pi].cfg;
+        let spread = c.max_lifetime_jitter.mul_f64(j);
+        let retire_at = c.max_lifetime.map(|l| now + l + spread);
         match result {
             Ok(pid) => {
                 if let Some((r, w)) = pipe {
@@ -129,7 +133,7 @@ impl Supervisor {
                 }
                 self.pids.insert(pid, (self.programs[pi].id, id));
                 if let Some(w) = self.programs[pi].worker_mut(id) {
-                    w.fresh_process(first_check);
+                    w.fresh_process(first_check, retire_at);
                     w.slot.spawned(pid, now, &sc);
                 }
                 info!(program = %pname, worker = index, pid, "worker {name} started (pid {pid})");
@@ -209,6 +213,7 @@ impl Supervisor {
         let exit = w.slot.exited(status, oom, now, &sc, jitter);
         let (idx, last) = (w.slot.index(), w.slot.last_exit().cloned());
         log_exit(&name, idx, pid, &exit, last.as_ref(), uptime, &sc);
+        let ended = (exit.next == Next::NotRestarting).then_some(status);
         // a rolling replacement inherits the history of the worker it replaced
         if let (Next::Stopped(r), Some(last)) = (exit.next, last) {
             if r.is_roll() {
@@ -221,6 +226,7 @@ impl Supervisor {
                 }
             }
         }
+        self.last_ended = ended.or(self.last_ended);
         if let (Some(reason), true) = (exit.counted, running) {
             self.metrics.restart(&name, reason);
         }
@@ -334,6 +340,35 @@ impl Supervisor {
             self.exit_code = EXIT_RUNTIME;
             self.begin_shutdown(false, Instant::now());
         }
+    }
+
+    /// Every worker of every program has ended and none will run again (`restart = "never"`, or
+    /// exit 0 under `"on-failure"`): the work is done, and drover exits with the code of the last
+    /// worker that ended, as a shell would. A program scaled to zero is not done.
+    pub(super) fn check_done(&mut self, now: Instant) {
+        if self.run != RunState::Running || self.cfg.supervisor.on_all_exited == OnAllExited::Stay {
+            return;
+        }
+        let ended = |p: &super::program::Program| {
+            p.desired > 0
+                && !p.workers.is_empty()
+                && p.workers
+                    .iter()
+                    .all(|w| matches!(w.slot.phase(), Phase::Done { .. }))
+        };
+        let Some(last) = self.last_ended else { return };
+        if self.programs.is_empty() || !self.programs.iter().all(ended) {
+            return;
+        }
+        self.exit_code = last.shell_code();
+        info!(
+            "every worker has ended and none will run again; exiting with the last one's code {} ({last}); on_all_exited = \"stay\" keeps drover up",
+            self.exit_code
+        );
+        if let Some(n) = &self.cx.notify {
+            n.stopping();
+        }
+        self.stop_everything(false, now);
     }
 
     pub(super) fn scale(&mut self, pi: usize, to: u32, now: Instant, reason: StopReason) {

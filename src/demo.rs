@@ -1,5 +1,5 @@
-//! `drover demo-worker`: a tiny HTTP/1.1 server on the inherited fd 3 (systemd-style socket
-//! passing). It is how the demo config and the Python-free tests get a real worker.
+//! `drover demo-worker`: a tiny HTTP/1.1 server on the inherited sockets, fd 3 onwards
+//! (systemd-style socket passing). It is how the demo config and the Python-free tests get a real worker.
 //!
 //! Routes: `/` answers with the worker's name and pid; `/healthz`; `/pid`; `/sleep/MS` answers
 //! after MS milliseconds; `/exit/CODE` answers, then exits with CODE (to demonstrate restarts);
@@ -54,35 +54,46 @@ pub fn main() -> i32 {
         std::env::var("DROVER_WORKER").unwrap_or_else(|_| "0".into())
     );
     rt.block_on(async move {
-        // SAFETY: fd 3 was handed to us by the supervisor (LISTEN_FDS >= 1) and nothing else owns it.
-        let sock = unsafe { socket2::Socket::from_raw_fd(3) };
-        let _ = sock.set_nonblocking(true);
-        let is_unix = sock.local_addr().map(|a| a.is_unix()).unwrap_or(false);
-        println!("demo-worker {name} (pid {me}) serving on fd 3");
-        if is_unix {
-            let std_l: std::os::unix::net::UnixListener = sock.into();
-            let l = tokio::net::UnixListener::from_std(std_l).expect("fd 3 is a unix listener");
-            loop {
-                if let Ok((s, _)) = l.accept().await {
-                    tokio::spawn(conn(s, name.clone(), me));
-                }
-            }
-        } else {
-            let std_l: std::net::TcpListener = sock.into();
-            let l = tokio::net::TcpListener::from_std(std_l).expect("fd 3 is a TCP listener");
-            loop {
-                match l.accept().await {
-                    Ok((s, _)) => {
-                        tokio::spawn(conn(s, name.clone(), me));
-                    }
-                    Err(e) => {
-                        eprintln!("demo-worker: accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
+        println!(
+            "demo-worker {name} (pid {me}) serving on fd 3..{}",
+            3 + fds - 1
+        );
+        let mut servers = tokio::task::JoinSet::new();
+        for fd in 3..3 + fds as i32 {
+            servers.spawn(serve(fd, name.clone(), me));
+        }
+        while servers.join_next().await.is_some() {}
+        0
+    })
+}
+
+/// Accept connections on one passed socket, TCP or unix, forever.
+async fn serve(fd: i32, name: String, me: i32) {
+    // SAFETY: fds 3..3+LISTEN_FDS were handed to us by the supervisor and nothing else owns them.
+    let sock = unsafe { socket2::Socket::from_raw_fd(fd) };
+    let _ = sock.set_nonblocking(true);
+    if sock.local_addr().map(|a| a.is_unix()).unwrap_or(false) {
+        let std_l: std::os::unix::net::UnixListener = sock.into();
+        let l = tokio::net::UnixListener::from_std(std_l).expect("a unix listener");
+        loop {
+            if let Ok((s, _)) = l.accept().await {
+                tokio::spawn(conn(s, name.clone(), me));
             }
         }
-    })
+    }
+    let std_l: std::net::TcpListener = sock.into();
+    let l = tokio::net::TcpListener::from_std(std_l).expect("a TCP listener");
+    loop {
+        match l.accept().await {
+            Ok((s, _)) => {
+                tokio::spawn(conn(s, name.clone(), me));
+            }
+            Err(e) => {
+                eprintln!("demo-worker: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
 
 async fn conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, name: String, pid: i32) {

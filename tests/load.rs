@@ -18,6 +18,11 @@ fn ready(v: &serde_json::Value, n: usize) -> bool {
 }
 
 fn start(workers: u32) -> Option<(Drover, String)> {
+    start_with(workers, "")
+}
+
+/// `start`, with more settings for the program.
+fn start_with(workers: u32, program_extra: &str) -> Option<(Drover, String)> {
     let Some(py) = fastapi_python() else {
         skip("no Python with fastapi and uvicorn (run tests/run.sh, or set DROVER_TEST_PYTHON)");
         return None;
@@ -25,11 +30,12 @@ fn start(workers: u32) -> Option<(Drover, String)> {
     let dir = tempfile::tempdir().unwrap();
     let tok = dir.path().join("token");
     std::fs::write(&tok, "load-test-token-0123456789").unwrap();
-    let mut d = Drover::start(&fastapi_cfg(
+    let cfg = fastapi_cfg(
         &py,
         workers,
         &format!("control_token_file = \"{}\"", tok.display()),
-    ));
+    );
+    let mut d = Drover::start(&format!("{cfg}{program_extra}\n"));
     d.keep.push(dir);
     let http = d.logged_addr("socket http listening on ");
     d.wait_status("all workers ready", T, |v| ready(v, workers as usize));
@@ -138,5 +144,47 @@ fn scale_3_4_3_under_load_fails_no_request() {
     let st = finish_load(load);
     println!("FIGURE scale 3->4->3 under load: {st}");
     assert_graceful(&st);
+    d.stop_ok();
+}
+
+/// `drover_restarts_total{program="api",reason="REASON"}` from /metrics.
+fn restarts(d: &Drover, reason: &str) -> u64 {
+    let m = http_get(&d.status_addr(), "/metrics").unwrap_or_default();
+    let key = format!("drover_restarts_total{{program=\"api\",reason=\"{reason}\"}} ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// What gunicorn's --max-requests is used for: workers replaced for their age, through the
+/// rolling path (the replacement ready first), under load with a connection per request.
+#[test]
+fn lifetime_recycling_under_load_fails_no_request() {
+    let Some((mut d, http)) = start_with(2, "max_lifetime = \"3s\"\nmax_lifetime_jitter = \"1s\"")
+    else {
+        return;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&http, "/", CLIENTS, stop.clone());
+    wait_until(
+        Duration::from_secs(90),
+        "four workers replaced for their age",
+        || (restarts(&d, "lifetime") >= 4).then_some(()),
+    );
+    stop.store(true, Ordering::Relaxed);
+    let st = finish_load(load);
+    println!("FIGURE lifetime recycling of 2 FastAPI workers (3 s + up to 1 s), 4 replacements under load: {st}");
+    assert_graceful(&st);
+    assert!(d.logged("older than max_lifetime 3s: replacing, ready first"));
+    let v = d.status();
+    assert!(
+        v["programs"][0]["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["last_exit"]["reason"] == "lifetime"),
+        "a replacement carries its predecessor's end: {v}"
+    );
     d.stop_ok();
 }

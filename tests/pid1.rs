@@ -218,3 +218,61 @@ command = "setsid sleep 4711 & exec {bin} demo-worker"
     });
     wait_until(T, "the port free", || port_free(&http).then_some(()));
 }
+
+const UNSHARE: &[&str] = &["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"];
+
+/// `drover run -- COMMAND` as PID 1 of a new namespace (a container's `ENTRYPOINT ["drover",
+/// "run", "--"]`): None (SKIPPED) where unshare cannot make one.
+fn init(command: &[&str]) -> Option<Drover> {
+    if !unshare_works() {
+        skip("unshare --pid --fork --mount-proc does not work here");
+        return None;
+    }
+    let args: Vec<&str> = ["run", "--"].iter().chain(command).copied().collect();
+    Some(Drover::start_args(&args, &[], UNSHARE))
+}
+
+#[test]
+fn as_pid1_a_one_line_init_exits_with_its_childs_code() {
+    // (the child's command, drover's exit code): its code, or 128 + the signal that killed it
+    let cases: [(&[&str], i32); 3] = [
+        (&["sh", "-c", "exit 3"], 3),
+        (&["sh", "-c", "kill -9 $$"], 137),
+        (&["true"], 0),
+    ];
+    for (command, want) in cases {
+        let Some(mut d) = init(command) else { return };
+        let t0 = std::time::Instant::now();
+        assert_eq!(d.wait_exit(T), want, "{command:?}: {}", d.stderr());
+        println!(
+            "FIGURE init {command:?}: exit {want} after {:.0?} from start",
+            t0.elapsed()
+        );
+    }
+}
+
+#[test]
+fn as_pid1_term_reaches_the_one_line_childs_group() {
+    let Some(mut d) = init(&[
+        "sh",
+        "-c",
+        "trap 'echo term > got-term; exit 0' TERM; touch up; while :; do sleep 0.05; done",
+    ]) else {
+        return;
+    };
+    // the child runs in drover's temp dir (its cwd)
+    wait_until(T, "the child to start", || {
+        d.path("up").exists().then_some(())
+    });
+    let drover = wait_until(T, "drover inside the namespace", || {
+        children(d.pid).first().copied()
+    });
+    // SAFETY: TERM to the drover we started (outer pid of the namespace's PID 1).
+    unsafe { libc::kill(drover as i32, libc::SIGTERM) };
+    assert_eq!(d.wait_exit(T), 0, "a clean shutdown: {}", d.stderr());
+    assert_eq!(
+        std::fs::read_to_string(d.path("got-term")).unwrap_or_default(),
+        "term\n",
+        "the child got TERM and ended on its own terms"
+    );
+}

@@ -94,6 +94,9 @@ fn duplicates(cx: &mut Ctx, cfg: &Config, top: &[(String, Range<usize>, Node)]) 
     }
     let mut addrs: BTreeMap<String, &str> = BTreeMap::new();
     for s in &cfg.sockets {
+        if matches!(&s.listen, crate::config::ListenAddr::Tcp(a) if a.port() == 0) {
+            continue; // port 0: each gets a port of its own
+        }
         let key = s.listen.to_string();
         if let Some(other) = addrs.insert(key.clone(), &s.name) {
             let span = find(top, "socket", &s.name).unwrap_or(0..0);

@@ -45,7 +45,26 @@ impl Drover {
         let text = config
             .replace("{dir}", dir.path().to_str().unwrap())
             .replace("{bin}", BIN);
-        std::fs::write(dir.path().join("drover.toml"), text).unwrap();
+        let file = dir.path().join("drover.toml");
+        std::fs::write(&file, text).unwrap();
+        let args = ["run".to_string(), "-c".into(), file.display().to_string()];
+        Self::spawn(dir, &args, env, prefix)
+    }
+
+    /// `drover <args>` (one-line mode: `run [flags] -- COMMAND`) in a temp dir; `{bin}` in the
+    /// arguments is the drover binary.
+    pub fn start_args(args: &[&str], env: &[(&str, &str)], prefix: &[&str]) -> Drover {
+        let dir = tempfile::tempdir().unwrap();
+        let args: Vec<String> = args.iter().map(|a| a.replace("{bin}", BIN)).collect();
+        Self::spawn(dir, &args, env, prefix)
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        args: &[String],
+        env: &[(&str, &str)],
+        prefix: &[&str],
+    ) -> Drover {
         let mut cmd = match prefix.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -54,7 +73,7 @@ impl Drover {
             }
             None => Command::new(BIN),
         };
-        cmd.arg("run").arg("-c").arg(dir.path().join("drover.toml"));
+        cmd.args(args);
         // its own process group, so a failed test can kill everything it started (and, under
         // `unshare --kill-child`, the namespace with it)
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);

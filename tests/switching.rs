@@ -90,6 +90,16 @@ fn print_config_is_a_file_that_drover_check_accepts() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("workers = \"${WEB_CONCURRENCY:-1}\""));
+    // --help says what to type instead of uvicorn's, gunicorn's and tini's lines
+    let help = Command::new(BIN).args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for line in [
+        "drover run --workers 4 --bind :8000 -- uvicorn main:app --fd 3",
+        "gunicorn -w 4 -b :8000 -k uvicorn.workers.UvicornWorker main:app",
+        "drover run -- python job.py",
+    ] {
+        assert!(help.contains(line), "{line} missing from\n{help}");
+    }
     // one-line flags need a command; a command and -c do not go together: usage errors
     for args in [
         &["run", "--workers", "2"][..],

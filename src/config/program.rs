@@ -333,6 +333,20 @@ fn read_readiness(cx: &mut Ctx, w: &str, v: &Node, r: &mut ReadinessCfg, seen: &
             _ => {}
         }
     }
+    if !seen.check && !r.exec.is_empty() {
+        // an exec check given alone is the check
+        r.check = ReadyCheck::Exec;
+        seen.check = true;
+    }
+    if r.check != ReadyCheck::Exec && !r.exec.is_empty() && seen.check {
+        cx.err(
+            &v.span,
+            format!(
+                "{w}: `exec` is only run with check = \"exec\" (this check is {:?})",
+                r.check
+            ),
+        );
+    }
     if r.check == ReadyCheck::Exec && r.exec.is_empty() {
         cx.err(
             &v.span,

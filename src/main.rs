@@ -260,7 +260,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Check { config } => check(find_config(config)),
-        Cmd::Status { url, json, quiet } => status(url, json, quiet),
+        Cmd::Status { url, json, quiet } => client::status_command(&status_url(url), json, quiet),
         Cmd::DemoWorker => drover::demo::main(),
         Cmd::Ctl {
             url,
@@ -269,32 +269,6 @@ fn main() -> ExitCode {
         } => ctl(url, token_file, action),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
-}
-
-/// `drover status`: 0 ready, 1 running but not ready, 2 unreachable.
-fn status(url: Option<String>, json: bool, quiet: bool) -> i32 {
-    let url = status_url(url);
-    match client::status(&url, json) {
-        Ok((text, ready)) => {
-            if !quiet {
-                print!("{text}");
-                if json {
-                    println!();
-                }
-            }
-            if ready {
-                0
-            } else {
-                1
-            }
-        }
-        Err(e) => {
-            if !quiet {
-                eprintln!("drover status: {e}");
-            }
-            2
-        }
-    }
 }
 
 fn status_url(url: Option<String>) -> String {

@@ -217,3 +217,28 @@ pub fn status(url: &str, json: bool) -> Result<(String, bool), ClientError> {
     let ready = doc["ready"] == true;
     Ok((if json { body } else { render(&doc) }, ready))
 }
+
+/// `drover status`: 0 ready, 1 running but not ready, 2 unreachable.
+pub fn status_command(url: &str, json: bool, quiet: bool) -> i32 {
+    match status(url, json) {
+        Ok((text, ready)) => {
+            if !quiet {
+                print!("{text}");
+                if json {
+                    println!();
+                }
+            }
+            if ready {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            if !quiet {
+                eprintln!("drover status: {e}");
+            }
+            2
+        }
+    }
+}

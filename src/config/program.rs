@@ -65,14 +65,7 @@ pub(super) fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<Program
             "command" => command = cx.command(&w, v),
             "sockets" => p.sockets = strings(cx, &w, v, "socket names"),
             "workers" => workers(cx, &w, v, &mut p),
-            "restart" => {
-                let options = [
-                    ("always", RestartPolicy::Always),
-                    ("on-failure", RestartPolicy::OnFailure),
-                    ("never", RestartPolicy::Never),
-                ];
-                p.restart = cx.choice(&w, v, &options).unwrap_or(p.restart)
-            }
+            "restart" => p.restart = restart(cx, &w, v).unwrap_or(p.restart),
             "backoff" => read_backoff(cx, &w, v, &mut p.backoff),
             "stop_signal" => p.stop_signal = stop_signal(cx, &w, v).unwrap_or(p.stop_signal),
             "stop_timeout" => {
@@ -132,6 +125,15 @@ pub(super) fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<Program
     });
     p.command = command?;
     Some(p)
+}
+
+fn restart(cx: &mut Ctx, w: &str, v: &Node) -> Option<RestartPolicy> {
+    let options = [
+        ("always", RestartPolicy::Always),
+        ("on-failure", RestartPolicy::OnFailure),
+        ("never", RestartPolicy::Never),
+    ];
+    cx.choice(w, v, &options)
 }
 
 /// `workers`: a count, or `"auto"` (derived when planning), or a string that expands to one of

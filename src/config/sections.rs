@@ -27,8 +27,10 @@ pub(super) fn read_supervisor(cx: &mut Ctx, n: &Node, s: &mut SupervisorCfg) {
                 }
             }
             "control_token_file" => {
+                // empty (e.g. "${DROVER_TOKEN_FILE:-}" unset): no token, the control API is off
                 s.control_token_file = cx
                     .string("supervisor.control_token_file", v)
+                    .filter(|f| !f.is_empty())
                     .map(PathBuf::from)
             }
             "tls_cert" => s.tls_cert = cx.string("supervisor.tls_cert", v).map(PathBuf::from),

@@ -51,7 +51,7 @@ pub const EXIT_RUNTIME: i32 = 1;
 pub const EXIT_STEP: i32 = 3;
 
 /// After the shutdown timeout everything was KILLed; wait this much more for the reaper.
-const KILL_GRACE: Duration = Duration::from_secs(5);
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// Before exiting, worker output still in pipes has this long to be read and written.
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);

@@ -508,8 +508,8 @@ async fn supervise(s: Start) -> i32 {
             return supervisor::EXIT_RUNTIME;
         }
     }
-    let events = supervisor::events();
-    watch_files(&s.cfg, events.0.clone());
+    let (events, events_rx) = supervisor::events();
+    watch_files(&s.cfg, events.clone());
     let src = s.src;
     let cx = supervisor::Context {
         config_label: src.label(),
@@ -533,7 +533,7 @@ async fn supervise(s: Start) -> i32 {
         notify,
     };
     supervisor::Supervisor::new(s.cfg, bound, cx)
-        .run(reaper, signals)
+        .run(reaper, signals, events_rx)
         .await
 }
 

@@ -325,21 +325,6 @@ fn a_log_flood_of_huge_invalid_lines_is_split_kept_and_does_not_stall_health() {
     assert!(pieces >= 2 * 600, "only {pieces} split markers");
 }
 
-fn rss_and_ticks(pid: i32) -> (u64, u64) {
-    let rss = rss_kib(pid);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<u64> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .map(|x| x.parse().unwrap())
-        .collect();
-    (rss, f[0] + f[1])
-}
-
 /// The storm for minutes, with its CPU and restart-rate figures, is bench/soak.py; here, a count:
 /// memory stays flat across a thousand restarts of 100 workers crashing together.
 #[test]
@@ -358,12 +343,12 @@ fn a_crash_storm_of_100_workers_keeps_memory_flat() {
     };
     // warm up: every worker has crashed a few times and its backoff has grown
     d.wait_status("3 crashes per worker", T, |v| restarts(v) >= 300);
-    let (rss0, _) = rss_and_ticks(d.pid);
+    let rss0 = rss_kib(d.pid);
     let r0 = restarts(&d.status());
     d.wait_status("1,000 more restarts", Duration::from_secs(90), |v| {
         restarts(v) >= r0 + 1000
     });
-    let (rss1, _) = rss_and_ticks(d.pid);
+    let rss1 = rss_kib(d.pid);
     println!("FIGURE crash storm, 100 workers, 1,000 restarts: RSS {rss0} -> {rss1} KiB");
     assert!(
         rss1 < rss0 + 1024,

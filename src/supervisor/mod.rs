@@ -91,7 +91,8 @@ pub struct Context {
     pub output: Output,
     pub snapshot: watch::Sender<Arc<Snapshot>>,
     pub control: mpsc::Receiver<Request>,
-    pub events: (Events, mpsc::UnboundedReceiver<Event>),
+    /// where the loop's I/O tasks report (`run` takes the receiving end)
+    pub events: Events,
     pub token: watch::Sender<Option<Arc<str>>>,
     /// the status listener's TLS configuration, re-read on reload
     pub tls: watch::Sender<Option<crate::api::tls::ServerConfig>>,
@@ -153,7 +154,7 @@ impl Supervisor {
             | 1;
         let systemd = publish::Systemd::new(cx.notify.as_ref(), Instant::now());
         let mut s = Supervisor {
-            events: cx.events.0.clone(),
+            events: cx.events.clone(),
             cx,
             steps: steps::Steps::new(&cfg.prestart),
             cfg: cfg.clone(),
@@ -213,11 +214,15 @@ impl Supervisor {
     }
 
     /// Run steps, then supervise until shutdown. Returns the process exit code.
-    pub async fn run(mut self, mut reaper: Reaper, mut signals: Signals) -> i32 {
+    pub async fn run(
+        mut self,
+        mut reaper: Reaper,
+        mut signals: Signals,
+        mut events: mpsc::UnboundedReceiver<Event>,
+    ) -> i32 {
         self.guard_cgroups();
         self.steps_begin(Instant::now());
         self.publish();
-        let mut events = std::mem::replace(&mut self.cx.events.1, mpsc::unbounded_channel().1);
         loop {
             if let Some(code) = self.exit_now() {
                 self.publish();

@@ -134,7 +134,7 @@ impl Supervisor {
         }
         for pi in 0..self.programs.len() {
             let p = &mut self.programs[pi];
-            if p.roll.is_some() || p.removing {
+            if p.cfg.max_lifetime.is_none() || p.roll.is_some() || p.removing {
                 continue;
             }
             let mut due: Vec<(Instant, u64)> = p

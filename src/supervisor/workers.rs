@@ -303,7 +303,7 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn check_exhausted(&mut self, _now: Instant) {
+    pub(super) fn check_exhausted(&mut self, now: Instant) {
         if self.run != RunState::Running {
             return;
         }
@@ -338,7 +338,7 @@ impl Supervisor {
         }
         if exit {
             self.exit_code = EXIT_RUNTIME;
-            self.begin_shutdown(false, Instant::now());
+            self.begin_shutdown(false, now);
         }
     }
 

@@ -41,8 +41,10 @@ fn sd_notify_ready_status_watchdog_reloading_stopping() {
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let p = path.to_str().unwrap().to_string();
+    // min_ready defaults to 1; READY=1 waiting for both workers needs min_ready = 2
+    let cfg = demo("").replace("workers = 2\n", "workers = 2\nmin_ready = 2\n");
     let mut d = Drover::start_with(
-        &demo(""),
+        &cfg,
         &[("NOTIFY_SOCKET", &p), ("WATCHDOG_USEC", "400000")],
         &[],
     );
@@ -57,7 +59,7 @@ fn sd_notify_ready_status_watchdog_reloading_stopping() {
         .unwrap()
         .clone();
     assert!(ready.contains("STATUS=2/2 web workers ready"), "{ready}");
-    // READY only once both workers passed readiness, which /status confirms
+    // READY only once min_ready (both) workers passed readiness, which /status confirms
     assert_eq!(d.status()["programs"][0]["ready_workers"], 2);
     // watchdog pings every WATCHDOG_USEC/2 from the event loop
     let before = got.iter().filter(|m| *m == "WATCHDOG=1").count();

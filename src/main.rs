@@ -502,6 +502,11 @@ async fn supervise(s: Start) -> i32 {
             unix: unix_status,
             stat_files: Default::default(),
             tls: tls_rx,
+            listeners: Arc::new(drover::resources::queue::Listeners::new(
+                bound
+                    .iter()
+                    .map(|b| (b.name.as_str(), std::os::fd::AsFd::as_fd(&b.fd), b.kind)),
+            )),
         };
         if let Err(e) = serve_status(addr, api, https, control_mode).await {
             error!("status endpoint: cannot listen on {addr}: {e}; no step or worker was started; exiting with code 1");

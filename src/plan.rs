@@ -407,18 +407,27 @@ fn render_budgets(o: &mut String, cfg: &Config) {
             );
         }
         if let Some(a) = &p.autoscale {
+            let of = if w.cpu.is_some() {
+                "the per-worker budget"
+            } else {
+                "one core"
+            };
+            let targets: Vec<String> = a
+                .target_cpu
+                .map(|c| format!("target cpu {c}% of {of}"))
+                .into_iter()
+                .chain(
+                    a.target_queue
+                        .map(|q| format!("target queue {q} waiting per worker")),
+                )
+                .collect();
             let _ = writeln!(
                 o,
-                "  {} autoscale: {}..={} workers, target cpu {}% of {}, scale-down window {:?}",
+                "  {} autoscale: {}..={} workers, {} (the larger recommendation wins), scale-down window {:?}",
                 p.name,
                 a.min,
                 a.max,
-                a.target_cpu,
-                if w.cpu.is_some() {
-                    "the per-worker budget"
-                } else {
-                    "one core"
-                },
+                targets.join(", "),
                 a.scale_down_window
             );
         }

@@ -167,8 +167,12 @@ pub fn render(doc: &serde_json::Value) -> String {
     }
     if let Some(socks) = doc["sockets"].as_array() {
         for so in socks {
+            let queue = match (so["queue"].as_u64(), so["queue_max"].as_u64()) {
+                (Some(q), Some(m)) => format!("queue {q}/{m}"),
+                _ => format!("queue unknown: {}", s(&so["queue_unknown"])),
+            };
             out.push_str(&format!(
-                "socket {:<18} {}\n",
+                "socket {:<18} {:<28} {queue}\n",
                 s(&so["name"]),
                 s(&so["listen"])
             ));

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::snapshot::{ProgramStatus, Snapshot, WorkerStatus, READY_BUCKETS};
+use super::snapshot::{ProgramStatus, Snapshot, SocketStatus, WorkerStatus, READY_BUCKETS};
 
 fn esc(s: &str) -> String {
     s.replace('\\', "\\\\")
@@ -103,14 +103,59 @@ pub fn render(s: &Snapshot) -> String {
         "drover_autoscale_utilization_percent",
         "Mean CPU of ready workers, percent of the per-worker budget.",
         |p| {
-            p.autoscale
-                .as_ref()
-                .map(|d| format!("{:.2}", d.utilization))
+            let d = p.autoscale.as_ref()?;
+            d.cpu.as_ref().map(|r| format!("{:.2}", r.value))
         },
+    );
+    per_program(
+        &mut o,
+        s,
+        "drover_autoscale_queue_per_worker",
+        "Connections waiting in the program's accept queues per worker, as the autoscaler saw them.",
+        |p| {
+            let d = p.autoscale.as_ref()?;
+            d.queue.as_ref().map(|r| format!("{:.2}", r.value))
+        },
+    );
+    per_program(
+        &mut o,
+        s,
+        "drover_shedding",
+        "1 while the program's accept queue is above its max_queue (/readyz answers 503).",
+        |p| Some(u8::from(p.shedding.is_some()).to_string()),
     );
     ready_histogram(&mut o, s);
     steps_reloads_probes(&mut o, s);
+    sockets(&mut o, s);
     o
+}
+
+/// Each socket's accept queue and its limit; the node's listen-queue overflows.
+fn sockets(o: &mut String, s: &Snapshot) {
+    type Family = (&'static str, &'static str, fn(&SocketStatus) -> Option<u32>);
+    let families: [Family; 2] = [
+        (
+            "drover_socket_queue",
+            "Connections waiting in each listening socket's accept queue.",
+            |so| so.queue,
+        ),
+        (
+            "drover_socket_queue_max",
+            "The most connections each listening socket's accept queue holds (its backlog).",
+            |so| so.queue_max,
+        ),
+    ];
+    for (name, help, value) in families {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for so in &s.sockets {
+            if let Some(v) = value(so) {
+                let _ = writeln!(o, "{name}{{socket=\"{}\"}} {v}", esc(&so.name));
+            }
+        }
+    }
+    if let Some(n) = &s.node {
+        let _ = writeln!(o, "# HELP drover_listen_overflows_total Connections the kernel dropped because an accept queue was full (TcpExt ListenOverflows): node-wide, every listener of the network namespace, not only drover's.\n# TYPE drover_listen_overflows_total counter\ndrover_listen_overflows_total {}", n.listen_overflows);
+    }
 }
 
 /// `drover_workers{program, state}`, every state present (zero included).

@@ -41,6 +41,8 @@ pub struct Api {
     pub stat_files: Arc<std::sync::Mutex<Vec<HashMap<i32, std::fs::File>>>>,
     /// Some: TCP connections speak TLS with the current configuration (replaced on reload)
     pub tls: watch::Receiver<Option<crate::api::tls::ServerConfig>>,
+    /// the listening sockets, whose accept queues are read at request time
+    pub listeners: Arc<crate::resources::queue::Listeners>,
 }
 
 pub fn router(api: Api) -> Router {
@@ -185,8 +187,10 @@ async fn readyz(State(api): State<Api>) -> Response {
     let body = serde_json::json!({
         "ready": s.ready,
         "state": s.state,
+        "why": (!s.ready).then(|| not_ready_because(&s)),
         "programs": s.programs.iter().map(|p| serde_json::json!({
-            "name": p.name, "ready_workers": p.ready_workers, "min_ready": p.min_ready
+            "name": p.name, "ready_workers": p.ready_workers, "min_ready": p.min_ready,
+            "shedding": p.shedding,
         })).collect::<Vec<_>>(),
     });
     let code = if s.ready {
@@ -195,6 +199,29 @@ async fn readyz(State(api): State<Api>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body)).into_response()
+}
+
+/// Why /readyz answers 503, in words.
+fn not_ready_because(s: &Snapshot) -> String {
+    let mut why = vec![];
+    if s.state != "running" {
+        why.push(format!("drover is {}", s.state));
+    }
+    for p in &s.programs {
+        if p.ready_workers < p.min_ready {
+            why.push(format!(
+                "{}: {} of min_ready {} workers ready",
+                p.name, p.ready_workers, p.min_ready
+            ));
+        }
+        if let Some(sh) = &p.shedding {
+            why.push(format!(
+                "{}: shedding load, {} connections waiting (max_queue {})",
+                p.name, sh["queue"], sh["max_queue"]
+            ));
+        }
+    }
+    why.join("; ")
 }
 
 /// The snapshot with per-process figures read from /proc at request time: RSS and CPU time from
@@ -266,6 +293,7 @@ fn read_live(api: &Api) -> Snapshot {
             out
         })
     };
+    read_queues(api, &mut snap);
     let page = crate::resources::usage::page_size();
     let hz = crate::resources::usage::clock_ticks_per_sec();
     for p in &mut snap.programs {
@@ -278,6 +306,24 @@ fn read_live(api: &Api) -> Snapshot {
         }
     }
     snap
+}
+
+/// Each socket's accept queue (one syscall each) and the node's overflow counters.
+fn read_queues(api: &Api, snap: &mut Snapshot) {
+    for (name, q) in api.listeners.read() {
+        let Some(s) = snap.sockets.iter_mut().find(|s| s.name == name) else {
+            continue;
+        };
+        match q {
+            Ok(q) => (s.queue, s.queue_max) = (Some(q.len), Some(q.max)),
+            Err(e) => s.queue_unknown = Some(e),
+        }
+    }
+    snap.node = crate::resources::queue::overflows().map(|o| super::snapshot::NodeCounters {
+        listen_overflows: o.listen_overflows,
+        listen_drops: o.listen_drops,
+        scope: "the network namespace: every listener of the node or pod, not only drover's",
+    });
 }
 
 /// /proc/PID/stat of each of `pids`, through (and updating) one shard of the open files.

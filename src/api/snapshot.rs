@@ -23,9 +23,20 @@ pub struct Snapshot {
     pub budget: Option<serde_json::Value>,
     pub steps: Vec<StepStatus>,
     pub sockets: Vec<SocketStatus>,
+    /// the kernel's listen-queue overflow counters: node-wide (the network namespace), not
+    /// drover's alone
+    pub node: Option<NodeCounters>,
     pub programs: Vec<ProgramStatus>,
     #[serde(skip)]
     pub metrics: Counters,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeCounters {
+    pub listen_overflows: u64,
+    pub listen_drops: u64,
+    /// what the counters cover
+    pub scope: &'static str,
 }
 
 /// Where a pre-start step is.
@@ -64,6 +75,13 @@ pub struct StepStatus {
 pub struct SocketStatus {
     pub name: String,
     pub listen: String,
+    /// connections waiting to be accepted (read at request time)
+    pub queue: Option<u32>,
+    /// the most the kernel queues for it (the backlog, capped by net.core.somaxconn)
+    pub queue_max: Option<u32>,
+    /// why the queue is not known, when it is not
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_unknown: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -80,6 +98,8 @@ pub struct ProgramStatus {
     pub budget: Option<serde_json::Value>,
     /// the last autoscaling decision, with its inputs
     pub autoscale: Option<crate::resources::autoscale::Decision>,
+    /// above max_queue: `{queue, max_queue, since_s}`; /readyz answers 503 meanwhile
+    pub shedding: Option<serde_json::Value>,
     pub workers: Vec<WorkerStatus>,
 }
 

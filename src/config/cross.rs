@@ -55,6 +55,21 @@ fn node_budget(cx: &mut Ctx, cfg: &Config, top: &[(String, Range<usize>, Node)])
 fn socket_references(cx: &mut Ctx, cfg: &Config, top: &[(String, Range<usize>, Node)]) {
     let socket_names: Vec<&str> = cfg.sockets.iter().map(|s| s.name.as_str()).collect();
     for p in &cfg.programs {
+        let queue_keys = [
+            ("readiness.max_queue", p.readiness.max_queue.is_some()),
+            (
+                "autoscale.target_queue",
+                p.autoscale
+                    .as_ref()
+                    .is_some_and(|a| a.target_queue.is_some()),
+            ),
+        ];
+        for (key, set) in queue_keys {
+            if set && p.sockets.is_empty() {
+                let span = find(top, "program", &p.name).unwrap_or(0..0);
+                cx.err(&span, format!("program.{}.{key}: the program has no sockets, so no accept queue to read; add sockets = [\"NAME\"] or remove it", p.name));
+            }
+        }
         for s in &p.sockets {
             if !socket_names.contains(&s.as_str()) {
                 let span = find(top, "program", &p.name).unwrap_or(0..0);

@@ -4,7 +4,13 @@ pub(super) const TOP_KEYS: &[&str] = &["supervisor", "prestart", "socket", "prog
 pub(super) const TOP_LATER: &[&str] = &[];
 pub(super) const BUDGET_KEYS: &[&str] = &["memory", "cpu", "mode", "sample_interval"];
 pub(super) const WORKER_BUDGET_KEYS: &[&str] = &["memory_soft", "memory_hard", "cpu"];
-pub(super) const AUTOSCALE_KEYS: &[&str] = &["min", "max", "target_cpu", "scale_down_window"];
+pub(super) const AUTOSCALE_KEYS: &[&str] = &[
+    "min",
+    "max",
+    "target_cpu",
+    "target_queue",
+    "scale_down_window",
+];
 pub(super) const SUP_KEYS: &[&str] = &[
     "status",
     "control_token_file",
@@ -50,7 +56,14 @@ pub(super) const PROGRAM_KEYS: &[&str] = &[
     "max_lifetime_jitter",
 ];
 pub(super) const PROGRAM_LATER: &[&str] = &[];
-pub(super) const READINESS_KEYS: &[&str] = &["check", "min_uptime", "exec", "interval", "timeout"];
+pub(super) const READINESS_KEYS: &[&str] = &[
+    "check",
+    "min_uptime",
+    "exec",
+    "interval",
+    "timeout",
+    "max_queue",
+];
 pub(super) const HEALTH_KEYS: &[&str] =
     &["http", "exec", "interval", "timeout", "failures", "hung"];
 pub(super) const BACKOFF_KEYS: &[&str] = &["initial", "max", "reset_after"];

@@ -228,6 +228,8 @@ pub struct ReadinessCfg {
     pub interval: Duration,
     /// not ready this long after spawn: recycled (reason start-timeout)
     pub timeout: Duration,
+    /// /readyz answers 503 while more connections than this wait in the program's sockets
+    pub max_queue: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -260,7 +262,9 @@ pub struct AutoscaleCfg {
     pub min: u32,
     pub max: u32,
     /// percent of the per-worker CPU budget (or of one core)
-    pub target_cpu: f64,
+    pub target_cpu: Option<f64>,
+    /// connections waiting in the program's accept queues, per worker
+    pub target_queue: Option<f64>,
     pub scale_down_window: Duration,
 }
 

@@ -37,6 +37,7 @@ fn defaults(name: &str) -> ProgramCfg {
             exec: vec![],
             interval: Duration::from_millis(100),
             timeout: Duration::from_secs(60),
+            max_queue: None,
         },
         health: None,
         watch: vec![],
@@ -332,6 +333,7 @@ fn read_readiness(cx: &mut Ctx, w: &str, v: &Node, r: &mut ReadinessCfg, seen: &
                     r.timeout = d
                 }
             }
+            "max_queue" => r.max_queue = cx.uint(&rw, rv, 1, 1_000_000).map(|n| n as u32),
             _ => {}
         }
     }
@@ -391,7 +393,8 @@ fn read_autoscale(cx: &mut Ctx, w: &str, v: &Node) -> Option<AutoscaleCfg> {
     let mut a = AutoscaleCfg {
         min: 1,
         max: 1,
-        target_cpu: 50.0,
+        target_cpu: None,
+        target_queue: None,
         scale_down_window: Duration::from_secs(300),
     };
     let mut have_max = false;
@@ -410,11 +413,32 @@ fn read_autoscale(cx: &mut Ctx, w: &str, v: &Node) -> Option<AutoscaleCfg> {
                     _ => None,
                 };
                 match x {
-                    Some(x) if x > 0.0 && x <= 100.0 => a.target_cpu = x,
+                    Some(x) if x > 0.0 && x <= 100.0 => a.target_cpu = Some(x),
                     _ => cx.err(
                         &av.span,
                         format!(
                             "{aw}: expected a percentage in (0, 100], found {}",
+                            kind(av)
+                        ),
+                    ),
+                }
+            }
+            "target_queue" => {
+                let x = match av.v {
+                    V::Int(i) => Some(i as f64),
+                    V::Float(f) => Some(f),
+                    _ => None,
+                };
+                match x {
+                    Some(x) if x > 0.0 && x <= 100_000.0 => a.target_queue = Some(x),
+                    Some(x) => cx.err(
+                        &av.span,
+                        format!("{aw}: {x} is out of range: waiting connections per worker, more than 0 and at most 100000"),
+                    ),
+                    None => cx.err(
+                        &av.span,
+                        format!(
+                            "{aw}: expected waiting connections per worker in (0, 100000], found {}",
                             kind(av)
                         ),
                     ),
@@ -427,6 +451,15 @@ fn read_autoscale(cx: &mut Ctx, w: &str, v: &Node) -> Option<AutoscaleCfg> {
             }
             _ => {}
         }
+    }
+    if a.target_cpu.is_none()
+        && a.target_queue.is_none()
+        && !t
+            .iter()
+            .any(|(k, _, _)| k == "target_cpu" || k == "target_queue")
+    {
+        // neither given: CPU at 50 %, the HPA's usual target
+        a.target_cpu = Some(50.0);
     }
     if !have_max {
         cx.err(&v.span, format!("{w}: `max` is missing"));

@@ -1,7 +1,7 @@
 //! Bind every listening socket once, before any step runs, and keep the fds for drover's life.
 //! Each spawn lays the named ones out at fd 3.. (see `spawn`).
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -22,6 +22,8 @@ pub struct Bound {
     /// the address actually bound (port 0 resolved)
     pub local: String,
     pub fd: OwnedFd,
+    /// TCP or unix, from the socket itself (how its accept queue is read)
+    pub kind: crate::resources::queue::Kind,
 }
 
 impl Bound {
@@ -82,11 +84,13 @@ pub fn bind(cfg: &SocketCfg) -> Result<Bound, BindError> {
             (s, format!("unix:{}", path.display()))
         }
     };
+    let fd: OwnedFd = sock.into();
     Ok(Bound {
         name: cfg.name.clone(),
         cfg_listen: cfg.listen.clone(),
         local,
-        fd: sock.into(),
+        kind: crate::resources::queue::kind(fd.as_fd()),
+        fd,
     })
 }
 
@@ -155,11 +159,13 @@ pub fn bind_or_adopt(
                 "socket {}: adopted from systemd socket activation ({local})",
                 cfg.name
             );
+            let fd: OwnedFd = sock.into();
             out.push(Bound {
                 name: cfg.name.clone(),
                 cfg_listen: cfg.listen.clone(),
                 local,
-                fd: sock.into(),
+                kind: crate::resources::queue::kind(fd.as_fd()),
+                fd,
             });
         } else {
             out.push(bind(cfg)?);

@@ -4,5 +4,6 @@
 pub mod autoscale;
 pub mod cgroup;
 pub mod enforcement;
+pub mod queue;
 pub mod sizing;
 pub mod usage;

@@ -11,6 +11,7 @@ use tracing::{debug, error, info, warn};
 use super::rolling::Roll;
 use super::{Event, RunState, Supervisor};
 use crate::config::{fmt_size, WorkerBudget};
+use crate::resources::autoscale::{Decision, Inputs};
 use crate::resources::usage;
 use crate::state::{KillCause, StopReason};
 
@@ -213,6 +214,7 @@ impl Supervisor {
 
     fn autoscale(&mut self, now: Instant) {
         for pi in 0..self.programs.len() {
+            let waiting = self.waiting(pi);
             let p = &mut self.programs[pi];
             if p.removing || p.roll.is_some() {
                 continue;
@@ -227,10 +229,12 @@ impl Supervisor {
             let Some(a) = p.autoscaler.as_mut() else {
                 continue;
             };
-            if samples.is_empty() {
-                continue;
-            }
-            let utilization = samples.iter().sum::<f64>() / samples.len() as f64 / per_worker;
+            let current = p.desired;
+            let seen = Inputs {
+                cpu: (!samples.is_empty())
+                    .then(|| samples.iter().sum::<f64>() / samples.len() as f64 / per_worker),
+                queue: waiting.map(|n| n as f64 / current.max(1) as f64),
+            };
             // the budget caps how many workers fit
             let mut cap = u32::MAX;
             if let (Some(node), Some(hard)) = (self.cfg.budget.memory, p.cfg.budget.memory_hard) {
@@ -239,21 +243,20 @@ impl Supervisor {
             if let (Some(node), Some(c)) = (self.cfg.budget.cpu, p.cfg.budget.cpu) {
                 cap = cap.min((node / c + 1e-9).floor() as u32);
             }
-            let current = p.desired;
-            let d = a.decide(now, current, utilization, cap);
+            let Some(d) = a.decide(now, current, seen, cap) else {
+                continue;
+            };
             let name = &p.cfg.name;
+            let inputs = describe(&d);
             if d.desired != current {
                 info!(
                     program = %name,
-                    "autoscale {name}: {current} -> {} workers (cpu {:.0}% of budget vs target {:.0}%, recommended {}, {})",
-                    d.desired, d.utilization, d.target, d.recommended, d.why
+                    "autoscale {name}: {current} -> {} workers ({inputs}; recommended {}, {})",
+                    d.desired, d.recommended, d.why
                 );
                 self.scale(pi, d.desired, now, StopReason::Scale);
             } else {
-                debug!(
-                    "autoscale {name}: hold at {current} (cpu {:.0}% vs target {:.0}%: {})",
-                    d.utilization, d.target, d.why
-                );
+                debug!("autoscale {name}: hold at {current} ({inputs}: {})", d.why);
             }
         }
     }
@@ -321,6 +324,25 @@ async fn watch_threshold(
             Err(_) => return,
         }
     }
+}
+
+/// A decision's inputs, as the log says them: `cpu 80% of budget vs target 50% -> 4, queue 6.0
+/// waiting per worker vs target 2 -> 6`.
+fn describe(d: &Decision) -> String {
+    let mut parts = vec![];
+    if let Some(r) = &d.cpu {
+        parts.push(format!(
+            "cpu {:.0}% of budget vs target {:.0}% -> {}",
+            r.value, r.target, r.recommended
+        ));
+    }
+    if let Some(r) = &d.queue {
+        parts.push(format!(
+            "queue {:.1} waiting per worker vs target {} -> {}",
+            r.value, r.target, r.recommended
+        ));
+    }
+    parts.join(", ")
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ mod publish;
 mod readiness;
 mod reload;
 mod rolling;
+mod saturation;
 mod shutdown;
 mod steps;
 mod workers;
@@ -140,6 +141,7 @@ pub struct Supervisor {
     /// slot cgroups waiting to be removed (processes still leaving)
     cgroup_gc: Vec<SlotCgroup>,
     next_sample: Option<Instant>,
+    saturation: saturation::Saturation,
     systemd: publish::Systemd,
     /// how the last worker that ended for good (no restart) ended: the exit code when all are done
     last_ended: Option<ExitStatus>,
@@ -172,6 +174,7 @@ impl Supervisor {
             last_reload: None,
             cgroup_gc: Vec::new(),
             next_sample: None,
+            saturation: Default::default(),
             systemd,
             last_ended: None,
         };
@@ -331,6 +334,7 @@ impl Supervisor {
             self.check_health(now);
             self.check_watch(now);
             self.check_budgets(now);
+            self.check_queues(now);
             self.advance_rolls(now);
             self.check_lifetimes(now);
             self.check_done(now);
@@ -372,6 +376,7 @@ impl Supervisor {
         if self.cx.budget.sample && self.run == RunState::Running {
             take(self.next_sample);
         }
+        take(self.queue_due(now));
         if !self.cgroup_gc.is_empty() {
             take(Some(now + Duration::from_millis(200)));
         }

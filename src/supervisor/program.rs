@@ -16,6 +16,7 @@ use crate::state::{Phase, Slot, SlotCfg};
 use super::budget::{MemoryAction, Usage};
 use super::health::{HealthState, ProgramHealth};
 use super::rolling::Roll;
+use super::saturation::Shedding;
 use super::workers::CrashLoop;
 
 pub(super) struct Program {
@@ -36,6 +37,8 @@ pub(super) struct Program {
     pub health: ProgramHealth,
     pub watch_due: Option<Instant>,
     pub autoscaler: Option<Autoscaler>,
+    /// above its max_queue: /readyz answers 503
+    pub shedding: Option<Shedding>,
 }
 
 /// One worker: its slot (the state machine) and what the loop knows about its process.
@@ -107,6 +110,7 @@ impl Program {
             slot_cfg: slot_cfg(&cfg),
             desired: cfg.workers,
             autoscaler: cfg.autoscale.clone().map(Autoscaler::new),
+            shedding: None,
             cfg,
             workers: Vec::new(),
             env: vec![],

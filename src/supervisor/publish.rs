@@ -102,6 +102,13 @@ impl Supervisor {
                     })
                 }),
                 autoscale: p.autoscaler.as_ref().and_then(|a| a.last.clone()),
+                shedding: p.shedding.map(|s| {
+                    serde_json::json!({
+                        "queue": s.queue,
+                        "max_queue": p.cfg.readiness.max_queue,
+                        "since_s": now.duration_since(s.since).as_secs_f64(),
+                    })
+                }),
                 workers: p
                     .workers
                     .iter()
@@ -142,7 +149,9 @@ impl Supervisor {
         let programs = self.program_status(now);
         let ready = self.run == RunState::Running
             && self.steps.all_succeeded()
-            && programs.iter().all(|p| p.ready_workers >= p.min_ready);
+            && programs
+                .iter()
+                .all(|p| p.ready_workers >= p.min_ready && p.shedding.is_none());
         let b = &self.cx.budget;
         let snap = Snapshot {
             state: match self.run {
@@ -173,8 +182,12 @@ impl Supervisor {
                 .map(|b| SocketStatus {
                     name: b.name.clone(),
                     listen: b.local.clone(),
+                    queue: None,
+                    queue_max: None,
+                    queue_unknown: None,
                 })
                 .collect(),
+            node: None,
             programs,
             metrics: self.metrics.clone(),
         };

@@ -579,7 +579,7 @@ async fn serve_status(
         }
     };
     let scheme = if https { "https" } else { "http" };
-    info!("status endpoint on {local} ({scheme}; GET /, /status, /healthz, /readyz, /metrics; control API: {control_mode})");
+    info!("status endpoint on {local} ({scheme}; GET /, /status, /history, /healthz, /readyz, /metrics; control API: {control_mode})");
     tokio::spawn(status::serve(listener, api));
     Ok(())
 }

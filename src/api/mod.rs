@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod control;
+pub mod history;
 pub mod metrics;
 pub mod sd_notify;
 pub mod server;

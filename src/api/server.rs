@@ -48,6 +48,9 @@ pub struct Api {
 pub fn router(api: Api) -> Router {
     Router::new()
         .route("/", get(page))
+        .route("/page.js", get(page_js))
+        .route("/page.css", get(page_css))
+        .route("/history", get(history))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
@@ -367,12 +370,48 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
     )
 }
 
+/// The page loads nothing from elsewhere and runs no inline code, so it can send a strict
+/// Content-Security-Policy: its script and style come from this server, its data from
+/// /status and /history, and its charts are SVG built in the page.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
 async fn page() -> impl IntoResponse {
-    Html(include_str!("status.html"))
+    (
+        [
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        Html(include_str!("page/status.html")),
+    )
+}
+
+async fn page_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("page/status.js"),
+    )
+}
+
+async fn page_css() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("page/status.css"),
+    )
+}
+
+async fn history(State(api): State<Api>) -> Response {
+    let h = api.snap.borrow().history.clone();
+    match h {
+        Some(h) => Json(h).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "no history is kept: supervisor.history = \"0s\" (set a window such as \"15m\")",
+        ),
+    }
 }
 
 async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "no such route; GET /, /status, /healthz, /readyz, /metrics; POST /reload, /programs/NAME/{restart,reload,scale,stop}")
+    error(StatusCode::NOT_FOUND, "no such route; GET /, /status, /history, /healthz, /readyz, /metrics; POST /reload, /programs/NAME/{restart,reload,scale,stop}")
 }
 
 async fn method_not_allowed() -> Response {

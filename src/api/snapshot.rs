@@ -29,6 +29,9 @@ pub struct Snapshot {
     pub programs: Vec<ProgramStatus>,
     #[serde(skip)]
     pub metrics: Counters,
+    /// the history ring, shared with the loop (served by GET /history)
+    #[serde(skip)]
+    pub history: Option<std::sync::Arc<super::history::History>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

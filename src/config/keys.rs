@@ -22,6 +22,8 @@ pub(super) const SUP_KEYS: &[&str] = &[
     "exhausted_after",
     "drain_delay",
     "on_all_exited",
+    "history",
+    "history_interval",
 ];
 pub(super) const STEP_KEYS: &[&str] = &[
     "name",

@@ -171,6 +171,10 @@ pub struct SupervisorCfg {
     /// after shutdown begins, /readyz says 503 this long before workers are stopped
     pub drain_delay: Duration,
     pub on_all_exited: OnAllExited,
+    /// how far back /history and the page's charts reach (zero: no history is kept)
+    pub history: Duration,
+    /// how often a history sample is taken
+    pub history_interval: Duration,
 }
 
 impl Default for SupervisorCfg {
@@ -186,6 +190,8 @@ impl Default for SupervisorCfg {
             exhausted_after: 5,
             drain_delay: Duration::ZERO,
             on_all_exited: OnAllExited::Exit,
+            history: Duration::from_secs(15 * 60),
+            history_interval: Duration::from_secs(10),
         }
     }
 }

@@ -78,10 +78,44 @@ pub(super) fn read_supervisor(cx: &mut Ctx, n: &Node, s: &mut SupervisorCfg) {
                     s.drain_delay = d
                 }
             }
+            "history" => {
+                if let Some(d) = cx.duration("supervisor.history", v) {
+                    s.history = d
+                }
+            }
+            "history_interval" => {
+                let w = "supervisor.history_interval";
+                if let Some(d) = cx.positive(w, v, Duration::from_secs(1)) {
+                    s.history_interval = d
+                }
+            }
             _ => {}
         }
     }
     check_tls(cx, t, s);
+    check_history(cx, t, s);
+}
+
+/// Most samples a history keeps per series (a day at 10 s, an hour at 1 s).
+pub const HISTORY_MAX_SAMPLES: u64 = 8640;
+
+/// The history window holds at least one sample and at most `HISTORY_MAX_SAMPLES`.
+fn check_history(cx: &mut Ctx, t: &[(String, std::ops::Range<usize>, Node)], s: &SupervisorCfg) {
+    if s.history.is_zero() {
+        return;
+    }
+    let Some((_, span, _)) = t
+        .iter()
+        .find(|(k, _, _)| k == "history" || k == "history_interval")
+    else {
+        return;
+    };
+    let n = s.history.as_millis() / s.history_interval.as_millis().max(1);
+    if n < 1 {
+        cx.err(span, format!("supervisor.history ({:?}) is shorter than supervisor.history_interval ({:?}); write history = \"0s\" to keep none", s.history, s.history_interval));
+    } else if n as u64 > HISTORY_MAX_SAMPLES {
+        cx.err(span, format!("supervisor.history ({:?}) at history_interval {:?} is {n} samples, more than {HISTORY_MAX_SAMPLES}; sample less often or keep less (long-term history belongs in Prometheus)", s.history, s.history_interval));
+    }
 }
 
 /// TLS needs both files, and a TCP listener to speak it on.

@@ -15,6 +15,7 @@
 
 mod budget;
 mod health;
+mod history;
 mod program;
 mod publish;
 mod readiness;
@@ -142,6 +143,8 @@ pub struct Supervisor {
     cgroup_gc: Vec<SlotCgroup>,
     next_sample: Option<Instant>,
     saturation: saturation::Saturation,
+    /// the history ring and its sampler (None: `history = "0s"`)
+    history: Option<history::Recorder>,
     systemd: publish::Systemd,
     /// how the last worker that ended for good (no restart) ended: the exit code when all are done
     last_ended: Option<ExitStatus>,
@@ -175,6 +178,10 @@ impl Supervisor {
             cgroup_gc: Vec::new(),
             next_sample: None,
             saturation: Default::default(),
+            history: history::Recorder::new(
+                cfg.supervisor.history,
+                cfg.supervisor.history_interval,
+            ),
             systemd,
             last_ended: None,
         };
@@ -335,6 +342,7 @@ impl Supervisor {
             self.check_watch(now);
             self.check_budgets(now);
             self.check_queues(now);
+            self.record_history(now);
             self.advance_rolls(now);
             self.check_lifetimes(now);
             self.check_done(now);
@@ -377,6 +385,7 @@ impl Supervisor {
             take(self.next_sample);
         }
         take(self.queue_due(now));
+        take(self.history_due(now));
         if !self.cgroup_gc.is_empty() {
             take(Some(now + Duration::from_millis(200)));
         }

@@ -190,6 +190,7 @@ impl Supervisor {
             node: None,
             programs,
             metrics: self.metrics.clone(),
+            history: self.history.as_ref().map(|r| r.ring.clone()),
         };
         self.cx.snapshot.send_replace(Arc::new(snap));
     }

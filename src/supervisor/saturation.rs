@@ -16,7 +16,7 @@ pub const QUEUE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub(super) struct Saturation {
-    reader: Reader,
+    pub reader: Reader,
     next_check: Option<Instant>,
 }
 

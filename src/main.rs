@@ -77,6 +77,13 @@ enum Cmd {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// A live terminal view of a running drover (programs, workers, CPU, memory, socket
+    /// queues), redrawn every second; q quits. One snapshot when stdout is not a terminal.
+    Top {
+        /// http://HOST:PORT or unix:/path (default: $DROVER_STATUS_URL or http://127.0.0.1:9900)
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// A tiny built-in HTTP worker serving on the inherited fd 3 (for the demo and tests).
     DemoWorker,
     /// Control a running drover: restart, reload, scale, stop.
@@ -261,6 +268,7 @@ fn main() -> ExitCode {
         }
         Cmd::Check { config } => check(find_config(config)),
         Cmd::Status { url, json, quiet } => client::status_command(&status_url(url), json, quiet),
+        Cmd::Top { url } => drover::api::top::top_command(&status_url(url)),
         Cmd::DemoWorker => drover::demo::main(),
         Cmd::Ctl {
             url,

@@ -115,7 +115,7 @@ pub fn request(
     Ok((code, status, body.to_string()))
 }
 
-fn fmt_uptime(s: f64) -> String {
+pub fn fmt_uptime(s: f64) -> String {
     let s = s as u64;
     match s {
         0..=59 => format!("{s}s"),
@@ -124,7 +124,7 @@ fn fmt_uptime(s: f64) -> String {
     }
 }
 
-fn fmt_exit(v: &serde_json::Value) -> String {
+pub fn fmt_exit(v: &serde_json::Value) -> String {
     if v.is_null() {
         return "-".into();
     }

@@ -9,3 +9,4 @@ pub mod sd_notify;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
+pub mod top;

@@ -96,8 +96,7 @@ fn quit_within(d: Duration) -> bool {
             return false;
         }
         let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
-        let ms =
-            PollTimeout::try_from(left.as_millis().min(60_000) as u16).unwrap_or(PollTimeout::MAX);
+        let ms = PollTimeout::from(left.as_millis().min(60_000) as u16);
         match poll(&mut fds, ms) {
             Ok(0) => return false,
             Ok(_) => {

@@ -41,7 +41,7 @@ fn top_redraws_in_a_terminal_and_quits_on_q() {
         }
     });
     let mut screen = String::new();
-    let mut drain = |screen: &mut String| {
+    let drain = |screen: &mut String| {
         while let Ok(c) = rx.try_recv() {
             screen.push_str(&String::from_utf8_lossy(&c));
         }

@@ -160,46 +160,15 @@ fn mib(v: &Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// One screen: a header, the sockets, then a line per program and per worker. CPU % comes from
-/// the change in each worker's CPU seconds since the previous frame (`before`), or from drover's
-/// own sample when budgets are sampled.
+/// One screen: a header, the sockets, then a line per program and per worker, cut to `width`
+/// columns (0: no cut). `now` is None for a one-off snapshot.
 pub fn frame(
     doc: &Value,
     before: &HashMap<i64, (f64, Instant)>,
     now: Option<Instant>,
     width: usize,
 ) -> Vec<String> {
-    let s = |v: &Value| v.as_str().unwrap_or("?").to_string();
-    let mut l = vec![format!(
-        "drover {}{}  pid {}  up {}  {}{}",
-        s(&doc["state"]),
-        if doc["ready"] == true {
-            " · ready"
-        } else {
-            " · NOT READY"
-        },
-        doc["pid"],
-        client::fmt_uptime(doc["uptime_s"].as_f64().unwrap_or(0.0)),
-        s(&doc["config"]),
-        if now.is_some() { "   (q quits)" } else { "" }
-    )];
-    for so in doc["sockets"].as_array().into_iter().flatten() {
-        let q = match (so["queue"].as_u64(), so["queue_max"].as_u64()) {
-            (Some(q), Some(m)) => format!("queue {q}/{m}"),
-            _ => "queue unknown".into(),
-        };
-        l.push(format!(
-            "socket {:<12} {:<28} {q}",
-            s(&so["name"]),
-            s(&so["listen"])
-        ));
-    }
-    if let Some(n) = doc["node"].as_object() {
-        l.push(format!(
-            "node listen overflows {} drops {} (whole network namespace)",
-            n["listen_overflows"], n["listen_drops"]
-        ));
-    }
+    let mut l = header(doc, now.is_some());
     l.push(String::new());
     l.push(format!(
         "{:<14} {:>3} {:>8} {:<9} {:>6} {:>10} {:>8} {:>8}  {}",
@@ -217,45 +186,86 @@ pub fn frame(
         }
         l.push(format!(
             "{:<14} {}/{} ready  {}",
-            s(&p["name"]),
+            text(&p["name"]),
             p["ready_workers"],
             p["desired"],
             flags.join(" ")
         ));
         for w in p["workers"].as_array().into_iter().flatten() {
-            let pid = w["pid"].as_i64();
-            let cpu = w["cpu_percent"].as_f64().or_else(|| {
-                let (was, at) = before.get(&pid?)?;
-                let dt = now?.duration_since(*at).as_secs_f64();
-                let used = w["cpu_seconds"].as_f64()? - was;
-                (dt > 0.0).then_some(used / dt * 100.0)
-            });
-            l.push(format!(
-                "{:<14} {:>3} {:>8} {:<9} {:>6} {:>10} {:>8} {:>8}  {}",
-                "",
-                w["index"].to_string(),
-                pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                s(&w["state"]),
-                cpu.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into()),
-                mib(&w["memory_bytes"]),
-                w["restarts"].to_string(),
-                w["uptime_s"]
-                    .as_f64()
-                    .map(client::fmt_uptime)
-                    .unwrap_or_else(|| "-".into()),
-                client::fmt_exit(&w["last_exit"])
-            ));
+            l.push(worker_line(w, before, now));
         }
     }
     for line in &mut l {
         line.truncate(line.trim_end().len());
-    }
-    if width > 0 {
-        for line in &mut l {
-            if let Some((i, _)) = line.char_indices().nth(width) {
-                line.truncate(i);
-            }
+        if let Some((i, _)) = line.char_indices().nth(width).filter(|_| width > 0) {
+            line.truncate(i);
         }
     }
     l
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().unwrap_or("?").to_string()
+}
+
+/// drover's state, its sockets' queues, the node's overflow counters.
+fn header(doc: &Value, live: bool) -> Vec<String> {
+    let mut l = vec![format!(
+        "drover {}{}  pid {}  up {}  {}{}",
+        text(&doc["state"]),
+        if doc["ready"] == true {
+            " · ready"
+        } else {
+            " · NOT READY"
+        },
+        doc["pid"],
+        client::fmt_uptime(doc["uptime_s"].as_f64().unwrap_or(0.0)),
+        text(&doc["config"]),
+        if live { "   (q quits)" } else { "" }
+    )];
+    for so in doc["sockets"].as_array().into_iter().flatten() {
+        let q = match (so["queue"].as_u64(), so["queue_max"].as_u64()) {
+            (Some(q), Some(m)) => format!("queue {q}/{m}"),
+            _ => "queue unknown".into(),
+        };
+        l.push(format!(
+            "socket {:<12} {:<28} {q}",
+            text(&so["name"]),
+            text(&so["listen"])
+        ));
+    }
+    if let Some(n) = doc["node"].as_object() {
+        l.push(format!(
+            "node listen overflows {} drops {} (whole network namespace)",
+            n["listen_overflows"], n["listen_drops"]
+        ));
+    }
+    l
+}
+
+/// One worker. CPU % is drover's own sample when budgets are sampled, else the change in its
+/// CPU seconds since the previous frame (`before`).
+fn worker_line(w: &Value, before: &HashMap<i64, (f64, Instant)>, now: Option<Instant>) -> String {
+    let pid = w["pid"].as_i64();
+    let cpu = w["cpu_percent"].as_f64().or_else(|| {
+        let (was, at) = before.get(&pid?)?;
+        let dt = now?.duration_since(*at).as_secs_f64();
+        let used = w["cpu_seconds"].as_f64()? - was;
+        (dt > 0.0).then_some(used / dt * 100.0)
+    });
+    format!(
+        "{:<14} {:>3} {:>8} {:<9} {:>6} {:>10} {:>8} {:>8}  {}",
+        "",
+        w["index"].to_string(),
+        pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        text(&w["state"]),
+        cpu.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into()),
+        mib(&w["memory_bytes"]),
+        w["restarts"].to_string(),
+        w["uptime_s"]
+            .as_f64()
+            .map(client::fmt_uptime)
+            .unwrap_or_else(|| "-".into()),
+        client::fmt_exit(&w["last_exit"])
+    )
 }

@@ -387,6 +387,30 @@ fn read_worker_budget(cx: &mut Ctx, w: &str, v: &Node) -> Option<WorkerBudget> {
     Some(b)
 }
 
+/// An autoscaling target: a number in (0, max].
+fn target(cx: &mut Ctx, w: &str, v: &Node, max: f64, what: &str) -> Option<f64> {
+    let x = match v.v {
+        V::Int(i) => i as f64,
+        V::Float(f) => f,
+        _ => {
+            cx.err(
+                &v.span,
+                format!("{w}: expected {what} in (0, {max}], found {}", kind(v)),
+            );
+            return None;
+        }
+    };
+    if x > 0.0 && x <= max {
+        Some(x)
+    } else {
+        cx.err(
+            &v.span,
+            format!("{w}: {x} is out of range: {what}, more than 0 and at most {max}"),
+        );
+        None
+    }
+}
+
 fn read_autoscale(cx: &mut Ctx, w: &str, v: &Node) -> Option<AutoscaleCfg> {
     let t = cx.table(w, v)?;
     cx.keys(w, t, AUTOSCALE_KEYS, &[]);
@@ -406,43 +430,9 @@ fn read_autoscale(cx: &mut Ctx, w: &str, v: &Node) -> Option<AutoscaleCfg> {
                 a.max = cx.uint(&aw, av, 1, 10_000).unwrap_or(1) as u32;
                 have_max = true;
             }
-            "target_cpu" => {
-                let x = match av.v {
-                    V::Int(i) => Some(i as f64),
-                    V::Float(f) => Some(f),
-                    _ => None,
-                };
-                match x {
-                    Some(x) if x > 0.0 && x <= 100.0 => a.target_cpu = Some(x),
-                    _ => cx.err(
-                        &av.span,
-                        format!(
-                            "{aw}: expected a percentage in (0, 100], found {}",
-                            kind(av)
-                        ),
-                    ),
-                }
-            }
+            "target_cpu" => a.target_cpu = target(cx, &aw, av, 100.0, "a percentage"),
             "target_queue" => {
-                let x = match av.v {
-                    V::Int(i) => Some(i as f64),
-                    V::Float(f) => Some(f),
-                    _ => None,
-                };
-                match x {
-                    Some(x) if x > 0.0 && x <= 100_000.0 => a.target_queue = Some(x),
-                    Some(x) => cx.err(
-                        &av.span,
-                        format!("{aw}: {x} is out of range: waiting connections per worker, more than 0 and at most 100000"),
-                    ),
-                    None => cx.err(
-                        &av.span,
-                        format!(
-                            "{aw}: expected waiting connections per worker in (0, 100000], found {}",
-                            kind(av)
-                        ),
-                    ),
-                }
+                a.target_queue = target(cx, &aw, av, 100_000.0, "waiting connections per worker")
             }
             "scale_down_window" => {
                 if let Some(d) = cx.positive(&aw, av, Duration::from_millis(1)) {

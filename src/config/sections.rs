@@ -15,17 +15,7 @@ pub(super) fn read_supervisor(cx: &mut Ctx, n: &Node, s: &mut SupervisorCfg) {
     cx.keys("[supervisor]", t, SUP_KEYS, &[]);
     for (k, _, v) in t {
         match k.as_str() {
-            "status" => {
-                if let Some(st) = cx.string("supervisor.status", v) {
-                    if st.is_empty() || st == "off" {
-                        s.status = None;
-                    } else if let Ok(a) = parse_listen(&st) {
-                        s.status = Some(a);
-                    } else {
-                        s.status = cx.listen("supervisor.status", v);
-                    }
-                }
-            }
+            "status" => read_status(cx, v, s),
             "control_token_file" => {
                 // empty (e.g. "${DROVER_TOKEN_FILE:-}" unset): no token, the control API is off
                 s.control_token_file = cx
@@ -78,16 +68,11 @@ pub(super) fn read_supervisor(cx: &mut Ctx, n: &Node, s: &mut SupervisorCfg) {
                     s.drain_delay = d
                 }
             }
-            "history" => {
-                if let Some(d) = cx.duration("supervisor.history", v) {
-                    s.history = d
-                }
-            }
+            "history" => s.history = cx.duration("supervisor.history", v).unwrap_or(s.history),
             "history_interval" => {
                 let w = "supervisor.history_interval";
-                if let Some(d) = cx.positive(w, v, Duration::from_secs(1)) {
-                    s.history_interval = d
-                }
+                let d = cx.positive(w, v, Duration::from_secs(1));
+                s.history_interval = d.unwrap_or(s.history_interval)
             }
             _ => {}
         }
@@ -115,6 +100,19 @@ fn check_history(cx: &mut Ctx, t: &[(String, std::ops::Range<usize>, Node)], s: 
         cx.err(span, format!("supervisor.history ({:?}) is shorter than supervisor.history_interval ({:?}); write history = \"0s\" to keep none", s.history, s.history_interval));
     } else if n as u64 > HISTORY_MAX_SAMPLES {
         cx.err(span, format!("supervisor.history ({:?}) at history_interval {:?} is {n} samples, more than {HISTORY_MAX_SAMPLES}; sample less often or keep less (long-term history belongs in Prometheus)", s.history, s.history_interval));
+    }
+}
+
+/// `status`: an address, or "off" / "" for none.
+fn read_status(cx: &mut Ctx, v: &Node, s: &mut SupervisorCfg) {
+    if let Some(st) = cx.string("supervisor.status", v) {
+        if st.is_empty() || st == "off" {
+            s.status = None;
+        } else if let Ok(a) = parse_listen(&st) {
+            s.status = Some(a);
+        } else {
+            s.status = cx.listen("supervisor.status", v);
+        }
     }
 }
 

@@ -112,19 +112,19 @@ impl Listeners {
 }
 
 fn tcp(fd: BorrowedFd<'_>) -> Result<Queue, String> {
-    // SAFETY: tcp_info is plain integers; all-zero is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` is a writable tcp_info and `len` its size; the kernel writes at most `len`
-    // bytes and updates `len`.
-    let rc = unsafe {
-        libc::getsockopt(
+    // SAFETY: tcp_info is plain integers, so all-zero is a valid value; the kernel writes at
+    // most `len` bytes into it and updates `len`.
+    let (rc, info) = unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let rc = libc::getsockopt(
             fd.as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
             (&mut info as *mut libc::tcp_info).cast(),
             &mut len,
-        )
+        );
+        (rc, info)
     };
     if rc != 0 {
         return Err(format!("TCP_INFO: {}", std::io::Error::last_os_error()));

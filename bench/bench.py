@@ -3,7 +3,7 @@
 
     bash bench/setup.sh                 # peers, wrk, the stamp worker, drover --release
     python3 bench/bench.py all          # every metric (~15 min); or one of:
-    python3 bench/bench.py respawn | memory | idle | budget | status | throughput | kill | reload | stop
+    python3 bench/bench.py respawn | memory | idle | budget | status | throughput | kill | reload | stop | queue
     python3 bench/bench.py smoke        # a short pass over each metric (what CI can afford)
 
 Loopback only. Every process a metric starts is stopped by pid before the next one starts.
@@ -24,7 +24,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peers import (APP_PEERS, BENCH, STAMP_PEERS, Circus, Drover, Gunicorn, PM2,  # noqa: E402
+from peers import (APP_PEERS, BENCH, ROOT, STAMP_PEERS, Circus, Drover, Gunicorn, PM2,  # noqa: E402
                    Supervisord, Uvicorn, alive, versions, wait_for)
 
 RESULTS = os.path.join(BENCH, "results", "latest.json")
@@ -207,10 +207,16 @@ def idle(seconds=60):
               "program": 'budget = { memory_hard = "1GiB" }'}
     cgroup = {"budget": '[budget]\nmode = "cgroup"\nsample_interval = "1s"',
               "program": 'budget = { memory_hard = "1GiB" }'}
-    cases = [(Drover, "stamp", 4, {}, "budgets off"),
+    hist_off = {"supervisor": 'history = "0s"'}
+    hist_1s = {"supervisor": 'history_interval = "1s"'}
+    cases = [(Drover, "stamp", 4, hist_off, "budgets off, history off"),
+             (Drover, "stamp", 4, {}, "budgets off, history every 10 s (default)"),
+             (Drover, "stamp", 4, hist_1s, "budgets off, history every 1 s"),
              (Drover, "stamp", 4, sample, "sampling /proc every 1 s"),
              (Drover, "stamp", 4, cgroup, "cgroup v1 + sampling every 1 s"),
-             (Drover, "stamp", 100, {}, "budgets off"),
+             (Drover, "stamp", 100, hist_off, "budgets off, history off"),
+             (Drover, "stamp", 100, {}, "budgets off, history every 10 s (default)"),
+             (Drover, "stamp", 100, hist_1s, "budgets off, history every 1 s"),
              (Drover, "stamp", 100, sample, "sampling /proc every 1 s"),
              (Drover, "stamp", 100, cgroup, "cgroup v1 + sampling every 1 s"),
              (Supervisord, "stamp", 4, {}, "defaults"), (Circus, "stamp", 4, {}, "defaults"),
@@ -532,12 +538,34 @@ def stop():
     save("stop", {"data": data, "table": text})
 
 
+def queue():
+    """The cost of one accept-queue read (TCP_INFO for TCP, a sock_diag request for unix), from
+    drover's own code built for release, beside the cheapest syscall (getppid), the floor."""
+    r = subprocess.run(["cargo", "test", "--release", "--lib", "resources::queue::tests::read_cost", "--",
+                        "--ignored", "--exact", "--nocapture"], cwd=ROOT, capture_output=True, text=True)
+    m = re.search(r"QUEUE_COST (\{.*\})", r.stdout)
+    if not m:
+        sys.exit(f"bench queue: no figure from the test:\n{r.stdout}\n{r.stderr}")
+    d = json.loads(m.group(1))
+    floor = d["syscall_floor_ns"]
+    for k in ("tcp_ns", "unix_ns"):
+        if d[k] < floor:
+            sys.exit(f"bench queue: {k} {d[k]} ns is below the syscall floor {floor} ns: a broken measurement")
+    rows = [["TCP listener", "getsockopt(TCP_INFO)", f"{d['tcp_ns']:.0f}", f"{d['tcp_ns'] / floor:.1f}×"],
+            ["unix listener", "fstat + sock_diag send/recv" + ("" if d["unix_reported"] else " (not reported here)"),
+             f"{d['unix_ns']:.0f}", f"{d['unix_ns'] / floor:.1f}×"],
+            ["getppid (the floor)", "one syscall", f"{floor:.0f}", "1.0×"]]
+    text = table(f"Reading one socket's accept queue ({d['reads']:,} reads each)",
+                 ["listener", "how", "ns per read", "vs the floor"], rows)
+    save("queue", {"data": d, "table": text})
+
+
 def _throughput_short():
     throughput(runs=1, seconds=3)
 
 
 METRICS = {"respawn": respawn, "memory": memory, "idle": idle, "budget": budget, "status": status_latency,
-           "throughput": throughput, "kill": kill, "reload": reload, "stop": stop}
+           "throughput": throughput, "kill": kill, "reload": reload, "stop": stop, "queue": queue}
 
 
 def smoke():

@@ -55,6 +55,19 @@ def ticks(pid):
         return 0
 
 
+def wakeups(pid):
+    """Context switches of every thread of `pid`: each time one of them slept and was woken."""
+    n = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            for line in open(f"/proc/{pid}/task/{tid}/status"):
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    n += int(line.split()[1])
+    except OSError:
+        pass
+    return n
+
+
 def rss_kib(pid):
     return int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{pid}/status").read()).group(1))
 
@@ -209,7 +222,8 @@ def idle(seconds=60):
               "program": 'budget = { memory_hard = "1GiB" }'}
     hist_off = {"supervisor": 'history = "0s"'}
     hist_1s = {"supervisor": 'history_interval = "1s"'}
-    cases = [(Drover, "stamp", 4, hist_off, "budgets off, history off"),
+    cases = [(Drover, "stamp", 0, {}, "no worker running: history on, nothing to sample"),
+             (Drover, "stamp", 4, hist_off, "budgets off, history off"),
              (Drover, "stamp", 4, {}, "budgets off, history every 10 s (default)"),
              (Drover, "stamp", 4, hist_1s, "budgets off, history every 1 s"),
              (Drover, "stamp", 4, sample, "sampling /proc every 1 s"),
@@ -227,20 +241,22 @@ def idle(seconds=60):
             running.append((run_peer(cls, kind, n, port=free_port() if kind == "app" else None, extra=extra), label))
         time.sleep(3)
         before = {id(p): sum(ticks(x) for x in p.own_pids()) for p, _ in running}
+        woke = {id(p): sum(wakeups(x) for x in p.own_pids()) for p, _ in running}
         t0 = time.time()
         time.sleep(seconds)
         took = time.time() - t0
         after = {id(p): sum(ticks(x) for x in p.own_pids()) for p, _ in running}
+        woke = {k: sum(wakeups(x) for x in p.own_pids()) - woke[k] for p, _ in running for k in [id(p)]}
     finally:
         for p, _ in running:
             p.stop(30)
     rows, data = [], {}
     for p, label in running:
         t = after[id(p)] - before[id(p)]
-        data[f"{p.name} {p.workers} ({label})"] = t
-        rows.append([p.name, p.workers, label, t, f"{100 * t / HZ / took:.2f}%"])
+        data[f"{p.name} {p.workers} ({label})"] = {"ticks": t, "wakeups": woke[id(p)]}
+        rows.append([p.name, p.workers, label, t, f"{100 * t / HZ / took:.2f}%", woke[id(p)]])
     text = table(f"CPU while idle, {took:.0f} s, all at once (clock ticks at {HZ} Hz)",
-                 ["supervisor", "workers", "setting", "ticks", "of one core"], rows)
+                 ["supervisor", "workers", "setting", "ticks", "of one core", "wake-ups"], rows)
     save("idle", {"ticks": data, "seconds": took, "table": text})
 
 

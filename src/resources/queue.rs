@@ -369,7 +369,9 @@ mod tests {
         const N: u32 = 200_000;
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = tcp.local_addr().unwrap();
-        let _t: Vec<_> = (0..10).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+        let _t: Vec<_> = (0..10)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.sock");
         let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();

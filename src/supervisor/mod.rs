@@ -3,15 +3,16 @@
 //! One task `select!`s over four sources and one timer: exits from the reaper, signals, control
 //! requests from the API, and `Event`s from the I/O tasks the loop started (HTTP probes, cgroup
 //! memory thresholds, file changes, a step's output); the timer is armed for the nearest deadline
-//! of every part (backoff, stop and start timeouts, readiness and health checks, sampling, drain,
-//! debounce, a step's timeout or retry, the watchdog). After each wake-up `advance` lets every
+//! of every part (backoff, stop and start timeouts, readiness and health checks, sampling, queue
+//! checks, history samples, drain, debounce, a step's timeout or retry, the watchdog). After each wake-up `advance` lets every
 //! concern act on `now`, then the loop publishes a fresh `Snapshot` and tells systemd.
 //!
 //! The concerns, one file each, are plain parts of `Supervisor` that take `now` and decide:
 //! `steps` (pre-start steps, the first phase), `workers` (spawn, stop, exit, crash loops),
 //! `readiness`, `health`, `rolling` (ready-first replacement), `budget` (memory, sampling,
-//! autoscaling), `reload` (config diff), `shutdown` (signals, drain, stop), `publish` (snapshot,
-//! sd_notify, watchdog). `program` holds the per-program and per-worker data they share.
+//! autoscaling), `saturation` (accept queues, load shedding), `history` (the ring's samples),
+//! `reload` (config diff), `shutdown` (signals, drain, stop), `publish` (snapshot, sd_notify,
+//! watchdog). `program` holds the per-program and per-worker data they share.
 
 mod budget;
 mod health;

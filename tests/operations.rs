@@ -411,14 +411,24 @@ fn the_status_page_is_self_contained_and_metrics_are_prometheus_text() {
     d.wait_status("ready", T, |v| all_ready(v, 2));
     let a = d.status_addr();
     let page = http_get(&a, "/").unwrap();
+    let js = http_get(&a, "/page.js").unwrap();
+    let css = http_get(&a, "/page.css").unwrap();
     assert!(
-        page.contains("<table") && page.contains("fetch(\"status\""),
-        "the page renders /status"
+        page.contains("<table") && page.contains("<script src=\"page.js\">"),
+        "the page loads its script from drover"
     );
     assert!(
-        !page.contains("src=\"http") && !page.contains("href=\"http"),
-        "no external assets"
+        js.contains("fetch(\"status\"") && js.contains("fetch(\"history\""),
+        "the page renders /status and /history"
     );
+    // the SVG namespace is a name, not a fetch
+    let js = js.replace("\"http://www.w3.org/2000/svg\"", "SVG_NS");
+    for text in [&page, &js, &css] {
+        assert!(
+            !text.contains("http://") && !text.contains("https://") && !text.contains("//cdn"),
+            "no external assets"
+        );
+    }
     let m = http_get(&a, "/metrics").unwrap();
     for name in [
         "drover_workers{program=\"web\",state=\"running\"} 2",

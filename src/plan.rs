@@ -226,6 +226,20 @@ fn render_supervisor(o: &mut String, cfg: &Config) {
                 "off (set control_token_file, or serve status on a unix socket)".to_string(),
         }
     );
+    let _ = writeln!(
+        o,
+        "  history: {}",
+        if s.history.is_zero() {
+            "off".to_string()
+        } else {
+            format!(
+                "the last {:?}, a sample every {:?} while a worker runs ({} samples; GET /history, the page's charts)",
+                s.history,
+                s.history_interval,
+                (s.history.as_millis() / s.history_interval.as_millis().max(1))
+            )
+        }
+    );
 }
 
 fn render_sockets_and_steps(o: &mut String, cfg: &Config) {
@@ -341,6 +355,12 @@ fn render_checks(o: &mut String, p: &crate::config::ProgramCfg) {
         "    ready    when {how}; checked every {:?}; not ready within {:?} -> recycled; /readyz needs {} ready",
         r.interval, r.timeout, p.min_ready
     );
+    if let Some(m) = r.max_queue {
+        let _ = writeln!(
+            o,
+            "    shed     /readyz answers 503 while more than {m} connections wait in its sockets (read every second)"
+        );
+    }
     match &p.health {
         Some(h) => {
             let mut what = vec![];

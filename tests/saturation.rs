@@ -175,3 +175,61 @@ fn autoscaling_on_the_queue_adds_workers_and_removes_them_after_the_window() {
     drop(conns);
     d.stop_ok();
 }
+
+#[test]
+fn history_fills_and_a_reload_resizes_it_keeping_the_newest_samples() {
+    let mut d = Drover::start(&demo_web("1", "history_interval = \"1s\"", ""));
+    let status = d.status_addr();
+    let history = || -> Option<serde_json::Value> {
+        serde_json::from_str(&http_get(&status, "/history")?).ok()
+    };
+    let h = wait_until(T, "4 samples", || {
+        history().filter(|h| h["samples"].as_array().is_some_and(|s| s.len() >= 4))
+    });
+    let times: Vec<u64> = h["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["t"].as_u64().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "oldest first: {times:?}"
+    );
+    // keep 2 samples from now on
+    let path = d.path("drover.toml");
+    let cfg = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        cfg.replace(
+            "history_interval = \"1s\"",
+            "history_interval = \"1s\"\nhistory = \"2s\"",
+        ),
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    let h = wait_until(T, "the ring resized", || {
+        history().filter(|h| h["capacity"] == 2)
+    });
+    let kept: Vec<u64> = h["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["t"].as_u64().unwrap())
+        .collect();
+    assert!(kept.len() <= 2 && !kept.is_empty(), "{kept:?}");
+    assert!(
+        kept[0] >= times[times.len() - 2],
+        "the newest kept: {kept:?} of {times:?}"
+    );
+    // history = "0s": none kept, and /history says how to turn it on
+    let cfg = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, cfg.replace("history = \"2s\"", "history = \"0s\"")).unwrap();
+    d.signal(libc::SIGHUP);
+    let (code, body) = wait_until(T, "history off", || {
+        http_get_status(&status, "/history").filter(|(c, _)| *c == 404)
+    });
+    assert_eq!(code, 404);
+    assert!(body.contains("supervisor.history"), "{body}");
+    d.stop_ok();
+}

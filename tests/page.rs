@@ -158,24 +158,8 @@ fn status_page_shows_live_pids_in_chromium() {
     });
     let pids = Drover::worker_pids(&st, "web");
     let profile = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(chrome)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--disable-quic",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("http://{}/", d.status_addr()))
-        .output()
-        .expect("run chromium");
+    let url = format!("http://{}/", d.status_addr());
+    let out = headless(chrome, profile.path(), &["--dump-dom"], &url);
     let dom = String::from_utf8_lossy(&out.stdout);
     for pid in pids {
         assert!(

@@ -349,6 +349,9 @@ fn render_checks(o: &mut String, p: &crate::config::ProgramCfg) {
         }
         crate::config::ReadyCheck::Uptime => format!("up for {:?}", r.min_uptime),
         crate::config::ReadyCheck::Exec => format!("`{}` exits 0", r.exec.join(" ")),
+        crate::config::ReadyCheck::Notify => {
+            "it sends READY=1 to NOTIFY_SOCKET (sd_notify)".to_string()
+        }
     };
     let _ = writeln!(
         o,

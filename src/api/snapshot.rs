@@ -122,6 +122,9 @@ pub struct WorkerStatus {
     pub cpu_percent: Option<f64>,
     /// the worker's cgroup directories, where drover manages one
     pub cgroup: Vec<String>,
+    /// the last STATUS= it sent to NOTIFY_SOCKET
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 /// Upper bounds (seconds) of the spawn-to-ready histogram.

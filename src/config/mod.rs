@@ -224,6 +224,8 @@ pub enum ReadyCheck {
     Uptime,
     /// an exec check (`{pid}` replaced) exits 0
     Exec,
+    /// the worker sends `READY=1` to `NOTIFY_SOCKET` (systemd's sd_notify protocol)
+    Notify,
 }
 
 #[derive(Debug, Clone, PartialEq)]

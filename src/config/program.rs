@@ -301,6 +301,7 @@ fn read_readiness(cx: &mut Ctx, w: &str, v: &Node, r: &mut ReadinessCfg, seen: &
                     ("listening", ReadyCheck::Listening),
                     ("uptime", ReadyCheck::Uptime),
                     ("exec", ReadyCheck::Exec),
+                    ("notify", ReadyCheck::Notify),
                 ];
                 if let Some(c) = cx.choice(&rw, rv, &options) {
                     r.check = c;

@@ -3,6 +3,7 @@
 
 pub mod guard;
 pub mod identity;
+pub mod notify;
 pub mod probe;
 pub mod reaper;
 pub mod signals;

@@ -77,6 +77,11 @@ pub enum Event {
     FilesChanged { program: String },
     /// a pre-start step's output reached its end; its last lines
     StepOutput { run: u64, tail: Vec<String> },
+    /// a process sent an sd_notify message to drover's NOTIFY_SOCKET
+    Notified {
+        pid: i32,
+        msg: crate::process::notify::Message,
+    },
 }
 
 /// Where tasks send their `Event`s.
@@ -144,6 +149,8 @@ pub struct Supervisor {
     cgroup_gc: Vec<SlotCgroup>,
     next_sample: Option<Instant>,
     saturation: saturation::Saturation,
+    /// NOTIFY_SOCKET for workers of programs with readiness check "notify", once bound
+    notify_socket: Option<String>,
     /// the history ring and its sampler (None: `history = "0s"`)
     history: Option<history::Recorder>,
     systemd: publish::Systemd,
@@ -179,6 +186,7 @@ impl Supervisor {
             cgroup_gc: Vec::new(),
             next_sample: None,
             saturation: Default::default(),
+            notify_socket: None,
             history: history::Recorder::new(
                 cfg.supervisor.history,
                 cfg.supervisor.history_interval,
@@ -232,6 +240,7 @@ impl Supervisor {
         mut events: mpsc::UnboundedReceiver<Event>,
     ) -> i32 {
         self.guard_cgroups();
+        self.ensure_notify_socket();
         self.steps_begin(Instant::now());
         self.publish();
         loop {
@@ -314,6 +323,7 @@ impl Supervisor {
             Event::MemoryCrossed { prog, slot } => self.on_memory_notice(prog, slot, now),
             Event::FilesChanged { program } => self.on_files_changed(&program, now),
             Event::StepOutput { run, tail } => self.on_step_output(run, tail, now),
+            Event::Notified { pid, msg } => self.on_notified(pid, msg, now),
         }
     }
 

@@ -54,6 +54,10 @@ pub(super) struct Worker {
     pub memory: Option<MemoryAction>,
     /// when it has lived its program's max_lifetime (jittered), if it has one
     pub retire_at: Option<Instant>,
+    /// it sent READY=1 (readiness check "notify")
+    pub notified: bool,
+    /// the last STATUS= it sent
+    pub notify_status: Option<String>,
 }
 
 impl Worker {
@@ -66,6 +70,8 @@ impl Worker {
             usage: Usage::default(),
             memory: None,
             retire_at: None,
+            notified: false,
+            notify_status: None,
         }
     }
 
@@ -73,6 +79,8 @@ impl Worker {
     pub fn fresh_process(&mut self, first_check: Instant, retire_at: Option<Instant>) {
         self.ready_next = Some(first_check);
         self.retire_at = retire_at;
+        self.notified = false;
+        self.notify_status = None;
         self.health = HealthState::default();
         self.usage = Usage::default();
         self.memory = None;
@@ -190,6 +198,7 @@ impl Program {
         };
         match self.cfg.readiness.check {
             ReadyCheck::Uptime => Some(*since + self.cfg.readiness.min_uptime),
+            ReadyCheck::Notify => w.notified.then(|| *since + self.cfg.readiness.min_uptime),
             _ => w.ready_next,
         }
     }

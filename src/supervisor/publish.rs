@@ -138,6 +138,7 @@ impl Supervisor {
                                 v
                             })
                             .unwrap_or_default(),
+                        status: w.notify_status.clone(),
                     })
                     .collect(),
             })

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{RunState, Supervisor};
 use crate::config::ReadyCheck;
@@ -47,6 +47,10 @@ impl Supervisor {
                 match rc.check {
                     ReadyCheck::Uptime if now >= since + rc.min_uptime => ready.push(w.id()),
                     ReadyCheck::Uptime => {}
+                    ReadyCheck::Notify if w.notified && now >= since + rc.min_uptime => {
+                        ready.push(w.id())
+                    }
+                    ReadyCheck::Notify => {}
                     _ if now.duration_since(since) < rc.min_uptime || now < due => {}
                     ReadyCheck::Listening if probe::listening(pid, &p.inodes) => ready.push(w.id()),
                     ReadyCheck::Listening => w.ready_next = Some(now + rc.interval),
@@ -64,6 +68,69 @@ impl Supervisor {
             for (id, pid) in exec_due {
                 self.spawn_exec_probe(pi, id, pid, &rc.exec, ProbeKind::Ready, timeout, now);
             }
+        }
+    }
+
+    /// Bind drover's NOTIFY_SOCKET the first time a program needs it (at start, or when a reload
+    /// adds one), and read it in a task that reports every message to the loop.
+    pub(super) fn ensure_notify_socket(&mut self) {
+        let wanted = self
+            .programs
+            .iter()
+            .any(|p| p.cfg.readiness.check == ReadyCheck::Notify);
+        if !wanted || self.notify_socket.is_some() {
+            return;
+        }
+        let sock = match crate::process::notify::NotifySocket::bind() {
+            Ok(s) => s,
+            Err(e) => {
+                error!("cannot bind the notify socket for readiness check \"notify\": {e}; those workers cannot report ready and will be recycled at their readiness timeout");
+                return;
+            }
+        };
+        info!(
+            "readiness by notification: workers get NOTIFY_SOCKET={}",
+            sock.name
+        );
+        self.notify_socket = Some(sock.name.clone());
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            while let Ok((pid, msg)) = sock.recv().await {
+                if events.send(super::Event::Notified { pid, msg }).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// A message on NOTIFY_SOCKET: from a worker's process, or any process in its group.
+    pub(super) fn on_notified(
+        &mut self,
+        pid: i32,
+        msg: crate::process::notify::Message,
+        now: Instant,
+    ) {
+        let owner = self.pids.get(&pid).copied().or_else(|| {
+            let pgrp = crate::resources::usage::open_stat(pid)
+                .and_then(|f| crate::resources::usage::pread_stat(&f))?
+                .pgrp;
+            self.pids.get(&pgrp).copied()
+        });
+        let Some((prog, slot)) = owner else {
+            debug!("notify socket: a message from pid {pid}, not one of drover's workers; ignored");
+            return;
+        };
+        let Some(pi) = self.pidx(prog) else { return };
+        let check = self.programs[pi].cfg.readiness.check;
+        let Some(w) = self.programs[pi].worker_mut(slot) else {
+            return;
+        };
+        if msg.status.is_some() {
+            w.notify_status = msg.status;
+        }
+        if msg.ready && check == ReadyCheck::Notify && !w.notified {
+            w.notified = true;
+            self.check_readiness(now);
         }
     }
 

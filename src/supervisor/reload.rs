@@ -262,6 +262,7 @@ impl Supervisor {
         }
         self.cfg = new;
         self.history_configured();
+        self.ensure_notify_socket();
         let _ = self.cx.token.send(token);
         if tls.is_some() {
             info!("reload: the status endpoint's TLS certificate and key were re-read");

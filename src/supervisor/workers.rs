@@ -7,7 +7,7 @@ use nix::sys::signal::Signal;
 use tracing::{error, info, warn};
 
 use super::{plural, RunState, Supervisor, EXIT_RUNTIME};
-use crate::config::{LogMode, OnAllExited, OnExhausted};
+use crate::config::{LogMode, OnAllExited, OnExhausted, ReadyCheck};
 use crate::logs::output::{color_for, Source};
 use crate::process::reaper::ExitStatus;
 use crate::process::spawn::{self, SpawnSpec, Stdio};
@@ -71,6 +71,9 @@ impl Supervisor {
         let mut env = prog.env.clone();
         env.push(("DROVER_PROGRAM".into(), prog.cfg.name.clone()));
         env.push(("DROVER_WORKER".into(), index.to_string()));
+        if let (ReadyCheck::Notify, Some(s)) = (prog.cfg.readiness.check, &self.notify_socket) {
+            env.push(("NOTIFY_SOCKET".into(), s.clone()));
+        }
         SpawnSpec {
             argv: prog.cfg.command.argv(),
             env,

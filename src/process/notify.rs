@@ -117,7 +117,7 @@ mod tests {
                 status: Some("warming caches".into())
             }
         );
-        assert_eq!(parse("READY=0").ready, false);
+        assert!(!parse("READY=0").ready);
         assert!(parse("STOPPING=1").stopping);
     }
 

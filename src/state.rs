@@ -278,6 +278,14 @@ impl Slot {
         });
     }
 
+    /// Nothing to start it from yet (its program's preloader is loading): wait until `until`,
+    /// or until the loop spawns it sooner, without counting a failure.
+    pub fn postpone(&mut self, until: Instant) {
+        if matches!(self.phase, Phase::Idle | Phase::Backoff { .. }) {
+            self.enter(Phase::Backoff { until });
+        }
+    }
+
     /// The worker this slot replaced in a roll has exited: its history is this slot's.
     pub fn inherit(&mut self, last: LastExit) {
         self.last_exit = Some(last);

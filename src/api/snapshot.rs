@@ -103,6 +103,9 @@ pub struct ProgramStatus {
     pub autoscale: Option<crate::resources::autoscale::Decision>,
     /// above max_queue: `{queue, max_queue, since_s}`; /readyz answers 503 meanwhile
     pub shedding: Option<serde_json::Value>,
+    /// preload = true: `{pid, state: loading|ready|failed, since_s, error}`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preloader: Option<serde_json::Value>,
     pub workers: Vec<WorkerStatus>,
 }
 

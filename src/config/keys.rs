@@ -56,6 +56,8 @@ pub(super) const PROGRAM_KEYS: &[&str] = &[
     "autoscale",
     "max_lifetime",
     "max_lifetime_jitter",
+    "preload",
+    "prometheus_multiproc_dir",
 ];
 pub(super) const PROGRAM_LATER: &[&str] = &[];
 pub(super) const READINESS_KEYS: &[&str] = &[

@@ -325,6 +325,11 @@ pub struct ProgramCfg {
     /// replace a worker older than this (plus up to `max_lifetime_jitter`) through the rolling path
     pub max_lifetime: Option<Duration>,
     pub max_lifetime_jitter: Duration,
+    /// the command is started once as a preloader that forks the workers (docs/worker-protocol.md)
+    pub preload: bool,
+    /// emptied at start, given to every worker as PROMETHEUS_MULTIPROC_DIR, a dead worker's
+    /// live-gauge files removed
+    pub prometheus_multiproc_dir: Option<PathBuf>,
     /// `workers = "auto"`: `workers` is filled in by `budget::resolve_auto`
     pub workers_auto: bool,
     pub budget: WorkerBudget,

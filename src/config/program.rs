@@ -46,6 +46,8 @@ fn defaults(name: &str) -> ProgramCfg {
         autoscale: None,
         max_lifetime: None,
         max_lifetime_jitter: Duration::ZERO,
+        preload: false,
+        prometheus_multiproc_dir: None,
         run_as: None,
         identity: None,
     }
@@ -107,6 +109,27 @@ pub(super) fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<Program
             "autoscale" => p.autoscale = read_autoscale(cx, &w, v),
             "health" => p.health = read_health(cx, &w, v),
             "max_lifetime" => p.max_lifetime = cx.positive(&w, v, Duration::from_secs(1)),
+            "preload" => match v.v {
+                V::Bool(b) => p.preload = b,
+                _ => cx.err(
+                    &v.span,
+                    format!("{w}: expected true or false, found {}", kind(v)),
+                ),
+            },
+            "prometheus_multiproc_dir" => {
+                if let Some(d) = cx.string(&w, v) {
+                    if d.starts_with('/') {
+                        p.prometheus_multiproc_dir = Some(PathBuf::from(d));
+                    } else {
+                        cx.err(
+                            &v.span,
+                            format!(
+                                "{w}: `{d}` must be an absolute path (drover empties it at start)"
+                            ),
+                        );
+                    }
+                }
+            }
             "max_lifetime_jitter" => {
                 p.max_lifetime_jitter = cx.duration(&w, v).unwrap_or(p.max_lifetime_jitter)
             }

@@ -4,6 +4,7 @@
 pub mod guard;
 pub mod identity;
 pub mod notify;
+pub mod preload;
 pub mod probe;
 pub mod reaper;
 pub mod signals;

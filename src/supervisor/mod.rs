@@ -17,6 +17,7 @@
 mod budget;
 mod health;
 mod history;
+mod preload;
 mod program;
 mod publish;
 mod readiness;
@@ -310,6 +311,7 @@ impl Supervisor {
             self.on_exec_probe(p, status, now);
         } else if let Some((prog, slot)) = self.pids.remove(&pid) {
             self.on_worker_exit(prog, slot, pid, status, now);
+        } else if self.on_preloader_exit(pid, status, now) {
         } else if self.cx.guard.as_ref().is_some_and(|g| g.pid == pid) {
             error!("the guard process (pid {pid}) exited with {status}: workers will not be cleaned up if drover is killed");
         } else {
@@ -353,6 +355,7 @@ impl Supervisor {
             self.check_watch(now);
             self.check_budgets(now);
             self.check_queues(now);
+            self.check_preloaders(now);
             self.record_history(now);
             self.advance_rolls(now);
             self.check_lifetimes(now);
@@ -397,6 +400,7 @@ impl Supervisor {
         }
         take(self.queue_due(now));
         take(self.history_due(now));
+        take(self.preload_due());
         if !self.cgroup_gc.is_empty() {
             take(Some(now + Duration::from_millis(200)));
         }

@@ -15,6 +15,7 @@ use crate::state::{Phase, Slot, SlotCfg};
 
 use super::budget::{MemoryAction, Usage};
 use super::health::{HealthState, ProgramHealth};
+use super::preload::PreloadState;
 use super::rolling::Roll;
 use super::saturation::Shedding;
 use super::workers::CrashLoop;
@@ -39,6 +40,8 @@ pub(super) struct Program {
     pub autoscaler: Option<Autoscaler>,
     /// above its max_queue: /readyz answers 503
     pub shedding: Option<Shedding>,
+    /// its preloader (preload = true)
+    pub preload: PreloadState,
 }
 
 /// One worker: its slot (the state machine) and what the loop knows about its process.
@@ -58,6 +61,8 @@ pub(super) struct Worker {
     pub notified: bool,
     /// the last STATUS= it sent
     pub notify_status: Option<String>,
+    /// postponed until its program's preloader is ready
+    pub awaiting_preloader: bool,
 }
 
 impl Worker {
@@ -72,6 +77,7 @@ impl Worker {
             retire_at: None,
             notified: false,
             notify_status: None,
+            awaiting_preloader: false,
         }
     }
 
@@ -119,6 +125,7 @@ impl Program {
             desired: cfg.workers,
             autoscaler: cfg.autoscale.clone().map(Autoscaler::new),
             shedding: None,
+            preload: PreloadState::default(),
             cfg,
             workers: Vec::new(),
             env: vec![],

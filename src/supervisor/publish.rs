@@ -102,6 +102,19 @@ impl Supervisor {
                     })
                 }),
                 autoscale: p.autoscaler.as_ref().and_then(|a| a.last.clone()),
+                preloader: p.cfg.preload.then(|| {
+                    let l = p.preload.current.as_ref();
+                    serde_json::json!({
+                        "pid": l.map(|l| l.pid),
+                        "state": match l {
+                            Some(l) if l.ready.is_some() => "ready",
+                            Some(_) => "loading",
+                            None => "failed",
+                        },
+                        "since_s": l.map(|l| now.duration_since(l.since).as_secs_f64()),
+                        "error": p.preload.error,
+                    })
+                }),
                 shedding: p.shedding.map(|s| {
                     serde_json::json!({
                         "queue": s.queue,

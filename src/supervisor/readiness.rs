@@ -175,6 +175,7 @@ impl Supervisor {
             stdio: Stdio::Null,
             parent: self.parent_pid(),
             cgroup_procs: vec![],
+            extra_fds: vec![],
             identity: p.cfg.identity.as_ref().map(|i| (i.uid, i.gid)),
         };
         let prog = p.id;

@@ -236,6 +236,7 @@ impl Supervisor {
                 self.programs
                     .push(Program::new(id, np.clone(), &self.sockets));
                 let pi = self.programs.len() - 1;
+                self.prepare_program(pi, now);
                 for i in 0..np.workers {
                     self.add_worker(pi, i, now);
                 }

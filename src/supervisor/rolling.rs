@@ -109,6 +109,9 @@ impl Roll {
 
 impl Supervisor {
     pub(super) fn start_roll(&mut self, pi: usize, reason: StopReason, now: Instant) {
+        if self.roll_needs_new_preloader(pi, reason, now) {
+            return;
+        }
         let p = &mut self.programs[pi];
         let mut olds: Vec<(u32, u64)> = p
             .workers

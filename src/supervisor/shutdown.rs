@@ -85,6 +85,7 @@ impl Supervisor {
             _ => now + if fast { Duration::ZERO } else { total } + KILL_GRACE,
         };
         self.run = RunState::Stopping { hard_deadline };
+        self.kill_preloaders();
         for pi in 0..self.programs.len() {
             self.programs[pi].roll = None;
             let how = if fast {

@@ -200,6 +200,7 @@ impl Supervisor {
             stdio: Stdio::Pipe(std::os::fd::AsRawFd::as_raw_fd(&w)),
             parent: self.parent_pid(),
             cgroup_procs: vec![],
+            extra_fds: vec![],
             identity: None, // steps run as drover (migrations usually need its credentials)
         };
         let pid = spawn::spawn(&spec).map_err(|e| e.to_string())?;
@@ -348,13 +349,14 @@ impl Supervisor {
         if self.run != RunState::Steps || self.finished.is_some() {
             return;
         }
+        self.run = RunState::Running;
         for pi in 0..self.programs.len() {
+            self.prepare_program(pi, now);
             for i in 0..self.programs[pi].desired {
                 self.add_worker(pi, i, now);
             }
             self.schedule_health(pi, now);
         }
-        self.run = RunState::Running;
         if self.cx.budget.sample {
             self.next_sample = Some(now + self.cfg.budget.sample_interval);
         }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tracing::{error, info, warn};
 
+use super::preload::ForkError;
 use super::{plural, RunState, Supervisor, EXIT_RUNTIME};
 use crate::config::{LogMode, OnAllExited, OnExhausted, ReadyCheck};
 use crate::logs::output::{color_for, Source};
@@ -66,7 +67,12 @@ impl Supervisor {
         Some(id)
     }
 
-    fn spawn_spec(&self, pi: usize, index: u32, out: Option<std::os::fd::RawFd>) -> SpawnSpec {
+    pub(super) fn spawn_spec(
+        &self,
+        pi: usize,
+        index: u32,
+        out: Option<std::os::fd::RawFd>,
+    ) -> SpawnSpec {
         let prog = &self.programs[pi];
         let mut env = prog.env.clone();
         env.push(("DROVER_PROGRAM".into(), prog.cfg.name.clone()));
@@ -82,6 +88,7 @@ impl Supervisor {
             stdio: out.map_or(Stdio::Inherit, Stdio::Pipe),
             parent: self.parent_pid(),
             cgroup_procs: vec![],
+            extra_fds: vec![],
             identity: prog.cfg.identity.as_ref().map(|i| (i.uid, i.gid)),
         }
     }
@@ -103,13 +110,31 @@ impl Supervisor {
         let out = pipe
             .as_ref()
             .map(|(_, w)| std::os::fd::AsRawFd::as_raw_fd(w));
-        let mut spec = self.spawn_spec(pi, index, out);
-        let result = match self.worker_cgroup(pi, id, index) {
-            Ok(fds) => {
-                spec.cgroup_procs = fds;
-                spawn::spawn(&spec).map_err(|e| format!("spawn {e}"))
+        let result = if self.programs[pi].cfg.preload {
+            match self.fork_preloaded(pi, id, index, out) {
+                Ok(pid) => Ok(pid),
+                Err(ForkError::NotYet) => {
+                    // the preloader is loading: wait for it, no failure counted
+                    if let Some(w) = self.programs[pi].worker_mut(id) {
+                        w.awaiting_preloader = true;
+                        w.slot.postpone(now + Duration::from_secs(1));
+                    }
+                    return;
+                }
+                Err(ForkError::Failed(e)) => {
+                    self.preload_failed(pi, e.clone(), now);
+                    Err(e)
+                }
             }
-            Err(e) => Err(format!("cannot set up its cgroup: {e}")),
+        } else {
+            let mut spec = self.spawn_spec(pi, index, out);
+            match self.worker_cgroup(pi, id, index) {
+                Ok(fds) => {
+                    spec.cgroup_procs = fds;
+                    spawn::spawn(&spec).map_err(|e| format!("spawn {e}"))
+                }
+                Err(e) => Err(format!("cannot set up its cgroup: {e}")),
+            }
         };
         let first_check = self.programs[pi].first_check(now);
         let j = self.jitter();
@@ -136,6 +161,7 @@ impl Supervisor {
                 }
                 self.pids.insert(pid, (self.programs[pi].id, id));
                 if let Some(w) = self.programs[pi].worker_mut(id) {
+                    w.awaiting_preloader = false;
                     w.fresh_process(first_check, retire_at);
                     w.slot.spawned(pid, now, &sc);
                 }
@@ -194,6 +220,9 @@ impl Supervisor {
     ) {
         // anything the worker left in its process group goes with it
         spawn::signal_group(pid, Signal::SIGKILL);
+        if let Some(pi) = self.pidx(prog) {
+            self.metrics_files_of_dead(pi, pid);
+        }
         if let Some(g) = self.cx.guard.as_mut() {
             g.unwatch(pid);
         }

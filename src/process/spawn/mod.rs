@@ -69,6 +69,8 @@ pub struct SpawnSpec {
     pub cwd: Option<PathBuf>,
     /// fds laid out at 3, 4, … in this order, announced with LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES
     pub sockets: Vec<(String, RawFd)>,
+    /// more fds laid out right after the sockets, not announced (a preloader's control socket)
+    pub extra_fds: Vec<RawFd>,
     pub stdio: Stdio,
     /// set PR_SET_PDEATHSIG=KILL and check the parent is still this pid
     pub parent: Option<libc::pid_t>,
@@ -211,7 +213,12 @@ impl Prepared {
             ),
             None => None,
         };
-        let src_fds: Vec<RawFd> = spec.sockets.iter().map(|(_, fd)| *fd).collect();
+        let src_fds: Vec<RawFd> = spec
+            .sockets
+            .iter()
+            .map(|(_, fd)| *fd)
+            .chain(spec.extra_fds.iter().copied())
+            .collect();
         Ok(Prepared {
             exe,
             exe_c,

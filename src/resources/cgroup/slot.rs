@@ -76,6 +76,15 @@ impl SlotCgroup {
         self.procs.iter().map(|f| f.as_raw_fd()).collect()
     }
 
+    /// Move `pid` into this cgroup from outside (a preloaded worker, which drover did not spawn
+    /// itself; it waits for drover's go before it serves).
+    pub fn join(&self, pid: i32) -> std::io::Result<()> {
+        for f in &self.procs {
+            nix::unistd::write(f, pid.to_string().as_bytes())?;
+        }
+        Ok(())
+    }
+
     /// OOM kills the kernel made in this cgroup so far.
     pub fn oom_kills(&self) -> u64 {
         let Some(d) = &self.memory else { return 0 };

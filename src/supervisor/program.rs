@@ -167,6 +167,12 @@ impl Program {
                 set("HOME", h);
             }
         }
+        if let Some(d) = &p.prometheus_multiproc_dir {
+            // prometheus_client reads the first; versions before 0.10 the second
+            let d = d.display().to_string();
+            set("PROMETHEUS_MULTIPROC_DIR", &d);
+            set("prometheus_multiproc_dir", &d);
+        }
         for (k, v) in &p.env {
             set(k, v);
         }

@@ -52,9 +52,9 @@ def _take_option(argv, name, default):
 
 def build_config(argv):
     """uvicorn.Config from uvicorn's own command line, plus drover's defaults and drain."""
-    argv, grace = _take_option(list(argv), "--drain-grace", "1.0")
+    argv, grace = _take_option(list(argv), "--drain-grace", None)
     try:
-        grace = float(grace)
+        grace = None if grace is None else float(grace)
     except ValueError:
         raise click.UsageError(f"--drain-grace: `{grace}` is not a number of seconds")
     ctx = uvicorn_command.make_context("drover-uvicorn", argv)
@@ -71,6 +71,10 @@ def build_config(argv):
         params["fd"] = 3
     http = params.get("http") or "auto"
     base = import_from_string(HTTP_PROTOCOLS[http]) if isinstance(http, str) else http
+    if grace is None:
+        # an idle connection is closed when uvicorn would have closed it anyway: after its
+        # keep-alive timeout; closing it sooner races the client's next request
+        grace = float(params.get("timeout_keep_alive") or 5)
     params["http"] = draining(base, grace)
     if params.get("log_config") is None:
         params["log_config"] = LOGGING_CONFIG

@@ -7,15 +7,28 @@ socket buffer — and the close becomes a reset. Here an idle connection stays o
 grace: a request arriving in it is served and answered with `Connection: close`, so the client
 reconnects (to another worker) without an error; a connection still idle at the end of the grace
 is closed, as upstream does. A request in flight finishes and its response says `Connection:
-close`, as upstream does.
+close` — which upstream's h11 implementation does not say: it closes after the response without
+telling the client, so the client's next request on that connection is reset. The header goes in
+through the cycle's `default_headers`, which both h11 and httptools put first in every response:
+nothing is added to a request's path while the worker is not draining.
 """
 
 import asyncio
 
+CLOSE = (b"connection", b"close")
+
+
+def _close_after(cycle):
+    """This request's response says Connection: close, and the connection closes after it."""
+    cycle.keep_alive = False
+    if not getattr(cycle, "response_started", True) and CLOSE not in cycle.default_headers:
+        cycle.default_headers = list(cycle.default_headers) + [CLOSE]
+
 
 class DrainMixin:
-    #: seconds an idle connection is kept open after shutdown begins
-    drain_grace = 1.0
+    #: seconds an idle connection is kept open after shutdown begins (drover-uvicorn: uvicorn's
+    #: --timeout-keep-alive, unless --drain-grace says otherwise)
+    drain_grace = 5.0
     _draining = False
 
     def shutdown(self):
@@ -24,7 +37,7 @@ class DrainMixin:
         self._draining = True
         cycle = getattr(self, "cycle", None)
         if cycle is not None and not cycle.response_complete:
-            cycle.keep_alive = False
+            _close_after(cycle)
             return
         asyncio.get_event_loop().call_later(self.drain_grace, self._drain_expired)
 
@@ -40,7 +53,7 @@ class DrainMixin:
             cycle = getattr(self, "cycle", None)
             if cycle is not None and not cycle.response_complete:
                 # a request on a draining connection: answered with Connection: close
-                cycle.keep_alive = False
+                _close_after(cycle)
 
 
 def draining(protocol_class, grace):

@@ -223,7 +223,8 @@ class Drover(Peer):
                 "[socket.http]",
                 f'listen = "127.0.0.1:{self.port}"',
                 "[program.web]",
-                "command = " + json.dumps([os.path.join(VENV, "uvicorn"), "app:app", "--fd", "3"] + UVICORN_FLAGS),
+                "command = " + json.dumps(self.extra.get(
+                    "command", [os.path.join(VENV, "uvicorn"), "app:app", "--fd", "3"] + UVICORN_FLAGS)),
                 'sockets = ["http"]',
             ]
         else:

@@ -18,6 +18,8 @@ if [[ ! -x .venv/bin/circusd ]]; then
     python3 -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 fi
+# drover's worker side (drover-uvicorn), from this checkout
+.venv/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall ../python
 if [[ ! -x node_modules/.bin/pm2 ]]; then
     npm install --silent --no-audit --no-fund --prefix . pm2@7 >/dev/null
 fi

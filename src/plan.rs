@@ -300,6 +300,12 @@ fn render_program(o: &mut String, p: &crate::config::ProgramCfg) {
         }
     );
     let _ = writeln!(o, "    command  {}", p.command);
+    if p.preload {
+        let _ = writeln!(o, "    preload  the command runs once as a preloader (DROVER_PRELOAD_FD) and forks each worker; it must speak drover's preload protocol (drover-uvicorn does)");
+    }
+    if let Some(d) = &p.prometheus_multiproc_dir {
+        let _ = writeln!(o, "    metrics  PROMETHEUS_MULTIPROC_DIR={} (emptied at start; a dead worker's live gauges removed)", d.display());
+    }
     if let Some(id) = &p.identity {
         let _ = writeln!(
             o,

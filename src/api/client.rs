@@ -178,6 +178,21 @@ pub fn render(doc: &serde_json::Value) -> String {
             ));
         }
     }
+    for p in doc["programs"].as_array().into_iter().flatten() {
+        let pre = &p["preloader"];
+        if pre.is_object() {
+            out.push_str(&format!(
+                "preloader {:<15} pid {} {}{}\n",
+                s(&p["name"]),
+                pre["pid"],
+                s(&pre["state"]),
+                pre["error"]
+                    .as_str()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
     out.push_str(&format!(
         "\n{:<16} {:>3} {:>8} {:<9} {:>8} {:>8} {:>9}  {}\n",
         "PROGRAM", "#", "PID", "STATE", "RESTARTS", "UPTIME", "RSS", "LAST EXIT"

@@ -426,3 +426,48 @@ fn the_apps_own_metrics_stay_right_across_restarts() {
     );
     d.stop_ok();
 }
+
+#[test]
+fn a_dead_preloader_is_replaced_and_the_workers_roll_onto_the_new_one() {
+    let Some(bin) = drover_uvicorn() else { return };
+    let d = Drover::start(&config(&bin, APP, 2, "preload = true"));
+    let st = d.wait_status("2 ready", T, |v| all_ready(v, 2));
+    let (pre, old) = (
+        preloader(&st)["pid"].as_i64().unwrap(),
+        Drover::worker_pids(&st, "api"),
+    );
+    unsafe_kill(pre, libc::SIGKILL);
+    let st = d.wait_status("a new preloader and the workers rolled onto it", T, |v| {
+        let now = Drover::worker_pids(v, "api");
+        preloader(v)["state"] == "ready"
+            && preloader(v)["pid"].as_i64() != Some(pre)
+            && all_ready(v, 2)
+            && v["programs"][0]["rolling"] == false
+            && now.iter().all(|p| !old.contains(p))
+    });
+    assert_eq!(st["programs"][0]["ready_workers"], 2);
+    assert!(d.logged(&format!("its preloader (pid {pre}) exited")));
+}
+
+#[test]
+fn a_command_that_does_not_speak_the_preload_protocol_gets_a_clear_error() {
+    // no Python needed: `sleep` never says "ready" on DROVER_PRELOAD_FD
+    let cfg = "[supervisor]\nstatus = \"127.0.0.1:0\"\n[program.api]\ncommand = [\"sleep\", \"1000\"]\npreload = true\nreadiness = { timeout = \"1s\" }\nbackoff = { initial = \"100ms\" }\n";
+    let d = Drover::start(cfg);
+    let st = d.wait_status("the preloader's error", T, |v| {
+        preloader(v)["error"].is_string()
+    });
+    let err = preloader(&st)["error"].as_str().unwrap().to_string();
+    assert!(
+        err.contains("did not say ready on DROVER_PRELOAD_FD within 1s"),
+        "{err}"
+    );
+    assert_eq!(st["programs"][0]["ready_workers"], 0);
+    assert!(
+        d.logged("needs a command that speaks drover's preload protocol"),
+        "{:#?}",
+        d.messages()
+    );
+    // the workers waited without counting failures
+    assert_eq!(st["programs"][0]["workers"][0]["restarts"], 0, "{st}");
+}

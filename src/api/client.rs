@@ -178,21 +178,7 @@ pub fn render(doc: &serde_json::Value) -> String {
             ));
         }
     }
-    for p in doc["programs"].as_array().into_iter().flatten() {
-        let pre = &p["preloader"];
-        if pre.is_object() {
-            out.push_str(&format!(
-                "preloader {:<15} pid {} {}{}\n",
-                s(&p["name"]),
-                pre["pid"],
-                s(&pre["state"]),
-                pre["error"]
-                    .as_str()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
-            ));
-        }
-    }
+    preloaders(&mut out, doc);
     out.push_str(&format!(
         "\n{:<16} {:>3} {:>8} {:<9} {:>8} {:>8} {:>9}  {}\n",
         "PROGRAM", "#", "PID", "STATE", "RESTARTS", "UPTIME", "RSS", "LAST EXIT"
@@ -225,6 +211,25 @@ pub fn render(doc: &serde_json::Value) -> String {
         }
     }
     out
+}
+
+/// A line per program with a preloader: its pid, state and last error.
+fn preloaders(out: &mut String, doc: &serde_json::Value) {
+    for p in doc["programs"].as_array().into_iter().flatten() {
+        let pre = &p["preloader"];
+        if pre.is_object() {
+            out.push_str(&format!(
+                "preloader {:<15} pid {} {}{}\n",
+                p["name"].as_str().unwrap_or("?"),
+                pre["pid"],
+                pre["state"].as_str().unwrap_or("?"),
+                pre["error"]
+                    .as_str()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
 }
 
 /// The status document as text (a table, or the raw JSON), and whether drover is ready (what

@@ -108,30 +108,8 @@ pub(super) fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<Program
             }
             "autoscale" => p.autoscale = read_autoscale(cx, &w, v),
             "health" => p.health = read_health(cx, &w, v),
-            "max_lifetime" => p.max_lifetime = cx.positive(&w, v, Duration::from_secs(1)),
-            "preload" => match v.v {
-                V::Bool(b) => p.preload = b,
-                _ => cx.err(
-                    &v.span,
-                    format!("{w}: expected true or false, found {}", kind(v)),
-                ),
-            },
-            "prometheus_multiproc_dir" => {
-                if let Some(d) = cx.string(&w, v) {
-                    if d.starts_with('/') {
-                        p.prometheus_multiproc_dir = Some(PathBuf::from(d));
-                    } else {
-                        cx.err(
-                            &v.span,
-                            format!(
-                                "{w}: `{d}` must be an absolute path (drover empties it at start)"
-                            ),
-                        );
-                    }
-                }
-            }
-            "max_lifetime_jitter" => {
-                p.max_lifetime_jitter = cx.duration(&w, v).unwrap_or(p.max_lifetime_jitter)
+            "max_lifetime" | "max_lifetime_jitter" | "preload" | "prometheus_multiproc_dir" => {
+                read_lifetime_and_preload(cx, &w, k, v, &mut p)
             }
             _ => {}
         }
@@ -149,6 +127,36 @@ pub(super) fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<Program
     });
     p.command = command?;
     Some(p)
+}
+
+/// `max_lifetime`, `max_lifetime_jitter`, `preload`, `prometheus_multiproc_dir`.
+fn read_lifetime_and_preload(cx: &mut Ctx, w: &str, k: &str, v: &Node, p: &mut ProgramCfg) {
+    match k {
+        "max_lifetime" => p.max_lifetime = cx.positive(w, v, Duration::from_secs(1)),
+        "preload" => match v.v {
+            V::Bool(b) => p.preload = b,
+            _ => cx.err(
+                &v.span,
+                format!("{w}: expected true or false, found {}", kind(v)),
+            ),
+        },
+        "prometheus_multiproc_dir" => {
+            if let Some(d) = cx.string(w, v) {
+                if d.starts_with('/') {
+                    p.prometheus_multiproc_dir = Some(PathBuf::from(d));
+                } else {
+                    cx.err(
+                        &v.span,
+                        format!("{w}: `{d}` must be an absolute path (drover empties it at start)"),
+                    );
+                }
+            }
+        }
+        "max_lifetime_jitter" => {
+            p.max_lifetime_jitter = cx.duration(w, v).unwrap_or(p.max_lifetime_jitter)
+        }
+        _ => {}
+    }
 }
 
 fn restart(cx: &mut Ctx, w: &str, v: &Node) -> Option<RestartPolicy> {

@@ -110,31 +110,8 @@ impl Supervisor {
         let out = pipe
             .as_ref()
             .map(|(_, w)| std::os::fd::AsRawFd::as_raw_fd(w));
-        let result = if self.programs[pi].cfg.preload {
-            match self.fork_preloaded(pi, id, index, out) {
-                Ok(pid) => Ok(pid),
-                Err(ForkError::NotYet) => {
-                    // the preloader is loading: wait for it, no failure counted
-                    if let Some(w) = self.programs[pi].worker_mut(id) {
-                        w.awaiting_preloader = true;
-                        w.slot.postpone(now + Duration::from_secs(1));
-                    }
-                    return;
-                }
-                Err(ForkError::Failed(e)) => {
-                    self.preload_failed(pi, e.clone(), now);
-                    Err(e)
-                }
-            }
-        } else {
-            let mut spec = self.spawn_spec(pi, index, out);
-            match self.worker_cgroup(pi, id, index) {
-                Ok(fds) => {
-                    spec.cgroup_procs = fds;
-                    spawn::spawn(&spec).map_err(|e| format!("spawn {e}"))
-                }
-                Err(e) => Err(format!("cannot set up its cgroup: {e}")),
-            }
+        let Some(result) = self.start_process(pi, id, index, out, now) else {
+            return; // waiting for the preloader
         };
         let first_check = self.programs[pi].first_check(now);
         let j = self.jitter();
@@ -174,6 +151,42 @@ impl Supervisor {
                     let delay = w.slot.last_delay();
                     error!(program = %pname, worker = index, "worker {name}: {e} (retrying in {delay:.1?})");
                 }
+            }
+        }
+    }
+
+    /// The worker's process: forked by its program's preloader, or spawned. None: the preloader
+    /// is loading, and the slot waits for it without counting a failure.
+    fn start_process(
+        &mut self,
+        pi: usize,
+        id: u64,
+        index: u32,
+        out: Option<std::os::fd::RawFd>,
+        now: Instant,
+    ) -> Option<Result<i32, String>> {
+        if !self.programs[pi].cfg.preload {
+            let mut spec = self.spawn_spec(pi, index, out);
+            return Some(match self.worker_cgroup(pi, id, index) {
+                Ok(fds) => {
+                    spec.cgroup_procs = fds;
+                    spawn::spawn(&spec).map_err(|e| format!("spawn {e}"))
+                }
+                Err(e) => Err(format!("cannot set up its cgroup: {e}")),
+            });
+        }
+        match self.fork_preloaded(pi, id, index, out) {
+            Ok(pid) => Some(Ok(pid)),
+            Err(ForkError::NotYet) => {
+                if let Some(w) = self.programs[pi].worker_mut(id) {
+                    w.awaiting_preloader = true;
+                    w.slot.postpone(now + Duration::from_secs(1));
+                }
+                None
+            }
+            Err(ForkError::Failed(e)) => {
+                self.preload_failed(pi, e.clone(), now);
+                Some(Err(e))
             }
         }
     }

@@ -557,11 +557,11 @@ def stop():
 def queue():
     """The cost of one accept-queue read (TCP_INFO for TCP, a sock_diag request for unix), from
     drover's own code built for release, beside the cheapest syscall (getppid), the floor."""
-    r = subprocess.run(["cargo", "test", "--release", "--lib", "resources::queue::tests::read_cost", "--",
-                        "--ignored", "--exact", "--nocapture"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(["cargo", "run", "--quiet", "--release", "--example", "queue_cost"], cwd=ROOT,
+                       capture_output=True, text=True)
     m = re.search(r"QUEUE_COST (\{.*\})", r.stdout)
     if not m:
-        sys.exit(f"bench queue: no figure from the test:\n{r.stdout}\n{r.stderr}")
+        sys.exit(f"bench queue: no figure from bench/queue_cost.rs:\n{r.stdout}\n{r.stderr}")
     d = json.loads(m.group(1))
     floor = d["syscall_floor_ns"]
     for k in ("tcp_ns", "unix_ns"):

@@ -128,7 +128,7 @@ fn preloaded_workers_are_reparented_grouped_placed_restarted_and_stopped() {
         "{served:?} vs {pids:?}"
     );
     // killed: a replacement forked from the same preloader
-    unsafe_kill(pids[0], libc::SIGKILL);
+    kill(pids[0], libc::SIGKILL);
     let st = d.wait_status("a replacement", T, |v| {
         let now = Drover::worker_pids(v, "api");
         all_ready(v, 2) && !now.contains(&pids[0])
@@ -148,10 +148,6 @@ fn preloaded_workers_are_reparented_grouped_placed_restarted_and_stopped() {
     }
 }
 
-fn unsafe_kill(pid: i64, sig: i32) {
-    let sig = nix::sys::signal::Signal::try_from(sig).unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
-}
 
 #[test]
 fn a_code_change_rolls_the_workers_onto_a_new_preloader() {
@@ -409,7 +405,7 @@ fn the_apps_own_metrics_stay_right_across_restarts() {
     let victim = Drover::worker_pids(&st, "api")[0];
     let gauge = prom.join(format!("gauge_livesum_{victim}.db"));
     assert!(gauge.exists(), "the worker's live gauge file");
-    unsafe_kill(victim, libc::SIGKILL);
+    kill(victim, libc::SIGKILL);
     d.wait_status("a replacement", T, |v| {
         all_ready(v, 2) && !Drover::worker_pids(v, "api").contains(&victim)
     });
@@ -436,7 +432,7 @@ fn a_dead_preloader_is_replaced_and_the_workers_roll_onto_the_new_one() {
         preloader(&st)["pid"].as_i64().unwrap(),
         Drover::worker_pids(&st, "api"),
     );
-    unsafe_kill(pre, libc::SIGKILL);
+    kill(pre, libc::SIGKILL);
     let st = d.wait_status("a new preloader and the workers rolled onto it", T, |v| {
         let now = Drover::worker_pids(v, "api");
         preloader(v)["state"] == "ready"

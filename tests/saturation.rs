@@ -6,10 +6,10 @@ mod common;
 use common::*;
 use std::net::TcpStream;
 
+/// SIGSTOP or SIGCONT every one of `pids`.
 fn freeze(pids: &[i64], sig: i32) {
-    let sig = nix::sys::signal::Signal::try_from(sig).unwrap();
     for &p in pids {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), sig).unwrap();
+        kill(p, sig);
     }
 }
 

@@ -474,12 +474,7 @@ fn read_autoscale(cx: &mut Ctx, w: &str, v: &Node) -> Option<AutoscaleCfg> {
             _ => {}
         }
     }
-    if a.target_cpu.is_none()
-        && a.target_queue.is_none()
-        && !t
-            .iter()
-            .any(|(k, _, _)| k == "target_cpu" || k == "target_queue")
-    {
+    if a.target_cpu.is_none() && a.target_queue.is_none() {
         // neither given: CPU at 50 %, the HPA's usual target
         a.target_cpu = Some(50.0);
     }

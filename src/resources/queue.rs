@@ -359,41 +359,4 @@ mod tests {
         assert_eq!(parse_netstat("IpExt: A\nIpExt: 1\n"), None);
         assert!(overflows().is_some(), "this kernel has /proc/net/netstat");
     }
-
-    /// Not a pass/fail test: the cost of one queue read, printed for `bench/bench.py queue`
-    /// beside the cost of the cheapest syscall (the floor no read can beat).
-    #[test]
-    #[ignore]
-    fn read_cost() {
-        use std::time::Instant;
-        const N: u32 = 200_000;
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = tcp.local_addr().unwrap();
-        let _t: Vec<_> = (0..10)
-            .map(|_| std::net::TcpStream::connect(addr).unwrap())
-            .collect();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.sock");
-        let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let _u: Vec<_> = (0..10)
-            .map(|_| std::os::unix::net::UnixStream::connect(&path).unwrap())
-            .collect();
-        let mut r = Reader::default();
-        let time = |f: &mut dyn FnMut() -> u32| {
-            let t0 = Instant::now();
-            let mut sum = 0u64;
-            for _ in 0..N {
-                sum += u64::from(f());
-            }
-            assert!(sum > 0 || N == 0);
-            t0.elapsed().as_nanos() as f64 / f64::from(N)
-        };
-        let floor = time(&mut || nix::unistd::getppid().as_raw() as u32);
-        let tcp_ns = time(&mut || r.read(tcp.as_fd(), Kind::Tcp).unwrap().len);
-        let unix_ns = time(&mut || r.read(unix.as_fd(), Kind::Unix).map_or(1, |q| q.len));
-        let unix_ok = r.read(unix.as_fd(), Kind::Unix).is_ok();
-        println!(
-            "QUEUE_COST {{\"tcp_ns\": {tcp_ns:.0}, \"unix_ns\": {unix_ns:.0}, \"unix_reported\": {unix_ok}, \"syscall_floor_ns\": {floor:.0}, \"reads\": {N}}}"
-        );
-    }
 }

@@ -73,15 +73,11 @@ impl Supervisor {
         }
     }
 
-    /// When the next sample is due: never while no worker runs.
+    /// When the next sample is due: never while no worker runs (`pids` holds the live ones).
     pub(super) fn history_due(&self, now: Instant) -> Option<Instant> {
         let r = self.history.as_ref()?;
-        let live = self
-            .programs
-            .iter()
-            .any(|p| p.workers.iter().any(|w| w.slot.pid().is_some()));
-        (live && matches!(self.run, RunState::Running | RunState::Draining { .. }))
-            .then(|| r.next.unwrap_or(now))
+        let sampling = matches!(self.run, RunState::Running | RunState::Draining { .. });
+        (sampling && !self.pids.is_empty()).then(|| r.next.unwrap_or(now))
     }
 
     pub(super) fn record_history(&mut self, now: Instant) {

@@ -311,7 +311,8 @@ impl Supervisor {
             self.on_exec_probe(p, status, now);
         } else if let Some((prog, slot)) = self.pids.remove(&pid) {
             self.on_worker_exit(prog, slot, pid, status, now);
-        } else if self.on_preloader_exit(pid, status, now) {
+        } else if let Some(pi) = self.preloader_of(pid) {
+            self.on_preloader_exit(pi, pid, status, now);
         } else if self.cx.guard.as_ref().is_some_and(|g| g.pid == pid) {
             error!("the guard process (pid {pid}) exited with {status}: workers will not be cleaned up if drover is killed");
         } else {

@@ -14,14 +14,12 @@
 //! a program's first worker starts; a dead worker's live-gauge files are removed (what
 //! `prometheus_client`'s `mark_process_dead` does).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tracing::{error, info, warn};
 
 use super::{RunState, Supervisor};
-use crate::logs::output::Source;
 use crate::process::preload::{self, Channel, Loaded};
 use crate::process::reaper::ExitStatus;
 use crate::process::spawn;
@@ -121,26 +119,6 @@ impl Supervisor {
             }
             Err(e) => self.preload_failed(pi, format!("cannot start: {e}"), now),
         }
-    }
-
-    /// Pump a pipe's lines into drover's output under `label`.
-    pub(super) fn pump(
-        &self,
-        label: String,
-        program: &str,
-        worker: Option<u32>,
-        r: std::os::fd::OwnedFd,
-    ) {
-        let source = Arc::new(Source {
-            label,
-            program: program.to_string(),
-            worker,
-            color: crate::logs::output::color_for(program),
-        });
-        let out = self.cx.output.clone();
-        tokio::spawn(async move {
-            out.pump(source, r, 0).await;
-        });
     }
 
     pub(super) fn preload_failed(&mut self, pi: usize, why: String, now: Instant) {
@@ -304,35 +282,35 @@ impl Supervisor {
         Ok(pid)
     }
 
-    /// `pid` was a preloader: a new one takes its place.
-    pub(super) fn on_preloader_exit(&mut self, pid: i32, status: ExitStatus, now: Instant) -> bool {
-        let Some(pi) = self
-            .programs
+    /// The program whose current preloader is `pid`.
+    pub(super) fn preloader_of(&self, pid: i32) -> Option<usize> {
+        self.programs
             .iter()
             .position(|p| p.preload.current.as_ref().is_some_and(|l| l.pid == pid))
-        else {
-            return false;
+    }
+
+    /// Program `pi`'s preloader `pid` exited: a new one takes its place.
+    pub(super) fn on_preloader_exit(
+        &mut self,
+        pi: usize,
+        pid: i32,
+        status: ExitStatus,
+        now: Instant,
+    ) {
+        let Some(l) = self.programs[pi].preload.current.take() else {
+            return;
         };
-        let l = self.programs[pi]
-            .preload
-            .current
-            .take()
-            .expect("found above");
         if self.run != RunState::Running {
-            return true;
+            return;
         }
         let name = self.programs[pi].cfg.name.clone();
         if l.ready.is_none() {
-            self.preload_failed(
-                pi,
-                format!("it exited with {status} before saying ready"),
-                now,
-            );
+            let why = format!("it exited with {status} before saying ready");
+            self.preload_failed(pi, why, now);
         } else {
             warn!(program = %name, "program {name}: its preloader (pid {pid}) exited with {status}; starting a new one, the workers keep serving and roll onto it");
             self.start_preloader(pi, Some(StopReason::Restart), now);
         }
-        true
     }
 
     /// At shutdown: preloaders serve nothing, so they go at once.

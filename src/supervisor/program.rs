@@ -87,6 +87,7 @@ impl Worker {
         self.retire_at = retire_at;
         self.notified = false;
         self.notify_status = None;
+        self.awaiting_preloader = false;
         self.health = HealthState::default();
         self.usage = Usage::default();
         self.memory = None;

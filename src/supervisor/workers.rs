@@ -122,23 +122,13 @@ impl Supervisor {
             Ok(pid) => {
                 if let Some((r, w)) = pipe {
                     drop(w);
-                    let source = Arc::new(Source {
-                        label: name.clone(),
-                        program: pname.clone(),
-                        worker: Some(index),
-                        color: color_for(&pname),
-                    });
-                    let out = self.cx.output.clone();
-                    tokio::spawn(async move {
-                        out.pump(source, r, 0).await;
-                    });
+                    self.pump(name.clone(), &pname, Some(index), r);
                 }
                 if let Some(g) = self.cx.guard.as_mut() {
                     g.watch(pid);
                 }
                 self.pids.insert(pid, (self.programs[pi].id, id));
                 if let Some(w) = self.programs[pi].worker_mut(id) {
-                    w.awaiting_preloader = false;
                     w.fresh_process(first_check, retire_at);
                     w.slot.spawned(pid, now, &sc);
                 }
@@ -153,6 +143,26 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Pump a pipe's lines into drover's output under `label`.
+    pub(super) fn pump(
+        &self,
+        label: String,
+        program: &str,
+        worker: Option<u32>,
+        r: std::os::fd::OwnedFd,
+    ) {
+        let source = Arc::new(Source {
+            label,
+            program: program.to_string(),
+            worker,
+            color: color_for(program),
+        });
+        let out = self.cx.output.clone();
+        tokio::spawn(async move {
+            out.pump(source, r, 0).await;
+        });
     }
 
     /// The worker's process: forked by its program's preloader, or spawned. None: the preloader

@@ -227,6 +227,12 @@ pub fn http_get_status(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((code, body.to_string()))
 }
 
+/// Send `sig` to process `pid` (panics when it is gone: the tests send to processes they saw).
+pub fn kill(pid: i64, sig: i32) {
+    let sig = nix::sys::signal::Signal::try_from(sig).expect("a signal number");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("kill(2)");
+}
+
 /// Alive and not a zombie.
 pub fn alive(pid: i64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -31,6 +31,8 @@ class DroverServer(uvicorn.Server):
 
     async def shutdown(self, sockets=None):
         notify("STOPPING=1\nSTATUS=draining")
+        # connections made from now on drain at once (DrainMixin.connection_made)
+        self.server_state.drover_draining = True
         await super().shutdown(sockets=sockets)
 
 

@@ -31,6 +31,13 @@ class DrainMixin:
     drain_grace = 5.0
     _draining = False
 
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        # accepted just before the server stopped listening, but made after it asked every
+        # connection to shut down: drain this one too, or it would keep the worker up until killed
+        if getattr(self.server_state, "drover_draining", False):
+            self.shutdown()
+
     def shutdown(self):
         if self._draining:
             return

@@ -148,7 +148,6 @@ fn preloaded_workers_are_reparented_grouped_placed_restarted_and_stopped() {
     }
 }
 
-
 #[test]
 fn a_code_change_rolls_the_workers_onto_a_new_preloader() {
     let Some(bin) = drover_uvicorn() else { return };

@@ -303,8 +303,14 @@ fn render_program(o: &mut String, p: &crate::config::ProgramCfg) {
     if p.preload {
         let _ = writeln!(o, "    preload  the command runs once as a preloader (DROVER_PRELOAD_FD) and forks each worker; it must speak drover's preload protocol (drover-uvicorn does)");
     }
-    if let Some(d) = &p.prometheus_multiproc_dir {
-        let _ = writeln!(o, "    metrics  PROMETHEUS_MULTIPROC_DIR={} (emptied at start; a dead worker's live gauges removed)", d.display());
+    match &p.prometheus_multiproc_dir {
+        Some(crate::config::MetricsDirCfg::Path(d)) => {
+            let _ = writeln!(o, "    metrics  PROMETHEUS_MULTIPROC_DIR={} (opened without following symlinks, owned by the program's user, emptied at start; a dead worker's live gauges removed)", d.display());
+        }
+        Some(crate::config::MetricsDirCfg::Auto) => {
+            let _ = writeln!(o, "    metrics  PROMETHEUS_MULTIPROC_DIR=a fresh directory under drover's runtime directory, owned by the program's user (a dead worker's live gauges removed)");
+        }
+        None => {}
     }
     if let Some(id) = &p.identity {
         let _ = writeln!(

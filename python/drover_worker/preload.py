@@ -4,8 +4,9 @@ It imports the application once, freezes the garbage collector's view of everyth
 (gc.freeze(): collections in the workers never touch, and so never copy, those pages), tells
 drover "ready", then forks one worker per request. Each worker is forked twice — the middle
 process exits at once, so the worker is re-parented to drover (a child subreaper, or PID 1) —
-puts itself in its own process group, and waits until drover has placed it (its cgroup) before
-it serves. The preloader itself never serves and never runs the app's lifespan: that runs in
+puts itself in its own process group, announces its own pid to drover (so the kernel's
+credentials on the message prove who sent it), and waits until drover has placed it (its
+cgroup) before it serves. The preloader itself never serves and never runs the app's lifespan: that runs in
 each worker, with its own event loop.
 """
 
@@ -15,6 +16,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 
 
 def _log(msg):
@@ -65,8 +67,9 @@ def preloader(config, server_class, fd):
             finally:
                 if out is not None:
                     os.close(out)
+            # the worker announced itself to drover (`pid PID`, with the kernel's credentials);
+            # drover answers go or abort for it
             gos[pid] = go
-            ctl.send(f"pid {pid}".encode())
         elif cmd in ("go", "abort"):
             go = gos.pop(int(arg), None)
             if go is not None:
@@ -87,12 +90,21 @@ def _fork(index, out, ctl, config, server_class):
         try:
             os.close(go_w)
             os.close(pid_r)
+            middle_pid = os.getpid()
             if os.fork() != 0:
                 os._exit(0)  # the middle process: the worker is re-parented to drover
             os.setpgid(0, 0)
+            # drover accepts a worker only once it is drover's own child: wait for the middle
+            # process to be gone (microseconds)
+            while os.getppid() == middle_pid:
+                time.sleep(0.0002)
+            # The worker itself tells drover its pid: the message carries its credentials,
+            # which the kernel fills in, so drover knows the claim comes from the process it
+            # names (docs/worker-protocol.md). Then the preloader learns it too, for the go.
+            ctl.send(f"pid {os.getpid()}".encode())
+            ctl.close()
             os.write(pid_w, str(os.getpid()).encode())
             os.close(pid_w)
-            ctl.close()
             code = _worker(index, out, go_r, config, server_class)
         except BaseException as e:  # noqa: BLE001
             _log(f"worker {index}: {type(e).__name__}: {e}")

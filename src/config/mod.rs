@@ -196,6 +196,15 @@ impl Default for SupervisorCfg {
     }
 }
 
+/// Where a program's `prometheus_client` multiprocess files go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsDirCfg {
+    /// this directory (absolute)
+    Path(PathBuf),
+    /// `true`: one of drover's own, under its runtime directory, fresh every run
+    Auto,
+}
+
 #[derive(Debug, Clone)]
 pub struct StepCfg {
     pub name: String,
@@ -329,7 +338,7 @@ pub struct ProgramCfg {
     pub preload: bool,
     /// emptied at start, given to every worker as PROMETHEUS_MULTIPROC_DIR, a dead worker's
     /// live-gauge files removed
-    pub prometheus_multiproc_dir: Option<PathBuf>,
+    pub prometheus_multiproc_dir: Option<MetricsDirCfg>,
     /// `workers = "auto"`: `workers` is filled in by `budget::resolve_auto`
     pub workers_auto: bool,
     pub budget: WorkerBudget,

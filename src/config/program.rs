@@ -140,18 +140,22 @@ fn read_lifetime_and_preload(cx: &mut Ctx, w: &str, k: &str, v: &Node, p: &mut P
                 format!("{w}: expected true or false, found {}", kind(v)),
             ),
         },
-        "prometheus_multiproc_dir" => {
-            if let Some(d) = cx.string(w, v) {
-                if d.starts_with('/') {
-                    p.prometheus_multiproc_dir = Some(PathBuf::from(d));
-                } else {
-                    cx.err(
-                        &v.span,
-                        format!("{w}: `{d}` must be an absolute path (drover empties it at start)"),
-                    );
+        "prometheus_multiproc_dir" => match v.v {
+            V::Bool(true) => p.prometheus_multiproc_dir = Some(MetricsDirCfg::Auto),
+            V::Bool(false) => p.prometheus_multiproc_dir = None,
+            _ => {
+                if let Some(d) = cx.string(w, v) {
+                    if d.starts_with('/') {
+                        p.prometheus_multiproc_dir = Some(MetricsDirCfg::Path(PathBuf::from(d)));
+                    } else {
+                        cx.err(
+                            &v.span,
+                            format!("{w}: `{d}` must be an absolute path (drover empties it at start), or true for a directory of drover's own"),
+                        );
+                    }
                 }
             }
-        }
+        },
         "max_lifetime_jitter" => {
             p.max_lifetime_jitter = cx.duration(w, v).unwrap_or(p.max_lifetime_jitter)
         }

@@ -5,48 +5,87 @@
 //! preloader -> drover   ready                     the app is imported; it will fork on request
 //!                       error TEXT                it cannot (and exits)
 //! drover -> preloader   fork INDEX   [+ one fd]   fork worker INDEX; the fd is its stdout/stderr
-//! preloader -> drover   pid PID                   forked, re-parented to drover, in its own
-//!                                                 process group, waiting for go
-//!                       error TEXT                the fork failed
+//! worker    -> drover   pid PID                   sent by the forked worker itself: re-parented
+//!                                                 to drover, leading its own process group,
+//!                                                 waiting for go
+//! preloader -> drover   error TEXT                the fork failed
 //! drover -> preloader   go PID                    placed (cgroup joined): serve
 //!                       abort PID                 not placed: exit without serving
 //! ```
 //!
-//! drover speaks it from its loop: "ready" is polled without blocking; a fork is a request and
-//! its reply, bounded by a timeout.
+//! Nothing here waits: drover's end is non-blocking, sends that would block are errors (a
+//! preloader that does not read its socket is broken), and messages are read by a task
+//! (`recv`) that reports them to the loop. Every message carries its sender's credentials
+//! (`SO_PASSCRED`, set before the preloader exists), so drover knows which process said `pid`.
 
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::time::{Duration, Instant};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
+    recvmsg, sendmsg, setsockopt, socketpair, sockopt, AddressFamily, ControlMessage,
+    ControlMessageOwned, MsgFlags, SockFlag, SockType,
 };
+use tokio::io::unix::AsyncFd;
 
-/// drover's end of a preloader's control socket.
+/// drover's end of a preloader's control socket. Cheap to clone: the loop sends, a task reads.
+#[derive(Clone)]
 pub struct Channel {
-    fd: OwnedFd,
+    fd: Arc<AsyncFd<OwnedFd>>,
 }
 
-/// A new pair: drover's end, and the preloader's (to lay out in its fds at spawn).
+/// A new pair: drover's end, and the preloader's (to lay out in its fds at spawn). Must be
+/// called inside the loop's runtime.
 pub fn pair() -> std::io::Result<(Channel, OwnedFd)> {
     let (a, b) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
         None,
-        SockFlag::SOCK_CLOEXEC,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
     )?;
-    Ok((Channel { fd: a }, b))
+    // before the other end exists anywhere else: every message it ever sends carries the
+    // sender's pid, uid and gid as the kernel knows them
+    setsockopt(&a, sockopt::PassCred, &true)?;
+    // the preloader's end blocks, as any program expects of a fresh socket
+    nix::fcntl::fcntl(
+        &b,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )?;
+    // SAFETY: the AsyncFd owns the socket, so the fd stays open for as long as it is
+    // registered.
+    let fd = unsafe { AsyncFd::register(a) }.map_err(|e| e.into_parts().1)?;
+    Ok((Channel { fd: Arc::new(fd) }, b))
 }
 
-/// What the preloader said while it loads.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Loaded {
+/// One message from the preloader's socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Said {
     Ready,
-    Failed(String),
-    /// it closed its end without a word
+    Error(String),
+    /// `pid PID`, and the pid of the process that sent it (the kernel's credentials)
+    Pid {
+        pid: i32,
+        sender: Option<i32>,
+    },
+    /// anything else (a protocol violation)
+    Unknown(String),
+    /// every copy of the other end is closed
     Closed,
+}
+
+/// What a packet says. The text is bounded by the read buffer (4 KiB).
+pub fn parse(text: &str, sender: Option<i32>) -> Said {
+    let t = text.trim();
+    if t == "ready" {
+        return Said::Ready;
+    }
+    if let Some(e) = t.strip_prefix("error ") {
+        return Said::Error(e.to_string());
+    }
+    if let Some(pid) = t.strip_prefix("pid ").and_then(|p| p.parse().ok()) {
+        return Said::Pid { pid, sender };
+    }
+    Said::Unknown(t.chars().take(200).collect())
 }
 
 impl Channel {
@@ -56,73 +95,24 @@ impl Channel {
         let cmsg = [ControlMessage::ScmRights(&fds)];
         let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
         sendmsg::<()>(
-            self.fd.as_raw_fd(),
+            self.fd.get_ref().as_raw_fd(),
             &iov,
             cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
             None,
         )
         .map(|_| ())
-        .map_err(|e| format!("cannot write to the preloader: {e}"))
-    }
-
-    /// One packet, waiting at most `wait` (zero: only what is there). None: nothing yet.
-    fn recv(&self, wait: Duration) -> Result<Option<String>, String> {
-        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
-        let ms =
-            PollTimeout::try_from(wait.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::ZERO);
-        match poll(&mut fds, ms) {
-            Ok(0) => return Ok(None),
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => return Ok(None),
-            Err(e) => return Err(format!("poll: {e}")),
-        }
-        let mut buf = [0u8; 4096];
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let n = match recvmsg::<()>(self.fd.as_raw_fd(), &mut iov, None, MsgFlags::MSG_DONTWAIT) {
-            Ok(msg) => msg.bytes,
-            // the preloader closed its end with our request unread
-            Err(nix::errno::Errno::ECONNRESET) => 0,
-            Err(e) => return Err(format!("cannot read from the preloader: {e}")),
-        };
-        Ok(Some(String::from_utf8_lossy(&buf[..n]).trim().to_string()))
-    }
-
-    /// While it loads: has it said ready (or failed)? Never blocks.
-    pub fn poll_loaded(&self) -> Option<Loaded> {
-        match self.recv(Duration::ZERO) {
-            Ok(None) => None,
-            Ok(Some(m)) if m.is_empty() => Some(Loaded::Closed),
-            Ok(Some(m)) if m == "ready" => Some(Loaded::Ready),
-            Ok(Some(m)) => Some(Loaded::Failed(
-                m.strip_prefix("error ").unwrap_or(&m).to_string(),
-            )),
-            Err(e) => Some(Loaded::Failed(e)),
-        }
-    }
-
-    /// Ask for worker `index`, its output on `out`; the new worker's pid within `timeout`.
-    pub fn fork(&self, index: u32, out: Option<RawFd>, timeout: Duration) -> Result<i32, String> {
-        self.send(&format!("fork {index}"), out)?;
-        let end = Instant::now() + timeout;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!(
-                    "the preloader did not answer a fork within {timeout:?}"
-                ));
+        .map_err(|e| match e {
+            nix::errno::Errno::EAGAIN => {
+                "its socket is full: it does not read drover's requests".to_string()
             }
-            match self.recv(left)? {
-                None => continue,
-                Some(m) if m.is_empty() => return Err("the preloader closed its socket".into()),
-                Some(m) => {
-                    if let Some(pid) = m.strip_prefix("pid ").and_then(|p| p.parse().ok()) {
-                        return Ok(pid);
-                    }
-                    return Err(m.strip_prefix("error ").unwrap_or(&m).to_string());
-                }
-            }
-        }
+            e => format!("cannot write to the preloader: {e}"),
+        })
+    }
+
+    /// Ask for worker `index`, its output on `out`. Never waits; the answer comes to `recv`.
+    pub fn fork(&self, index: u32, out: Option<RawFd>) -> Result<(), String> {
+        self.send(&format!("fork {index}"), out)
     }
 
     /// The worker is placed: let it serve.
@@ -134,6 +124,58 @@ impl Channel {
     pub fn abort(&self, pid: i32) {
         let _ = self.send(&format!("abort {pid}"), None);
     }
+
+    /// The next message, with its sender's credentials.
+    pub async fn recv(&self) -> Said {
+        loop {
+            let Ok(mut ready) = self.fd.readable().await else {
+                return Said::Closed;
+            };
+            match ready.try_io(|fd| receive(fd.get_ref())) {
+                Ok(Ok(said)) => return said,
+                Ok(Err(_)) => return Said::Closed,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+fn receive(fd: &OwnedFd) -> std::io::Result<Said> {
+    let mut buf = [0u8; 4096];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials, [RawFd; 4]);
+    let msg = match recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    ) {
+        Ok(m) => m,
+        // the preloader closed its end with our request unread
+        Err(nix::errno::Errno::ECONNRESET) => return Ok(Said::Closed),
+        Err(nix::errno::Errno::EAGAIN) => {
+            return Err(std::io::Error::from(std::io::ErrorKind::WouldBlock))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut sender = None;
+    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+        match c {
+            ControlMessageOwned::ScmCredentials(cred) => sender = Some(cred.pid()),
+            // nothing is expected from the preloader but text: close what it passed
+            ControlMessageOwned::ScmRights(fds) => {
+                for f in fds {
+                    let _ = nix::unistd::close(f);
+                }
+            }
+            _ => {}
+        }
+    }
+    let n = msg.bytes;
+    if n == 0 {
+        return Ok(Said::Closed);
+    }
+    Ok(parse(&String::from_utf8_lossy(&buf[..n]), sender))
 }
 
 #[cfg(test)]
@@ -141,47 +183,61 @@ mod tests {
     use super::*;
     use std::os::unix::net::UnixDatagram;
 
-    /// The preloader's end as a plain socket, for a scripted peer.
-    fn peer(fd: OwnedFd) -> UnixDatagram {
-        UnixDatagram::from(fd)
-    }
-
     #[test]
-    fn a_scripted_preloader_is_ready_then_forks() {
-        let (ch, theirs) = pair().unwrap();
-        let p = peer(theirs);
-        assert_eq!(ch.poll_loaded(), None, "nothing said yet");
-        p.send(b"ready").unwrap();
-        assert_eq!(ch.poll_loaded(), Some(Loaded::Ready));
-        let t = std::thread::spawn(move || {
-            let mut b = [0u8; 64];
-            let n = p.recv(&mut b).unwrap();
-            assert_eq!(&b[..n], b"fork 3");
-            p.send(b"pid 4242").unwrap();
-            let n = p.recv(&mut b).unwrap();
-            assert_eq!(&b[..n], b"go 4242");
-            let n = p.recv(&mut b).unwrap();
-            assert_eq!(&b[..n], b"fork 4");
-            p.send(b"error fork: EAGAIN").unwrap();
-        });
-        assert_eq!(ch.fork(3, None, Duration::from_secs(5)), Ok(4242));
-        ch.go(4242).unwrap();
+    fn messages_parse() {
+        assert_eq!(parse("ready\n", None), Said::Ready);
         assert_eq!(
-            ch.fork(4, None, Duration::from_secs(5)),
-            Err("fork: EAGAIN".into())
+            parse("error cannot load", Some(7)),
+            Said::Error("cannot load".into())
         );
-        t.join().unwrap();
+        assert_eq!(
+            parse("pid 4242", Some(4242)),
+            Said::Pid {
+                pid: 4242,
+                sender: Some(4242)
+            }
+        );
+        assert_eq!(parse("pid x", None), Said::Unknown("pid x".into()));
     }
 
-    #[test]
-    fn silence_and_a_closed_end_are_errors_not_hangs() {
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_scripted_preloader_is_ready_then_answers_a_fork_with_its_credentials() {
         let (ch, theirs) = pair().unwrap();
-        let p = peer(theirs);
-        let t0 = Instant::now();
-        let e = ch.fork(0, None, Duration::from_millis(100)).unwrap_err();
-        assert!(e.contains("did not answer"), "{e}");
-        assert!(t0.elapsed() < Duration::from_secs(5));
+        let p = UnixDatagram::from(theirs);
+        p.send(b"ready").unwrap();
+        assert_eq!(ch.recv().await, Said::Ready);
+        ch.fork(3, None).unwrap();
+        let mut b = [0u8; 64];
+        let n = p.recv(&mut b).unwrap();
+        assert_eq!(&b[..n], b"fork 3");
+        p.send(b"pid 4242").unwrap();
+        // the kernel says who sent it: this process, not 4242
+        let me = std::process::id() as i32;
+        assert_eq!(
+            ch.recv().await,
+            Said::Pid {
+                pid: 4242,
+                sender: Some(me)
+            }
+        );
+        ch.go(4242).unwrap();
+        let n = p.recv(&mut b).unwrap();
+        assert_eq!(&b[..n], b"go 4242");
         drop(p);
-        assert_eq!(ch.poll_loaded(), Some(Loaded::Closed));
+        assert_eq!(ch.recv().await, Said::Closed);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_preloader_that_never_reads_makes_fork_fail_instead_of_blocking() {
+        let (ch, theirs) = pair().unwrap();
+        let mut failed = None;
+        for i in 0..100_000 {
+            if let Err(e) = ch.fork(i, None) {
+                failed = Some(e);
+                break;
+            }
+        }
+        assert!(failed.unwrap().contains("does not read"));
+        drop(theirs);
     }
 }

@@ -4,6 +4,7 @@
 pub mod autoscale;
 pub mod cgroup;
 pub mod enforcement;
+pub mod metrics_dir;
 pub mod queue;
 pub mod sizing;
 pub mod usage;

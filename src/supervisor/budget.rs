@@ -287,7 +287,7 @@ impl Supervisor {
 
     /// The guard empties and removes drover's cgroups if drover is killed.
     pub(super) fn guard_cgroups(&mut self) {
-        if let (Some(g), Some(cg)) = (self.cx.guard.as_mut(), &self.cx.budget.cgroups) {
+        if let (Some(g), Some(cg)) = (self.children.guard(), &self.cx.budget.cgroups) {
             let keep = cg.version == crate::resources::cgroup::Version::V2;
             let mut dirs: Vec<&std::path::PathBuf> =
                 cg.memory.iter().chain(cg.cpu.iter()).collect();

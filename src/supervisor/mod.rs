@@ -14,6 +14,7 @@
 //! `reload` (config diff), `shutdown` (signals, drain, stop), `publish` (snapshot, sd_notify,
 //! watchdog). `program` holds the per-program and per-worker data they share.
 
+mod app_metrics;
 mod budget;
 mod health;
 mod history;
@@ -83,6 +84,12 @@ pub enum Event {
         pid: i32,
         msg: crate::process::notify::Message,
     },
+    /// program `prog`'s preloader `pid` (or a worker it forked) sent a message
+    Preloader {
+        prog: u64,
+        pid: i32,
+        said: crate::process::preload::Said,
+    },
 }
 
 /// Where tasks send their `Event`s.
@@ -129,6 +136,8 @@ enum RunState {
 
 pub struct Supervisor {
     cx: Context,
+    /// every unreaped child, held by a pidfd: the only way drover signals a process
+    children: crate::process::children::Children,
     events: Events,
     cfg: Config,
     programs: Vec<program::Program>,
@@ -157,6 +166,8 @@ pub struct Supervisor {
     systemd: publish::Systemd,
     /// how the last worker that ended for good (no restart) ended: the exit code when all are done
     last_ended: Option<ExitStatus>,
+    /// drover's runtime directory (the notify socket, default metrics directories), once needed
+    rundir: Option<crate::process::rundir::RunDir>,
 }
 
 impl Supervisor {
@@ -167,7 +178,10 @@ impl Supervisor {
             .unwrap_or(1)
             | 1;
         let systemd = publish::Systemd::new(cx.notify.as_ref(), Instant::now());
+        let mut cx = cx;
+        let children = crate::process::children::Children::new(cx.guard.take());
         let mut s = Supervisor {
+            children,
             events: cx.events.clone(),
             cx,
             steps: steps::Steps::new(&cfg.prestart),
@@ -194,6 +208,7 @@ impl Supervisor {
             ),
             systemd,
             last_ended: None,
+            rundir: None,
         };
         for p in &cfg.programs {
             let id = s.new_id();
@@ -228,6 +243,22 @@ impl Supervisor {
         self.programs.iter().position(|p| p.id == prog)
     }
 
+    /// drover's runtime directory, created on first need (the guard removes it if drover is
+    /// killed; `run` removes it at exit).
+    fn runtime_dir(&mut self) -> Result<std::path::PathBuf, String> {
+        if let Some(r) = &self.rundir {
+            return Ok(r.path().to_path_buf());
+        }
+        let r = crate::process::rundir::RunDir::create()?;
+        if let Some(g) = self.children.guard() {
+            g.runtime_dir(r.path());
+        }
+        debug!("runtime directory {}", r.path().display());
+        let path = r.path().to_path_buf();
+        self.rundir = Some(r);
+        Ok(path)
+    }
+
     /// Workers' parent-death signal: checked against drover's pid (none as PID 1).
     fn parent_pid(&self) -> Option<i32> {
         (!self.cx.pid1).then(|| std::process::id() as i32)
@@ -248,6 +279,9 @@ impl Supervisor {
             if let Some(code) = self.exit_now() {
                 self.publish();
                 self.remove_cgroups().await;
+                if let Some(r) = &self.rundir {
+                    r.remove();
+                }
                 let open = self.cx.output.settle(OUTPUT_GRACE).await;
                 if open > 0 {
                     error!("{open} output pipe(s) still open {OUTPUT_GRACE:?} after their workers ended (held by a process that outlived its worker); their last lines may be lost");
@@ -304,16 +338,18 @@ impl Supervisor {
     }
 
     fn on_exit(&mut self, pid: i32, status: ExitStatus, now: Instant) {
+        // whatever it was, what it left in its process group goes with it, and drover lets go
+        // of its pidfd
+        self.children.reaped(pid);
         if self.steps.owns(pid) {
             self.on_step_exit(pid, status, now);
         } else if let Some(p) = self.probes.remove(&pid) {
-            crate::process::spawn::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
             self.on_exec_probe(p, status, now);
         } else if let Some((prog, slot)) = self.pids.remove(&pid) {
             self.on_worker_exit(prog, slot, pid, status, now);
         } else if let Some(pi) = self.preloader_of(pid) {
             self.on_preloader_exit(pi, pid, status, now);
-        } else if self.cx.guard.as_ref().is_some_and(|g| g.pid == pid) {
+        } else if self.children.guard_pid() == Some(pid) {
             error!("the guard process (pid {pid}) exited with {status}: workers will not be cleaned up if drover is killed");
         } else {
             debug!("reaped orphan pid {pid} ({status})");
@@ -327,6 +363,7 @@ impl Supervisor {
             Event::FilesChanged { program } => self.on_files_changed(&program, now),
             Event::StepOutput { run, tail } => self.on_step_output(run, tail, now),
             Event::Notified { pid, msg } => self.on_notified(pid, msg, now),
+            Event::Preloader { prog, pid, said } => self.on_preloader_said(prog, pid, said, now),
         }
     }
 
@@ -362,6 +399,7 @@ impl Supervisor {
             self.check_lifetimes(now);
             self.check_done(now);
             self.cgroup_gc.retain(|cg| !cg.remove());
+            self.children.flush_guard();
             self.programs
                 .retain(|p| !(p.removing && p.workers.is_empty()));
         }

@@ -4,76 +4,93 @@
 //! subreaper, or PID 1), has its own process group, joins its cgroup from here before it is told
 //! to serve, and is from then on a worker like any other.
 //!
-//! Until the preloader has said "ready", the program's slots wait (`Slot::postpone`), without
-//! counting failures. A preloader that fails to load is logged with the reason and restarted
-//! after the program's backoff. One that dies later is replaced, and the workers roll onto the
-//! new one; so do reloads, restarts and watched files (new code needs a new preloader), while
-//! memory and lifetime recycling fork from the current one.
+//! The preloader is application code, so nothing it says is believed or waited for:
 //!
-//! Also here: the Prometheus multiprocess directory (`prometheus_multiproc_dir`), emptied before
-//! a program's first worker starts; a dead worker's live-gauge files are removed (what
-//! `prometheus_client`'s `mark_process_dead` does).
+//! - its messages are read by a task and arrive as `Event::Preloader`; the task reads one only
+//!   when one is expected (the first `ready`, one answer per fork request), so a chatty
+//!   preloader fills its own socket, never drover's memory;
+//! - a fork is a request and a deadline (`FORK_TIMEOUT`), not a wait: the slot waits, the loop
+//!   goes on; a preloader that does not answer in time is killed and retried after its backoff;
+//! - a `pid N` answer is a claim `process/claim.rs` checks against the kernel's facts before
+//!   drover touches N (cgroup, guard, signals); a false claim kills the preloader.
+//!
+//! Until the preloader has said "ready", the program's slots wait (`Slot::postpone`), without
+//! counting failures. A preloader that fails to load, or dies, is logged with the reason and
+//! restarted after the program's backoff (one that had run `backoff.reset_after` is restarted
+//! at once); the workers roll onto the new one. So do reloads, restarts and watched files (new
+//! code needs a new preloader), while memory and lifetime recycling fork from the current one.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tracing::{error, info, warn};
 
-use super::{RunState, Supervisor};
-use crate::process::preload::{self, Channel, Loaded};
+use super::{Event, RunState, Supervisor};
+use crate::process::claim::{self, Expected};
+use crate::process::preload::{self, Channel, Said};
 use crate::process::reaper::ExitStatus;
 use crate::process::spawn;
 use crate::state::{backoff_delay, StopReason};
 
 /// How long a fork request may take before the preloader counts as broken.
-const FORK_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a loading preloader is asked whether it is ready.
-const POLL: Duration = Duration::from_millis(20);
+pub(super) const FORK_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) struct Preloader {
     pub pid: i32,
     ch: Channel,
+    /// the task reading its socket, and the messages it may read
+    reader: tokio::task::JoinHandle<()>,
+    expect: Arc<tokio::sync::Semaphore>,
     pub since: Instant,
     pub ready: Option<Instant>,
-    poll_at: Instant,
     /// started for a roll: the roll begins once it is ready
     pub then_roll: Option<StopReason>,
+    /// fork requests not answered yet, oldest first (the preloader answers in order)
+    pending: VecDeque<Pending>,
+}
+
+/// A fork drover asked for and has not had an answer to.
+struct Pending {
+    slot: u64,
+    index: u32,
+    /// clock ticks since boot when it was asked: the worker cannot have started earlier
+    asked_at: u64,
+    deadline: Instant,
+}
+
+impl Drop for Preloader {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// A preloader failure, as /status shows it: drover's own words, and the preloader's (application
+/// text, which may quote configuration or data: shown to authenticated clients only).
+#[derive(Debug, Clone)]
+pub(super) struct Failure {
+    pub summary: String,
+    pub detail: Option<String>,
 }
 
 /// Per program: its preloader and what happened to the last ones.
 #[derive(Default)]
 pub(super) struct PreloadState {
     pub current: Option<Preloader>,
-    /// consecutive failures to load
+    /// consecutive failures
     pub failures: u32,
     /// start the next preloader then (after a failure)
     pub retry_at: Option<Instant>,
     /// the last failure, shown in /status
-    pub error: Option<String>,
-}
-
-/// Why a preloaded worker could not be forked now.
-pub(super) enum ForkError {
-    /// no preloader is ready yet: wait for it
-    NotYet,
-    Failed(String),
+    pub error: Option<Failure>,
 }
 
 impl Supervisor {
     /// A program is about to start its workers: empty its metrics directory, start its
     /// preloader.
     pub(super) fn prepare_program(&mut self, pi: usize, now: Instant) {
-        if let Some(dir) = self.programs[pi].cfg.prometheus_multiproc_dir.clone() {
-            let name = self.programs[pi].cfg.name.clone();
-            match empty_metrics_dir(&dir) {
-                Ok(n) => {
-                    info!(program = %name, "program {name}: prometheus_multiproc_dir {}: {n} metric file(s) from an earlier run removed", dir.display())
-                }
-                Err(e) => {
-                    error!(program = %name, "program {name}: prometheus_multiproc_dir {}: {e}; the app's /metrics may count old processes", dir.display())
-                }
-            }
-        }
+        self.prepare_metrics_dir(pi);
         if self.programs[pi].cfg.preload && self.programs[pi].preload.current.is_none() {
             self.start_preloader(pi, None, now);
         }
@@ -85,7 +102,8 @@ impl Supervisor {
         let (ch, theirs) = match preload::pair() {
             Ok(p) => p,
             Err(e) => {
-                return self.preload_failed(pi, format!("cannot create its socket: {e}"), now)
+                let f = drover_words(format!("cannot create its socket: {e}"));
+                return self.preload_failed(pi, f, now);
             }
         };
         let pipe = spawn::pipe().ok();
@@ -97,58 +115,88 @@ impl Supervisor {
         let fd = 3 + spec.sockets.len();
         spec.env.push(("DROVER_PRELOAD_FD".into(), fd.to_string()));
         spec.extra_fds = vec![std::os::fd::AsRawFd::as_raw_fd(&theirs)];
-        match spawn::spawn(&spec) {
-            Ok(pid) => {
-                drop(theirs);
-                if let Some((r, w)) = pipe {
-                    drop(w);
-                    self.pump(label, &name, None, r);
-                }
-                if let Some(g) = self.cx.guard.as_mut() {
-                    g.watch(pid);
-                }
-                info!(program = %name, pid, "program {name}: preloader started (pid {pid}); its workers are forked from it once it has loaded the app");
-                self.programs[pi].preload.current = Some(Preloader {
-                    pid,
-                    ch,
-                    since: now,
-                    ready: None,
-                    poll_at: now + POLL,
-                    then_roll,
-                });
+        let pid = match spawn::spawn(&spec) {
+            Ok(pid) => pid,
+            Err(e) => {
+                return self.preload_failed(pi, drover_words(format!("cannot start: {e}")), now)
             }
-            Err(e) => self.preload_failed(pi, format!("cannot start: {e}"), now),
+        };
+        drop(theirs);
+        if let Some((r, w)) = pipe {
+            drop(w);
+            self.pump(label, &name, None, r);
         }
+        if let Err(e) = self.children.adopt(pid) {
+            let f = drover_words(format!("cannot hold it by a pidfd ({e}); killed"));
+            return self.preload_failed(pi, f, now);
+        }
+        let expect = Arc::new(tokio::sync::Semaphore::new(1)); // its "ready" (or "error")
+        let reader = tokio::spawn(read_preloader(
+            ch.clone(),
+            expect.clone(),
+            self.events.clone(),
+            self.programs[pi].id,
+            pid,
+        ));
+        info!(program = %name, pid, "program {name}: preloader started (pid {pid}); its workers are forked from it once it has loaded the app");
+        self.programs[pi].preload.current = Some(Preloader {
+            pid,
+            ch,
+            reader,
+            expect,
+            since: now,
+            ready: None,
+            then_roll,
+            pending: VecDeque::new(),
+        });
     }
 
-    pub(super) fn preload_failed(&mut self, pi: usize, why: String, now: Instant) {
+    /// Take the program's preloader away (killed with `sig`); slots waiting for one of its forks
+    /// wait for the next preloader instead.
+    fn drop_preloader(&mut self, pi: usize, sig: Signal, now: Instant) -> Option<Preloader> {
+        let old = self.programs[pi].preload.current.take()?;
+        self.children.signal_group(old.pid, sig);
+        for f in &old.pending {
+            if let Some(w) = self.programs[pi].worker_mut(f.slot) {
+                w.forking = None;
+                w.awaiting_preloader = true;
+                w.slot.postpone(now + Duration::from_secs(1));
+            }
+        }
+        Some(old)
+    }
+
+    pub(super) fn preload_failed(&mut self, pi: usize, why: Failure, now: Instant) {
+        self.drop_preloader(pi, Signal::SIGKILL, now);
         let jitter = self.jitter();
         let p = &mut self.programs[pi];
         let name = &p.cfg.name;
         p.preload.failures += 1;
         let delay = backoff_delay(&p.cfg.backoff, p.preload.failures, jitter);
-        error!(program = %name, "program {name}: the preloader failed: {why}; its workers wait; trying again in {delay:.1?} (preload = true needs a command that speaks drover's preload protocol, docs/worker-protocol.md: drover-uvicorn does)");
+        let said = why
+            .detail
+            .as_ref()
+            .map(|d| format!(" (it said: {d})"))
+            .unwrap_or_default();
+        error!(program = %name, "program {name}: the preloader failed: {}{said}; its workers wait; trying again in {delay:.1?} (preload = true needs a command that speaks drover's preload protocol, docs/worker-protocol.md: drover-uvicorn does)", why.summary);
         p.preload.error = Some(why);
         p.preload.retry_at = Some(now + delay);
-        if let Some(old) = p.preload.current.take() {
-            spawn::signal_group(old.pid, Signal::SIGKILL);
-        }
     }
 
-    /// The nearest thing the preloaders need: a poll while one loads, a retry after a failure.
+    /// The nearest thing the preloaders need: a loading timeout, a fork deadline, a retry.
     pub(super) fn preload_due(&self) -> Option<Instant> {
         self.programs
             .iter()
             .filter_map(|p| match &p.preload.current {
-                Some(l) if l.ready.is_none() => {
-                    Some(l.poll_at.min(l.since + p.cfg.readiness.timeout))
-                }
-                Some(_) => None,
+                Some(l) if l.ready.is_none() => Some(l.since + p.cfg.readiness.timeout),
+                Some(l) => l.pending.front().map(|f| f.deadline),
                 None => p.preload.retry_at,
             })
             .min()
     }
 
+    /// Timers: retries, loading timeouts, fork deadlines; and preloaders of programs that no
+    /// longer preload.
     pub(super) fn check_preloaders(&mut self, now: Instant) {
         if self.run != RunState::Running {
             return;
@@ -156,34 +204,70 @@ impl Supervisor {
         for pi in 0..self.programs.len() {
             let p = &mut self.programs[pi];
             if !p.cfg.preload || p.removing {
-                if let Some(old) = p.preload.current.take() {
-                    spawn::signal_group(old.pid, Signal::SIGKILL);
-                }
+                self.drop_preloader(pi, Signal::SIGKILL, now);
                 continue;
             }
-            match &mut p.preload.current {
+            let timeout = p.cfg.readiness.timeout;
+            match &p.preload.current {
                 None if p.preload.retry_at.is_some_and(|t| now >= t) => {
                     p.preload.retry_at = None;
                     self.start_preloader(pi, Some(StopReason::Restart), now);
                 }
-                Some(l) if l.ready.is_none() && now >= l.poll_at => {
-                    l.poll_at = now + POLL;
-                    let timeout = p.cfg.readiness.timeout;
-                    match l.ch.poll_loaded() {
-                        Some(Loaded::Ready) => self.preloader_ready(pi, now),
-                        Some(Loaded::Failed(why)) => self.preload_failed(pi, why, now),
-                        Some(Loaded::Closed) => {
-                            self.preload_failed(pi, "it closed DROVER_PRELOAD_FD without saying ready".into(), now)
-                        }
-                        None if now.duration_since(l.since) >= timeout => self.preload_failed(
-                            pi,
-                            format!("it did not say ready on DROVER_PRELOAD_FD within {timeout:?} (readiness.timeout)"),
-                            now,
-                        ),
-                        None => {}
-                    }
+                Some(l) if l.ready.is_none() && now.duration_since(l.since) >= timeout => {
+                    let f = drover_words(format!("it did not say ready on DROVER_PRELOAD_FD within {timeout:?} (readiness.timeout)"));
+                    self.preload_failed(pi, f, now);
+                }
+                Some(l) if l.pending.front().is_some_and(|f| now >= f.deadline) => {
+                    let f = drover_words(format!(
+                        "it did not answer a fork request within {FORK_TIMEOUT:?}"
+                    ));
+                    self.preload_failed(pi, f, now);
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// A message from program `prog`'s preloader `pid` (or from a worker it forked).
+    pub(super) fn on_preloader_said(&mut self, prog: u64, pid: i32, said: Said, now: Instant) {
+        let Some(pi) = self.pidx(prog) else { return };
+        let current = self.programs[pi].preload.current.as_ref();
+        let Some(l) = current.filter(|l| l.pid == pid) else {
+            return; // a preloader replaced since
+        };
+        if self.run != RunState::Running {
+            return;
+        }
+        let loading = l.ready.is_none();
+        match said {
+            Said::Ready if loading => self.preloader_ready(pi, now),
+            Said::Error(text) if loading => {
+                self.preload_failed(pi, app_words("it could not load the app", text), now)
+            }
+            Said::Closed if loading => {
+                let f = drover_words("it closed DROVER_PRELOAD_FD without saying ready".into());
+                self.preload_failed(pi, f, now)
+            }
+            Said::Pid {
+                pid: claimed,
+                sender,
+            } if !l.pending.is_empty() => self.on_fork_claim(pi, claimed, sender, now),
+            Said::Error(text) if !l.pending.is_empty() => self.on_fork_error(pi, text, now),
+            Said::Closed => {
+                let f = drover_words("it closed DROVER_PRELOAD_FD".into());
+                self.preload_failed(pi, f, now)
+            }
+            other => {
+                let f = drover_words(format!(
+                    "it broke the preload protocol ({} while {})",
+                    describe(&other),
+                    if loading {
+                        "loading"
+                    } else {
+                        "no fork was asked for"
+                    }
+                ));
+                self.preload_failed(pi, f, now)
             }
         }
     }
@@ -197,7 +281,6 @@ impl Supervisor {
         l.ready = Some(now);
         let took = now.duration_since(l.since).as_secs_f64();
         info!(program = %name, pid = l.pid, "program {name}: preloader (pid {}) loaded the app in {took:.2}s", l.pid);
-        p.preload.failures = 0;
         p.preload.error = None;
         let roll = l.then_roll;
         let waiting: Vec<u64> = p
@@ -237,49 +320,144 @@ impl Supervisor {
                 return false; // this preloader was started for this roll
             }
         }
-        if let Some(old) = p.preload.current.take() {
-            spawn::signal_group(old.pid, Signal::SIGTERM);
-        }
         let name = p.cfg.name.clone();
+        self.drop_preloader(pi, Signal::SIGTERM, now);
         info!(program = %name, "program {name}: starting a new preloader; the workers roll onto it once it has loaded the app");
         self.start_preloader(pi, Some(reason), now);
         true
     }
 
-    /// Ask the preloader for worker `index` (its output on `out`), place it in its cgroup and
-    /// let it serve.
-    pub(super) fn fork_preloaded(
+    /// Ask the preloader for worker `index` of slot `id`, its output on `out`. Never waits: the
+    /// answer arrives as an event. False when no preloader is ready (the slot waits for one).
+    pub(super) fn request_fork(
         &mut self,
         pi: usize,
         id: u64,
         index: u32,
         out: Option<i32>,
-    ) -> Result<i32, ForkError> {
+        now: Instant,
+    ) -> Result<bool, String> {
         let ready = self.programs[pi]
             .preload
             .current
             .as_ref()
             .is_some_and(|l| l.ready.is_some());
         if !ready {
-            return Err(ForkError::NotYet);
+            return Ok(false);
         }
         self.worker_cgroup(pi, id, index)
-            .map_err(|e| ForkError::Failed(format!("cannot set up its cgroup: {e}")))?;
-        let p = &self.programs[pi];
-        let l = p.preload.current.as_ref().expect("checked above");
-        let pid =
-            l.ch.fork(index, out, FORK_TIMEOUT)
-                .map_err(|e| ForkError::Failed(format!("the preloader could not fork: {e}")))?;
-        if let Some((cg, _)) = p.worker(id).and_then(|w| w.cgroup.as_ref()) {
-            if let Err(e) = cg.join(pid) {
-                l.ch.abort(pid);
-                return Err(ForkError::Failed(format!(
-                    "cannot move pid {pid} into its cgroup: {e}"
-                )));
-            }
+            .map_err(|e| format!("cannot set up its cgroup: {e}"))?;
+        let l = self.programs[pi].preload.current.as_mut().expect("checked");
+        let asked_at = claim::boot_ticks();
+        if let Err(e) = l.ch.fork(index, out) {
+            let f = drover_words(format!("it could not be asked for a worker: {e}"));
+            self.preload_failed(pi, f, now);
+            return Ok(false);
         }
-        l.ch.go(pid).map_err(ForkError::Failed)?;
-        Ok(pid)
+        l.expect.add_permits(1);
+        let deadline = now + FORK_TIMEOUT;
+        l.pending.push_back(Pending {
+            slot: id,
+            index,
+            asked_at,
+            deadline,
+        });
+        if let Some(w) = self.programs[pi].worker_mut(id) {
+            w.forking = Some(deadline);
+            // the slot's own timer stays quiet until the answer or the fork deadline
+            w.slot.postpone(deadline + Duration::from_secs(1));
+        }
+        Ok(true)
+    }
+
+    /// `pid N` arrived for the oldest request: place the worker if the kernel agrees it is one.
+    fn on_fork_claim(&mut self, pi: usize, claimed: i32, sender: Option<i32>, now: Instant) {
+        let uid = self.programs[pi]
+            .cfg
+            .identity
+            .as_ref()
+            .map_or_else(|| nix::unistd::getuid().as_raw(), |i| i.uid);
+        let l = self.programs[pi].preload.current.as_mut().expect("checked");
+        let f = l.pending.pop_front().expect("checked");
+        let expected = Expected {
+            drover: std::process::id() as i32,
+            guard: self.children.guard_pid(),
+            preloader: l.pid,
+            uid,
+            asked_at: f.asked_at,
+        };
+        let ch = l.ch.clone();
+        let name = self.programs[pi].cfg.name.clone();
+        let children = &self.children;
+        let held = |p: i32| children.holds(p);
+        let verified = claim::verify(claimed, sender.unwrap_or(0), held, &expected);
+        let fd = match verified {
+            Ok(fd) => fd,
+            Err(refused) => {
+                error!(program = %name, "program {name}: the preloader's answer for worker {name}.{} is refused: {refused}; drover does not act on that pid. The preloader is killed and retried", f.index);
+                ch.abort(claimed);
+                let hint = if matches!(refused, claim::Refused::NotSelf { .. }) {
+                    " (the worker must send `pid PID` itself: docs/worker-protocol.md; drover-uvicorn does)"
+                } else {
+                    ""
+                };
+                let failure = drover_words(format!(
+                    "it claimed a worker drover refused: {refused}{hint}"
+                ));
+                self.reset_forking(pi, f.slot, now);
+                return self.preload_failed(pi, failure, now);
+            }
+        };
+        self.children.hold(fd);
+        let placed = match self.programs[pi].worker(f.slot) {
+            None => Err("its slot is gone (scaled down or replaced)".to_string()),
+            Some(w) => match &w.cgroup {
+                Some((cg, _)) => cg
+                    .join(claimed)
+                    .map_err(|e| format!("cannot move pid {claimed} into its cgroup: {e}")),
+                None => Ok(()),
+            },
+        };
+        if let Err(why) = placed {
+            info!(program = %name, "worker {name}.{} (pid {claimed}) not started: {why}; it exits without serving", f.index);
+            ch.abort(claimed);
+            self.reset_forking(pi, f.slot, now);
+            return;
+        }
+        if let Err(e) = ch.go(claimed) {
+            warn!(program = %name, "worker {name}.{} (pid {claimed}): cannot tell the preloader to let it serve ({e}); it will exit, and be restarted", f.index);
+        }
+        self.started(pi, f.slot, claimed, now);
+    }
+
+    /// The preloader could not fork the oldest request: that slot backs off, counted.
+    fn on_fork_error(&mut self, pi: usize, text: String, now: Instant) {
+        let jitter = self.jitter();
+        let p = &mut self.programs[pi];
+        let l = p.preload.current.as_mut().expect("checked");
+        let f = l.pending.pop_front().expect("checked");
+        let (name, sc) = (p.cfg.name.clone(), p.slot_cfg);
+        self.metrics.restart(&name, "spawn");
+        if let Some(w) = self.programs[pi].worker_mut(f.slot) {
+            w.forking = None;
+            w.slot.spawn_failed(
+                format!("the preloader could not fork: {text}"),
+                now,
+                &sc.backoff,
+                jitter,
+            );
+            let delay = w.slot.last_delay();
+            error!(program = %name, worker = f.index, "worker {name}.{}: the preloader could not fork it: {text} (retrying in {delay:.1?})", f.index);
+        }
+    }
+
+    /// A slot whose fork came to nothing waits for the preloader again, uncounted.
+    fn reset_forking(&mut self, pi: usize, slot: u64, now: Instant) {
+        if let Some(w) = self.programs[pi].worker_mut(slot) {
+            w.forking = None;
+            w.awaiting_preloader = true;
+            w.slot.postpone(now + Duration::from_secs(1));
+        }
     }
 
     /// The program whose current preloader is `pid`.
@@ -289,7 +467,8 @@ impl Supervisor {
             .position(|p| p.preload.current.as_ref().is_some_and(|l| l.pid == pid))
     }
 
-    /// Program `pi`'s preloader `pid` exited: a new one takes its place.
+    /// Program `pi`'s preloader `pid` exited: a new one takes its place, after the backoff
+    /// unless it had run long enough to be forgiven.
     pub(super) fn on_preloader_exit(
         &mut self,
         pi: usize,
@@ -297,58 +476,86 @@ impl Supervisor {
         status: ExitStatus,
         now: Instant,
     ) {
-        let Some(l) = self.programs[pi].preload.current.take() else {
-            return;
-        };
         if self.run != RunState::Running {
+            self.programs[pi].preload.current = None;
             return;
         }
+        let Some(l) = self.programs[pi].preload.current.as_ref() else {
+            return;
+        };
         let name = self.programs[pi].cfg.name.clone();
-        if l.ready.is_none() {
-            let why = format!("it exited with {status} before saying ready");
-            self.preload_failed(pi, why, now);
-        } else {
+        let Some(ready) = l.ready else {
+            let f = drover_words(format!(
+                "it (pid {pid}) exited with {status} before saying ready"
+            ));
+            return self.preload_failed(pi, f, now);
+        };
+        let reset_after = self.programs[pi].cfg.backoff.reset_after;
+        if now.duration_since(ready) >= reset_after {
+            self.programs[pi].preload.failures = 0;
             warn!(program = %name, "program {name}: its preloader (pid {pid}) exited with {status}; starting a new one, the workers keep serving and roll onto it");
+            self.drop_preloader(pi, Signal::SIGKILL, now);
             self.start_preloader(pi, Some(StopReason::Restart), now);
+        } else {
+            let f = drover_words(format!(
+                "it (pid {pid}) exited with {status} {:.1?} after loading (less than backoff.reset_after {reset_after:?}); the workers keep serving",
+                now.duration_since(ready)
+            ));
+            self.preload_failed(pi, f, now);
         }
     }
 
     /// At shutdown: preloaders serve nothing, so they go at once.
-    pub(super) fn kill_preloaders(&mut self) {
-        for p in &mut self.programs {
-            if let Some(l) = p.preload.current.take() {
-                spawn::signal_group(l.pid, Signal::SIGKILL);
-            }
-        }
-    }
-
-    /// A worker ended: its live gauges go (counters and histograms keep their totals).
-    pub(super) fn metrics_files_of_dead(&self, pi: usize, pid: i32) {
-        let Some(dir) = &self.programs[pi].cfg.prometheus_multiproc_dir else {
-            return;
-        };
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return;
-        };
-        let suffix = format!("_{pid}.db");
-        for e in rd.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with("gauge_live") && n.ends_with(&suffix) {
-                let _ = std::fs::remove_file(e.path());
-            }
+    pub(super) fn kill_preloaders(&mut self, now: Instant) {
+        for pi in 0..self.programs.len() {
+            self.drop_preloader(pi, Signal::SIGKILL, now);
         }
     }
 }
 
-/// Remove the `*.db` files prometheus_client writes; create the directory if it is missing.
-fn empty_metrics_dir(dir: &std::path::Path) -> std::io::Result<usize> {
-    std::fs::create_dir_all(dir)?;
-    let mut n = 0;
-    for e in std::fs::read_dir(dir)?.flatten() {
-        if e.path().extension().is_some_and(|x| x == "db") {
-            std::fs::remove_file(e.path())?;
-            n += 1;
+/// Read a preloader's socket, one expected message at a time, into the loop's events.
+async fn read_preloader(
+    ch: Channel,
+    expect: Arc<tokio::sync::Semaphore>,
+    events: super::Events,
+    prog: u64,
+    pid: i32,
+) {
+    loop {
+        let Ok(permit) = expect.acquire().await else {
+            return;
+        };
+        permit.forget();
+        let said = ch.recv().await;
+        let closed = said == Said::Closed;
+        if events.send(Event::Preloader { prog, pid, said }).is_err() || closed {
+            return;
         }
     }
-    Ok(n)
+}
+
+fn drover_words(summary: String) -> Failure {
+    Failure {
+        summary,
+        detail: None,
+    }
+}
+
+fn app_words(summary: &str, detail: String) -> Failure {
+    Failure {
+        summary: format!(
+            "{summary} (its message is in drover's log and in /status for authenticated clients)"
+        ),
+        detail: Some(detail),
+    }
+}
+
+fn describe(s: &Said) -> String {
+    match s {
+        Said::Ready => "`ready`".into(),
+        Said::Error(_) => "`error`".into(),
+        Said::Pid { pid, .. } => format!("`pid {pid}`"),
+        Said::Unknown(t) => format!("{t:?}"),
+        Said::Closed => "its socket closed".into(),
+    }
 }

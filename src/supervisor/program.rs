@@ -42,6 +42,12 @@ pub(super) struct Program {
     pub shedding: Option<Shedding>,
     /// its preloader (preload = true)
     pub preload: PreloadState,
+    /// its open prometheus_multiproc_dir: (the setting, the path workers get, the directory)
+    pub metrics_dir: Option<(
+        crate::config::MetricsDirCfg,
+        PathBuf,
+        crate::resources::metrics_dir::MetricsDir,
+    )>,
 }
 
 /// One worker: its slot (the state machine) and what the loop knows about its process.
@@ -63,6 +69,8 @@ pub(super) struct Worker {
     pub notify_status: Option<String>,
     /// postponed until its program's preloader is ready
     pub awaiting_preloader: bool,
+    /// a fork was asked of the preloader for it; the answer is due by then
+    pub forking: Option<Instant>,
 }
 
 impl Worker {
@@ -78,6 +86,7 @@ impl Worker {
             notified: false,
             notify_status: None,
             awaiting_preloader: false,
+            forking: None,
         }
     }
 
@@ -88,6 +97,7 @@ impl Worker {
         self.notified = false;
         self.notify_status = None;
         self.awaiting_preloader = false;
+        self.forking = None;
         self.health = HealthState::default();
         self.usage = Usage::default();
         self.memory = None;
@@ -127,6 +137,7 @@ impl Program {
             autoscaler: cfg.autoscale.clone().map(Autoscaler::new),
             shedding: None,
             preload: PreloadState::default(),
+            metrics_dir: None,
             cfg,
             workers: Vec::new(),
             env: vec![],
@@ -167,12 +178,6 @@ impl Program {
             if let Some(h) = &id.home {
                 set("HOME", h);
             }
-        }
-        if let Some(d) = &p.prometheus_multiproc_dir {
-            // prometheus_client reads the first; versions before 0.10 the second
-            let d = d.display().to_string();
-            set("PROMETHEUS_MULTIPROC_DIR", &d);
-            set("prometheus_multiproc_dir", &d);
         }
         for (k, v) in &p.env {
             set(k, v);

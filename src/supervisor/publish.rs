@@ -112,7 +112,8 @@ impl Supervisor {
                             None => "failed",
                         },
                         "since_s": l.map(|l| now.duration_since(l.since).as_secs_f64()),
-                        "error": p.preload.error,
+                        "error": p.preload.error.as_ref().map(|e| &e.summary),
+                        "error_detail": p.preload.error.as_ref().and_then(|e| e.detail.as_ref()),
                     })
                 }),
                 shedding: p.shedding.map(|s| {

@@ -179,7 +179,14 @@ impl Supervisor {
             identity: p.cfg.identity.as_ref().map(|i| (i.uid, i.gid)),
         };
         let prog = p.id;
-        match spawn::spawn(&spec) {
+        match spawn::spawn(&spec)
+            .map_err(|e| e.to_string())
+            .and_then(|ppid| {
+                self.children
+                    .adopt(ppid)
+                    .map(|_| ppid)
+                    .map_err(|e| format!("cannot hold pid {ppid} by a pidfd ({e}); killed it"))
+            }) {
             Ok(ppid) => {
                 let deadline = now + timeout;
                 let probe = ExecProbe {
@@ -243,7 +250,7 @@ impl Supervisor {
         for (pid, p) in self.probes.iter_mut() {
             if !p.killed && now >= p.deadline {
                 p.killed = true;
-                spawn::signal_group(*pid, Signal::SIGKILL);
+                self.children.signal_group(*pid, Signal::SIGKILL);
             }
         }
     }

@@ -8,7 +8,6 @@ use tracing::{debug, info};
 
 use super::{RunState, Supervisor, KILL_GRACE};
 use crate::process::signals::name;
-use crate::process::spawn;
 use crate::state::{AfterStop, StopReason};
 
 impl Supervisor {
@@ -54,7 +53,7 @@ impl Supervisor {
             Signal::SIGUSR1 | Signal::SIGUSR2 => {
                 let n = self.pids.len();
                 for &pid in self.pids.keys() {
-                    spawn::signal_group(pid, sig);
+                    self.children.signal_group(pid, sig);
                 }
                 info!("{} forwarded to {n} worker process group(s)", name(sig));
             }
@@ -85,7 +84,7 @@ impl Supervisor {
             _ => now + if fast { Duration::ZERO } else { total } + KILL_GRACE,
         };
         self.run = RunState::Stopping { hard_deadline };
-        self.kill_preloaders();
+        self.kill_preloaders(now);
         for pi in 0..self.programs.len() {
             self.programs[pi].roll = None;
             let how = if fast {
@@ -101,7 +100,7 @@ impl Supervisor {
         }
         for (pid, p) in self.probes.iter_mut() {
             p.killed = true;
-            spawn::signal_group(*pid, Signal::SIGKILL);
+            self.children.signal_group(*pid, Signal::SIGKILL);
         }
     }
 }

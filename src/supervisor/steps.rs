@@ -127,7 +127,7 @@ impl Supervisor {
                         a.timed_out = true;
                         let (pid, name) = (a.pid, self.steps.current_name().to_string());
                         warn!(step = %name, "pre-start step {name} timed out; killing its process group");
-                        spawn::signal_group(pid, Signal::SIGKILL);
+                        self.children.signal_group(pid, Signal::SIGKILL);
                     }
                     let Run::Running(a) = &self.steps.run else {
                         return;
@@ -205,9 +205,9 @@ impl Supervisor {
         };
         let pid = spawn::spawn(&spec).map_err(|e| e.to_string())?;
         drop(w);
-        if let Some(g) = self.cx.guard.as_mut() {
-            g.watch(pid);
-        }
+        self.children
+            .adopt(pid)
+            .map_err(|e| format!("cannot hold pid {pid} by a pidfd ({e}); killed it"))?;
         let source = Arc::new(Source {
             label: format!("step.{}", step.name),
             program: step.name.clone(),
@@ -222,12 +222,8 @@ impl Supervisor {
         Ok(pid)
     }
 
-    pub(super) fn on_step_exit(&mut self, pid: i32, status: ExitStatus, now: Instant) {
-        // nothing the step started outlives it
-        spawn::signal_group(pid, Signal::SIGKILL);
-        if let Some(g) = self.cx.guard.as_mut() {
-            g.unwatch(pid);
-        }
+    pub(super) fn on_step_exit(&mut self, _pid: i32, status: ExitStatus, now: Instant) {
+        // nothing the step started outlives it: its group was killed when it was reaped
         if let Run::Running(a) = &mut self.steps.run {
             a.exit = Some(status);
             a.output_by = Some(now + OUTPUT_GRACE);
@@ -258,7 +254,7 @@ impl Supervisor {
                     "{} received: stopping pre-start step {name}",
                     crate::process::signals::name(sig)
                 );
-                spawn::signal_group(a.pid, Signal::SIGKILL);
+                self.children.signal_group(a.pid, Signal::SIGKILL);
                 a.shutdown = true;
             }
             _ => {

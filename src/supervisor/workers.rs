@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tracing::{error, info, warn};
 
-use super::preload::ForkError;
 use super::{plural, RunState, Supervisor, EXIT_RUNTIME};
 use crate::config::{LogMode, OnAllExited, OnExhausted, ReadyCheck};
 use crate::logs::output::{color_for, Source};
@@ -80,6 +79,13 @@ impl Supervisor {
         if let (ReadyCheck::Notify, Some(s)) = (prog.cfg.readiness.check, &self.notify_socket) {
             env.push(("NOTIFY_SOCKET".into(), s.clone()));
         }
+        if let Some((_, d, _)) = &prog.metrics_dir {
+            // prometheus_client reads the first; versions before 0.10 the second
+            let d = d.display().to_string();
+            env.retain(|(k, _)| k != "PROMETHEUS_MULTIPROC_DIR" && k != "prometheus_multiproc_dir");
+            env.push(("PROMETHEUS_MULTIPROC_DIR".into(), d.clone()));
+            env.push(("prometheus_multiproc_dir".into(), d));
+        }
         SpawnSpec {
             argv: prog.cfg.command.argv(),
             env,
@@ -96,9 +102,17 @@ impl Supervisor {
     pub(super) fn spawn_worker(&mut self, pi: usize, id: u64, now: Instant) {
         let jitter = self.jitter();
         let prog = &self.programs[pi];
-        let Some(index) = prog.worker(id).map(|w| w.slot.index()) else {
+        let Some(w) = prog.worker(id) else {
             return;
         };
+        let index = w.slot.index();
+        if let Some(deadline) = w.forking {
+            // a fork was asked for this slot: its answer (or the deadline) decides
+            if let Some(w) = self.programs[pi].worker_mut(id) {
+                w.slot.postpone(deadline.max(now) + Duration::from_secs(1));
+            }
+            return;
+        }
         let (pname, sc) = (prog.cfg.name.clone(), prog.slot_cfg);
         let name = format!("{pname}.{index}");
         let pipe = match prog.cfg.log {
@@ -110,29 +124,36 @@ impl Supervisor {
         let out = pipe
             .as_ref()
             .map(|(_, w)| std::os::fd::AsRawFd::as_raw_fd(w));
-        let Some(result) = self.start_process(pi, id, index, out, now) else {
-            return; // waiting for the preloader
+        let result = if self.programs[pi].cfg.preload {
+            match self.request_fork(pi, id, index, out, now) {
+                Ok(true) => {
+                    // the preloader holds the write end now; the lines come once it forks
+                    if let Some((r, w)) = pipe {
+                        drop(w);
+                        self.pump(name, &pname, Some(index), r);
+                    }
+                    return;
+                }
+                Ok(false) => {
+                    // no preloader ready: wait for one, without counting a failure
+                    if let Some(w) = self.programs[pi].worker_mut(id) {
+                        w.awaiting_preloader = true;
+                        w.slot.postpone(now + Duration::from_secs(1));
+                    }
+                    return;
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            self.spawn_process(pi, id, index, out)
         };
-        let first_check = self.programs[pi].first_check(now);
-        let j = self.jitter();
-        let c = &self.programs[pi].cfg;
-        let spread = c.max_lifetime_jitter.mul_f64(j);
-        let retire_at = c.max_lifetime.map(|l| now + l + spread);
         match result {
             Ok(pid) => {
                 if let Some((r, w)) = pipe {
                     drop(w);
-                    self.pump(name.clone(), &pname, Some(index), r);
+                    self.pump(name, &pname, Some(index), r);
                 }
-                if let Some(g) = self.cx.guard.as_mut() {
-                    g.watch(pid);
-                }
-                self.pids.insert(pid, (self.programs[pi].id, id));
-                if let Some(w) = self.programs[pi].worker_mut(id) {
-                    w.fresh_process(first_check, retire_at);
-                    w.slot.spawned(pid, now, &sc);
-                }
-                info!(program = %pname, worker = index, pid, "worker {name} started (pid {pid})");
+                self.started(pi, id, pid, now);
             }
             Err(e) => {
                 self.metrics.restart(&pname, "spawn");
@@ -143,6 +164,29 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Slot `id`'s new process `pid` (spawned, or forked by the preloader and verified) runs:
+    /// drover holds it by a pidfd already.
+    pub(super) fn started(&mut self, pi: usize, id: u64, pid: i32, now: Instant) {
+        let first_check = self.programs[pi].first_check(now);
+        let j = self.jitter();
+        let p = &mut self.programs[pi];
+        let spread = p.cfg.max_lifetime_jitter.mul_f64(j);
+        let retire_at = p.cfg.max_lifetime.map(|l| now + l + spread);
+        let (sc, pname, prog) = (p.slot_cfg, p.cfg.name.clone(), p.id);
+        let forked = p.cfg.preload;
+        let Some(w) = p.worker_mut(id) else { return };
+        let index = w.slot.index();
+        w.fresh_process(first_check, retire_at);
+        w.slot.spawned(pid, now, &sc);
+        self.pids.insert(pid, (prog, id));
+        let how = if forked {
+            ", forked by the preloader"
+        } else {
+            ""
+        };
+        info!(program = %pname, worker = index, pid, "worker {pname}.{index} started (pid {pid}{how})");
     }
 
     /// Pump a pipe's lines into drover's output under `label`.
@@ -165,40 +209,23 @@ impl Supervisor {
         });
     }
 
-    /// The worker's process: forked by its program's preloader, or spawned. None: the preloader
-    /// is loading, and the slot waits for it without counting a failure.
-    fn start_process(
+    /// Spawn the worker's process in its cgroup, held by a pidfd.
+    fn spawn_process(
         &mut self,
         pi: usize,
         id: u64,
         index: u32,
         out: Option<std::os::fd::RawFd>,
-        now: Instant,
-    ) -> Option<Result<i32, String>> {
-        if !self.programs[pi].cfg.preload {
-            let mut spec = self.spawn_spec(pi, index, out);
-            return Some(match self.worker_cgroup(pi, id, index) {
-                Ok(fds) => {
-                    spec.cgroup_procs = fds;
-                    spawn::spawn(&spec).map_err(|e| format!("spawn {e}"))
-                }
-                Err(e) => Err(format!("cannot set up its cgroup: {e}")),
-            });
-        }
-        match self.fork_preloaded(pi, id, index, out) {
-            Ok(pid) => Some(Ok(pid)),
-            Err(ForkError::NotYet) => {
-                if let Some(w) = self.programs[pi].worker_mut(id) {
-                    w.awaiting_preloader = true;
-                    w.slot.postpone(now + Duration::from_secs(1));
-                }
-                None
-            }
-            Err(ForkError::Failed(e)) => {
-                self.preload_failed(pi, e.clone(), now);
-                Some(Err(e))
-            }
-        }
+    ) -> Result<i32, String> {
+        let mut spec = self.spawn_spec(pi, index, out);
+        spec.cgroup_procs = self
+            .worker_cgroup(pi, id, index)
+            .map_err(|e| format!("cannot set up its cgroup: {e}"))?;
+        let pid = spawn::spawn(&spec).map_err(|e| format!("spawn {e}"))?;
+        self.children
+            .adopt(pid)
+            .map_err(|e| format!("cannot hold pid {pid} by a pidfd ({e}); killed it"))?;
+        Ok(pid)
     }
 
     /// Stop one worker with its program's stop signal and timeout, then carry out what the
@@ -241,13 +268,9 @@ impl Supervisor {
         status: ExitStatus,
         now: Instant,
     ) {
-        // anything the worker left in its process group goes with it
-        spawn::signal_group(pid, Signal::SIGKILL);
+        // what the worker left in its process group was killed when it was reaped (`on_exit`)
         if let Some(pi) = self.pidx(prog) {
             self.metrics_files_of_dead(pi, pid);
-        }
-        if let Some(g) = self.cx.guard.as_mut() {
-            g.unwatch(pid);
         }
         let Some(pi) = self.pidx(prog) else { return };
         let jitter = self.jitter();
@@ -299,10 +322,10 @@ impl Supervisor {
                 Action::Spawn => self.spawn_worker(pi, id, now),
                 Action::Signal { pid, signal, why } => {
                     self.log_signal(pi, id, pid, why);
-                    spawn::signal_group(pid, signal);
+                    self.children.signal_group(pid, signal);
                     if signal != Signal::SIGKILL {
                         // a SIGSTOPped worker must be continued to act on its stop signal
-                        spawn::signal_group(pid, Signal::SIGCONT);
+                        self.children.signal_group(pid, Signal::SIGCONT);
                     }
                 }
                 Action::Remove => {

@@ -294,11 +294,3 @@ fn failed(stage: i32, errno: i32, exe: &Path, spec: &SpawnSpec) -> SpawnError {
     };
     SpawnError::Setup { stage, err }
 }
-
-/// Signal the process group led by `pid`. ESRCH (already gone) is not an error.
-pub fn signal_group(pid: libc::pid_t, sig: nix::sys::signal::Signal) {
-    if pid <= 1 {
-        return;
-    }
-    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), sig);
-}

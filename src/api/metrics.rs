@@ -127,6 +127,11 @@ pub fn render(s: &Snapshot) -> String {
     ready_histogram(&mut o, s);
     steps_reloads_probes(&mut o, s);
     sockets(&mut o, s);
+    let _ = writeln!(
+        o,
+        "# HELP drover_notify_dropped_total Datagrams on NOTIFY_SOCKET from processes that are not drover's workers, dropped.\n# TYPE drover_notify_dropped_total counter\ndrover_notify_dropped_total {}",
+        crate::process::notify::dropped_total()
+    );
     o
 }
 

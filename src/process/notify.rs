@@ -1,14 +1,27 @@
-//! Readiness by notification: systemd's `sd_notify` protocol, spoken by workers to drover. One
-//! datagram socket in the abstract namespace (`@drover-notify-PID-N`: no file to clean up or to
-//! give permissions on, so workers dropped to another user can still reach it) with
-//! `SO_PASSCRED`, so every message arrives with the sender's pid as the kernel saw it — a worker
-//! cannot speak for another. The loop maps the pid to a worker by its process group.
+//! Readiness by notification: systemd's `sd_notify` protocol, spoken by workers to drover.
+//!
+//! One datagram socket with `SO_PASSCRED`, so every message arrives with the sender's pid as the
+//! kernel saw it — a worker cannot speak for another. It is a file with a random name in drover's
+//! runtime directory (mode 0711: others can pass, not list), not a name in the abstract namespace
+//! that anything in the network namespace could reach: only processes given the path — the
+//! workers, in their environment — can find it (systemd's choice too).
+//!
+//! What arrives is bounded before it reaches the loop (`Inbox`): a datagram from a process that
+//! is neither a worker nor in a worker's process group is dropped and counted at once; a
+//! worker's messages are merged into one pending entry per worker (READY and STOPPING stick, the
+//! latest STATUS wins); the loop is woken once per batch and drains them. A flood costs drover a
+//! `recvmsg` and a hash lookup per datagram — never memory, never a queue the loop falls behind
+//! on.
 //!
 //! Messages are newline-separated `KEY=VALUE` lines (`READY=1`, `STATUS=…`); drover reads
 //! `READY`, `STATUS` and `STOPPING` and ignores the rest.
 
+use std::collections::{HashMap, HashSet};
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use nix::sys::socket::{
     bind, recvmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessageOwned, MsgFlags,
@@ -16,12 +29,31 @@ use nix::sys::socket::{
 };
 use tokio::io::unix::AsyncFd;
 
+/// Datagrams from processes that are not workers, dropped since drover started.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// For `/metrics`: `drover_notify_dropped_total`.
+pub fn dropped_total() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
 /// What a worker said.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Message {
     pub ready: bool,
     pub stopping: bool,
     pub status: Option<String>,
+}
+
+impl Message {
+    /// A later message from the same worker: flags stay set, the newest status wins.
+    fn merge(&mut self, later: Message) {
+        self.ready |= later.ready;
+        self.stopping |= later.stopping;
+        if later.status.is_some() {
+            self.status = later.status;
+        }
+    }
 }
 
 pub fn parse(text: &str) -> Message {
@@ -37,14 +69,75 @@ pub fn parse(text: &str) -> Message {
     m
 }
 
+/// Shared between the loop and the reading task: who may speak, and what they said.
+#[derive(Default)]
+pub struct Inbox {
+    /// worker pids (each leads its own process group)
+    workers: Mutex<HashSet<i32>>,
+    /// per worker, what it said since the loop last looked
+    pending: Mutex<HashMap<i32, Message>>,
+}
+
+impl Inbox {
+    pub fn allow(&self, worker: i32) {
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(worker);
+    }
+
+    pub fn forget(&self, worker: i32) {
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&worker);
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&worker);
+    }
+
+    /// Everything said since the last call, one entry per worker.
+    pub fn take(&self) -> HashMap<i32, Message> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// A datagram from `sender`: kept (merged) if it comes from a worker's process group, else
+    /// dropped and counted. True when this made the pending set non-empty (wake the loop).
+    fn offer(&self, sender: i32, text: &str) -> bool {
+        let worker = {
+            let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+            if workers.contains(&sender) {
+                Some(sender)
+            } else {
+                // getpgid is one syscall; a worker's helper processes share its group
+                nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(sender)))
+                    .ok()
+                    .map(|g| g.as_raw())
+                    .filter(|g| workers.contains(g))
+            }
+        };
+        let Some(worker) = worker else {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let was_empty = pending.is_empty();
+        pending.entry(worker).or_default().merge(parse(text));
+        was_empty
+    }
+}
+
 pub struct NotifySocket {
     fd: AsyncFd<OwnedFd>,
-    /// the value workers get as NOTIFY_SOCKET (`@` marks the abstract namespace)
+    /// the value workers get as NOTIFY_SOCKET: the socket's path
     pub name: String,
+    path: PathBuf,
 }
 
 impl NotifySocket {
-    pub fn bind() -> std::io::Result<NotifySocket> {
+    /// Bind a socket with a random name in `dir` (drover's runtime directory).
+    pub fn bind(dir: &Path, name: &str) -> std::io::Result<NotifySocket> {
         let fd = socket(
             AddressFamily::Unix,
             SockType::Datagram,
@@ -52,55 +145,85 @@ impl NotifySocket {
             None,
         )?;
         setsockopt(&fd, sockopt::PassCred, &true)?;
-        let mut last = None;
-        for n in 0..16u32 {
-            let name = format!("drover-notify-{}-{n}", std::process::id());
-            match bind(fd.as_raw_fd(), &UnixAddr::new_abstract(name.as_bytes())?) {
-                Ok(()) => {
-                    // SAFETY: the AsyncFd owns the socket, so the fd stays open for as long as
-                    // it is registered.
-                    let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
-                    return Ok(NotifySocket {
-                        fd,
-                        name: format!("@{name}"),
-                    });
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.map_or_else(std::io::Error::last_os_error, Into::into))
+        let path = dir.join(name);
+        bind(fd.as_raw_fd(), &UnixAddr::new(&path)?)?;
+        // workers may run as another user: anyone who has the path may send (the directory
+        // cannot be listed, so having the path is the permission); what they send is filtered
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+        // SAFETY: the AsyncFd owns the socket, so the fd stays open for as long as it is
+        // registered.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
+        Ok(NotifySocket {
+            fd,
+            name: path.display().to_string(),
+            path,
+        })
     }
 
-    /// The next message with its sender's pid.
-    pub async fn recv(&self) -> std::io::Result<(i32, Message)> {
+    /// Read datagrams into `inbox` until the socket fails; `wake` is called when the inbox goes
+    /// from empty to not. Yields to the loop every few datagrams, however many are queued.
+    pub async fn serve(self, inbox: Arc<Inbox>, wake: impl Fn() -> bool) {
         loop {
-            let mut guard = self.fd.readable().await?;
-            match guard.try_io(|fd| receive(fd.get_ref())) {
-                Ok(Ok(Some(m))) => return Ok(m),
-                // a message without credentials: not from a process drover can place
-                Ok(Ok(None)) => continue,
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => continue,
+            let Ok(mut ready) = self.fd.readable().await else {
+                return;
+            };
+            for _ in 0..64 {
+                match receive(self.fd.get_ref()) {
+                    Ok(Some((pid, text))) => {
+                        if inbox.offer(pid, &text) && !wake() {
+                            return;
+                        }
+                    }
+                    // no credentials: not from a process drover can place
+                    Ok(None) => {
+                        DROPPED.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        ready.clear_ready();
+                        break;
+                    }
+                    Err(_) => return,
+                };
             }
+            drop(ready);
+            tokio::task::yield_now().await;
         }
     }
 }
 
-fn receive(fd: &OwnedFd) -> std::io::Result<Option<(i32, Message)>> {
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn receive(fd: &OwnedFd) -> std::io::Result<Option<(i32, String)>> {
     let mut buf = [0u8; 4096];
     let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
-    let msg = recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
-        .map_err(std::io::Error::from)?;
+    let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials, [std::os::fd::RawFd; 4]);
+    let msg = recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)?;
     let mut pid = None;
     for c in msg.cmsgs().map_err(std::io::Error::from)? {
-        if let ControlMessageOwned::ScmCredentials(cred) = c {
-            pid = Some(cred.pid());
+        match c {
+            ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
+            // sd_notify may pass fds (FDSTORE=1); drover keeps none: close them
+            ControlMessageOwned::ScmRights(fds) => {
+                for f in fds {
+                    let _ = nix::unistd::close(f);
+                }
+            }
+            _ => {}
         }
     }
     let n = msg.bytes;
     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    Ok(pid.map(|p| (p, parse(&text))))
+    Ok(pid.map(|p| (p, text)))
 }
 
 #[cfg(test)]
@@ -121,18 +244,53 @@ mod tests {
         assert!(parse("STOPPING=1").stopping);
     }
 
+    #[test]
+    fn the_inbox_keeps_one_merged_entry_per_worker_and_drops_strangers() {
+        let inbox = Inbox::default();
+        let me = std::process::id() as i32;
+        let before = dropped_total();
+        assert!(!inbox.offer(me, "READY=1"), "not a worker yet: dropped");
+        assert!(dropped_total() > before);
+        inbox.allow(me);
+        assert!(
+            inbox.offer(me, "STATUS=a"),
+            "the first pending message wakes the loop"
+        );
+        assert!(!inbox.offer(me, "READY=1"), "the second does not");
+        for _ in 0..10_000 {
+            inbox.offer(me, "STATUS=b");
+        }
+        let got = inbox.take();
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            got[&me],
+            Message {
+                ready: true,
+                stopping: false,
+                status: Some("b".into())
+            }
+        );
+        assert!(inbox.take().is_empty());
+        inbox.forget(me);
+        assert!(!inbox.offer(me, "READY=1"));
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn a_datagram_arrives_with_the_senders_pid() {
-        let s = NotifySocket::bind().unwrap();
-        assert!(s.name.starts_with("@drover-notify-"));
-        use std::os::linux::net::SocketAddrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = NotifySocket::bind(dir.path(), "notify-test").unwrap();
+        let path = s.path.clone();
+        let inbox = Arc::new(Inbox::default());
+        let me = std::process::id() as i32;
+        inbox.allow(me);
         let c = std::os::unix::net::UnixDatagram::unbound().unwrap();
-        let addr =
-            std::os::unix::net::SocketAddr::from_abstract_name(&s.name.as_bytes()[1..]).unwrap();
-        c.send_to_addr(b"READY=1\nSTATUS=up", &addr).unwrap();
-        let (pid, m) = s.recv().await.unwrap();
-        assert_eq!(pid, std::process::id() as i32);
-        assert!(m.ready);
-        assert_eq!(m.status.as_deref(), Some("up"));
+        c.send_to(b"READY=1\nSTATUS=up", &path).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(s.serve(inbox.clone(), move || tx.send(()).is_ok()));
+        rx.recv().await.unwrap();
+        let got = inbox.take();
+        assert!(got[&me].ready);
+        assert_eq!(got[&me].status.as_deref(), Some("up"));
+        task.abort();
     }
 }

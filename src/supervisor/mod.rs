@@ -22,6 +22,7 @@ mod preload;
 mod program;
 mod publish;
 mod readiness;
+mod reconcile;
 mod reload;
 mod rolling;
 mod saturation;
@@ -79,11 +80,8 @@ pub enum Event {
     FilesChanged { program: String },
     /// a pre-start step's output reached its end; its last lines
     StepOutput { run: u64, tail: Vec<String> },
-    /// a process sent an sd_notify message to drover's NOTIFY_SOCKET
-    Notified {
-        pid: i32,
-        msg: crate::process::notify::Message,
-    },
+    /// workers sent sd_notify messages to drover's NOTIFY_SOCKET: they wait in its inbox
+    Notified,
     /// program `prog`'s preloader `pid` (or a worker it forked) sent a message
     Preloader {
         prog: u64,
@@ -159,8 +157,10 @@ pub struct Supervisor {
     cgroup_gc: Vec<SlotCgroup>,
     next_sample: Option<Instant>,
     saturation: saturation::Saturation,
-    /// NOTIFY_SOCKET for workers of programs with readiness check "notify", once bound
+    /// NOTIFY_SOCKET for workers of programs with readiness check "notify", once bound, and
+    /// the inbox its reader fills
     notify_socket: Option<String>,
+    notify_inbox: std::sync::Arc<crate::process::notify::Inbox>,
     /// the history ring and its sampler (None: `history = "0s"`)
     history: Option<history::Recorder>,
     systemd: publish::Systemd,
@@ -202,6 +202,7 @@ impl Supervisor {
             next_sample: None,
             saturation: Default::default(),
             notify_socket: None,
+            notify_inbox: Default::default(),
             history: history::Recorder::new(
                 cfg.supervisor.history,
                 cfg.supervisor.history_interval,
@@ -362,7 +363,7 @@ impl Supervisor {
             Event::MemoryCrossed { prog, slot } => self.on_memory_notice(prog, slot, now),
             Event::FilesChanged { program } => self.on_files_changed(&program, now),
             Event::StepOutput { run, tail } => self.on_step_output(run, tail, now),
-            Event::Notified { pid, msg } => self.on_notified(pid, msg, now),
+            Event::Notified => self.on_notified(now),
             Event::Preloader { prog, pid, said } => self.on_preloader_said(prog, pid, said, now),
         }
     }
@@ -397,6 +398,7 @@ impl Supervisor {
             self.record_history(now);
             self.advance_rolls(now);
             self.check_lifetimes(now);
+            self.reconcile(now);
             self.check_done(now);
             self.cgroup_gc.retain(|cg| !cg.remove());
             self.children.flush_guard();

@@ -72,7 +72,8 @@ impl Supervisor {
     }
 
     /// Bind drover's NOTIFY_SOCKET the first time a program needs it (at start, or when a reload
-    /// adds one), and read it in a task that reports every message to the loop.
+    /// adds one), in drover's runtime directory, and read it in a task that fills the inbox and
+    /// wakes the loop.
     pub(super) fn ensure_notify_socket(&mut self) {
         let wanted = self
             .programs
@@ -81,10 +82,20 @@ impl Supervisor {
         if !wanted || self.notify_socket.is_some() {
             return;
         }
-        let sock = match crate::process::notify::NotifySocket::bind() {
+        let consequence =
+            "those workers cannot report ready and will be recycled at their readiness timeout";
+        let dir = match self.runtime_dir() {
+            Ok(d) => d,
+            Err(e) => {
+                error!("readiness check \"notify\": {e}; {consequence}");
+                return;
+            }
+        };
+        let name = crate::process::rundir::RunDir::random_name("notify");
+        let sock = match crate::process::notify::NotifySocket::bind(&dir, &name) {
             Ok(s) => s,
             Err(e) => {
-                error!("cannot bind the notify socket for readiness check \"notify\": {e}; those workers cannot report ready and will be recycled at their readiness timeout");
+                error!("cannot bind the notify socket in {} for readiness check \"notify\": {e}; {consequence}", dir.display());
                 return;
             }
         };
@@ -94,42 +105,33 @@ impl Supervisor {
         );
         self.notify_socket = Some(sock.name.clone());
         let events = self.events.clone();
-        tokio::spawn(async move {
-            while let Ok((pid, msg)) = sock.recv().await {
-                if events.send(super::Event::Notified { pid, msg }).is_err() {
-                    return;
-                }
-            }
-        });
+        let wake = move || events.send(super::Event::Notified).is_ok();
+        tokio::spawn(sock.serve(self.notify_inbox.clone(), wake));
     }
 
-    /// A message on NOTIFY_SOCKET: from a worker's process, or any process in its group.
-    pub(super) fn on_notified(
-        &mut self,
-        pid: i32,
-        msg: crate::process::notify::Message,
-        now: Instant,
-    ) {
-        let owner = self.pids.get(&pid).copied().or_else(|| {
-            let pgrp = crate::resources::usage::open_stat(pid)
-                .and_then(|f| crate::resources::usage::pread_stat(&f))?
-                .pgrp;
-            self.pids.get(&pgrp).copied()
-        });
-        let Some((prog, slot)) = owner else {
-            debug!("notify socket: a message from pid {pid}, not one of drover's workers; ignored");
-            return;
-        };
-        let Some(pi) = self.pidx(prog) else { return };
-        let check = self.programs[pi].cfg.readiness.check;
-        let Some(w) = self.programs[pi].worker_mut(slot) else {
-            return;
-        };
-        if msg.status.is_some() {
-            w.notify_status = msg.status;
+    /// Workers said something on NOTIFY_SOCKET (already filtered to workers' process groups
+    /// and merged per worker by the inbox).
+    pub(super) fn on_notified(&mut self, now: Instant) {
+        let mut any_ready = false;
+        for (pid, msg) in self.notify_inbox.take() {
+            let Some(&(prog, slot)) = self.pids.get(&pid) else {
+                debug!("notify socket: a message from worker pid {pid}, gone since; ignored");
+                continue;
+            };
+            let Some(pi) = self.pidx(prog) else { continue };
+            let check = self.programs[pi].cfg.readiness.check;
+            let Some(w) = self.programs[pi].worker_mut(slot) else {
+                continue;
+            };
+            if msg.status.is_some() {
+                w.notify_status = msg.status;
+            }
+            if msg.ready && check == ReadyCheck::Notify && !w.notified {
+                w.notified = true;
+                any_ready = true;
+            }
         }
-        if msg.ready && check == ReadyCheck::Notify && !w.notified {
-            w.notified = true;
+        if any_ready {
             self.check_readiness(now);
         }
     }

@@ -69,6 +69,19 @@ impl Roll {
         }
     }
 
+    /// Another roll was asked for while this one runs (a reload, a preloader ready, a watched
+    /// file): every worker running now — the replacement in flight too, started from what
+    /// is now old — is replaced again once this roll has done what it planned. One roll at a
+    /// time per program, never two overwriting each other.
+    pub fn merge(&mut self, reason: StopReason, ids: impl IntoIterator<Item = u64>) {
+        self.reason = reason;
+        for id in ids {
+            if !self.pending.contains(&id) {
+                self.pending.push_back(id);
+            }
+        }
+    }
+
     /// The replacement for `old` has been started.
     pub fn replacing(&mut self, old: u64, new: u64) {
         self.current = Some((old, new));
@@ -121,12 +134,17 @@ impl Supervisor {
             .collect();
         olds.sort_unstable();
         let (name, n) = (&p.cfg.name, olds.len());
-        info!(program = %name, "program {name}: rolling {} of {n} worker{}", reason.as_str(), plural(n));
-        p.roll = Some(Roll::new(
-            reason,
-            now,
-            olds.into_iter().map(|(_, id)| id).collect(),
-        ));
+        let ids = olds.into_iter().map(|(_, id)| id);
+        match p.roll.as_mut() {
+            Some(r) => {
+                info!(program = %name, "program {name}: rolling {} of {n} worker{} after the roll in progress ({})", reason.as_str(), plural(n), r.reason.as_str());
+                r.merge(reason, ids);
+            }
+            None => {
+                info!(program = %name, "program {name}: rolling {} of {n} worker{}", reason.as_str(), plural(n));
+                p.roll = Some(Roll::new(reason, now, ids.collect()));
+            }
+        }
     }
 
     /// Workers older than their program's max_lifetime are replaced through a roll, one at a
@@ -310,6 +328,32 @@ mod tests {
         );
         assert_eq!(r.next(seen(&w)), Step::RestartInPlace { old: 3 });
         assert_eq!(r.next(seen(&w)), Step::RestartInPlace { old: 4 });
+        assert_eq!(r.next(seen(&w)), Step::Done);
+    }
+
+    #[test]
+    fn a_roll_asked_for_during_a_roll_replaces_everything_once_more() {
+        let mut w: HashMap<u64, PhaseKind> = [(1, Running), (2, Running)].into();
+        let mut r = Roll::new(StopReason::Reload, Instant::now(), VecDeque::from([1, 2]));
+        assert_eq!(r.next(seen(&w)), Step::Replace { old: 1 });
+        r.replacing(1, 11);
+        w.insert(11, Starting);
+        // a second reload now: 1, 2 and the replacement 11 are all from before it
+        r.merge(StopReason::Reload, [1, 2, 11]);
+        w.insert(11, Running);
+        assert_eq!(r.next(seen(&w)), Step::Retire { old: 1 });
+        w.remove(&1);
+        assert_eq!(r.next(seen(&w)), Step::Replace { old: 2 });
+        r.replacing(2, 12);
+        w.insert(12, Running);
+        assert_eq!(r.next(seen(&w)), Step::Retire { old: 2 });
+        w.remove(&2);
+        // 1 is gone (skipped); 11 is replaced in its turn; 2 was pending already
+        assert_eq!(r.next(seen(&w)), Step::Replace { old: 11 });
+        r.replacing(11, 21);
+        w.insert(21, Running);
+        assert_eq!(r.next(seen(&w)), Step::Retire { old: 11 });
+        w.remove(&11);
         assert_eq!(r.next(seen(&w)), Step::Done);
     }
 

@@ -181,6 +181,8 @@ impl Supervisor {
         w.fresh_process(first_check, retire_at);
         w.slot.spawned(pid, now, &sc);
         self.pids.insert(pid, (prog, id));
+        // its process group may speak on NOTIFY_SOCKET
+        self.notify_inbox.allow(pid);
         let how = if forked {
             ", forked by the preloader"
         } else {
@@ -269,6 +271,7 @@ impl Supervisor {
         now: Instant,
     ) {
         // what the worker left in its process group was killed when it was reaped (`on_exit`)
+        self.notify_inbox.forget(pid);
         if let Some(pi) = self.pidx(prog) {
             self.metrics_files_of_dead(pi, pid);
         }

@@ -103,10 +103,12 @@ mod tests {
         }
     }
 
+    /// (workers, desired, workers to stop, indexes to start)
+    type Case = (Vec<Seen>, u32, Vec<u64>, Vec<u32>);
+
     #[test]
     fn converges_on_one_worker_per_index() {
-        // (workers, desired, workers to stop, indexes to start)
-        let cases: Vec<(Vec<Seen>, u32, Vec<u64>, Vec<u32>)> = vec![
+        let cases: Vec<Case> = vec![
             (vec![w(1, 0, true), w(2, 1, true)], 2, vec![], vec![]),
             // the leak the issue found: six workers for workers = 2, five at index 0
             (

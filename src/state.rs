@@ -16,6 +16,10 @@ pub use outcome::{Action, Exit, KillCause, LastExit, Next, StopReason, Why};
 
 mod outcome;
 
+/// A process that has not been reaped this long after its SIGKILL is given up on (it is in
+/// uninterruptible sleep, or a tracer holds it): the slot goes on without it.
+pub const UNREAPED_AFTER: Duration = Duration::from_secs(5);
+
 /// What the state machine needs from the program's configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct SlotCfg {
@@ -539,6 +543,27 @@ impl Slot {
                     why: Why::StopTimedOut,
                 }]
             }
+            Phase::Stopping {
+                pid,
+                since,
+                kill_at,
+                killed: true,
+                then,
+                reason,
+            } if now >= kill_at + UNREAPED_AFTER => {
+                self.last_exit = Some(LastExit::Unreaped(reason));
+                let mut acts = vec![Action::Abandon { pid }];
+                match then {
+                    AfterStop::Remove => {
+                        self.enter(Phase::Done { failed: false });
+                        acts.push(Action::Remove);
+                    }
+                    AfterStop::Respawn => {
+                        acts.extend(self.backoff_or_spawn(since, now, &cfg.backoff, 0.5))
+                    }
+                }
+                acts
+            }
             _ => vec![],
         }
     }
@@ -553,6 +578,11 @@ impl Slot {
                 killed: false,
                 ..
             } => Some(kill_at),
+            Phase::Stopping {
+                kill_at,
+                killed: true,
+                ..
+            } => Some(kill_at + UNREAPED_AFTER),
             _ => None,
         }
     }

@@ -81,6 +81,9 @@ pub enum LastExit {
     Stopped(ExitStatus, StopReason),
     /// killed for its memory
     Killed(ExitStatus, KillCause),
+    /// stopped for this reason, but still not reaped `UNREAPED_AFTER` after its SIGKILL
+    /// (uninterruptible sleep, or held by a tracer): drover stopped waiting for it
+    Unreaped(StopReason),
 }
 
 impl LastExit {
@@ -99,6 +102,9 @@ impl LastExit {
                 v["reason"] = why.as_str().into();
                 v
             }
+            LastExit::Unreaped(reason) => {
+                serde_json::json!({"reason": reason.as_str(), "unreaped": true})
+            }
         }
     }
 }
@@ -110,6 +116,11 @@ impl std::fmt::Display for LastExit {
             LastExit::Exited(st) => write!(f, "{st}"),
             LastExit::Stopped(st, r) => write!(f, "{st} (stopped: {})", r.as_str()),
             LastExit::Killed(st, why) => write!(f, "{st} ({})", why.as_str()),
+            LastExit::Unreaped(r) => write!(
+                f,
+                "not reaped after SIGKILL (stopped: {}); drover stopped waiting for it",
+                r.as_str()
+            ),
         }
     }
 }
@@ -136,6 +147,11 @@ pub enum Action {
     },
     /// the slot is finished and can be dropped
     Remove,
+    /// the slot stops waiting for `pid`, which did not exit after its SIGKILL: drover forgets it
+    /// as the slot's process (and still reaps it, if it ever ends)
+    Abandon {
+        pid: i32,
+    },
 }
 
 /// What happens after an exit, for the log line.

@@ -258,7 +258,11 @@ fn stop_escalates_to_kill_and_removes() {
         vec![sig(42, Signal::SIGKILL, Why::StopTimedOut)]
     );
     assert_eq!(s.tick(t0 + 6 * SEC, &cfg()), vec![], "KILL is sent once");
-    assert_eq!(s.deadline(), None);
+    assert_eq!(
+        s.deadline(),
+        Some(t0 + 5 * SEC + UNREAPED_AFTER),
+        "then only the deadline for giving up on it"
+    );
     let e = s.exited(KILL9, false, t0 + 6 * SEC, &cfg(), 0.5);
     assert_eq!(e.actions, vec![Action::Remove]);
     assert_eq!(e.next, Next::Stopped(StopReason::Scale));
@@ -455,4 +459,49 @@ fn a_roll_restarts_a_waiting_slot_in_place_and_forgives_its_failures() {
         vec![Action::Spawn]
     );
     assert_eq!(s.failures(), 0);
+}
+
+#[test]
+fn a_process_that_outlives_its_sigkill_is_given_up_on() {
+    let t = Instant::now();
+    // removal: the slot is done without it
+    let mut s = Slot::new(1, 0);
+    s.spawned(42, t, &cfg());
+    s.stop(
+        t,
+        Signal::SIGTERM,
+        SEC,
+        AfterStop::Remove,
+        StopReason::Scale,
+    );
+    assert_eq!(
+        s.tick(t + SEC, &cfg()),
+        vec![sig(42, Signal::SIGKILL, Why::StopTimedOut)]
+    );
+    assert_eq!(s.deadline(), Some(t + SEC + UNREAPED_AFTER));
+    assert!(s.tick(t + SEC + UNREAPED_AFTER / 2, &cfg()).is_empty());
+    assert_eq!(
+        s.tick(t + SEC + UNREAPED_AFTER, &cfg()),
+        vec![Action::Abandon { pid: 42 }, Action::Remove]
+    );
+    assert_eq!(s.last_exit(), Some(&LastExit::Unreaped(StopReason::Scale)));
+    assert!(matches!(s.phase(), Phase::Done { .. }));
+    // a recycle: the slot starts a new process without waiting for the old one
+    let mut s = Slot::new(2, 0);
+    s.spawned(43, t, &cfg());
+    s.stop(
+        t,
+        Signal::SIGTERM,
+        SEC,
+        AfterStop::Respawn,
+        StopReason::Health,
+    );
+    s.tick(t + SEC, &cfg());
+    let acts = s.tick(t + 20 * SEC, &cfg());
+    assert_eq!(acts[0], Action::Abandon { pid: 43 });
+    assert!(matches!(s.phase(), Phase::Backoff { .. }));
+    assert!(acts.contains(&Action::Spawn), "{acts:?}");
+    // a late reap of the abandoned pid is not the slot's business any more
+    let e = s.exited(KILL9, false, t + 30 * SEC, &cfg(), 0.5);
+    assert_eq!(e.next, Next::Ignored);
 }

@@ -168,6 +168,8 @@ pub struct Supervisor {
     last_ended: Option<ExitStatus>,
     /// drover's runtime directory (the notify socket, default metrics directories), once needed
     rundir: Option<crate::process::rundir::RunDir>,
+    /// workers given up on, still not reaped after SIGKILL (`Action::Abandon`)
+    lost: std::collections::HashSet<i32>,
 }
 
 impl Supervisor {
@@ -210,6 +212,7 @@ impl Supervisor {
             systemd,
             last_ended: None,
             rundir: None,
+            lost: Default::default(),
         };
         for p in &cfg.programs {
             let id = s.new_id();
@@ -350,6 +353,8 @@ impl Supervisor {
             self.on_worker_exit(prog, slot, pid, status, now);
         } else if let Some(pi) = self.preloader_of(pid) {
             self.on_preloader_exit(pi, pid, status, now);
+        } else if self.lost.remove(&pid) {
+            info!("pid {pid}, a worker drover had given up on, was finally reaped ({status})");
         } else if self.children.guard_pid() == Some(pid) {
             error!("the guard process (pid {pid}) exited with {status}: workers will not be cleaned up if drover is killed");
         } else {

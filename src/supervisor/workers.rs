@@ -331,6 +331,7 @@ impl Supervisor {
                         self.children.signal_group(pid, Signal::SIGCONT);
                     }
                 }
+                Action::Abandon { pid } => self.abandon(pi, id, pid),
                 Action::Remove => {
                     let p = &mut self.programs[pi];
                     if let Some(i) = p.workers.iter().position(|w| w.id() == id) {
@@ -342,6 +343,22 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// A worker that did not exit `UNREAPED_AFTER` after its SIGKILL: the slot goes on without
+    /// it. drover still holds it (its pidfd, the guard) and reaps it if it ever ends.
+    fn abandon(&mut self, pi: usize, id: u64, pid: i32) {
+        self.pids.remove(&pid);
+        self.lost.insert(pid);
+        let p = &self.programs[pi];
+        let idx = p.worker(id).map(|w| w.slot.index()).unwrap_or(0);
+        let name = &p.cfg.name;
+        let state = crate::resources::usage::proc_state(pid);
+        error!(
+            program = %name, worker = idx, pid,
+            "worker {name}.{idx} (pid {pid}) is still not reaped {:?} after SIGKILL ({state}); drover stops waiting for it and the slot goes on without it (reaped if it ever ends)",
+            crate::state::UNREAPED_AFTER
+        );
     }
 
     /// The signals the state machine decides on its own say why; the others were logged by

@@ -127,6 +127,8 @@ pub fn render(s: &Snapshot) -> String {
     ready_histogram(&mut o, s);
     steps_reloads_probes(&mut o, s);
     sockets(&mut o, s);
+    // a process-wide count kept by the log writer, not a figure of the loop's snapshot
+    let _ = writeln!(o, "# HELP drover_log_lines_dropped_total Lines of drover's own log dropped because stderr or the journal was not taking them (each gap is marked in the log).\n# TYPE drover_log_lines_dropped_total counter\ndrover_log_lines_dropped_total {}", crate::logs::writer::dropped_total());
     o
 }
 

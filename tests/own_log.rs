@@ -367,3 +367,51 @@ fn journald_lines_are_queued_and_a_stalled_journal_does_not_stop_drover() {
         "drover's last entry"
     );
 }
+
+#[test]
+fn a_full_stdout_pipe_does_not_keep_drover_from_exiting() {
+    use nix::fcntl::OFlag;
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
+    // workers' output goes to drover's stdout: a pipe nobody reads, filled by a flooding worker
+    let redirect = format!(
+        "exec \"$0\" \"$@\" 1>/proc/{}/fd/{}",
+        std::process::id(),
+        w.as_raw_fd()
+    );
+    let mut d = Drover::start_with(
+        &one_program("command = [\"sh\", \"-c\", \"yes flood\"]\nstop_timeout = \"2s\""),
+        &[],
+        &["sh", "-c", &redirect],
+    );
+    d.wait_status("the flooding worker running", T, |v| {
+        Drover::worker_pids(v, "w").len() == 1
+    });
+    wait_until(T, "drover's stdout full", || {
+        top_off(&w, &r);
+        (nix::unistd::write(&w, b"\n") == Err(nix::errno::Errno::EAGAIN)).then_some(())
+    });
+    println!(
+        "stdout full: {} of {} bytes unread",
+        unread(&r),
+        pipe_size(&r)
+    );
+
+    d.signal(libc::SIGTERM);
+    let t = Instant::now();
+    assert_eq!(
+        d.wait_exit(T),
+        0,
+        "drover's exit after TERM\n{}",
+        d.stderr()
+    );
+    println!(
+        "drover exited {:?} after TERM with stdout full",
+        t.elapsed()
+    );
+    assert!(
+        d.logged("stdout took no line for"),
+        "the lost output is said:\n{}",
+        d.stderr()
+    );
+    assert!(d.logged("all workers stopped; exiting with code 0"));
+}

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 /// ~250 bytes a JSON line about 256 KiB.
 pub const MAX_LINES: usize = 1024;
 /// 1 MiB: caps the memory when lines are long (a failed step's last output lines, a list of
-/// configuration errors), whatever their number.
+/// configuration errors), whatever their number. A single entry larger than this is still taken
+/// when the queue is empty, so no line is too long ever to be written.
 pub const MAX_BYTES: usize = 1 << 20;
 
 const THREAD: &str = "drover-log";

@@ -13,7 +13,8 @@
 //! - `resources`  cgroups v2/v1, /proc usage sampling, `workers = "auto"`, autoscale arithmetic
 //! - `api`        snapshot types, the status/control server, metrics, control requests, the
 //!   command-line client, TLS, sd_notify
-//! - `logs`       drover's own logs, and worker/step output (prefixes, one writer thread)
+//! - `logs`       drover's own logs (queued, written by a thread of their own; the journal's
+//!   datagrams), and worker/step output (prefixes, one writer thread)
 //! - `watch`      dev runner: inotify on `watch` paths -> rolling restart
 //! - `oneline`    `drover run [flags] -- COMMAND`: flags -> the TOML a file would hold
 //! - `demo`       `drover demo-worker`, a tiny HTTP worker on the inherited fd 3

@@ -276,6 +276,9 @@ fn main() -> ExitCode {
             action,
         } => ctl(url, token_file, action),
     };
+    // drover's own lines are written by a thread of their own: the last ones ("exiting with code
+    // 0") reach stderr before the process ends, unless stderr stays blocked
+    logging::flush(std::time::Duration::from_secs(2));
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 

@@ -132,6 +132,8 @@ pub fn render(s: &Snapshot) -> String {
         "# HELP drover_notify_dropped_total Datagrams on NOTIFY_SOCKET from processes that are not drover's workers, dropped.\n# TYPE drover_notify_dropped_total counter\ndrover_notify_dropped_total {}",
         crate::process::notify::dropped_total()
     );
+    // a process-wide count kept by the log writer, not a figure of the loop's snapshot
+    let _ = writeln!(o, "# HELP drover_log_lines_dropped_total Lines of drover's own log dropped because stderr or the journal was not taking them (each gap is marked in the log).\n# TYPE drover_log_lines_dropped_total counter\ndrover_log_lines_dropped_total {}", crate::logs::writer::dropped_total());
     o
 }
 

@@ -1,11 +1,19 @@
 //! drover's own logs through `tracing`: human text on a TTY, JSON lines otherwise, journald under
-//! systemd. `output` carries the workers' and steps' lines; both use the `Style` chosen here.
+//! systemd. Lines are formatted on the thread that logs and written by `writer`'s thread, so a
+//! blocked stderr or journal never stops the event loop. `output` carries the workers' and steps'
+//! lines; both use the `Style` chosen here.
 
+pub mod journald;
 pub mod output;
+pub mod writer;
 
 use std::io::IsTerminal;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tracing::level_filters::LevelFilter;
+use tracing::{warn, Dispatch};
+use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::LogFormat;
 
@@ -16,7 +24,8 @@ pub enum Style {
     Json,
 }
 
-/// Install the subscriber; returns the style worker output should use to match.
+/// Install the subscriber and start the writer thread; returns the style worker output should use
+/// to match.
 pub fn init(format: LogFormat) -> Style {
     let level = match std::env::var("DROVER_LOG").as_deref() {
         Ok("error") => LevelFilter::ERROR,
@@ -30,24 +39,20 @@ pub fn init(format: LogFormat) -> Style {
         LogFormat::Auto => under_journald(),
         _ => false,
     };
+    let mut unreachable = None;
     if journald {
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
-        match tracing_journald::layer() {
-            Ok(layer) => {
-                // fields go in as PROGRAM=, WORKER=, PID=, STEP= (no prefix)
-                let layer = layer
-                    .with_field_prefix(None)
-                    .with_syslog_identifier("drover".into());
+        match journald::Journal::connect().and_then(writer::start) {
+            Ok(()) => {
                 tracing_subscriber::registry()
                     .with(level)
-                    .with(layer)
+                    .with(journald::Layer)
                     .init();
+                flush_on_abort();
                 return Style::Text { color: false };
             }
-            Err(e) => {
-                eprintln!("drover: journald is not reachable ({e}); logging text to stderr instead")
-            }
+            Err(e) => unreachable = Some(e),
         }
     }
     let json = match format {
@@ -55,22 +60,115 @@ pub fn init(format: LogFormat) -> Style {
         LogFormat::Json => true,
         LogFormat::Text | LogFormat::Journald => false,
     };
-    let b = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(level)
-        .with_target(false);
+    let ansi = !json && std::io::stderr().is_terminal();
+    let captured = Captured::default();
+    let stderr = Stderr {
+        marker: formatter(json, ansi, LevelFilter::WARN, captured.clone()),
+        captured,
+    };
+    // without the thread (it could not be started) lines are written directly, as before
+    let _ = writer::start(stderr);
+    let _ = tracing::dispatcher::set_global_default(formatter(json, ansi, level, writer::Queued));
+    flush_on_abort();
+    if let Some(e) = unreachable {
+        warn!("journald is not reachable ({e}); logging to stderr instead");
+    }
     if json {
-        b.json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .init();
         Style::Json
     } else {
-        b.with_ansi(std::io::stderr().is_terminal()).init();
         Style::Text {
             color: std::io::stdout().is_terminal(),
         }
+    }
+}
+
+/// Before drover exits: write what is still queued, for at most `within`. False when stderr (or
+/// the journal) did not take it in time.
+pub fn flush(within: Duration) -> bool {
+    writer::flush(within)
+}
+
+/// A panic ends the process where it aborts (the release profile): write what is queued first,
+/// so the lines before the panic are not lost. Where a panic unwinds it may be caught, so it must
+/// not wait for stderr.
+fn flush_on_abort() {
+    if cfg!(panic = "abort") {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            writer::flush(Duration::from_secs(2));
+            previous(info)
+        }));
+    }
+}
+
+/// tracing-subscriber's text or JSON format (JSON: `message`, `level`, the event's fields
+/// flattened; no target, no spans), writing to `w`.
+fn formatter<W>(json: bool, ansi: bool, level: LevelFilter, w: W) -> Dispatch
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let b = tracing_subscriber::fmt()
+        .with_writer(w)
+        .with_max_level(level)
+        .with_target(false);
+    if json {
+        Dispatch::new(
+            b.json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .finish(),
+        )
+    } else {
+        Dispatch::new(b.with_ansi(ansi).finish())
+    }
+}
+
+/// stderr as the writer thread's sink; its marker line is formatted by the same formatter as
+/// every other line, so it is JSON where they are.
+struct Stderr {
+    marker: Dispatch,
+    captured: Captured,
+}
+
+impl writer::Sink for Stderr {
+    fn write(&mut self, entry: &[u8]) -> std::io::Result<()> {
+        writer::write_stderr(entry)
+    }
+
+    fn marker(&mut self, n: u64) -> Vec<u8> {
+        tracing::dispatcher::with_default(&self.marker, || {
+            warn!(
+                dropped = n,
+                "{n} log line(s) dropped: stderr was not being read (a full pipe, a stalled log collector, a paused terminal)"
+            )
+        });
+        std::mem::take(&mut *self.captured.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// A `MakeWriter` into a buffer the marker is taken from.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+struct CapturedWriter<'a>(MutexGuard<'a, Vec<u8>>);
+
+impl std::io::Write for CapturedWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Captured {
+    type Writer = CapturedWriter<'a>;
+
+    fn make_writer(&'a self) -> CapturedWriter<'a> {
+        CapturedWriter(self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use tokio::sync::{mpsc, Notify};
+use tracing::error;
 
 use super::{now_rfc3339, Style};
 
@@ -102,10 +103,11 @@ impl Output {
     }
 
     /// Before drover exits: let every pump read its pipe to the end (a worker's last lines are
-    /// still in it when its exit is reaped), for at most `within`, then have the writer flush.
-    /// Returns the pumps that were still reading at the deadline (their pipes held open by
-    /// something that outlived its worker), for the log.
-    pub async fn settle(&self, within: Duration) -> usize {
+    /// still in it when its exit is reaped), for at most `within`, then have the writer flush, for
+    /// at most `within` again: a stdout nobody reads (a full pipe, a stalled log collector) keeps
+    /// the writer and the pumps blocked, and must not keep drover from exiting. Logs what was
+    /// left undone.
+    pub async fn settle(&self, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             // registered before the count is read, so a pump that ends in between still wakes us
@@ -118,11 +120,17 @@ impl Output {
                 break;
             }
         }
+        let open = self.pumps.0.load(Ordering::SeqCst);
         let (ack, flushed) = tokio::sync::oneshot::channel();
-        if self.tx.send(Msg::Flush(ack)).await.is_ok() {
-            let _ = tokio::time::timeout(within, flushed).await;
+        let by = tokio::time::Instant::now() + within;
+        let asked = tokio::time::timeout_at(by, self.tx.send(Msg::Flush(ack))).await;
+        let flushed = matches!(asked, Ok(Ok(())))
+            && matches!(tokio::time::timeout_at(by, flushed).await, Ok(Ok(())));
+        if !flushed {
+            error!("worker output: stdout took no line for {within:?} (a full pipe, a stalled log collector, a paused terminal); the output still queued is lost");
+        } else if open > 0 {
+            error!("{open} output pipe(s) still open {within:?} after their workers ended (held by a process that outlived its worker); their last lines may be lost");
         }
-        self.pumps.0.load(Ordering::SeqCst)
     }
 
     /// Read `fd` to EOF, forwarding lines. Returns the last `keep` lines (for step errors).

@@ -126,6 +126,32 @@ pub fn clock_ticks_per_sec() -> f64 {
         .max(1) as f64
 }
 
+/// A process's state in words, for a log line about a process that will not end: its state
+/// letter from /proc/PID/stat and, when it sleeps in the kernel, where (wchan).
+pub fn proc_state(pid: i32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let letter = stat
+        .rsplit_once(')')
+        .and_then(|(_, r)| r.trim_start().chars().next());
+    let what = match letter {
+        Some('D') => "uninterruptible sleep",
+        Some('Z') => "a zombie its tracer has not released",
+        Some('T') => "stopped",
+        Some('t') => "stopped by a tracer",
+        Some('R') => "running",
+        Some('S') => "sleeping",
+        Some(_) => "other",
+        None => return "gone from /proc".into(),
+    };
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+        .ok()
+        .filter(|w| !w.is_empty() && w != "0");
+    match wchan {
+        Some(w) => format!("state {}: {what} in {w}", letter.unwrap_or('?')),
+        None => format!("state {}: {what}", letter.unwrap_or('?')),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,31 +186,5 @@ mod tests {
         let got = scan(&HashSet::from([me]), true);
         let u = got.get(&me).expect("this test's process group");
         assert!(u.procs >= 1 && u.memory > 0, "{u:?}");
-    }
-}
-
-/// A process's state in words, for a log line about a process that will not end: its state
-/// letter from /proc/PID/stat and, when it sleeps in the kernel, where (wchan).
-pub fn proc_state(pid: i32) -> String {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let letter = stat
-        .rsplit_once(')')
-        .and_then(|(_, r)| r.trim_start().chars().next());
-    let what = match letter {
-        Some('D') => "uninterruptible sleep",
-        Some('Z') => "a zombie its tracer has not released",
-        Some('T') => "stopped",
-        Some('t') => "stopped by a tracer",
-        Some('R') => "running",
-        Some('S') => "sleeping",
-        Some(_) => "other",
-        None => return "gone from /proc".into(),
-    };
-    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan"))
-        .ok()
-        .filter(|w| !w.is_empty() && w != "0");
-    match wchan {
-        Some(w) => format!("state {}: {what} in {w}", letter.unwrap_or('?')),
-        None => format!("state {}: {what}", letter.unwrap_or('?')),
     }
 }

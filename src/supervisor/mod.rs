@@ -286,10 +286,7 @@ impl Supervisor {
                 if let Some(r) = &self.rundir {
                     r.remove();
                 }
-                let open = self.cx.output.settle(OUTPUT_GRACE).await;
-                if open > 0 {
-                    error!("{open} output pipe(s) still open {OUTPUT_GRACE:?} after their workers ended (held by a process that outlived its worker); their last lines may be lost");
-                }
+                self.cx.output.settle(OUTPUT_GRACE).await;
                 return code;
             }
             let deadline = self.next_deadline(Instant::now());

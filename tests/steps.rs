@@ -258,3 +258,71 @@ sockets = ["local"]
     assert!(body.contains("demo-worker local.0"), "{body}");
     d.stop_ok();
 }
+
+#[test]
+fn expanded_variables_in_commands_are_never_shown() {
+    const SECRET: &str = "hunter2-xyz";
+    let config = r#"
+[supervisor]
+status = "127.0.0.1:0"
+[[prestart]]
+name = "migrate"
+command = "echo ${SECRET} > {dir}/step-got; echo migrated"
+[program.w]
+command = ["sh", "-c", "echo $1 > {dir}/worker-got; exec sleep 1000", "w", "--dsn=postgres://app:${SECRET}@db/app"]
+[program.broken]
+command = ["/nonexistent/${SECRET}/tool", "${SECRET}"]
+"#;
+    let env = [("SECRET", SECRET)];
+    let mut d = Drover::start_with(config, &env, &[]);
+    // the processes get the expanded values
+    for (file, want) in [
+        ("step-got", SECRET.to_string()),
+        (
+            "worker-got",
+            format!("--dsn=postgres://app:{SECRET}@db/app"),
+        ),
+    ] {
+        let got = wait_until(T, file, || {
+            let s = std::fs::read_to_string(d.path(file)).ok()?;
+            s.ends_with('\n').then_some(s)
+        });
+        assert_eq!(got.trim(), want, "{file}");
+    }
+    // the broken program failed to start at least once, and said why
+    let st = d.wait_status("the broken program's spawn failure", T, |v| {
+        v["programs"][1]["workers"][0]["last_exit"]["reason"] == "spawn"
+    });
+    let status_body = http_get(&d.status_addr(), "/status").unwrap();
+    assert!(!status_body.contains(SECRET), "/status: {status_body}");
+    assert!(
+        status_body.contains("/nonexistent/${SECRET}/tool"),
+        "the error names the command as written: {st}"
+    );
+    let check = std::process::Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(d.path("drover.toml"))
+        .env("SECRET", SECRET)
+        .output()
+        .unwrap();
+    let plan = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(check.status.success(), "{plan}");
+    assert!(!plan.contains(SECRET), "drover check: {plan}");
+    assert!(
+        plan.contains("echo ${SECRET} > ")
+            && plan.contains("--dsn=postgres://app:${SECRET}@db/app"),
+        "the plan shows the commands as written: {plan}"
+    );
+    d.stop_ok();
+    let (err, out) = (d.stderr(), d.stdout());
+    assert!(
+        d.logged("pre-start step migrate starting (attempt 1/1): sh -c \"echo ${SECRET} >"),
+        "the step's command as written: {err}"
+    );
+    assert!(!err.contains(SECRET), "drover's log: {err}");
+    assert!(!out.contains(SECRET), "drover's output: {out}");
+}

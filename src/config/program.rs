@@ -20,7 +20,7 @@ struct Seen {
 fn defaults(name: &str) -> ProgramCfg {
     ProgramCfg {
         name: name.into(),
-        command: CommandSpec::Argv(vec![]),
+        command: CommandSpec::literal(vec![]),
         sockets: vec![],
         workers: 1,
         restart: RestartPolicy::Always,
@@ -34,7 +34,7 @@ fn defaults(name: &str) -> ProgramCfg {
         readiness: ReadinessCfg {
             check: ReadyCheck::Uptime,
             min_uptime: Duration::from_secs(1),
-            exec: vec![],
+            exec: None,
             interval: Duration::from_millis(100),
             timeout: Duration::from_secs(60),
             max_queue: None,
@@ -345,16 +345,13 @@ fn read_readiness(cx: &mut Ctx, w: &str, v: &Node, r: &mut ReadinessCfg, seen: &
                     seen.min_uptime = true;
                 }
             }
-            "exec" => {
-                if let Some(CommandSpec::Argv(a)) = cx.command(&rw, rv) {
-                    r.exec = a
-                } else if let V::Str(_) = rv.v {
-                    cx.err(
-                        &rv.span,
-                        format!("{rw}: give an argv array, e.g. [\"sh\", \"-c\", \"…{{pid}}…\"]"),
-                    );
-                }
-            }
+            "exec" => match rv.v {
+                V::Str(_) => cx.err(
+                    &rv.span,
+                    format!("{rw}: give an argv array, e.g. [\"sh\", \"-c\", \"…{{pid}}…\"]"),
+                ),
+                _ => r.exec = cx.command(&rw, rv),
+            },
             "interval" => {
                 if let Some(d) = cx.positive(&rw, rv, Duration::from_millis(10)) {
                     r.interval = d
@@ -369,12 +366,12 @@ fn read_readiness(cx: &mut Ctx, w: &str, v: &Node, r: &mut ReadinessCfg, seen: &
             _ => {}
         }
     }
-    if !seen.check && !r.exec.is_empty() {
+    if !seen.check && r.exec.is_some() {
         // an exec check given alone is the check
         r.check = ReadyCheck::Exec;
         seen.check = true;
     }
-    if r.check != ReadyCheck::Exec && !r.exec.is_empty() && seen.check {
+    if r.check != ReadyCheck::Exec && r.exec.is_some() && seen.check {
         cx.err(
             &v.span,
             format!(
@@ -383,7 +380,7 @@ fn read_readiness(cx: &mut Ctx, w: &str, v: &Node, r: &mut ReadinessCfg, seen: &
             ),
         );
     }
-    if r.check == ReadyCheck::Exec && r.exec.is_empty() {
+    if r.check == ReadyCheck::Exec && r.exec.is_none() {
         cx.err(
             &v.span,
             format!("{w}: check = \"exec\" needs `exec = [...]`"),
@@ -515,13 +512,7 @@ fn read_health(cx: &mut Ctx, w: &str, v: &Node) -> Option<HealthCfg> {
                     }
                 }
             }
-            "exec" => match cx.command(&hw, hv) {
-                Some(CommandSpec::Argv(a)) => h.exec = Some(a),
-                Some(CommandSpec::Shell(sh)) => {
-                    h.exec = Some(vec!["/bin/sh".into(), "-c".into(), sh])
-                }
-                None => {}
-            },
+            "exec" => h.exec = cx.command(&hw, hv),
             "interval" => {
                 if let Some(d) = cx.positive(&hw, hv, Duration::from_millis(50)) {
                     h.interval = d

@@ -186,7 +186,7 @@ pub(super) fn read_step(cx: &mut Ctx, i: usize, n: &Node) -> Option<StepCfg> {
     let mut command = None;
     let mut step = StepCfg {
         name: String::new(),
-        command: CommandSpec::Argv(vec![]),
+        command: CommandSpec::literal(vec![]),
         timeout: None,
         retries: 0,
         retry_delay: Duration::from_secs(1),

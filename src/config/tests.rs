@@ -1,4 +1,5 @@
 use super::keys::{BACKOFF_KEYS, PROGRAM_KEYS};
+use super::values::template;
 use super::*;
 
 fn env(k: &str) -> Option<String> {
@@ -112,6 +113,8 @@ fn plan_errors() {
         ("[program.a]\ncommand = \"x\"\nstop_signal = \"BANANA\"\n", "3:15: program.a.stop_signal: `BANANA` is not a signal drover sends (TERM, INT, QUIT, HUP, KILL, USR1, USR2, WINCH, ABRT)"),
         ("[program.a\n", "1:11: TOML syntax error"),
         ("[program.a]\ncommand = \"x\"\nbackoff = { initial = \"2s\", max = \"1s\" }\n", "3:11: program.a.backoff: `max` (1s) is below `initial` (2s)"),
+        ("[program.a]\ncommand = [\"x\", \"a\\u0000${HOME_DIR}\"]\n", "2:17: program.a.command: contains a NUL byte, which cannot be passed to a process"),
+        ("[program.a]\ncommand = \"x\"\nenv = { A = \"${HOME_DIR}\\u0000\" }\n", "3:13: program.a.env.A: contains a NUL byte"),
     ];
     for (src, want) in cases {
         let got = problems(src);
@@ -120,6 +123,48 @@ fn plan_errors() {
             "input:\n{src}\nwanted a problem starting with:\n  {want}\ngot:\n  {got:#?}"
         );
     }
+}
+
+#[test]
+fn problems_never_quote_an_expanded_value() {
+    let src = "[program.a]\ncommand = [\"x\", \"${HOME_DIR}\\u0000\"]\nenv = { A = \"\\u0000${HOME_DIR}\" }\n";
+    let got = problems(src);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert!(got.iter().all(|p| !p.contains("/home/x")), "{got:#?}");
+}
+
+#[test]
+fn commands_are_shown_as_written() {
+    assert_eq!(
+        template("psql ${HOME_DIR} ${X:-d} $$ $1 $${Y}"),
+        "psql ${HOME_DIR} ${X:-d} $$ $1 ${Y}"
+    );
+    let src = r#"
+[[prestart]]
+command = "migrate --dsn ${HOME_DIR} --literal $${HOME_DIR}"
+[program.a]
+command = ["${HOME_DIR}/bin/app", "--x=${NOPE:-1}"]
+[program.a.health]
+exec = ["check", "${HOME_DIR}", "{pid}"]
+"#;
+    let cfg = parse("t.toml", src, &env).unwrap();
+    let step = &cfg.prestart[0].command;
+    assert_eq!(
+        step.argv()[2],
+        "migrate --dsn /home/x --literal ${HOME_DIR}"
+    );
+    assert_eq!(
+        step.to_string(),
+        "sh -c \"migrate --dsn ${HOME_DIR} --literal ${HOME_DIR}\""
+    );
+    let p = &cfg.programs[0];
+    assert_eq!(p.command.argv(), vec!["/home/x/bin/app", "--x=1"]);
+    assert_eq!(p.command.to_string(), "${HOME_DIR}/bin/app --x=${NOPE:-1}");
+    let h = p.health.as_ref().unwrap().exec.as_ref().unwrap();
+    assert_eq!(h.argv(), vec!["check", "/home/x", "{pid}"]);
+    assert_eq!(h.to_string(), "check ${HOME_DIR} {pid}");
+    let plan = crate::plan::render(&cfg, "t.toml");
+    assert!(!plan.contains("/home/x"), "{plan}");
 }
 
 #[test]

@@ -117,7 +117,10 @@ impl Supervisor {
                     then_roll,
                 });
             }
-            Err(e) => self.preload_failed(pi, format!("cannot start: {e}"), now),
+            Err(e) => {
+                let e = self.programs[pi].cfg.command.mask_program(&e.to_string());
+                self.preload_failed(pi, format!("cannot start: {e}"), now)
+            }
         }
     }
 

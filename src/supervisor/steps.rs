@@ -203,7 +203,7 @@ impl Supervisor {
             extra_fds: vec![],
             identity: None, // steps run as drover (migrations usually need its credentials)
         };
-        let pid = spawn::spawn(&spec).map_err(|e| e.to_string())?;
+        let pid = spawn::spawn(&spec).map_err(|e| step.command.mask_program(&e.to_string()))?;
         drop(w);
         if let Some(g) = self.cx.guard.as_mut() {
             g.watch(pid);

@@ -180,7 +180,9 @@ impl Supervisor {
             return Some(match self.worker_cgroup(pi, id, index) {
                 Ok(fds) => {
                     spec.cgroup_procs = fds;
-                    spawn::spawn(&spec).map_err(|e| format!("spawn {e}"))
+                    let cmd = &self.programs[pi].cfg.command;
+                    spawn::spawn(&spec)
+                        .map_err(|e| format!("spawn {}", cmd.mask_program(&e.to_string())))
                 }
                 Err(e) => Err(format!("cannot set up its cgroup: {e}")),
             });

@@ -280,6 +280,18 @@ fn render_sockets_and_steps(o: &mut String, cfg: &Config) {
             if st.retries == 1 { "y" } else { "ies" },
             st.retry_delay
         );
+        let grace = st.stop_grace(&cfg.supervisor);
+        let _ = writeln!(
+            o,
+            "     {:<12} on shutdown: SIG{} to its process group, SIGKILL after {grace:?}{}",
+            "",
+            signals::name(st.stop_signal),
+            match st.stop_timeout {
+                None => " (supervisor.shutdown_timeout)",
+                Some(t) if t > grace => " (stop_timeout capped by supervisor.shutdown_timeout)",
+                Some(_) => "",
+            }
+        );
     }
 }
 

@@ -182,6 +182,20 @@ pub struct StepCfg {
     pub retry_delay: Duration,
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
+    /// sent to the step's process group when drover is told to stop while it runs
+    pub stop_signal: nix::sys::signal::Signal,
+    /// then SIGKILL this long after; `None`: `supervisor.shutdown_timeout`
+    pub stop_timeout: Option<Duration>,
+}
+
+impl StepCfg {
+    /// How long the step has to stop once it got its stop signal: its `stop_timeout`, capped by
+    /// `supervisor.shutdown_timeout` as every program's is (the orchestrator's grace period is
+    /// computed from it).
+    pub fn stop_grace(&self, supervisor: &SupervisorCfg) -> Duration {
+        let t = supervisor.shutdown_timeout;
+        self.stop_timeout.map_or(t, |s| s.min(t))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -71,15 +71,7 @@ pub(super) fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<Program
             "restart" => p.restart = restart(cx, &w, v).unwrap_or(p.restart),
             "backoff" => read_backoff(cx, &w, v, &mut p.backoff),
             "stop_signal" => p.stop_signal = stop_signal(cx, &w, v).unwrap_or(p.stop_signal),
-            "stop_timeout" => {
-                if let Some(d) = cx.duration(&w, v) {
-                    if d.is_zero() {
-                        cx.err(&v.span, format!("{w}: must be more than zero; to kill at once, write stop_signal = \"KILL\""));
-                    } else {
-                        p.stop_timeout = d
-                    }
-                }
-            }
+            "stop_timeout" => p.stop_timeout = stop_timeout(cx, &w, v).unwrap_or(p.stop_timeout),
             "env" => p.env = cx.env_table(&w, v),
             "cwd" => p.cwd = cx.string(&w, v).map(PathBuf::from),
             "user" => user = id_name(cx, &w, k, v),
@@ -197,13 +189,27 @@ fn workers(cx: &mut Ctx, w: &str, v: &Node, p: &mut ProgramCfg) {
     }
 }
 
-fn stop_signal(cx: &mut Ctx, w: &str, v: &Node) -> Option<nix::sys::signal::Signal> {
+/// `stop_signal` of a program or a step.
+pub(super) fn stop_signal(cx: &mut Ctx, w: &str, v: &Node) -> Option<nix::sys::signal::Signal> {
     let s = cx.string(w, v)?;
     let sig = crate::process::signals::parse(&s);
     if sig.is_none() {
         cx.err(&v.span, format!("{w}: `{s}` is not a signal drover sends (TERM, INT, QUIT, HUP, KILL, USR1, USR2, WINCH, ABRT)"));
     }
     sig
+}
+
+/// `stop_timeout` of a program or a step: more than zero.
+pub(super) fn stop_timeout(cx: &mut Ctx, w: &str, v: &Node) -> Option<Duration> {
+    let d = cx.duration(w, v)?;
+    if d.is_zero() {
+        cx.err(
+            &v.span,
+            format!("{w}: must be more than zero; to kill at once, write stop_signal = \"KILL\""),
+        );
+        return None;
+    }
+    Some(d)
 }
 
 /// An array of strings (socket names, paths).

@@ -153,14 +153,11 @@ mod tests {
         assert_eq!(p.log, crate::config::LogMode::Inherit);
         assert_eq!(c.supervisor.status, None, "no status endpoint unless asked");
         // the command is passed as written: no ${...} expansion of the user's text
-        assert_eq!(
-            p.command,
-            crate::config::CommandSpec::Argv(vec![
-                "sh".into(),
-                "-c".into(),
-                "echo ${HOME} $1; exit 3".into()
-            ])
-        );
+        let written = ["sh", "-c", "echo ${HOME} $1; exit 3"];
+        assert_eq!(p.command.argv(), written);
+        // and shown as typed: `$${` in the file is the `${` the user wrote
+        assert_eq!(p.command.shown_argv(), written);
+        assert_eq!(p.command.to_string(), "sh -c echo ${HOME} $1; exit 3");
     }
 
     #[test]
@@ -188,6 +185,13 @@ mod tests {
             c.prestart[0].command.to_string(),
             "sh -c \"alembic upgrade head\""
         );
+        let o = OneLine {
+            prestart: vec!["echo ${HOME} migrated".into()],
+            ..o
+        };
+        let step = &parse(&o, &|k| (k == "HOME").then(|| "/root".into())).prestart[0].command;
+        assert_eq!(step.argv()[2], "echo ${HOME} migrated", "nothing expands");
+        assert_eq!(step.to_string(), "sh -c \"echo ${HOME} migrated\"");
         assert_eq!(p.stop_timeout, std::time::Duration::from_secs(20));
         assert_eq!(
             c.supervisor.shutdown_timeout,

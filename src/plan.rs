@@ -59,27 +59,20 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
                      cmd: &CommandSpec,
                      env: &[(String, String)],
                      cwd: Option<&std::path::Path>| {
-        let CommandSpec::Argv(argv) = cmd else { return };
+        let Some(argv) = cmd.exec_words() else { return };
         let p = env
             .iter()
             .find(|(k, _)| k == "PATH")
             .map(|(_, v)| v.clone())
             .or_else(|| path.clone());
-        match spawn::resolve(&argv[0], p.as_deref(), cwd) {
-            Some(exe) if spawn::is_executable(&exe) => {}
-            Some(exe) if exe.exists() => w.push(format!(
-                "{what}: {} is not executable{RETRY}",
-                exe.display()
-            )),
-            Some(exe) => w.push(format!(
-                "{what}: {} does not exist here{RETRY}",
-                exe.display()
-            )),
-            None => w.push(format!(
-                "{what}: command `{}` not found in PATH{RETRY}",
-                argv[0]
-            )),
-        }
+        let problem = match spawn::resolve(&argv[0], p.as_deref(), cwd) {
+            Some(exe) if spawn::is_executable(&exe) => return,
+            Some(exe) if exe.exists() => format!("{} is not executable", exe.display()),
+            Some(exe) => format!("{} does not exist here", exe.display()),
+            None => format!("command `{}` not found in PATH", argv[0]),
+        };
+        // the program's path as written: a `${VAR}` in it stays unexpanded
+        w.push(format!("{what}: {}{RETRY}", cmd.mask_program(&problem)));
     };
     for s in &cfg.prestart {
         check(
@@ -127,9 +120,13 @@ pub fn server_flags(p: &crate::config::ProgramCfg) -> Vec<String> {
     if p.sockets.is_empty() {
         return vec![];
     }
-    let argv: Vec<String> = match &p.command {
-        CommandSpec::Argv(v) => v.clone(),
-        CommandSpec::Shell(s) => s.split_whitespace().map(String::from).collect(),
+    // as written: the advice quotes the flags, and a `${VAR}` in them stays unexpanded
+    let shown = p.command.shown_argv();
+    let argv: Vec<String> = if p.command.is_shell() {
+        let script = shown.last().map_or("", String::as_str);
+        script.split_whitespace().map(String::from).collect()
+    } else {
+        shown
     };
     let base = |a: &str| a.rsplit('/').next().unwrap_or(a).to_string();
     let Some(server) = argv
@@ -283,6 +280,18 @@ fn render_sockets_and_steps(o: &mut String, cfg: &Config) {
             if st.retries == 1 { "y" } else { "ies" },
             st.retry_delay
         );
+        let grace = st.stop_grace(&cfg.supervisor);
+        let _ = writeln!(
+            o,
+            "     {:<12} on shutdown: SIG{} to its process group, SIGKILL after {grace:?}{}",
+            "",
+            signals::name(st.stop_signal),
+            match st.stop_timeout {
+                None => " (supervisor.shutdown_timeout)",
+                Some(t) if t > grace => " (stop_timeout capped by supervisor.shutdown_timeout)",
+                Some(_) => "",
+            }
+        );
     }
 }
 
@@ -360,7 +369,10 @@ fn render_checks(o: &mut String, p: &crate::config::ProgramCfg) {
             "accepting on its socket (seen in /proc)".to_string()
         }
         crate::config::ReadyCheck::Uptime => format!("up for {:?}", r.min_uptime),
-        crate::config::ReadyCheck::Exec => format!("`{}` exits 0", r.exec.join(" ")),
+        crate::config::ReadyCheck::Exec => format!(
+            "`{}` exits 0",
+            r.exec.as_ref().map(|c| c.to_string()).unwrap_or_default()
+        ),
         crate::config::ReadyCheck::Notify => {
             "it sends READY=1 to NOTIFY_SOCKET (sd_notify)".to_string()
         }
@@ -383,7 +395,7 @@ fn render_checks(o: &mut String, p: &crate::config::ProgramCfg) {
                 what.push(format!("GET {path} through the socket"));
             }
             if let Some(e) = &h.exec {
-                what.push(format!("`{}`", e.join(" ")));
+                what.push(format!("`{e}`"));
             }
             if h.hung {
                 what.push("hang detection from /proc".into());

@@ -55,9 +55,17 @@ fn drover_stop_budget() -> Duration {
         .map(|p| p.stop_timeout)
         .max()
         .unwrap_or_default();
-    c.supervisor.drain_delay
+    let workers = c.supervisor.drain_delay
         + stop.min(c.supervisor.shutdown_timeout)
-        + drover::supervisor::KILL_GRACE
+        + drover::supervisor::KILL_GRACE;
+    // TERM during a pre-start step: its stop_timeout, then SIGKILL and the reaper
+    let step = c
+        .prestart
+        .iter()
+        .map(|s| s.stop_grace(&c.supervisor))
+        .max()
+        .unwrap_or_default();
+    workers.max(step + drover::supervisor::KILL_GRACE)
 }
 
 #[test]

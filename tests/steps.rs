@@ -2,6 +2,7 @@
 
 mod common;
 use common::*;
+use std::time::Duration;
 
 #[test]
 fn steps_run_in_order_before_any_worker() {
@@ -257,4 +258,285 @@ sockets = ["local"]
     });
     assert!(body.contains("demo-worker local.0"), "{body}");
     d.stop_ok();
+}
+
+/// Wait until the step's output (streamed to drover's stdout) contains `text`.
+fn wait_output(d: &Drover, text: &str) {
+    wait_until(T, text, || d.stdout().contains(text).then_some(()));
+}
+
+/// The one line of drover's log that contains `text`.
+fn log_line(d: &Drover, text: &str) -> String {
+    d.messages()
+        .into_iter()
+        .find(|m| m.contains(text))
+        .unwrap_or_else(|| panic!("no log line with {text:?} in:\n{}", d.stderr()))
+}
+
+#[test]
+fn term_during_a_step_lets_it_finish_its_term_handler() {
+    let sd = tempfile::tempdir().unwrap();
+    let notify = sd.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut d = Drover::start_with(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+[[prestart]]
+name = "migrate"
+command = 'trap "echo cleaning up; while [ ! -e {dir}/finish ]; do sleep 0.05; done; echo done; exit 0" TERM; echo started; while :; do sleep 0.1; done'
+[[prestart]]
+name = "after"
+command = "touch {dir}/after-ran"
+[program.w]
+command = "touch {dir}/worker-started; exec sleep 1000"
+"#,
+        &[("NOTIFY_SOCKET", notify.to_str().unwrap())],
+        &[],
+    );
+    d.keep.push(sd);
+    wait_output(&d, "started");
+    d.signal(libc::SIGTERM);
+    wait_output(&d, "cleaning up");
+    // systemd hears that drover is stopping while the step still runs
+    let mut buf = [0u8; 4096];
+    wait_until(T, "STOPPING=1 on NOTIFY_SOCKET", || {
+        let n = sock.recv(&mut buf).ok()?;
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == "STOPPING=1")
+            .then_some(())
+    });
+    // while its handler runs, /status says the step was interrupted and drover is stopping
+    let st = d.wait_status("the step shown as interrupted", T, |v| {
+        v["steps"][0]["state"] == "interrupted"
+    });
+    assert_eq!(st["state"], "stopping", "{st}");
+    assert_eq!(st["steps"][1]["state"], "pending", "{st}");
+    assert!(
+        d.logged("TERM received: stopping pre-start step migrate with TERM; SIGKILL in 30s"),
+        "{}",
+        d.stderr()
+    );
+    std::fs::write(d.path("finish"), "").unwrap();
+    assert_eq!(d.wait_exit(T), 0, "{}", d.stderr());
+    assert!(d.stdout().contains("done"), "{}", d.stdout());
+    assert!(
+        d.logged("pre-start step migrate exited 0 after TERM; no worker was started"),
+        "{}",
+        d.stderr()
+    );
+    assert!(!d.path("after-ran").exists(), "no later step runs");
+    assert!(!d.path("worker-started").exists(), "no worker starts");
+}
+
+#[test]
+fn a_step_that_fails_in_its_term_handler_exits_3() {
+    let mut d = Drover::start(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+[[prestart]]
+name = "migrate"
+command = 'trap "echo cleaning up; sleep 0.5; echo rollback failed; exit 1" TERM; echo started; while :; do sleep 0.1; done'
+retries = 3
+[program.w]
+command = "touch {dir}/worker-started; exec sleep 1000"
+"#,
+    );
+    wait_output(&d, "started");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(T), 3, "{}", d.stderr());
+    let line = log_line(&d, "was interrupted");
+    assert!(
+        line.contains("pre-start step migrate was interrupted by shutdown: exit code 1 after TERM")
+            && line.contains("exiting with code 3")
+            && line.contains("| cleaning up")
+            && line.contains("| rollback failed"),
+        "the line says how it ended and quotes its last output: {line}"
+    );
+    assert_eq!(
+        d.stdout().matches("started").count(),
+        1,
+        "an interrupted step is not retried: {}",
+        d.stdout()
+    );
+    assert!(!d.path("worker-started").exists(), "no worker starts");
+}
+
+#[test]
+fn a_step_that_ignores_term_is_killed_at_its_stop_timeout() {
+    let mut d = Drover::start(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+[[prestart]]
+name = "stubborn"
+command = 'trap "" TERM; echo $$ > {dir}/step; echo started; while :; do sleep 0.1; done'
+stop_timeout = "1s"
+[program.w]
+command = "touch {dir}/worker-started; exec sleep 1000"
+"#,
+    );
+    wait_output(&d, "started");
+    let pid = read_pids(&d.path("step"))[0];
+    let sent = std::time::Instant::now();
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(T), 3, "{}", d.stderr());
+    println!("TERM to exit with stop_timeout = 1s: {:?}", sent.elapsed());
+    assert!(!alive(pid), "the step is gone");
+    assert!(
+        d.logged("pre-start step stubborn did not stop within 1s after TERM; killing its process group (SIGKILL)"),
+        "{}",
+        d.stderr()
+    );
+    let line = log_line(&d, "was interrupted");
+    assert!(
+        line.contains("killed by SIGKILL 1s after TERM") && line.contains("exiting with code 3"),
+        "{line}"
+    );
+    assert!(!d.path("worker-started").exists(), "no worker starts");
+}
+
+#[test]
+fn a_second_term_or_quit_kills_a_stopping_step_at_once() {
+    for (signals, said) in [
+        (&[libc::SIGTERM, libc::SIGTERM][..], "TERM received again"),
+        (&[libc::SIGQUIT][..], "QUIT received"),
+    ] {
+        let mut d = Drover::start(
+            r#"
+[supervisor]
+status = "127.0.0.1:0"
+# the step's stop_timeout defaults to this
+shutdown_timeout = "60s"
+[[prestart]]
+name = "stubborn"
+command = 'trap "" TERM; echo started; while :; do sleep 0.1; done'
+[program.w]
+command = "touch {dir}/worker-started; exec sleep 1000"
+"#,
+        );
+        wait_output(&d, "started");
+        let sent = std::time::Instant::now();
+        for (i, sig) in signals.iter().enumerate() {
+            if i > 0 {
+                wait_until(T, "the first TERM to be handled", || {
+                    d.logged("stopping pre-start step stubborn").then_some(())
+                });
+            }
+            d.signal(*sig);
+        }
+        // well before the 60 s stop_timeout
+        assert_eq!(d.wait_exit(Duration::from_secs(20)), 3, "{}", d.stderr());
+        println!("{said}: ended {:?} after the first signal", sent.elapsed());
+        assert!(
+            d.logged(&format!(
+                "{said}: killing pre-start step stubborn now (SIGKILL)"
+            )),
+            "{}",
+            d.stderr()
+        );
+        assert!(!d.path("worker-started").exists(), "no worker starts");
+    }
+}
+
+#[test]
+fn shutdown_while_a_step_waits_to_retry_exits_3() {
+    let mut d = Drover::start(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+[[prestart]]
+name = "migrate"
+command = "echo attempt >> {dir}/attempts; exit 2"
+retries = 1
+retry_delay = "60s"
+[program.w]
+command = "touch {dir}/worker-started; exec sleep 1000"
+"#,
+    );
+    d.wait_status("the first attempt to fail", T, |v| {
+        v["steps"][0]["exit"]["code"] == 2
+    });
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(T), 3, "{}", d.stderr());
+    assert!(
+        d.logged(
+            "pre-start step migrate did not complete: it failed and shutdown came before its retry"
+        ),
+        "{}",
+        d.stderr()
+    );
+    assert!(!d.path("worker-started").exists(), "no worker starts");
+}
+
+#[test]
+fn expanded_variables_in_commands_are_never_shown() {
+    const SECRET: &str = "hunter2-xyz";
+    let config = r#"
+[supervisor]
+status = "127.0.0.1:0"
+[[prestart]]
+name = "migrate"
+command = "echo ${SECRET} > {dir}/step-got; echo migrated"
+[program.w]
+command = ["sh", "-c", "echo $1 > {dir}/worker-got; exec sleep 1000", "w", "--dsn=postgres://app:${SECRET}@db/app"]
+[program.broken]
+command = ["/nonexistent/${SECRET}/tool", "${SECRET}"]
+"#;
+    let env = [("SECRET", SECRET)];
+    let mut d = Drover::start_with(config, &env, &[]);
+    // the processes get the expanded values
+    for (file, want) in [
+        ("step-got", SECRET.to_string()),
+        (
+            "worker-got",
+            format!("--dsn=postgres://app:{SECRET}@db/app"),
+        ),
+    ] {
+        let got = wait_until(T, file, || {
+            let s = std::fs::read_to_string(d.path(file)).ok()?;
+            s.ends_with('\n').then_some(s)
+        });
+        assert_eq!(got.trim(), want, "{file}");
+    }
+    // the broken program failed to start at least once, and said why
+    let st = d.wait_status("the broken program's spawn failure", T, |v| {
+        v["programs"][1]["workers"][0]["last_exit"]["reason"] == "spawn"
+    });
+    let status_body = http_get(&d.status_addr(), "/status").unwrap();
+    assert!(!status_body.contains(SECRET), "/status: {status_body}");
+    assert!(
+        status_body.contains("/nonexistent/${SECRET}/tool"),
+        "the error names the command as written: {st}"
+    );
+    let check = std::process::Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(d.path("drover.toml"))
+        .env("SECRET", SECRET)
+        .output()
+        .unwrap();
+    let plan = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(check.status.success(), "{plan}");
+    assert!(!plan.contains(SECRET), "drover check: {plan}");
+    assert!(
+        plan.contains("echo ${SECRET} > ")
+            && plan.contains("--dsn=postgres://app:${SECRET}@db/app"),
+        "the plan shows the commands as written: {plan}"
+    );
+    d.stop_ok();
+    let (err, out) = (d.stderr(), d.stdout());
+    assert!(
+        d.logged("pre-start step migrate starting (attempt 1/1): sh -c \"echo ${SECRET} >"),
+        "the step's command as written: {err}"
+    );
+    assert!(!err.contains(SECRET), "drover's log: {err}");
+    assert!(!out.contains(SECRET), "drover's output: {out}");
 }

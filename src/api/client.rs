@@ -158,7 +158,7 @@ pub fn render(doc: &serde_json::Value) -> String {
     if let Some(steps) = doc["steps"].as_array() {
         for st in steps {
             out.push_str(&format!(
-                "step {:<20} {:<10} {}\n",
+                "step {:<20} {:<11} {}\n",
                 s(&st["name"]),
                 s(&st["state"]),
                 fmt_exit(&st["exit"])

@@ -50,6 +50,8 @@ pub enum StepState {
     Running,
     Succeeded,
     Failed,
+    /// drover was told to stop while it ran (or waited to retry): it got its stop signal
+    Interrupted,
     Skipped,
 }
 
@@ -60,6 +62,7 @@ impl StepState {
             StepState::Running => "running",
             StepState::Succeeded => "succeeded",
             StepState::Failed => "failed",
+            StepState::Interrupted => "interrupted",
             StepState::Skipped => "skipped",
         }
     }

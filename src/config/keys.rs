@@ -33,6 +33,8 @@ pub(super) const STEP_KEYS: &[&str] = &[
     "retry_delay",
     "env",
     "cwd",
+    "stop_signal",
+    "stop_timeout",
 ];
 pub(super) const SOCKET_KEYS: &[&str] = &["listen", "backlog", "mode"];
 pub(super) const PROGRAM_KEYS: &[&str] = &[

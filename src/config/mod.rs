@@ -2,7 +2,8 @@
 //!
 //! `tree` turns the document into a spanned tree and reads typed values through a positioned
 //! reader; `sections` and `program` read one table each; `cross` checks what spans sections;
-//! `values` parses durations, sizes, addresses and `${VAR}`. Parsing does no I/O: user and group
+//! `values` parses durations, sizes, addresses and `${VAR}`; `command` holds a command as it
+//! runs (`${VAR}` expanded) and as it is shown (as written). Parsing does no I/O: user and group
 //! names are resolved by `plan`.
 //!
 //! serde stops at the first error, so the file is parsed with `toml_edit` (which keeps spans)
@@ -14,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod command;
 mod cross;
 mod keys;
 mod program;
@@ -21,6 +23,7 @@ mod sections;
 mod tree;
 mod values;
 
+pub use command::CommandSpec;
 pub use tree::line_col;
 pub use values::{did_you_mean, expand_env, fmt_size, parse_duration, parse_listen, parse_size};
 
@@ -60,32 +63,6 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum CommandSpec {
-    /// exec'd directly
-    Argv(Vec<String>),
-    /// run by `/bin/sh -c`
-    Shell(String),
-}
-
-impl CommandSpec {
-    pub fn argv(&self) -> Vec<String> {
-        match self {
-            CommandSpec::Argv(v) => v.clone(),
-            CommandSpec::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
-        }
-    }
-}
-
-impl fmt::Display for CommandSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CommandSpec::Argv(v) => write!(f, "{}", v.join(" ")),
-            CommandSpec::Shell(s) => write!(f, "sh -c {s:?}"),
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
@@ -214,6 +191,20 @@ pub struct StepCfg {
     pub retry_delay: Duration,
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
+    /// sent to the step's process group when drover is told to stop while it runs
+    pub stop_signal: nix::sys::signal::Signal,
+    /// then SIGKILL this long after; `None`: `supervisor.shutdown_timeout`
+    pub stop_timeout: Option<Duration>,
+}
+
+impl StepCfg {
+    /// How long the step has to stop once it got its stop signal: its `stop_timeout`, capped by
+    /// `supervisor.shutdown_timeout` as every program's is (the orchestrator's grace period is
+    /// computed from it).
+    pub fn stop_grace(&self, supervisor: &SupervisorCfg) -> Duration {
+        let t = supervisor.shutdown_timeout;
+        self.stop_timeout.map_or(t, |s| s.min(t))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -241,7 +232,8 @@ pub enum ReadyCheck {
 pub struct ReadinessCfg {
     pub check: ReadyCheck,
     pub min_uptime: Duration,
-    pub exec: Vec<String>,
+    /// `{pid}` replaced in each word
+    pub exec: Option<CommandSpec>,
     pub interval: Duration,
     /// not ready this long after spawn: recycled (reason start-timeout)
     pub timeout: Duration,
@@ -253,8 +245,8 @@ pub struct ReadinessCfg {
 pub struct HealthCfg {
     /// GET through the program's first TCP/unix socket
     pub http: Option<String>,
-    /// argv with `{pid}` replaced
-    pub exec: Option<Vec<String>>,
+    /// `{pid}` replaced in each word
+    pub exec: Option<CommandSpec>,
     pub interval: Duration,
     pub timeout: Duration,
     pub failures: u32,

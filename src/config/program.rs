@@ -20,7 +20,7 @@ struct Seen {
 fn defaults(name: &str) -> ProgramCfg {
     ProgramCfg {
         name: name.into(),
-        command: CommandSpec::Argv(vec![]),
+        command: CommandSpec::literal(vec![]),
         sockets: vec![],
         workers: 1,
         restart: RestartPolicy::Always,
@@ -34,7 +34,7 @@ fn defaults(name: &str) -> ProgramCfg {
         readiness: ReadinessCfg {
             check: ReadyCheck::Uptime,
             min_uptime: Duration::from_secs(1),
-            exec: vec![],
+            exec: None,
             interval: Duration::from_millis(100),
             timeout: Duration::from_secs(60),
             max_queue: None,
@@ -71,15 +71,7 @@ pub(super) fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<Program
             "restart" => p.restart = restart(cx, &w, v).unwrap_or(p.restart),
             "backoff" => read_backoff(cx, &w, v, &mut p.backoff),
             "stop_signal" => p.stop_signal = stop_signal(cx, &w, v).unwrap_or(p.stop_signal),
-            "stop_timeout" => {
-                if let Some(d) = cx.duration(&w, v) {
-                    if d.is_zero() {
-                        cx.err(&v.span, format!("{w}: must be more than zero; to kill at once, write stop_signal = \"KILL\""));
-                    } else {
-                        p.stop_timeout = d
-                    }
-                }
-            }
+            "stop_timeout" => p.stop_timeout = stop_timeout(cx, &w, v).unwrap_or(p.stop_timeout),
             "env" => p.env = cx.env_table(&w, v),
             "cwd" => p.cwd = cx.string(&w, v).map(PathBuf::from),
             "user" => user = id_name(cx, &w, k, v),
@@ -201,13 +193,27 @@ fn workers(cx: &mut Ctx, w: &str, v: &Node, p: &mut ProgramCfg) {
     }
 }
 
-fn stop_signal(cx: &mut Ctx, w: &str, v: &Node) -> Option<nix::sys::signal::Signal> {
+/// `stop_signal` of a program or a step.
+pub(super) fn stop_signal(cx: &mut Ctx, w: &str, v: &Node) -> Option<nix::sys::signal::Signal> {
     let s = cx.string(w, v)?;
     let sig = crate::process::signals::parse(&s);
     if sig.is_none() {
         cx.err(&v.span, format!("{w}: `{s}` is not a signal drover sends (TERM, INT, QUIT, HUP, KILL, USR1, USR2, WINCH, ABRT)"));
     }
     sig
+}
+
+/// `stop_timeout` of a program or a step: more than zero.
+pub(super) fn stop_timeout(cx: &mut Ctx, w: &str, v: &Node) -> Option<Duration> {
+    let d = cx.duration(w, v)?;
+    if d.is_zero() {
+        cx.err(
+            &v.span,
+            format!("{w}: must be more than zero; to kill at once, write stop_signal = \"KILL\""),
+        );
+        return None;
+    }
+    Some(d)
 }
 
 /// An array of strings (socket names, paths).
@@ -349,16 +355,13 @@ fn read_readiness(cx: &mut Ctx, w: &str, v: &Node, r: &mut ReadinessCfg, seen: &
                     seen.min_uptime = true;
                 }
             }
-            "exec" => {
-                if let Some(CommandSpec::Argv(a)) = cx.command(&rw, rv) {
-                    r.exec = a
-                } else if let V::Str(_) = rv.v {
-                    cx.err(
-                        &rv.span,
-                        format!("{rw}: give an argv array, e.g. [\"sh\", \"-c\", \"…{{pid}}…\"]"),
-                    );
-                }
-            }
+            "exec" => match rv.v {
+                V::Str(_) => cx.err(
+                    &rv.span,
+                    format!("{rw}: give an argv array, e.g. [\"sh\", \"-c\", \"…{{pid}}…\"]"),
+                ),
+                _ => r.exec = cx.command(&rw, rv),
+            },
             "interval" => {
                 if let Some(d) = cx.positive(&rw, rv, Duration::from_millis(10)) {
                     r.interval = d
@@ -373,12 +376,12 @@ fn read_readiness(cx: &mut Ctx, w: &str, v: &Node, r: &mut ReadinessCfg, seen: &
             _ => {}
         }
     }
-    if !seen.check && !r.exec.is_empty() {
+    if !seen.check && r.exec.is_some() {
         // an exec check given alone is the check
         r.check = ReadyCheck::Exec;
         seen.check = true;
     }
-    if r.check != ReadyCheck::Exec && !r.exec.is_empty() && seen.check {
+    if r.check != ReadyCheck::Exec && r.exec.is_some() && seen.check {
         cx.err(
             &v.span,
             format!(
@@ -387,7 +390,7 @@ fn read_readiness(cx: &mut Ctx, w: &str, v: &Node, r: &mut ReadinessCfg, seen: &
             ),
         );
     }
-    if r.check == ReadyCheck::Exec && r.exec.is_empty() {
+    if r.check == ReadyCheck::Exec && r.exec.is_none() {
         cx.err(
             &v.span,
             format!("{w}: check = \"exec\" needs `exec = [...]`"),
@@ -519,13 +522,7 @@ fn read_health(cx: &mut Ctx, w: &str, v: &Node) -> Option<HealthCfg> {
                     }
                 }
             }
-            "exec" => match cx.command(&hw, hv) {
-                Some(CommandSpec::Argv(a)) => h.exec = Some(a),
-                Some(CommandSpec::Shell(sh)) => {
-                    h.exec = Some(vec!["/bin/sh".into(), "-c".into(), sh])
-                }
-                None => {}
-            },
+            "exec" => h.exec = cx.command(&hw, hv),
             "interval" => {
                 if let Some(d) = cx.positive(&hw, hv, Duration::from_millis(50)) {
                     h.interval = d

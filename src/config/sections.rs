@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::keys::*;
+use super::program;
 use super::tree::{kind, Ctx, Node, V};
 use super::values::{is_name, parse_listen};
 use super::*;
@@ -186,12 +187,14 @@ pub(super) fn read_step(cx: &mut Ctx, i: usize, n: &Node) -> Option<StepCfg> {
     let mut command = None;
     let mut step = StepCfg {
         name: String::new(),
-        command: CommandSpec::Argv(vec![]),
+        command: CommandSpec::literal(vec![]),
         timeout: None,
         retries: 0,
         retry_delay: Duration::from_secs(1),
         env: vec![],
         cwd: None,
+        stop_signal: nix::sys::signal::Signal::SIGTERM,
+        stop_timeout: None,
     };
     let mut ok = true;
     for (k, _, v) in t {
@@ -221,6 +224,10 @@ pub(super) fn read_step(cx: &mut Ctx, i: usize, n: &Node) -> Option<StepCfg> {
             }
             "env" => step.env = cx.env_table(&w, v),
             "cwd" => step.cwd = cx.string(&w, v).map(PathBuf::from),
+            "stop_signal" => {
+                step.stop_signal = program::stop_signal(cx, &w, v).unwrap_or(step.stop_signal)
+            }
+            "stop_timeout" => step.stop_timeout = program::stop_timeout(cx, &w, v),
             _ => {}
         }
     }

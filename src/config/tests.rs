@@ -1,4 +1,5 @@
 use super::keys::{BACKOFF_KEYS, PROGRAM_KEYS};
+use super::values::template;
 use super::*;
 
 fn env(k: &str) -> Option<String> {
@@ -111,7 +112,11 @@ fn plan_errors() {
         ("[[prestart]]\nname = \"m\"\n", "1:1: [[prestart]] #1: `command` is missing"),
         ("[program.a]\ncommand = \"x\"\nstop_signal = \"BANANA\"\n", "3:15: program.a.stop_signal: `BANANA` is not a signal drover sends (TERM, INT, QUIT, HUP, KILL, USR1, USR2, WINCH, ABRT)"),
         ("[program.a\n", "1:11: TOML syntax error"),
-        ("[program.a]\ncommand = \"x\"\nbackoff = { initial = \"2s\", max = \"1s\" }\n", "3:11: program.a.backoff: `max` (1s) is below `initial` (2s)"),
+        ("[program.a]\ncommand = \"x\"\nbackoff = { initial = \"2s\", max = \"1s\" }\n", "3:11: program.a.backoff: `max` (1s) is below `initial` (2s)"),        ("[[prestart]]\ncommand = \"x\"\nstop_timout = \"1s\"\n", "3:1: [[prestart]] #1: unknown key `stop_timout`; did you mean `stop_timeout`?"),
+        ("[[prestart]]\ncommand = \"x\"\nstop_signal = \"STOP\"\n", "3:15: [[prestart]] #1.stop_signal: `STOP` is not a signal drover sends"),
+        ("[[prestart]]\ncommand = \"x\"\nstop_timeout = \"0s\"\n", "3:16: [[prestart]] #1.stop_timeout: must be more than zero"),
+        ("[program.a]\ncommand = [\"x\", \"a\\u0000${HOME_DIR}\"]\n", "2:17: program.a.command: contains a NUL byte, which cannot be passed to a process"),
+        ("[program.a]\ncommand = \"x\"\nenv = { A = \"${HOME_DIR}\\u0000\" }\n", "3:13: program.a.env.A: contains a NUL byte"),
     ];
     for (src, want) in cases {
         let got = problems(src);
@@ -120,6 +125,48 @@ fn plan_errors() {
             "input:\n{src}\nwanted a problem starting with:\n  {want}\ngot:\n  {got:#?}"
         );
     }
+}
+
+#[test]
+fn problems_never_quote_an_expanded_value() {
+    let src = "[program.a]\ncommand = [\"x\", \"${HOME_DIR}\\u0000\"]\nenv = { A = \"\\u0000${HOME_DIR}\" }\n";
+    let got = problems(src);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert!(got.iter().all(|p| !p.contains("/home/x")), "{got:#?}");
+}
+
+#[test]
+fn commands_are_shown_as_written() {
+    assert_eq!(
+        template("psql ${HOME_DIR} ${X:-d} $$ $1 $${Y}"),
+        "psql ${HOME_DIR} ${X:-d} $$ $1 ${Y}"
+    );
+    let src = r#"
+[[prestart]]
+command = "migrate --dsn ${HOME_DIR} --literal $${HOME_DIR}"
+[program.a]
+command = ["${HOME_DIR}/bin/app", "--x=${NOPE:-1}"]
+[program.a.health]
+exec = ["check", "${HOME_DIR}", "{pid}"]
+"#;
+    let cfg = parse("t.toml", src, &env).unwrap();
+    let step = &cfg.prestart[0].command;
+    assert_eq!(
+        step.argv()[2],
+        "migrate --dsn /home/x --literal ${HOME_DIR}"
+    );
+    assert_eq!(
+        step.to_string(),
+        "sh -c \"migrate --dsn ${HOME_DIR} --literal ${HOME_DIR}\""
+    );
+    let p = &cfg.programs[0];
+    assert_eq!(p.command.argv(), vec!["/home/x/bin/app", "--x=1"]);
+    assert_eq!(p.command.to_string(), "${HOME_DIR}/bin/app --x=${NOPE:-1}");
+    let h = p.health.as_ref().unwrap().exec.as_ref().unwrap();
+    assert_eq!(h.argv(), vec!["check", "/home/x", "{pid}"]);
+    assert_eq!(h.to_string(), "check ${HOME_DIR} {pid}");
+    let plan = crate::plan::render(&cfg, "t.toml");
+    assert!(!plan.contains("/home/x"), "{plan}");
 }
 
 #[test]
@@ -141,6 +188,11 @@ command = ["true"]
 timeout = "5m"
 retries = 2
 env = { A = "${HOME_DIR}" }
+[[prestart]]
+name = "seed"
+command = "true"
+stop_signal = "INT"
+stop_timeout = "2s"
 [socket.http]
 listen = "[::1]:8000"
 [program.api]
@@ -152,6 +204,25 @@ stop_signal = "INT"
 "#;
     let cfg = parse("t.toml", src, &env).unwrap();
     assert_eq!(cfg.prestart[0].env, vec![("A".into(), "/home/x".into())]);
+    let step = &cfg.prestart[0];
+    assert_eq!(step.stop_signal, nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        step.stop_grace(&cfg.supervisor),
+        Duration::from_secs(5),
+        "a step's stop_timeout defaults to the shutdown timeout"
+    );
+    let seed = &cfg.prestart[1];
+    assert_eq!(seed.stop_signal, nix::sys::signal::Signal::SIGINT);
+    assert_eq!(seed.stop_grace(&cfg.supervisor), Duration::from_secs(2));
+    let longer = StepCfg {
+        stop_timeout: Some(Duration::from_secs(120)),
+        ..seed.clone()
+    };
+    assert_eq!(
+        longer.stop_grace(&cfg.supervisor),
+        Duration::from_secs(5),
+        "capped by the shutdown timeout, as a program's stop_timeout is"
+    );
     assert_eq!(cfg.programs[0].workers, 3);
     assert_eq!(
         cfg.programs[0].stop_signal,

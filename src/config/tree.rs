@@ -5,7 +5,7 @@
 use std::ops::Range;
 use std::time::Duration;
 
-use super::values::{did_you_mean, expand_env, parse_duration, parse_listen, parse_size};
+use super::values::{did_you_mean, expand_env, parse_duration, parse_listen, parse_size, template};
 use super::{CommandSpec, ListenAddr, Problem};
 
 #[derive(Debug, Clone)]
@@ -303,34 +303,49 @@ impl Ctx<'_> {
         }
     }
 
+    /// A command: an argv array or a shell string, `${VAR}` expanded in what runs and kept in
+    /// what is shown.
     pub(super) fn command(&mut self, what: &str, n: &Node) -> Option<CommandSpec> {
         match &n.v {
             V::Str(s) => {
-                let s = self.expand(what, n, s)?;
-                if s.trim().is_empty() {
+                let run = self.process_text(what, n, s)?;
+                if run.trim().is_empty() {
                     self.err(&n.span, format!("{what}: the command is empty"));
                     return None;
                 }
-                Some(CommandSpec::Shell(s))
+                Some(CommandSpec::shell(run, template(s)))
             }
             V::Arr(items) => {
                 if items.is_empty() {
                     self.err(&n.span, format!("{what}: the command is empty"));
                     return None;
                 }
-                let mut out = Vec::new();
+                let (mut run, mut shown) = (Vec::new(), Vec::new());
                 let mut ok = true;
                 for it in items {
-                    match self.string(what, it) {
-                        Some(s) => out.push(s),
+                    let word = match &it.v {
+                        V::Str(s) => self.process_text(what, it, s).map(|w| (w, template(s))),
+                        _ => {
+                            self.err(
+                                &it.span,
+                                format!("{what}: expected a string, found {}", kind(it)),
+                            );
+                            None
+                        }
+                    };
+                    match word {
+                        Some((w, s)) => {
+                            run.push(w);
+                            shown.push(s);
+                        }
                         None => ok = false,
                     }
                 }
-                if ok && out[0].is_empty() {
+                if ok && run[0].is_empty() {
                     self.err(&n.span, format!("{what}: the program name is empty"));
                     return None;
                 }
-                ok.then_some(CommandSpec::Argv(out))
+                ok.then(|| CommandSpec::exec(run, shown))
             }
             _ => {
                 self.err(
@@ -343,6 +358,20 @@ impl Ctx<'_> {
                 None
             }
         }
+    }
+
+    /// Text handed to a process (a command word, an environment value): expanded, and without
+    /// a NUL byte, which exec cannot pass. The error never quotes the expanded text.
+    fn process_text(&mut self, what: &str, n: &Node, s: &str) -> Option<String> {
+        let v = self.expand(what, n, s)?;
+        if v.contains('\0') {
+            self.err(
+                &n.span,
+                format!("{what}: contains a NUL byte, which cannot be passed to a process"),
+            );
+            return None;
+        }
+        Some(v)
     }
 
     pub(super) fn env_table(&mut self, what: &str, n: &Node) -> Vec<(String, String)> {
@@ -359,7 +388,7 @@ impl Ctx<'_> {
                 continue;
             }
             let val = match &v.v {
-                V::Str(s) => self.expand(&format!("{what}.{k}"), v, s),
+                V::Str(s) => self.process_text(&format!("{what}.{k}"), v, s),
                 V::Int(i) => Some(i.to_string()),
                 V::Float(f) => Some(f.to_string()),
                 V::Bool(b) => Some(b.to_string()),

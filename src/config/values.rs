@@ -39,6 +39,35 @@ pub fn did_you_mean<'a>(word: &str, options: &[&'a str]) -> Option<&'a str> {
 /// `${VAR}`, `${VAR:-default}`; `$${` is a literal `${`. Any other `$` is left alone, so shell
 /// commands keep their `$1`, `$$` and `$HOME`.
 pub fn expand_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    scan(s, &mut |name, default| match (env(name), default) {
+        (Some(v), _) if !(v.is_empty() && default.is_some()) => Ok(v),
+        (_, Some(d)) => Ok(d.to_string()),
+        (Some(v), None) => Ok(v),
+        (None, None) => Err(format!(
+            "environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
+        )),
+    })
+}
+
+/// `s` as a human is shown it: every `${VAR}` kept as written (its value may be a secret, a DSN
+/// with its password), `$${` read as the `${` it stands for. Text `expand_env` rejects is shown
+/// as is.
+pub fn template(s: &str) -> String {
+    scan(s, &mut |name, default| {
+        Ok(match default {
+            Some(d) => format!("${{{name}:-{d}}}"),
+            None => format!("${{{name}}}"),
+        })
+    })
+    .unwrap_or_else(|_| s.to_string())
+}
+
+/// What a `${NAME}` or `${NAME:-default}` becomes, given its name and default.
+type Resolve<'a> = dyn FnMut(&str, Option<&str>) -> Result<String, String> + 'a;
+
+/// The one reader of `${...}`: text is copied, each reference replaced by what `resolve` says
+/// for its name and default.
+fn scan(s: &str, resolve: &mut Resolve) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('$') {
@@ -59,16 +88,7 @@ pub fn expand_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("`${{{inner}}}` is not a valid variable reference"));
             }
-            match (env(name), default) {
-                (Some(v), _) if !(v.is_empty() && default.is_some()) => out.push_str(&v),
-                (_, Some(d)) => out.push_str(d),
-                (Some(v), None) => out.push_str(&v),
-                (None, None) => {
-                    return Err(format!(
-                        "environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
-                    ))
-                }
-            }
+            out.push_str(&resolve(name, default)?);
             rest = &body[end + 1..];
         } else {
             out.push('$');

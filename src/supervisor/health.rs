@@ -86,14 +86,14 @@ impl Supervisor {
             if h.hung {
                 self.check_hangs(pi, &ready, now);
             }
-            if let Some(argv) = &h.exec {
+            if let Some(cmd) = &h.exec {
                 for &(id, pid) in &ready {
                     let busy = self
                         .probes
                         .values()
                         .any(|p| p.slot == id && p.kind == ProbeKind::Health);
                     if !busy {
-                        self.spawn_exec_probe(pi, id, pid, argv, ProbeKind::Health, h.timeout, now);
+                        self.spawn_exec_probe(pi, id, pid, cmd, ProbeKind::Health, h.timeout, now);
                     }
                 }
             }

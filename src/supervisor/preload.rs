@@ -118,7 +118,8 @@ impl Supervisor {
         let pid = match spawn::spawn(&spec) {
             Ok(pid) => pid,
             Err(e) => {
-                return self.preload_failed(pi, drover_words(format!("cannot start: {e}")), now)
+                let e = self.programs[pi].cfg.command.mask_program(&e.to_string());
+                return self.preload_failed(pi, drover_words(format!("cannot start: {e}")), now);
             }
         };
         drop(theirs);

@@ -170,6 +170,7 @@ impl Supervisor {
         let b = &self.cx.budget;
         let snap = Snapshot {
             state: match self.run {
+                RunState::Steps if self.steps.stopping() => "stopping",
                 RunState::Steps => "starting",
                 RunState::Running => "running",
                 RunState::Draining { .. } => "draining",

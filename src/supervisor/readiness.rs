@@ -65,8 +65,10 @@ impl Supervisor {
                 self.mark_ready(pi, id, now);
             }
             let timeout = rc.interval.max(Duration::from_secs(5));
-            for (id, pid) in exec_due {
-                self.spawn_exec_probe(pi, id, pid, &rc.exec, ProbeKind::Ready, timeout, now);
+            if let Some(cmd) = &rc.exec {
+                for (id, pid) in exec_due {
+                    self.spawn_exec_probe(pi, id, pid, cmd, ProbeKind::Ready, timeout, now);
+                }
             }
         }
     }
@@ -159,12 +161,13 @@ impl Supervisor {
         pi: usize,
         slot: u64,
         pid: i32,
-        argv: &[String],
+        cmd: &crate::config::CommandSpec,
         kind: ProbeKind,
         timeout: Duration,
         now: Instant,
     ) {
-        let argv: Vec<String> = argv
+        let argv: Vec<String> = cmd
+            .argv()
             .iter()
             .map(|a| a.replace("{pid}", &pid.to_string()))
             .collect();
@@ -206,6 +209,7 @@ impl Supervisor {
                 } else {
                     "health"
                 };
+                let e = cmd.mask_program(&e.to_string());
                 warn!("program {}: {what} check could not start: {e}", p.cfg.name);
                 self.exec_probe_done(pi, slot, kind, false, format!("could not start: {e}"), now);
             }

@@ -54,10 +54,10 @@ pub(super) fn diff(
             "supervisor.status changed; the status endpoint moves only when drover restarts".into(),
         );
     }
-    let steps = |c: &Config| -> Vec<(String, String)> {
+    let steps = |c: &Config| -> Vec<(String, crate::config::CommandSpec)> {
         c.prestart
             .iter()
-            .map(|s| (s.name.clone(), s.command.to_string()))
+            .map(|s| (s.name.clone(), s.command.clone()))
             .collect()
     };
     if steps(new) != steps(old) {

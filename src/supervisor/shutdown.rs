@@ -13,7 +13,7 @@ use crate::state::{AfterStop, StopReason};
 impl Supervisor {
     pub(super) fn on_signal(&mut self, sig: Signal, now: Instant) {
         if self.run == RunState::Steps {
-            return self.steps_signal(sig);
+            return self.steps_signal(sig, now);
         }
         let running = self.run == RunState::Running;
         match sig {

@@ -2,13 +2,14 @@
 //! and retries; its exit comes from the reaper and its last lines from its output task, like
 //! every other event, so signals, control requests and the watchdog are handled by the one loop
 //! while a migration runs. When the last step succeeds the workers start; when one fails for
-//! good drover exits 3 and starts nothing.
+//! good drover exits 3 and starts nothing. Shutdown while a step runs stops it gracefully
+//! (`stop`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use super::{plural, Event, RunState, Supervisor, EXIT_OK, EXIT_STEP};
 use crate::api::snapshot::{StepState, StepStatus};
@@ -17,6 +18,9 @@ use crate::logs::output::{color_for, Source};
 use crate::process::reaper::ExitStatus;
 use crate::process::spawn::{self, SpawnSpec, Stdio};
 use crate::state::LastExit;
+
+mod stop;
+use stop::Stop;
 
 /// Lines of a failed step's output quoted in the error.
 const STEP_TAIL: usize = 10;
@@ -47,7 +51,8 @@ struct Attempt {
     pid: i32,
     timeout_at: Option<Instant>,
     timed_out: bool,
-    shutdown: bool,
+    /// drover was told to stop while this attempt ran
+    stop: Option<Stop>,
     exit: Option<ExitStatus>,
     tail: Option<Vec<String>>,
     output_by: Option<Instant>,
@@ -58,7 +63,12 @@ enum End {
     Exited(ExitStatus),
     TimedOut,
     SpawnFailed(String),
-    Shutdown,
+    /// drover was told to stop while it ran (and it may have reached its own timeout meanwhile)
+    Interrupted {
+        status: ExitStatus,
+        stop: Stop,
+        timed_out: bool,
+    },
 }
 
 impl Steps {
@@ -95,12 +105,21 @@ impl Steps {
         self.status.iter().all(|s| s.state == StepState::Succeeded)
     }
 
+    /// A step is being stopped because drover was told to stop.
+    pub fn stopping(&self) -> bool {
+        matches!(&self.run, Run::Running(a) if a.stop.is_some())
+    }
+
     pub fn deadline(&self) -> Option<Instant> {
         match &self.run {
             Run::Waiting(t) => Some(*t),
             Run::Running(a) if a.exit.is_some() => a.output_by,
-            Run::Running(a) if !a.timed_out => a.timeout_at,
-            _ => None,
+            Run::Running(a) => {
+                let timeout = a.timeout_at.filter(|_| !a.timed_out);
+                let kill = a.stop.and_then(|s| s.deadline());
+                timeout.into_iter().chain(kill).min()
+            }
+            Run::Finished => None,
         }
     }
 }
@@ -129,14 +148,19 @@ impl Supervisor {
                         warn!(step = %name, "pre-start step {name} timed out; killing its process group");
                         self.children.signal_group(pid, Signal::SIGKILL);
                     }
+                    self.check_stopping_step(now);
                     let Run::Running(a) = &self.steps.run else {
                         return;
                     };
                     let output_done = a.tail.is_some() || a.output_by.is_some_and(|t| now >= t);
-                    let end = match (a.exit, output_done) {
-                        (Some(_), _) if a.shutdown => End::Shutdown,
-                        (Some(_), true) if a.timed_out => End::TimedOut,
-                        (Some(st), true) => End::Exited(st),
+                    let end = match (a.exit, output_done, a.stop) {
+                        (Some(status), true, Some(stop)) => End::Interrupted {
+                            status,
+                            stop,
+                            timed_out: a.timed_out,
+                        },
+                        (Some(_), true, _) if a.timed_out => End::TimedOut,
+                        (Some(st), true, _) => End::Exited(st),
                         _ => return,
                     };
                     let tail = a.tail.clone().unwrap_or_default();
@@ -171,7 +195,7 @@ impl Supervisor {
                     pid,
                     timeout_at: step.timeout.map(|t| now + t),
                     timed_out: false,
-                    shutdown: false,
+                    stop: None,
                     exit: None,
                     tail: None,
                     output_by: None,
@@ -203,7 +227,7 @@ impl Supervisor {
             extra_fds: vec![],
             identity: None, // steps run as drover (migrations usually need its credentials)
         };
-        let pid = spawn::spawn(&spec).map_err(|e| e.to_string())?;
+        let pid = spawn::spawn(&spec).map_err(|e| step.command.mask_program(&e.to_string()))?;
         drop(w);
         self.children
             .adopt(pid)
@@ -234,34 +258,6 @@ impl Supervisor {
         if let Run::Running(a) = &mut self.steps.run {
             if a.id == run {
                 a.tail = Some(tail);
-            }
-        }
-    }
-
-    /// TERM, INT or QUIT while steps run: stop the step, start no worker, exit 0.
-    pub(super) fn steps_signal(&mut self, sig: Signal) {
-        if !matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) {
-            debug!(
-                "{} ignored while pre-start steps run",
-                crate::process::signals::name(sig)
-            );
-            return;
-        }
-        let name = self.steps.current_name().to_string();
-        match &mut self.steps.run {
-            Run::Running(a) => {
-                info!(
-                    "{} received: stopping pre-start step {name}",
-                    crate::process::signals::name(sig)
-                );
-                self.children.signal_group(a.pid, Signal::SIGKILL);
-                a.shutdown = true;
-            }
-            _ => {
-                info!(
-                    "shutdown requested while waiting to retry step {name}; no worker was started"
-                );
-                self.finished = Some(EXIT_OK);
             }
         }
     }
@@ -299,14 +295,13 @@ impl Supervisor {
                 st.exit = Some(serde_json::json!({"reason": "spawn", "error": e}));
                 format!("could not be started: {e}")
             }
-            End::Shutdown => {
-                st.state = StepState::Failed;
-                info!(
-                    "shutdown requested during pre-start step {}; no worker was started",
-                    step.name
-                );
-                self.finished = Some(EXIT_OK);
-                return false;
+            End::Interrupted {
+                status,
+                stop,
+                timed_out,
+            } => {
+                let timed_out = step.timeout.filter(|_| timed_out);
+                return self.interrupted(status, stop, timed_out, tail, elapsed);
             }
         };
         let attempt = self.steps.attempt;
@@ -321,14 +316,7 @@ impl Supervisor {
         for later in self.steps.status.iter_mut().skip(i + 1) {
             later.state = StepState::Skipped;
         }
-        let quoted = if tail.is_empty() {
-            "  (it printed nothing)".to_string()
-        } else {
-            tail.iter()
-                .map(|l| format!("  | {l}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
+        let quoted = quote(&tail);
         error!(
             step = %step.name,
             "pre-start step {} failed after {attempts} attempt{}: {reason}; no worker was started; exiting with code {EXIT_STEP}. Last output:\n{quoted}",
@@ -337,6 +325,48 @@ impl Supervisor {
         );
         self.finished = Some(EXIT_STEP);
         self.steps.run = Run::Finished;
+        false
+    }
+
+    /// The step drover was told to stop has ended: drover exits, 0 if the step exited 0 (it
+    /// finished its work in its TERM handler), else 3. Never retried. Always false: nothing
+    /// goes on.
+    fn interrupted(
+        &mut self,
+        status: ExitStatus,
+        stop: Stop,
+        timed_out: Option<Duration>,
+        tail: Vec<String>,
+        elapsed: f64,
+    ) -> bool {
+        let i = self.steps.at;
+        let step = self.steps.cfg[i].clone();
+        let st = &mut self.steps.status[i];
+        st.state = StepState::Interrupted;
+        let mut exit = LastExit::Exited(status).to_json();
+        exit["reason"] = "shutdown".into();
+        st.exit = Some(exit);
+        st.duration_s = Some(elapsed);
+        for later in self.steps.status.iter_mut().skip(i + 1) {
+            later.state = StepState::Skipped;
+        }
+        self.steps.run = Run::Finished;
+        let name = &step.name;
+        if status.success() {
+            let after = stop.signal.map_or("as shutdown came".to_string(), |s| {
+                format!("after {}", crate::process::signals::name(s))
+            });
+            info!(step = %name, "pre-start step {name} exited 0 {after}; no worker was started; exiting with code {EXIT_OK}");
+            self.finished = Some(EXIT_OK);
+            return false;
+        }
+        error!(
+            step = %name,
+            "pre-start step {name} was interrupted by shutdown: {}; no worker was started; exiting with code {EXIT_STEP}. Last output:\n{}",
+            stop.how(status, timed_out),
+            quote(&tail)
+        );
+        self.finished = Some(EXIT_STEP);
         false
     }
 
@@ -364,4 +394,15 @@ impl Supervisor {
             plural(total as usize)
         );
     }
+}
+
+/// A step's last output lines, quoted for the log.
+fn quote(tail: &[String]) -> String {
+    if tail.is_empty() {
+        return "  (it printed nothing)".to_string();
+    }
+    tail.iter()
+        .map(|l| format!("  | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

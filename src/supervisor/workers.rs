@@ -223,7 +223,9 @@ impl Supervisor {
         spec.cgroup_procs = self
             .worker_cgroup(pi, id, index)
             .map_err(|e| format!("cannot set up its cgroup: {e}"))?;
-        let pid = spawn::spawn(&spec).map_err(|e| format!("spawn {e}"))?;
+        let cmd = &self.programs[pi].cfg.command;
+        let pid = spawn::spawn(&spec)
+            .map_err(|e| format!("spawn {}", cmd.mask_program(&e.to_string())))?;
         self.children
             .adopt(pid)
             .map_err(|e| format!("cannot hold pid {pid} by a pidfd ({e}); killed it"))?;

@@ -1,0 +1,453 @@
+//! Nothing a worker or a preloader says is acted on before the kernel confirms it, and nothing
+//! they do blocks the loop (issue 18): a preloader's false claims (drover's own pid, a stranger,
+//! pid 0, forged credentials, its own child), a preloader that never answers a fork, the guard
+//! and a pid reused after a preloader died, and a flood on NOTIFY_SOCKET. The preloader is
+//! `tests/fixtures/fake_preloader.py`, speaking the documented protocol honestly or not.
+
+mod common;
+use common::*;
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+const FAKE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/fake_preloader.py"
+);
+
+fn root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn python3() -> bool {
+    std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import socket; socket.recv_fds")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A program whose preloader is the fake, in `modes`; `extra` goes into `[program.api]`.
+fn fake_program(modes: &str, env_extra: &str, extra: &str) -> String {
+    format!(
+        r#"[supervisor]
+status = "127.0.0.1:0"
+shutdown_timeout = "5s"
+[program.api]
+command = ["python3", "{FAKE}"]
+preload = true
+workers = 1
+stop_timeout = "2s"
+backoff = {{ initial = "50ms", max = "400ms" }}
+readiness = {{ check = "uptime", min_uptime = "100ms", timeout = "30s" }}
+env = {{ FAKE_MODES = "{modes}", FAKE_STATE = "{{dir}}/fake-state"{env_extra} }}
+{extra}
+"#
+    )
+}
+
+fn cgroup_of(pid: i64) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
+}
+
+fn stat_field(pid: i64, n: usize) -> i64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = s.rsplit_once(')').unwrap().1;
+    rest.split_whitespace().nth(n).unwrap().parse().unwrap()
+}
+
+/// A process that is not drover's: a stranger a preloader might name.
+struct Victim(std::process::Child);
+
+impl Victim {
+    fn start() -> Victim {
+        let c = std::process::Command::new("sleep")
+            .arg("100000")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        Victim(c)
+    }
+    fn pid(&self) -> i64 {
+        self.0.id() as i64
+    }
+}
+
+impl Drop for Victim {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_preloaders_false_claims_are_refused_and_nothing_is_done_to_the_claimed_process() {
+    if !root() || !python3() {
+        skip("needs root (forged credentials, cgroups) and python3 with socket.recv_fds");
+        return;
+    }
+    let victim = Victim::start();
+    let v = victim.pid();
+    let victim_cgroup = cgroup_of(v);
+    let modes = "claim-parent,claim-victim,claim-zero,forge-creds,own-child,honest";
+    let cfg = fake_program(
+        modes,
+        &format!(", VICTIM = \"{v}\""),
+        // per-worker cgroups where this machine has them: a claim believed is a process moved
+        "budget = { memory_hard = \"1GiB\" }",
+    );
+    let mut d = Drover::start(&cfg);
+    let drover_cgroup = cgroup_of(d.pid as i64);
+    let st = d.wait_status("the honest preloader's worker ready", T, |v| {
+        all_ready(v, 1)
+    });
+    // nothing was done to what was claimed
+    assert!(alive(v), "the stranger was killed");
+    assert_eq!(cgroup_of(v), victim_cgroup, "the stranger was moved");
+    assert_eq!(cgroup_of(d.pid as i64), drover_cgroup, "drover was moved");
+    let me = d.pid;
+    for (what, refusal) in [
+        (
+            "drover's own pid",
+            format!("is refused: pid {me} is drover itself"),
+        ),
+        (
+            "a stranger, claimed by the preloader",
+            format!("is refused: pid {v} was announced by pid"),
+        ),
+        (
+            "pid 0",
+            "is refused: pid 0 is not a process a worker can be".to_string(),
+        ),
+        (
+            "a stranger, with forged credentials",
+            format!("is refused: pid {v} is not drover's child"),
+        ),
+    ] {
+        assert!(
+            d.logged(&refusal),
+            "{what}: no `{refusal}` in the log:\n{}",
+            d.stderr()
+        );
+    }
+    let own_child = d
+        .messages()
+        .iter()
+        .filter(|m| m.contains("is refused: pid") && m.contains("is not drover's child"))
+        .count();
+    assert_eq!(
+        own_child, 2,
+        "the forged claim and the preloader's own child"
+    );
+    // the honest worker was accepted: drover's child, leading its own group
+    let w = Drover::worker_pids(&st, "api")[0];
+    assert_eq!(stat_field(w, 1), d.pid as i64, "its parent is drover");
+    assert_eq!(stat_field(w, 2), w, "it leads its own group");
+    d.stop_ok();
+    assert!(alive(v), "the stranger was killed at shutdown");
+    assert!(!alive(w));
+}
+
+/// /healthz latencies while `f` runs, one probe every 50 ms.
+fn probe_healthz(addr: &str, until: Instant) -> Vec<Duration> {
+    let mut lat = vec![];
+    while Instant::now() < until {
+        let t = Instant::now();
+        let ok = http_get(addr, "/healthz").is_some();
+        lat.push(if ok {
+            t.elapsed()
+        } else {
+            Duration::from_secs(99)
+        });
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lat
+}
+
+fn p99(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[(v.len() * 99 / 100).min(v.len() - 1)]
+}
+
+#[test]
+fn a_preloader_that_never_answers_a_fork_does_not_stop_the_loop() {
+    if !python3() {
+        skip("needs python3 with socket.recv_fds for the fake preloader");
+        return;
+    }
+    let cfg = format!(
+        "{}\n[socket.http]\nlisten = \"127.0.0.1:0\"\n[program.web]\ncommand = [\"{{bin}}\", \"demo-worker\"]\nsockets = [\"http\"]\nreadiness = {{ check = \"uptime\", min_uptime = \"50ms\" }}\n",
+        fake_program("hang", "", "")
+    );
+    let mut d = Drover::start(&cfg);
+    let addr = d.status_addr();
+    let st = d.wait_status("web ready, the fork of api asked for", T, |v| {
+        let web = v["programs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "web");
+        web.is_some_and(|p| p["ready_workers"] == 1)
+            && v["programs"][0]["preloader"]["state"] == "ready"
+    });
+    let asked = Instant::now();
+    // while the fork hangs: a killed worker of another program is replaced at once
+    let old = Drover::worker_pids(&st, "web")[0];
+    kill(old, libc::SIGKILL);
+    let t = Instant::now();
+    d.wait_status("web's worker replaced", Duration::from_secs(5), |v| {
+        let p = Drover::worker_pids(v, "web");
+        p.len() == 1 && p[0] != old
+    });
+    let replaced = t.elapsed();
+    // and /healthz answers throughout the fork's 10 s
+    let lat = probe_healthz(&addr, asked + Duration::from_secs(11));
+    let worst = *lat.iter().max().unwrap();
+    println!(
+        "while a fork hangs: a killed worker replaced in {replaced:?}; /healthz p99 {:?}, max {worst:?} over {} probes",
+        p99(lat.clone()),
+        lat.len()
+    );
+    assert!(
+        worst < Duration::from_secs(3),
+        "/healthz stalled for {worst:?} while a fork hung"
+    );
+    // the fork's deadline passes: the preloader is killed and retried after a backoff
+    wait_until(T, "the fork deadline to be logged", || {
+        d.logged("it did not answer a fork request within 10s")
+            .then_some(())
+    });
+    assert!(d.messages().iter().any(|m| m
+        .contains("the preloader failed: it did not answer a fork request")
+        && m.contains("trying again in")));
+    let t = Instant::now();
+    d.stop_ok();
+    println!("TERM to exit with a fork hanging: {:?}", t.elapsed());
+}
+
+/// Run `cmd` (sh) inside the pid and mount namespaces of `ns_pid`.
+fn in_ns(ns_pid: i64, cmd: &str) -> std::process::Output {
+    std::process::Command::new("nsenter")
+        .args(["-t", &ns_pid.to_string(), "-p", "-m", "sh", "-c", cmd])
+        .output()
+        .unwrap()
+}
+
+fn children_of(pid: i64) -> Vec<i64> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// The `unshare` process group, killed whatever happens.
+struct Namespace(std::process::Child);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group this test started.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_guard_never_kills_a_process_that_reused_a_reaped_preloaders_pid() {
+    if !root() || !python3() || !installed("nsenter") || !installed("unshare") {
+        skip("needs root, python3, unshare and nsenter (a pid namespace where pids can be chosen)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fake_program("honest", "", "").replace("{dir}", dir.path().to_str().unwrap());
+    std::fs::write(dir.path().join("drover.toml"), cfg).unwrap();
+    // drover is not PID 1 of the namespace (sh is, and outlives drover: the namespace ends with
+    // its init), so it runs its guard; pids there are drover's alone, so the test can choose
+    // the next one
+    let script = format!(
+        "cd {d} && {BIN} run -c {d}/drover.toml >{d}/stdout.log 2>{d}/stderr.log & while :; do wait; sleep 0.2; done",
+        d = dir.path().display()
+    );
+    let ns = Namespace(
+        std::process::Command::new("unshare")
+            .args([
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--kill-child",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    let sh = wait_until(T, "the namespace's init", || {
+        children_of(ns.0.id() as i64).first().copied()
+    });
+    let drover = wait_until(T, "drover in the namespace", || {
+        children_of(sh).first().copied()
+    });
+    let log = || std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+    let status = wait_until(T, "the status address", || {
+        let l = log();
+        let i = l.find("status endpoint on ")?;
+        let rest = &l[i + "status endpoint on ".len()..];
+        Some(rest[..rest.find(|c: char| c.is_whitespace() || c == '"')?].to_string())
+    });
+    let get = |path: &str| -> Option<serde_json::Value> {
+        serde_json::from_str(&http_get(&status, path)?).ok()
+    };
+    let st = wait_until(T, "a ready worker from the preloader", || {
+        get("/status").filter(|v| all_ready(v, 1))
+    });
+    let pre = st["programs"][0]["preloader"]["pid"].as_i64().unwrap();
+    let worker = Drover::worker_pids(&st, "api")[0];
+    // the preloader dies; drover reaps it and starts another
+    assert!(in_ns(sh, &format!("kill -9 {pre}")).status.success());
+    wait_until(T, "a new preloader", || {
+        get("/status").filter(|v| {
+            let p = &v["programs"][0]["preloader"];
+            p["state"] == "ready" && p["pid"].as_i64() != Some(pre)
+        })
+    });
+    // a stranger gets the dead preloader's pid, and leads a process group of that number
+    let mut got = None;
+    for _ in 0..20 {
+        let out = in_ns(
+            sh,
+            &format!(
+                "echo {} > /proc/sys/kernel/ns_last_pid; setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $!",
+                pre - 1
+            ),
+        );
+        let pid: i64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if pid == pre {
+            got = Some(pid);
+            break;
+        }
+        in_ns(sh, &format!("kill -9 {pid}"));
+    }
+    let Some(stranger) = got else {
+        skip("could not place a process at the reused pid (ns_last_pid)");
+        return;
+    };
+    assert!(
+        in_ns(sh, &format!("kill -0 {stranger}")).status.success(),
+        "the stranger is running before drover is killed"
+    );
+    // drover is SIGKILLed: the guard kills every group it still holds
+    kill(drover, libc::SIGKILL);
+    wait_until(T, "the guard to kill drover's worker", || {
+        (!in_ns(sh, &format!("kill -0 {worker}")).status.success()).then_some(())
+    });
+    assert!(
+        in_ns(sh, &format!("kill -0 {stranger}")).status.success(),
+        "the guard killed a stranger that reused the preloader's pid {pre}\n{}",
+        log()
+    );
+}
+
+/// NOTIFY_SOCKET as a socket address (`@` names the abstract namespace).
+fn notify_addr(s: &str) -> std::os::unix::net::SocketAddr {
+    use std::os::linux::net::SocketAddrExt;
+    match s.strip_prefix('@') {
+        Some(a) => std::os::unix::net::SocketAddr::from_abstract_name(a.as_bytes()).unwrap(),
+        None => std::os::unix::net::SocketAddr::from_pathname(s).unwrap(),
+    }
+}
+
+fn cpu_ticks(pid: i32) -> i64 {
+    stat_field(pid as i64, 11) + stat_field(pid as i64, 12)
+}
+
+#[test]
+fn a_notify_flood_from_a_stranger_costs_no_memory_and_delays_no_ready() {
+    if !root() {
+        skip("needs root to reach the worker's NOTIFY_SOCKET from outside (as any process in the pod could)");
+        return;
+    }
+    let send = "python3 -c 'import os,socket; a=os.environ[\"NOTIFY_SOCKET\"]; a=\"\\0\"+a[1:] if a[0]==\"@\" else a; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b\"READY=1\", a)'";
+    let script =
+        format!("while [ ! -e {{dir}}/go ]; do sleep 0.01; done; {send}; exec sleep 100000");
+    let cfg = format!(
+        "[supervisor]\nstatus = \"127.0.0.1:0\"\nhistory = \"0s\"\n[program.web]\ncommand = [\"sh\", \"-c\", {}]\nreadiness = {{ check = \"notify\", timeout = \"60s\" }}\n",
+        serde_json::to_string(&script).unwrap()
+    );
+    let d = Drover::start(&cfg);
+    let st = d.wait_status("the worker started", T, |v| {
+        !Drover::worker_pids(v, "web").is_empty()
+    });
+    let w = Drover::worker_pids(&st, "web")[0];
+    let env = std::fs::read(format!("/proc/{w}/environ")).unwrap();
+    let sock = String::from_utf8_lossy(&env)
+        .split('\0')
+        .find_map(|e| e.strip_prefix("NOTIFY_SOCKET=").map(String::from))
+        .expect("the worker got NOTIFY_SOCKET");
+    let addr = notify_addr(&sock);
+    let rss0 = rss_kib(d.pid);
+    // a stranger floods the socket for 10 s from two threads
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let floods: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, addr) = (stop.clone(), addr.clone());
+            std::thread::spawn(move || {
+                let s = std::os::unix::net::UnixDatagram::unbound().unwrap();
+                s.set_nonblocking(true).unwrap();
+                let mut sent = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if s.send_to_addr(b"READY=1\nSTATUS=flood", &addr).is_ok() {
+                        sent += 1;
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    // mid-flood the worker says READY=1: it counts at once
+    let t = Instant::now();
+    std::fs::write(d.path("go"), "").unwrap();
+    d.wait_status("ready mid-flood", Duration::from_secs(20), |v| {
+        all_ready(v, 1)
+    });
+    let ready_in = t.elapsed();
+    std::thread::sleep(Duration::from_secs(7));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent: u64 = floods.into_iter().map(|h| h.join().unwrap()).sum();
+    // after it: drover is idle at once, and its memory did not grow with the flood
+    let c0 = cpu_ticks(d.pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let after_cpu = cpu_ticks(d.pid) - c0;
+    let rss1 = rss_kib(d.pid);
+    let metrics = http_get(&d.status_addr(), "/metrics").unwrap();
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("drover_notify_dropped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    println!(
+        "notify flood: {sent} datagrams in 10 s, {dropped} dropped and counted; a real READY=1 counted after {ready_in:?}; RSS {rss0} -> {rss1} KiB; CPU in the 2 s after it: {after_cpu} ticks"
+    );
+    assert!(
+        ready_in < Duration::from_secs(3),
+        "READY=1 took {ready_in:?} under the flood"
+    );
+    assert!(
+        rss1 < rss0 + 20 * 1024,
+        "RSS grew from {rss0} to {rss1} KiB"
+    );
+    assert!(
+        after_cpu < 50,
+        "drover still busy after the flood: {after_cpu} ticks in 2 s"
+    );
+    assert!(dropped > 0, "nothing was counted as dropped:\n{metrics}");
+    assert_eq!(
+        d.status()["programs"][0]["workers"][0]["status"],
+        serde_json::Value::Null,
+        "a stranger's STATUS= was taken"
+    );
+}

@@ -504,6 +504,10 @@ async fn supervise(s: Start) -> i32 {
     };
     let (liveness, liveness_answers) = drover::api::liveness::pair();
     if let Some(addr) = &s.cfg.supervisor.status {
+        let hosts = match addr {
+            ListenAddr::Tcp(_) => drover::api::hosts::Hosts::new(&s.cfg.supervisor.status_hosts),
+            ListenAddr::Unix(_) => drover::api::hosts::Hosts::any(),
+        };
         let api = status::Api {
             snap: snap_rx,
             control: ctl_tx,
@@ -517,6 +521,7 @@ async fn supervise(s: Start) -> i32 {
                     .map(|b| (b.name.as_str(), std::os::fd::AsFd::as_fd(&b.fd), b.kind)),
             )),
             liveness,
+            hosts: Arc::new(hosts),
         };
         if let Err(e) = serve_status(addr, api, https, control_mode) {
             error!("status endpoint: cannot listen on {addr}: {e}; no step or worker was started; exiting with code 1");

@@ -4,8 +4,8 @@
 //!
 //! Mutating routes need `Authorization: Bearer <token>` (compared in constant time) when the
 //! token file is configured, or a unix-socket listener (its file mode is the access control).
-//! With neither, they answer 403 and say how to turn them on. The sockets, connections and their
-//! limits are `listener.rs`.
+//! With neither, they answer 403 and say how to turn them on. Every route checks `Host` first
+//! (`hosts.rs`); the sockets, connections and their limits are `listener.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::hosts::Hosts;
 use super::liveness::{Liveness, Probe, LIVENESS_TIMEOUT};
 use super::snapshot::Snapshot;
 use crate::api::control::{self, Command, Refused, Reply, Request};
@@ -41,9 +42,12 @@ pub struct Api {
     pub listeners: Arc<crate::resources::queue::Listeners>,
     /// asks the supervisor loop whether it still answers (`/healthz`)
     pub liveness: Probe,
+    /// the `Host` values answered (`supervisor.status_hosts`; any on a unix socket)
+    pub hosts: Arc<Hosts>,
 }
 
 pub fn router(api: Api) -> Router {
+    let hosts = api.hosts.clone();
     Router::new()
         .route("/", get(page))
         .route("/page.js", get(page_js))
@@ -62,6 +66,7 @@ pub fn router(api: Api) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(super::listener::received))
+        .layer(middleware::from_fn_with_state(hosts, super::hosts::check))
         .with_state(api)
 }
 

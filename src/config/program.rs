@@ -206,8 +206,8 @@ fn stop_signal(cx: &mut Ctx, w: &str, v: &Node) -> Option<nix::sys::signal::Sign
     sig
 }
 
-/// An array of strings (socket names, paths).
-fn strings(cx: &mut Ctx, w: &str, v: &Node, what: &str) -> Vec<String> {
+/// An array of strings (socket names, paths, host names).
+pub(super) fn strings(cx: &mut Ctx, w: &str, v: &Node, what: &str) -> Vec<String> {
     match &v.v {
         V::Arr(items) => items.iter().filter_map(|it| cx.string(w, it)).collect(),
         _ => {

@@ -2,10 +2,12 @@
 //! mutating routes send a `control::Request` to the loop and wait for its answer. Nothing here
 //! touches worker state.
 //!
-//! Mutating routes need `Authorization: Bearer <token>` (compared in constant time) when the
-//! token file is configured, or a unix-socket listener (its file mode is the access control).
-//! With neither, they answer 403 and say how to turn them on. Every route checks `Host` first
-//! (`hosts.rs`); the sockets, connections and their limits are `listener.rs`.
+//! Mutating routes need `Authorization: Bearer <token>` (the scheme in any case, the token
+//! compared in constant time) when the token file is configured, or a unix-socket listener (its
+//! file mode is the access control). With neither, they answer 403 and say how to turn them on.
+//! Reads are open, but what is private in the snapshot (`Snapshot::public`) is shown only to the
+//! same authenticated callers. Every route checks `Host` first (`hosts.rs`); the sockets,
+//! connections and their limits are `listener.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -289,17 +291,27 @@ fn read_stats(
     out
 }
 
-async fn status(State(api): State<Api>) -> impl IntoResponse {
-    Json(live(&api).await)
+/// The live snapshot, without its private fields for a caller who is not authenticated.
+async fn shown(api: &Api, headers: &HeaderMap) -> Snapshot {
+    let snap = live(api).await;
+    if authenticated(api, headers) {
+        snap
+    } else {
+        snap.public()
+    }
 }
 
-async fn metrics(State(api): State<Api>) -> impl IntoResponse {
+async fn status(State(api): State<Api>, headers: HeaderMap) -> impl IntoResponse {
+    Json(shown(&api, &headers).await)
+}
+
+async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::api::metrics::render(&live(&api).await),
+        crate::api::metrics::render(&shown(&api, &headers).await),
     )
 }
 
@@ -354,6 +366,12 @@ async fn method_not_allowed() -> Response {
     )
 }
 
+/// Whether the caller is authenticated: on the unix socket, or with the right bearer token.
+/// Says no without answering 401: for reads that show more to those who may control drover.
+fn authenticated(api: &Api, headers: &HeaderMap) -> bool {
+    authorize(api, headers).is_ok()
+}
+
 /// Ok if the caller may use mutating routes.
 fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), Rejection> {
     if api.unix {
@@ -369,7 +387,7 @@ fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), Rejection> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer)
         .unwrap_or("");
     if given.is_empty() {
         return Err(Rejection(
@@ -377,10 +395,19 @@ fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), Rejection> {
             "missing Authorization: Bearer <token>".into(),
         ));
     }
-    if !control::constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+    if !control::constant_time_eq(given.as_bytes(), token.as_bytes()) {
         return Err(Rejection(StatusCode::UNAUTHORIZED, "wrong token".into()));
     }
     Ok(())
+}
+
+/// The credentials of `Authorization: Bearer <token>`; the scheme is case-insensitive
+/// (RFC 9110 §11.1), so `bearer` and `BEARER` are the same.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 async fn ask(api: &Api, command: Command) -> Response {
@@ -503,4 +530,26 @@ async fn scale(
         workers,
     };
     ask(&api, command).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_the_token_is_not() {
+        for v in [
+            "Bearer tok",
+            "bearer tok",
+            "BEARER tok",
+            "  Bearer   tok  ",
+            "bEaReR\ttok",
+        ] {
+            assert_eq!(bearer(v), Some("tok"), "{v:?}");
+        }
+        assert_eq!(bearer("Bearer TOK"), Some("TOK"));
+        assert_eq!(bearer("Basic dG9r"), None);
+        assert_eq!(bearer("Bearertok"), None);
+        assert_eq!(bearer("tok"), None);
+    }
 }

@@ -184,28 +184,23 @@ fn the_status_listener_survives_slow_malformed_oversized_and_flooding_clients() 
     );
     assert!(healthy());
 
-    // a flood of idle connections: the ones over the cap are closed at once, memory stays
-    // bounded, and the endpoint answers again once the idle ones time out
+    // a flood of idle connections: memory stays bounded, the endpoint answers while they are
+    // open (each new connection closes the oldest silent one: tests/status_listener.rs), and
+    // every one of them is closed once it has sent nothing for the first-byte timeout
     let before = rss_kib(d.pid);
     let mut flood: Vec<std::net::TcpStream> = (0..300)
         .map(|_| std::net::TcpStream::connect(&addr).unwrap())
         .collect();
-    let mut refused = 0;
-    for s in flood.iter_mut() {
-        if closed_within(s, Duration::from_millis(20)) {
-            refused += 1;
-        }
-    }
-    assert!(refused >= 300 - 256, "only {refused} of 300 closed at once");
+    assert!(healthy(), "/healthz while 300 idle connections are open");
     let grown = rss_kib(d.pid).saturating_sub(before);
     assert!(
         grown < 16 * 1024,
         "drover grew by {grown} KiB holding 256 idle connections"
     );
-    wait_until(T, "the status endpoint to answer after the flood", || {
-        healthy().then_some(())
-    });
-    drop(flood);
+    for (i, s) in flood.iter_mut().enumerate() {
+        assert!(closed_within(s, T), "idle connection {i} is never closed");
+    }
+    assert!(healthy());
 }
 
 #[test]

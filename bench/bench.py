@@ -4,6 +4,8 @@
     bash bench/setup.sh                 # peers, wrk, the stamp worker, drover --release
     python3 bench/bench.py all          # every metric (~15 min); or one of:
     python3 bench/bench.py respawn | memory | idle | budget | status | throughput | kill | reload | stop | queue
+    python3 bench/bench.py hold [--bin PATH]...   # /healthz under an idle-connection flood; --bin
+                                                  # repeated compares binaries (e.g. an older build)
     python3 bench/bench.py smoke        # a short pass over each metric (what CI can afford)
 
 Loopback only. Every process a metric starts is stopped by pid before the next one starts.
@@ -84,14 +86,17 @@ def table(title, header, rows):
     return text
 
 
-def save(metric, data):
+def save(metric, data, peers=True):
+    """peers=False: a drover-only metric that records its own binaries' versions, so it runs
+    without the peers installed and leaves the suite's `versions` as they are."""
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     try:
         allr = json.load(open(RESULTS))
     except (OSError, ValueError):
         allr = {}
     allr[metric] = data
-    allr["versions"] = versions()
+    if peers:
+        allr["versions"] = versions()
     allr["updated"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     json.dump(allr, open(RESULTS, "w"), indent=1)
 
@@ -576,12 +581,162 @@ def queue():
     save("queue", {"data": d, "table": text})
 
 
+# ---------------------------------------------------------------- hold
+
+HOLD_CONNS = 300        # more than drover's cap of 256 status connections
+HOLD_RECONNECTS = 1000  # per second at most: each connection the server closes is reopened at
+                        # once (on b0fc773 that came to ~51/s: 256 header timeouts every 5 s)
+PROBE_TIMEOUT = 3.0     # each /healthz probe's whole budget (the kubelet gives drover 2 s)
+
+
+def _start_drover(binary, tmp):
+    conf = os.path.join(tmp, "drover.toml")
+    with open(conf, "w") as f:
+        f.write("\n".join([
+            "[supervisor]", 'status = "127.0.0.1:0"',
+            "[socket.http]", 'listen = "127.0.0.1:0"',
+            "[program.web]", "command = " + json.dumps([binary, "demo-worker"]), 'sockets = ["http"]', "workers = 2",
+        ]) + "\n")
+    log = open(os.path.join(tmp, "drover.log"), "w")
+    proc = subprocess.Popen([binary, "run", "-c", conf], cwd=tmp, stdout=log, stderr=log, start_new_session=True,
+                            env=dict(os.environ, DROVER_LOG="info"))
+
+    def addr():
+        m = re.search(r"status endpoint on ([0-9.]+):(\d+)", open(os.path.join(tmp, "drover.log")).read())
+        return m and (m.group(1), int(m.group(2)))
+    return proc, wait_for(addr, f"{binary}: its status address")
+
+
+def _stop_drover(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def _probe(addr):
+    """One GET /healthz on a new connection: (ms, ok)."""
+    t0 = time.perf_counter()
+    try:
+        with socket.create_connection(addr, timeout=PROBE_TIMEOUT) as s:
+            s.settimeout(max(0.01, PROBE_TIMEOUT - (time.perf_counter() - t0)))
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            buf = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                buf += chunk
+                if time.perf_counter() - t0 > PROBE_TIMEOUT:
+                    raise TimeoutError
+        ok = buf.startswith(b"HTTP/1.1 200")
+    except OSError:
+        ok = False
+    return (time.perf_counter() - t0) * 1000, ok
+
+
+def _probes(addr, n, every):
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        out.append(_probe(addr))
+        time.sleep(max(0.0, every - (time.perf_counter() - t)))
+    return out
+
+
+def _hold(addr, stop, stats):
+    """HOLD_CONNS idle connections that never send a byte; each one the server closes is opened
+    again at once (at most HOLD_RECONNECTS a second)."""
+    import selectors
+    sel = selectors.DefaultSelector()
+
+    def connect():
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(addr)
+        sel.register(s, selectors.EVENT_READ)
+    for _ in range(HOLD_CONNS):
+        connect()
+    owed, last = 0, time.perf_counter()
+    while not stop.is_set():
+        for key, _ in sel.select(0.001):
+            s = key.fileobj
+            try:
+                gone = s.recv(1) == b""
+            except BlockingIOError:
+                gone = False
+            except OSError:
+                gone = True
+            if gone:
+                sel.unregister(s)
+                s.close()
+                owed += 1
+                stats["closed"] += 1
+        now = time.perf_counter()
+        budget = int((now - last) * HOLD_RECONNECTS)
+        if budget:
+            last = now
+            for _ in range(min(budget, owed)):
+                connect()
+                owed -= 1
+                stats["reconnects"] += 1
+    for key in list(sel.get_map().values()):
+        key.fileobj.close()
+
+
+def hold(binaries=None, probes=200, seconds=10.0):
+    """/healthz latency on a new connection per probe: (a) with nothing else going on, (b) while
+    HOLD_CONNS idle connections are held open and reopened as the server closes them."""
+    import tempfile
+    binaries = binaries or [os.path.join(ROOT, "target", "release", "drover")]
+    rows, data = [], {}
+    for binary in binaries:
+        binary = os.path.abspath(binary)
+        version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
+        with tempfile.TemporaryDirectory(prefix="bench-hold-") as tmp:
+            proc, addr = _start_drover(binary, tmp)
+            try:
+                wait_for(lambda: _probe(addr)[1], f"{binary}: /healthz answering")
+                quiet = _probes(addr, probes, seconds / probes)
+                stop, stats = threading.Event(), {"closed": 0, "reconnects": 0}
+                attacker = threading.Thread(target=_hold, args=(addr, stop, stats))
+                attacker.start()
+                time.sleep(0.5)  # the flood in place before the first probe
+                t0 = time.perf_counter()
+                held = _probes(addr, probes, seconds / probes)
+                took = time.perf_counter() - t0
+                stop.set()
+                attacker.join()
+            finally:
+                _stop_drover(proc)
+        data[binary] = {"version": version}
+        for phase, res in (("no load", quiet), (f"{HOLD_CONNS} idle connections held", held)):
+            ms = [m for m, ok in res if ok]
+            failed = sum(1 for _, ok in res if not ok)
+            fig = {"probes": len(res), "failed": failed, "p50_ms": pct(ms, 0.5), "p99_ms": pct(ms, 0.99),
+                   "max_ms": max(ms) if ms else float("nan")}
+            if phase != "no load":
+                fig["server_closed_per_s"] = stats["closed"] / took
+                fig["reconnects_per_s"] = stats["reconnects"] / took
+            data[binary][phase] = fig
+            rows.append([binary, phase, f"{failed}/{len(res)}", f"{fig['p50_ms']:.2f}", f"{fig['p99_ms']:.2f}",
+                         f"{fig['max_ms']:.2f}", f"{fig.get('reconnects_per_s', 0):.0f}"])
+    text = table(f"/healthz on a new connection each, {probes} probes over ~{seconds:.0f} s (failed: not 200 "
+                 f"within {PROBE_TIMEOUT:.0f} s; latency of those answered)",
+                 ["drover", "while", "failed", "p50 ms", "p99 ms", "max ms", "flood reconnects/s"], rows)
+    save("hold", {"data": data, "table": text}, peers=False)
+
+
 def _throughput_short():
     throughput(runs=1, seconds=3)
 
 
 METRICS = {"respawn": respawn, "memory": memory, "idle": idle, "budget": budget, "status": status_latency,
-           "throughput": throughput, "kill": kill, "reload": reload, "stop": stop, "queue": queue}
+           "throughput": throughput, "kill": kill, "reload": reload, "stop": stop, "queue": queue, "hold": hold}
 
 
 def smoke():
@@ -600,6 +755,8 @@ def smoke():
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("metric", choices=list(METRICS) + ["all", "smoke"])
+    ap.add_argument("--bin", action="append", metavar="PATH",
+                    help="hold: the drover binary to measure (default target/release/drover); repeat to compare")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("note: not root: cgroup budget figures will be skipped")
@@ -609,6 +766,8 @@ def main():
             f()
     elif a.metric == "smoke":
         smoke()
+    elif a.metric == "hold":
+        hold(a.bin)
     else:
         METRICS[a.metric]()
     print(f"\n{a.metric}: {time.time() - t0:.0f} s; results in {RESULTS}")

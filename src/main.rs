@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use tracing::{error, info, warn};
 
 use drover::api::snapshot::Snapshot;
-use drover::api::{client, server as status};
+use drover::api::{client, listener, server as status};
 use drover::config::{self, Config, ListenAddr};
 use drover::logs::{self as logging, output};
 use drover::process::{guard, reaper, signals, sockets};
@@ -505,7 +505,12 @@ async fn supervise(s: Start) -> i32 {
         (false, true) => "token",
         _ => "off",
     };
+    let (liveness, liveness_answers) = drover::api::liveness::pair();
     if let Some(addr) = &s.cfg.supervisor.status {
+        let hosts = match addr {
+            ListenAddr::Tcp(_) => drover::api::hosts::Hosts::new(&s.cfg.supervisor.status_hosts),
+            ListenAddr::Unix(_) => drover::api::hosts::Hosts::any(),
+        };
         let api = status::Api {
             snap: snap_rx,
             control: ctl_tx,
@@ -518,8 +523,10 @@ async fn supervise(s: Start) -> i32 {
                     .iter()
                     .map(|b| (b.name.as_str(), std::os::fd::AsFd::as_fd(&b.fd), b.kind)),
             )),
+            liveness,
+            hosts: Arc::new(hosts),
         };
-        if let Err(e) = serve_status(addr, api, https, control_mode).await {
+        if let Err(e) = serve_status(addr, api, https, control_mode) {
             error!("status endpoint: cannot listen on {addr}: {e}; no step or worker was started; exiting with code 1");
             return supervisor::EXIT_RUNTIME;
         }
@@ -547,6 +554,7 @@ async fn supervise(s: Start) -> i32 {
         }),
         budget: s.budget,
         notify,
+        liveness: liveness_answers,
     };
     supervisor::Supervisor::new(s.cfg, bound, cx)
         .run(reaper, signals, events_rx)
@@ -568,29 +576,16 @@ fn watch_files(cfg: &Config, events: supervisor::Events) {
     }
 }
 
-/// Bind the status endpoint and serve it in a task of its own.
-async fn serve_status(
+/// Bind the status endpoint and serve it on a thread of its own (`api/listener.rs`), so that
+/// nothing the loop does can starve it. An error here stops drover before anything starts.
+fn serve_status(
     addr: &ListenAddr,
     api: status::Api,
     https: bool,
     control_mode: &str,
 ) -> std::io::Result<()> {
-    let (listener, local) = match addr {
-        ListenAddr::Tcp(a) => {
-            let l = tokio::net::TcpListener::bind(a).await?;
-            let local = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-            (status::Listener::Tcp(l), local)
-        }
-        ListenAddr::Unix(p) => {
-            let _ = std::fs::remove_file(p);
-            let l = tokio::net::UnixListener::bind(p)?;
-            // only drover's own user may control it through the socket
-            std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-            (status::Listener::Unix(l), format!("unix:{}", p.display()))
-        }
-    };
+    let (bound, local) = listener::bind(addr)?;
     let scheme = if https { "https" } else { "http" };
     info!("status endpoint on {local} ({scheme}; GET /, /status, /history, /healthz, /readyz, /metrics; control API: {control_mode})");
-    tokio::spawn(status::serve(listener, api));
-    Ok(())
+    listener::start(bound, api)
 }

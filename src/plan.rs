@@ -223,6 +223,21 @@ fn render_supervisor(o: &mut String, cfg: &Config) {
                 "off (set control_token_file, or serve status on a unix socket)".to_string(),
         }
     );
+    if let Some(ListenAddr::Tcp(_)) = &s.status {
+        let _ = writeln!(
+            o,
+            "  status answers Host: {}",
+            if s.status_hosts.iter().any(|h| h == "*") {
+                "any (status_hosts = [\"*\"])".to_string()
+            } else {
+                ["IP addresses", "localhost"]
+                    .into_iter()
+                    .chain(s.status_hosts.iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+    }
     let _ = writeln!(
         o,
         "  history: {}",

@@ -160,7 +160,7 @@ fn the_status_listener_survives_slow_malformed_oversized_and_flooding_clients() 
 
     // slowloris: headers never finished -> closed after the header timeout, others unaffected
     let mut slow = std::net::TcpStream::connect(&addr).unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         .unwrap();
     assert!(healthy(), "a slow client must not block others");
     assert!(
@@ -170,11 +170,12 @@ fn the_status_listener_survives_slow_malformed_oversized_and_flooding_clients() 
 
     // malformed request line, oversized headers, oversized body: an HTTP error, never a panic
     assert!(raw(&addr, b"\x00\x01\xffgarbage\r\n\r\n").starts_with("HTTP/1.1 400"));
-    let mut big = b"GET /status HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    let mut big = b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ".to_vec();
     big.extend(std::iter::repeat_n(b'a', 64 * 1024));
     big.extend(b"\r\n\r\n");
     assert!(raw(&addr, &big).starts_with("HTTP/1.1 431"));
-    let mut body = b"POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n".to_vec();
+    let mut body =
+        b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10000000\r\n\r\n".to_vec();
     body.extend(std::iter::repeat_n(b'{', 64 * 1024));
     let r = raw(&addr, &body);
     assert!(
@@ -183,28 +184,23 @@ fn the_status_listener_survives_slow_malformed_oversized_and_flooding_clients() 
     );
     assert!(healthy());
 
-    // a flood of idle connections: the ones over the cap are closed at once, memory stays
-    // bounded, and the endpoint answers again once the idle ones time out
+    // a flood of idle connections: memory stays bounded, the endpoint answers while they are
+    // open (each new connection closes the oldest silent one: tests/status_listener.rs), and
+    // every one of them is closed once it has sent nothing for the first-byte timeout
     let before = rss_kib(d.pid);
     let mut flood: Vec<std::net::TcpStream> = (0..300)
         .map(|_| std::net::TcpStream::connect(&addr).unwrap())
         .collect();
-    let mut refused = 0;
-    for s in flood.iter_mut() {
-        if closed_within(s, Duration::from_millis(20)) {
-            refused += 1;
-        }
-    }
-    assert!(refused >= 300 - 256, "only {refused} of 300 closed at once");
+    assert!(healthy(), "/healthz while 300 idle connections are open");
     let grown = rss_kib(d.pid).saturating_sub(before);
     assert!(
         grown < 16 * 1024,
         "drover grew by {grown} KiB holding 256 idle connections"
     );
-    wait_until(T, "the status endpoint to answer after the flood", || {
-        healthy().then_some(())
-    });
-    drop(flood);
+    for (i, s) in flood.iter_mut().enumerate() {
+        assert!(closed_within(s, T), "idle connection {i} is never closed");
+    }
+    assert!(healthy());
 }
 
 #[test]

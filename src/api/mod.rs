@@ -1,9 +1,13 @@
-//! What drover shows and accepts: the status/control HTTP server, Prometheus metrics, control
-//! requests to the loop, the command-line client, TLS, and sd_notify to systemd.
+//! What drover shows and accepts: the status/control HTTP server (its routes, its listener and
+//! connections on a thread of their own, the Host allow-list, the loop's liveness), Prometheus
+//! metrics, control requests to the loop, the command-line client, TLS, and sd_notify to systemd.
 
 pub mod client;
 pub mod control;
 pub mod history;
+pub mod hosts;
+pub mod listener;
+pub mod liveness;
 pub mod metrics;
 pub mod sd_notify;
 pub mod server;

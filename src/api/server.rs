@@ -2,13 +2,15 @@
 //! mutating routes send a `control::Request` to the loop and wait for its answer. Nothing here
 //! touches worker state.
 //!
-//! Mutating routes need `Authorization: Bearer <token>` (compared in constant time) when the
-//! token file is configured, or a unix-socket listener (its file mode is the access control).
-//! With neither, they answer 403 and say how to turn them on.
+//! Mutating routes need `Authorization: Bearer <token>` (the scheme in any case, the token
+//! compared in constant time) when the token file is configured, or a unix-socket listener (its
+//! file mode is the access control). With neither, they answer 403 and say how to turn them on.
+//! Reads are open, but what is private in the snapshot (`Snapshot::public`) is shown only to the
+//! same authenticated callers. Every route checks `Host` first (`hosts.rs`); the sockets,
+//! connections and their limits are `listener.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -16,19 +18,16 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{middleware, Json, Router};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::hosts::Hosts;
+use super::liveness::{Liveness, Probe, LIVENESS_TIMEOUT};
 use super::snapshot::Snapshot;
 use crate::api::control::{self, Command, Refused, Reply, Request};
 
 /// Largest request body the control API reads.
 pub const MAX_BODY: usize = 4096;
-
-pub enum Listener {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener),
-}
 
 #[derive(Clone)]
 pub struct Api {
@@ -43,9 +42,14 @@ pub struct Api {
     pub tls: watch::Receiver<Option<crate::api::tls::ServerConfig>>,
     /// the listening sockets, whose accept queues are read at request time
     pub listeners: Arc<crate::resources::queue::Listeners>,
+    /// asks the supervisor loop whether it still answers (`/healthz`)
+    pub liveness: Probe,
+    /// the `Host` values answered (`supervisor.status_hosts`; any on a unix socket)
+    pub hosts: Arc<Hosts>,
 }
 
 pub fn router(api: Api) -> Router {
+    let hosts = api.hosts.clone();
     Router::new()
         .route("/", get(page))
         .route("/page.js", get(page_js))
@@ -63,95 +67,13 @@ pub fn router(api: Api) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(super::listener::received))
+        .layer(middleware::from_fn_with_state(hosts, super::hosts::check))
         .with_state(api)
 }
 
-/// At most this many open connections; one more is closed at once (bounded memory: each holds
-/// at most `MAX_BUF` of request plus `MAX_BODY`).
-pub const MAX_CONNECTIONS: usize = 256;
-/// A client must finish sending a request's headers within this (slowloris).
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Any connection, however busy, is closed after this (clients reconnect).
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
-/// Request line plus headers.
-pub const MAX_BUF: usize = 16 * 1024;
-
-/// Serve the router with limits that axum::serve does not set: a connection cap, a header read
-/// timeout, a header size limit and a connection lifetime.
-pub async fn serve(listener: Listener, api: Api) {
-    let tls = api.tls.clone();
-    let app = router(api);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut last_warning: Option<tokio::time::Instant> = None;
-    let mut warn = |what: String| {
-        // at most one warning per 10 s however hard the listener is hit
-        let now = tokio::time::Instant::now();
-        if last_warning.is_none_or(|t| now - t > Duration::from_secs(10)) {
-            last_warning = Some(now);
-            tracing::warn!("status endpoint: {what}");
-        }
-    };
-    loop {
-        let accepted = match &listener {
-            Listener::Tcp(l) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),
-            Listener::Unix(l) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
-        };
-        let conn = match accepted {
-            Ok(c) => c,
-            Err(e) => {
-                // EMFILE and the like: do not spin on a listener that cannot accept
-                warn(format!(
-                    "cannot accept a connection: {e}; retrying in 100ms"
-                ));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            warn(format!(
-                "{MAX_CONNECTIONS} connections already open; closing new ones until some end"
-            ));
-            continue;
-        };
-        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
-        let tls = tls.borrow().clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match (conn, tls) {
-                (Conn::Tcp(s), Some(cfg)) => {
-                    // the handshake gets the same deadline as a request's headers
-                    let accept = crate::api::tls::accept(cfg, s);
-                    if let Ok(Some(s)) = tokio::time::timeout(HEADER_TIMEOUT, accept).await {
-                        serve_connection(s, svc).await
-                    }
-                }
-                (Conn::Tcp(s), None) => serve_connection(s, svc).await,
-                (Conn::Unix(s), _) => serve_connection(s, svc).await,
-            }
-        });
-    }
-}
-
-enum Conn {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-async fn serve_connection<S>(s: S, svc: hyper_util::service::TowerToHyperService<Router>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let mut b = hyper::server::conn::http1::Builder::new();
-    b.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(MAX_BUF);
-    let conn = b.serve_connection(hyper_util::rt::TokioIo::new(s), svc);
-    // errors (a malformed request, a reset) end this connection only
-    let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
-}
-
 /// An HTTP-level refusal: `{"ok": false, "error": ...}` with its status code.
-fn error(code: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(code: StatusCode, message: impl Into<String>) -> Response {
     Rejection(code, message.into()).into_response()
 }
 
@@ -181,8 +103,20 @@ fn reply(r: Reply) -> Response {
     }
 }
 
-async fn healthz() -> impl IntoResponse {
-    Json(serde_json::json!({"status": "ok"}))
+/// 200 when the supervisor loop answered a ping within `LIVENESS_TIMEOUT`, 503 otherwise: the
+/// liveness probe restarts a drover whose loop is stuck, not one whose server merely answers.
+async fn healthz(State(api): State<Api>) -> Response {
+    match api.liveness.check(LIVENESS_TIMEOUT).await {
+        Liveness::Alive => Json(serde_json::json!({"status": "ok"})).into_response(),
+        Liveness::Unresponsive(t) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "status": "unresponsive",
+                "why": format!("the supervisor loop has not answered for {t:?}"),
+            })),
+        )
+            .into_response(),
+    }
 }
 
 async fn readyz(State(api): State<Api>) -> Response {
@@ -232,15 +166,16 @@ fn not_ready_because(s: &Snapshot) -> String {
 /// pread(2): at 1,000 workers, opening and closing the files was half of a request's cost. A
 /// file whose process has gone reads as an error and is reopened for the pid's new owner.
 ///
-/// The reads run on a thread of their own, not on the loop thread that also reaps and respawns
-/// workers: 1,000 stat files take the kernel a few milliseconds to format. Where no thread can
-/// be created (a pids limit, RLIMIT_NPROC) they run inline instead: tokio's spawn_blocking would
-/// panic there, and a full process table is exactly when /status must keep answering.
+/// The reads run on a thread of their own, not on the status server's thread, which keeps
+/// answering probes meanwhile: 1,000 stat files take the kernel a few milliseconds to format.
+/// Where no thread can be created (a pids limit, RLIMIT_NPROC) they run inline instead: tokio's
+/// spawn_blocking would panic there, and a full process table is exactly when /status must keep
+/// answering.
 async fn live(api: &Api) -> Snapshot {
     let a = api.clone();
     let (tx, rx) = oneshot::channel();
     let spawned = std::thread::Builder::new()
-        .name("drover-status".into())
+        .name("drover-proc".into())
         .spawn(move || {
             let _ = tx.send(read_live(&a));
         });
@@ -356,17 +291,27 @@ fn read_stats(
     out
 }
 
-async fn status(State(api): State<Api>) -> impl IntoResponse {
-    Json(live(&api).await)
+/// The live snapshot, without its private fields for a caller who is not authenticated.
+async fn shown(api: &Api, headers: &HeaderMap) -> Snapshot {
+    let snap = live(api).await;
+    if authenticated(api, headers) {
+        snap
+    } else {
+        snap.public()
+    }
 }
 
-async fn metrics(State(api): State<Api>) -> impl IntoResponse {
+async fn status(State(api): State<Api>, headers: HeaderMap) -> impl IntoResponse {
+    Json(shown(&api, &headers).await)
+}
+
+async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::api::metrics::render(&live(&api).await),
+        crate::api::metrics::render(&shown(&api, &headers).await),
     )
 }
 
@@ -421,6 +366,12 @@ async fn method_not_allowed() -> Response {
     )
 }
 
+/// Whether the caller is authenticated: on the unix socket, or with the right bearer token.
+/// Says no without answering 401: for reads that show more to those who may control drover.
+fn authenticated(api: &Api, headers: &HeaderMap) -> bool {
+    authorize(api, headers).is_ok()
+}
+
 /// Ok if the caller may use mutating routes.
 fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), Rejection> {
     if api.unix {
@@ -436,7 +387,7 @@ fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), Rejection> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer)
         .unwrap_or("");
     if given.is_empty() {
         return Err(Rejection(
@@ -444,10 +395,19 @@ fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), Rejection> {
             "missing Authorization: Bearer <token>".into(),
         ));
     }
-    if !control::constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+    if !control::constant_time_eq(given.as_bytes(), token.as_bytes()) {
         return Err(Rejection(StatusCode::UNAUTHORIZED, "wrong token".into()));
     }
     Ok(())
+}
+
+/// The credentials of `Authorization: Bearer <token>`; the scheme is case-insensitive
+/// (RFC 9110 §11.1), so `bearer` and `BEARER` are the same.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 async fn ask(api: &Api, command: Command) -> Response {
@@ -570,4 +530,26 @@ async fn scale(
         workers,
     };
     ask(&api, command).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_the_token_is_not() {
+        for v in [
+            "Bearer tok",
+            "bearer tok",
+            "BEARER tok",
+            "  Bearer   tok  ",
+            "bEaReR\ttok",
+        ] {
+            assert_eq!(bearer(v), Some("tok"), "{v:?}");
+        }
+        assert_eq!(bearer("Bearer TOK"), Some("TOK"));
+        assert_eq!(bearer("Basic dG9r"), None);
+        assert_eq!(bearer("Bearertok"), None);
+        assert_eq!(bearer("tok"), None);
+    }
 }

@@ -34,6 +34,20 @@ pub struct Snapshot {
     pub history: Option<std::sync::Arc<super::history::History>>,
 }
 
+impl Snapshot {
+    /// What anyone who can connect may see: the snapshot without its private fields, which only
+    /// an authenticated caller (the unix socket, or the bearer token) gets. Every private field
+    /// is removed here, in one place.
+    pub fn public(mut self) -> Snapshot {
+        for p in &mut self.programs {
+            if let Some(pre) = &mut p.preloader {
+                pre.error_detail = None;
+            }
+        }
+        self
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeCounters {
     pub listen_overflows: u64,
@@ -106,10 +120,25 @@ pub struct ProgramStatus {
     pub autoscale: Option<crate::resources::autoscale::Decision>,
     /// above max_queue: `{queue, max_queue, since_s}`; /readyz answers 503 meanwhile
     pub shedding: Option<serde_json::Value>,
-    /// preload = true: `{pid, state: loading|ready|failed, since_s, error}`
+    /// preload = true: its pid, state, since when, and last error
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub preloader: Option<serde_json::Value>,
+    pub preloader: Option<PreloaderStatus>,
     pub workers: Vec<WorkerStatus>,
+}
+
+/// A program's preloader (`preload = true`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PreloaderStatus {
+    pub pid: Option<i32>,
+    /// loading | ready | failed
+    pub state: &'static str,
+    pub since_s: Option<f64>,
+    /// why the last preloader failed, in one line
+    pub error: Option<String>,
+    /// more about that failure (e.g. the end of its output), which may quote the application's
+    /// data: private (`Snapshot::public` removes it)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_detail: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -182,6 +211,50 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_preloader(detail: Option<&str>) -> Snapshot {
+        Snapshot {
+            programs: vec![ProgramStatus {
+                name: "api".into(),
+                desired: 1,
+                min_ready: 0,
+                ready_workers: 0,
+                crash_looping: false,
+                rolling: false,
+                health: None,
+                budget: None,
+                autoscale: None,
+                shedding: None,
+                preloader: Some(PreloaderStatus {
+                    pid: None,
+                    state: "failed",
+                    since_s: None,
+                    error: Some("preloader exited with code 1".into()),
+                    error_detail: detail.map(String::from),
+                }),
+                workers: vec![],
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_public_snapshot_has_no_preloader_error_detail() {
+        let full = serde_json::to_value(with_preloader(Some("KeyError: 'DATABASE_URL'"))).unwrap();
+        assert_eq!(
+            full["programs"][0]["preloader"]["error_detail"],
+            "KeyError: 'DATABASE_URL'"
+        );
+        let public = serde_json::to_value(with_preloader(Some("KeyError")).public()).unwrap();
+        let pre = &public["programs"][0]["preloader"];
+        assert!(pre.get("error_detail").is_none(), "{pre}");
+        assert_eq!(pre["error"], "preloader exited with code 1");
+        // absent when there is none, as before the field existed
+        let none = serde_json::to_value(with_preloader(None)).unwrap();
+        assert!(none["programs"][0]["preloader"]
+            .get("error_detail")
+            .is_none());
+    }
 
     #[test]
     fn histogram_is_cumulative() {

@@ -14,7 +14,7 @@ mod imp {
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
     pub type ServerConfig = Arc<rustls::ServerConfig>;
-    pub type Stream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    pub type Stream<S> = tokio_rustls::server::TlsStream<S>;
 
     pub fn load(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -39,7 +39,10 @@ mod imp {
         Ok(Arc::new(cfg))
     }
 
-    pub async fn accept(cfg: ServerConfig, s: tokio::net::TcpStream) -> Option<Stream> {
+    pub async fn accept<S>(cfg: ServerConfig, s: S) -> Option<Stream<S>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         tokio_rustls::TlsAcceptor::from(cfg).accept(s).await.ok()
     }
 }
@@ -51,7 +54,7 @@ mod imp {
     /// Never constructed without the `tls` feature.
     #[derive(Clone, Debug)]
     pub enum ServerConfig {}
-    pub type Stream = tokio::net::TcpStream;
+    pub type Stream<S> = S;
 
     pub fn load(cert: &Path, _key: &Path) -> Result<ServerConfig, String> {
         Err(format!(
@@ -60,14 +63,14 @@ mod imp {
         ))
     }
 
-    pub async fn accept(cfg: ServerConfig, _s: tokio::net::TcpStream) -> Option<Stream> {
+    pub async fn accept<S>(cfg: ServerConfig, _s: S) -> Option<Stream<S>> {
         match cfg {}
     }
 }
 
 /// The TLS configuration shared by the status listener's connections.
 pub use imp::ServerConfig;
-/// A TLS connection (plain TCP type without the feature; never made then).
+/// A TLS connection over `S` (`S` itself without the feature; never made then).
 pub use imp::Stream;
 
 /// The server configuration for `cert` (PEM, leaf first) and `key` (PEM: PKCS#8, PKCS#1 or SEC1).
@@ -75,7 +78,11 @@ pub fn load(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
     imp::load(cert, key)
 }
 
-/// The TLS handshake on an accepted connection; None if it fails.
-pub async fn accept(cfg: ServerConfig, s: tokio::net::TcpStream) -> Option<Stream> {
+/// The TLS handshake on an accepted connection (a TCP stream, or one wrapped to count what it
+/// reads); None if it fails.
+pub async fn accept<S>(cfg: ServerConfig, s: S) -> Option<Stream<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     imp::accept(cfg, s).await
 }

@@ -13,6 +13,7 @@ pub(super) const AUTOSCALE_KEYS: &[&str] = &[
 ];
 pub(super) const SUP_KEYS: &[&str] = &[
     "status",
+    "status_hosts",
     "control_token_file",
     "tls_cert",
     "tls_key",

@@ -135,6 +135,8 @@ impl Default for BackoffCfg {
 #[derive(Debug, Clone)]
 pub struct SupervisorCfg {
     pub status: Option<ListenAddr>,
+    /// names the TCP status listener answers besides IP literals and localhost (`"*"`: any)
+    pub status_hosts: Vec<String>,
     pub control_token_file: Option<PathBuf>,
     /// PEM certificate chain and key: the status listener speaks HTTPS
     pub tls_cert: Option<PathBuf>,
@@ -158,6 +160,7 @@ impl Default for SupervisorCfg {
     fn default() -> Self {
         SupervisorCfg {
             status: Some(ListenAddr::Tcp("127.0.0.1:9900".parse().unwrap())),
+            status_hosts: Vec::new(),
             control_token_file: None,
             tls_cert: None,
             tls_key: None,

@@ -216,8 +216,8 @@ pub(super) fn stop_timeout(cx: &mut Ctx, w: &str, v: &Node) -> Option<Duration> 
     Some(d)
 }
 
-/// An array of strings (socket names, paths).
-fn strings(cx: &mut Ctx, w: &str, v: &Node, what: &str) -> Vec<String> {
+/// An array of strings (socket names, paths, host names).
+pub(super) fn strings(cx: &mut Ctx, w: &str, v: &Node, what: &str) -> Vec<String> {
     match &v.v {
         V::Arr(items) => items.iter().filter_map(|it| cx.string(w, it)).collect(),
         _ => {

@@ -17,6 +17,7 @@ pub(super) fn read_supervisor(cx: &mut Ctx, n: &Node, s: &mut SupervisorCfg) {
     for (k, _, v) in t {
         match k.as_str() {
             "status" => read_status(cx, v, s),
+            "status_hosts" => s.status_hosts = read_status_hosts(cx, v),
             "control_token_file" => {
                 // empty (e.g. "${DROVER_TOKEN_FILE:-}" unset): no token, the control API is off
                 s.control_token_file = cx
@@ -115,6 +116,23 @@ fn read_status(cx: &mut Ctx, v: &Node, s: &mut SupervisorCfg) {
             s.status = cx.listen("supervisor.status", v);
         }
     }
+}
+
+/// `status_hosts`: host names (no port, no scheme), or `"*"` for any.
+fn read_status_hosts(cx: &mut Ctx, v: &Node) -> Vec<String> {
+    let w = "supervisor.status_hosts";
+    let hosts = super::program::strings(cx, w, v, "host names");
+    let bad = |h: &String| {
+        h.is_empty()
+            || (h.contains('*') && h != "*")
+            || h.chars()
+                .any(|c| c.is_whitespace() || matches!(c, ':' | '/' | '@' | '[' | ']' | '?' | '#'))
+    };
+    if let Some(h) = hosts.iter().find(|h| bad(h)) {
+        cx.err(&v.span, format!("{w}: `{h}` is not a host name; write names as in the Host header without the port (\"drover.internal\"), or \"*\" to allow any (IP addresses and localhost are always allowed)"));
+        return vec![];
+    }
+    hosts
 }
 
 /// TLS needs both files, and a TCP listener to speak it on.

@@ -22,9 +22,13 @@ fn levenshtein(a: &str, b: &str) -> usize {
 }
 
 pub fn did_you_mean<'a>(word: &str, options: &[&'a str]) -> Option<&'a str> {
+    // of several prefixes (`status` and `status_hosts` for `status_host`), the nearest
     if let Some(o) = options
         .iter()
-        .find(|o| o.len() >= 3 && (word.starts_with(**o) || o.starts_with(word)) && word.len() >= 3)
+        .filter(|o| {
+            o.len() >= 3 && (word.starts_with(**o) || o.starts_with(word)) && word.len() >= 3
+        })
+        .min_by_key(|o| levenshtein(word, o))
     {
         return Some(o);
     }

@@ -2,7 +2,8 @@
 //!
 //! One task `select!`s over four sources and one timer: exits from the reaper, signals, control
 //! requests from the API, and `Event`s from the I/O tasks the loop started (HTTP probes, cgroup
-//! memory thresholds, file changes, a step's output); the timer is armed for the nearest deadline
+//! memory thresholds, file changes, a step's output) — and `/healthz`'s liveness pings, answered
+//! on the spot; the timer is armed for the nearest deadline
 //! of every part (backoff, stop and start timeouts, readiness and health checks, sampling, queue
 //! checks, history samples, drain, debounce, a step's timeout or retry, the watchdog). After each wake-up `advance` lets every
 //! concern act on `now`, then the loop publishes a fresh `Snapshot` and tells systemd.
@@ -115,6 +116,8 @@ pub struct Context {
     pub budget: Enforcement,
     /// systemd's notification socket, when started as Type=notify
     pub notify: Option<crate::api::sd_notify::Notifier>,
+    /// answers `/healthz`'s pings: the loop is alive while it comes back to its `select!`
+    pub liveness: crate::api::liveness::Responder,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -309,6 +312,8 @@ impl Supervisor {
                     let _ = req.reply.send(answer);
                 }
                 Some(ev) = events.recv() => self.on_event(ev, Instant::now()),
+                // answered in O(1); nothing changed, so nothing to advance or publish
+                _ = self.cx.liveness.answer() => continue,
                 _ = sleep => {}
             }
             self.advance(Instant::now());

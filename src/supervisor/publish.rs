@@ -9,7 +9,7 @@ use tracing::info;
 
 use super::{RunState, Supervisor};
 use crate::api::sd_notify::Notifier;
-use crate::api::snapshot::{ProgramStatus, Snapshot, SocketStatus, WorkerStatus};
+use crate::api::snapshot::{PreloaderStatus, ProgramStatus, Snapshot, SocketStatus, WorkerStatus};
 
 /// What drover has told systemd.
 pub(super) struct Systemd {
@@ -104,17 +104,17 @@ impl Supervisor {
                 autoscale: p.autoscaler.as_ref().and_then(|a| a.last.clone()),
                 preloader: p.cfg.preload.then(|| {
                     let l = p.preload.current.as_ref();
-                    serde_json::json!({
-                        "pid": l.map(|l| l.pid),
-                        "state": match l {
+                    PreloaderStatus {
+                        pid: l.map(|l| l.pid),
+                        state: match l {
                             Some(l) if l.ready.is_some() => "ready",
                             Some(_) => "loading",
                             None => "failed",
                         },
-                        "since_s": l.map(|l| now.duration_since(l.since).as_secs_f64()),
-                        "error": p.preload.error.as_ref().map(|e| &e.summary),
-                        "error_detail": p.preload.error.as_ref().and_then(|e| e.detail.as_ref()),
-                    })
+                        since_s: l.map(|l| now.duration_since(l.since).as_secs_f64()),
+                        error: p.preload.error.as_ref().map(|e| e.summary.clone()),
+                        error_detail: p.preload.error.as_ref().and_then(|e| e.detail.clone()),
+                    }
                 }),
                 shedding: p.shedding.map(|s| {
                     serde_json::json!({

@@ -54,6 +54,9 @@ pub(super) fn diff(
             "supervisor.status changed; the status endpoint moves only when drover restarts".into(),
         );
     }
+    if new.supervisor.status_hosts != old.supervisor.status_hosts {
+        d.warnings.push("supervisor.status_hosts changed; the status endpoint answers the new names only when drover restarts".into());
+    }
     let steps = |c: &Config| -> Vec<(String, crate::config::CommandSpec)> {
         c.prestart
             .iter()

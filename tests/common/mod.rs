@@ -219,7 +219,9 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
 pub fn http_get_status(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    // the address connected to, as a real client sends it (the status listener answers only
+    // IP addresses, localhost and the names in supervisor.status_hosts)
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
@@ -276,7 +278,7 @@ pub fn http_req(
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let mut req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
         body.len()
     );
     if let Some(t) = token {

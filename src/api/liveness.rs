@@ -12,10 +12,20 @@
 //! A probe reads the counter *before* it pings; any later bump was made after the probe began,
 //! so the loop was alive during the probe. Nothing runs while no probe asks: an idle drover is
 //! not woken periodically.
+//!
+//! An answer is good for `FRESH` (100 ms): a probe that comes sooner after the last answer is
+//! answered from it, so probes back to back wake the loop at most ten times a second (a flood
+//! of `/healthz` costs the loop nothing more), and "alive" still means "answered within the
+//! last 100 ms".
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
+
+/// How long an answer from the loop stands for later probes.
+pub const FRESH: Duration = Duration::from_millis(100);
 
 /// How long a probe waits for the loop. The shipped Kubernetes probes give `/healthz` 2 s
 /// (`timeoutSeconds: 2`); the loop answers in microseconds when it runs at all.
@@ -26,6 +36,9 @@ pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Probe {
     ping: mpsc::Sender<()>,
     pong: watch::Receiver<u64>,
+    /// when the loop last answered, in ms since `epoch` (0: never)
+    answered_ms: Arc<AtomicU64>,
+    epoch: Instant,
 }
 
 /// The loop's end, carried in `supervisor::Context`.
@@ -51,6 +64,8 @@ pub fn pair() -> (Probe, Responder) {
         Probe {
             ping: ping_tx,
             pong: pong_rx,
+            answered_ms: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
         },
         Responder {
             ping: ping_rx,
@@ -60,8 +75,13 @@ pub fn pair() -> (Probe, Responder) {
 }
 
 impl Probe {
-    /// Ping the loop and wait up to `timeout` for its answer.
+    /// Ping the loop and wait up to `timeout` for its answer (or use one from the last `FRESH`).
     pub async fn check(&self, timeout: Duration) -> Liveness {
+        let now_ms = |p: &Probe| p.epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.answered_ms.load(Ordering::Relaxed);
+        if last != 0 && now_ms(self).saturating_sub(last) < FRESH.as_millis() as u64 {
+            return Liveness::Alive;
+        }
         let mut pong = self.pong.clone();
         let seen = *pong.borrow_and_update();
         if let Err(mpsc::error::TrySendError::Closed(())) = self.ping.try_send(()) {
@@ -72,6 +92,7 @@ impl Probe {
             .await
             .is_ok_and(|r| r.is_ok());
         if answered {
+            self.answered_ms.store(now_ms(self), Ordering::Relaxed);
             Liveness::Alive
         } else {
             Liveness::Unresponsive(timeout)
@@ -148,6 +169,25 @@ mod tests {
         assert!(
             responder.ping.try_recv().is_err(),
             "no second wake-up is pending"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_stands_for_100ms_then_the_loop_is_asked_again() {
+        let (probe, mut responder) = pair();
+        let answering = tokio::spawn(async move {
+            responder.answer().await;
+            responder // answers once, then never again
+        });
+        assert_eq!(probe.check(LIVENESS_TIMEOUT).await, Liveness::Alive);
+        let _responder = answering.await.unwrap();
+        // within FRESH the answer stands (real time: the epoch is a std Instant)
+        assert_eq!(probe.check(LIVENESS_TIMEOUT).await, Liveness::Alive);
+        std::thread::sleep(FRESH + Duration::from_millis(20));
+        assert_eq!(
+            probe.check(LIVENESS_TIMEOUT).await,
+            Liveness::Unresponsive(LIVENESS_TIMEOUT),
+            "a loop that stopped answering is found out once the answer is stale"
         );
     }
 

@@ -233,11 +233,13 @@ def fork(builds, seconds=20, kills=5):
     save("trust_fork", {"data": data, "table": text})
 
 
+# the worker's own process sends READY=1 and stays up, as a server does (a sender that has
+# exited by the time drover reads its datagram cannot be placed in a worker's process group)
 FLOOD_CONFIG = """[supervisor]
 status = "127.0.0.1:0"
 history = "0s"
 [program.web]
-command = ["sh", "-c", "while [ ! -e {dir}/go ]; do sleep 0.01; done; python3 -c 'import os,socket; a=os.environ[\\"NOTIFY_SOCKET\\"]; a=\\"\\\\0\\"+a[1:] if a[0]==\\"@\\" else a; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b\\"READY=1\\", a)'; exec sleep 100000"]
+command = ["sh", "-c", "while [ ! -e {dir}/go ]; do sleep 0.01; done; exec python3 -c 'import os,socket,time; a=os.environ[\\"NOTIFY_SOCKET\\"]; a=\\"\\\\0\\"+a[1:] if a[0]==\\"@\\" else a; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b\\"READY=1\\", a); time.sleep(100000)'"]
 readiness = { check = "notify", timeout = "120s" }
 """
 

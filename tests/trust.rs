@@ -370,9 +370,9 @@ fn a_notify_flood_from_a_stranger_costs_no_memory_and_delays_no_ready() {
         skip("needs root to reach the worker's NOTIFY_SOCKET from outside (as any process in the pod could)");
         return;
     }
-    let send = "python3 -c 'import os,socket; a=os.environ[\"NOTIFY_SOCKET\"]; a=\"\\0\"+a[1:] if a[0]==\"@\" else a; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b\"READY=1\", a)'";
-    let script =
-        format!("while [ ! -e {{dir}}/go ]; do sleep 0.01; done; {send}; exec sleep 100000");
+    // the worker's own process says READY=1 and stays up, as a server does
+    let send = "exec python3 -c 'import os,socket,time; a=os.environ[\"NOTIFY_SOCKET\"]; a=\"\\0\"+a[1:] if a[0]==\"@\" else a; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b\"READY=1\", a); time.sleep(100000)'";
+    let script = format!("while [ ! -e {{dir}}/go ]; do sleep 0.01; done; {send}");
     let cfg = format!(
         "[supervisor]\nstatus = \"127.0.0.1:0\"\nhistory = \"0s\"\n[program.web]\ncommand = [\"sh\", \"-c\", {}]\nreadiness = {{ check = \"notify\", timeout = \"60s\" }}\n",
         serde_json::to_string(&script).unwrap()

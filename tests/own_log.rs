@@ -383,12 +383,25 @@ fn a_full_stdout_pipe_does_not_keep_drover_from_exiting() {
         &[],
         &["sh", "-c", &redirect],
     );
-    d.wait_status("the flooding worker running", T, |v| {
+    let st = d.wait_status("the flooding worker running", T, |v| {
         Drover::worker_pids(v, "w").len() == 1
     });
+    let worker = Drover::worker_pids(&st, "w")[0];
     wait_until(T, "drover's stdout full", || {
         top_off(&w, &r);
         (nix::unistd::write(&w, b"\n") == Err(nix::errno::Errno::EAGAIN)).then_some(())
+    });
+    // the backpressure has reached the worker: `yes` is blocked writing to its own pipe, so
+    // drover's writer holds lines it cannot write when TERM comes
+    wait_until(T, "the flooding worker blocked on its output pipe", || {
+        let yes = std::fs::read_to_string(format!("/proc/{worker}/task/{worker}/children"))
+            .unwrap_or_default();
+        let own = worker.to_string();
+        let blocked = yes.split_whitespace().chain([own.as_str()]).any(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/wchan"))
+                .is_ok_and(|w| w.contains("pipe_write"))
+        });
+        blocked.then_some(())
     });
     println!(
         "stdout full: {} of {} bytes unread",

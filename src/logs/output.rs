@@ -134,8 +134,25 @@ impl Output {
     }
 
     /// Read `fd` to EOF, forwarding lines. Returns the last `keep` lines (for step errors).
-    pub async fn pump(&self, source: Arc<Source>, fd: OwnedFd, keep: usize) -> VecDeque<String> {
-        let _pumping = Pumping::new(&self.pumps);
+    ///
+    /// The pump counts as running from this call, not from when its task is first polled: a
+    /// worker that prints and exits before the loop yields even once must still have its lines
+    /// read before `settle` lets drover exit.
+    pub fn pump(
+        &self,
+        source: Arc<Source>,
+        fd: OwnedFd,
+        keep: usize,
+    ) -> impl std::future::Future<Output = VecDeque<String>> + Send + 'static {
+        let pumping = Pumping::new(&self.pumps);
+        let this = self.clone();
+        async move {
+            let _pumping = pumping;
+            this.read_pipe(source, fd, keep).await
+        }
+    }
+
+    async fn read_pipe(&self, source: Arc<Source>, fd: OwnedFd, keep: usize) -> VecDeque<String> {
         let mut tail = VecDeque::new();
         let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
             return tail;

@@ -238,9 +238,10 @@ impl Supervisor {
             worker: None,
             color: color_for(&step.name),
         });
-        let (out, events) = (self.cx.output.clone(), self.events.clone());
+        let pumping = self.cx.output.pump(source, r, STEP_TAIL);
+        let events = self.events.clone();
         tokio::spawn(async move {
-            let tail = out.pump(source, r, STEP_TAIL).await.into_iter().collect();
+            let tail = pumping.await.into_iter().collect();
             let _ = events.send(Event::StepOutput { run, tail });
         });
         Ok(pid)

@@ -205,10 +205,8 @@ impl Supervisor {
             worker,
             color: color_for(program),
         });
-        let out = self.cx.output.clone();
-        tokio::spawn(async move {
-            out.pump(source, r, 0).await;
-        });
+        let pumping = self.cx.output.pump(source, r, 0);
+        tokio::spawn(pumping);
     }
 
     /// Spawn the worker's process in its cgroup, held by a pidfd.

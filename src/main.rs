@@ -51,6 +51,9 @@ enum Cmd {
         /// One-line mode: TERM, then KILL after this (e.g. 20s)
         #[arg(long, value_name = "DURATION", requires = "command")]
         stop_timeout: Option<String>,
+        /// One-line mode: roll the workers when a *.py file under PATH changes (a dev runner); repeatable
+        #[arg(long, value_name = "PATH", requires = "command")]
+        watch: Vec<String>,
         /// Print the configuration the one-line flags stand for, as TOML, and exit
         #[arg(long, requires = "command")]
         print_config: bool,
@@ -244,6 +247,7 @@ fn main() -> ExitCode {
             status,
             prestart,
             stop_timeout,
+            watch,
             print_config,
             command,
         } => {
@@ -256,6 +260,7 @@ fn main() -> ExitCode {
                     status,
                     prestart,
                     stop_timeout,
+                    watch,
                     command,
                 };
                 if print_config {
@@ -563,15 +568,21 @@ async fn supervise(s: Start) -> i32 {
 
 /// The dev runner: changes under a program's watch paths become events for the loop.
 fn watch_files(cfg: &Config, events: supervisor::Events) {
-    let watched: Vec<(String, Vec<PathBuf>)> = cfg
-        .programs
-        .iter()
-        .map(|p| (p.name.clone(), supervisor::watch_paths(p)))
-        .collect();
-    let on_change = move |program| {
-        let _ = events.send(supervisor::Event::FilesChanged { program });
+    let mut watched = vec![];
+    for p in &cfg.programs {
+        match drover::watch::Filter::new(&p.watch_include, &p.watch_exclude) {
+            Ok(filter) => watched.push(drover::watch::Watched {
+                program: p.name.clone(),
+                paths: supervisor::watch_paths(p),
+                filter,
+            }),
+            Err(e) => error!("program {}: {e}; its files are not watched", p.name),
+        }
+    }
+    let on_change = move |program, changes| {
+        let _ = events.send(supervisor::Event::FilesChanged { program, changes });
     };
-    if let Err(e) = drover::watch::start(&watched, on_change) {
+    if let Err(e) = drover::watch::start(watched, on_change) {
         error!("cannot watch files for the dev runner: {e}; changes will not restart workers");
     }
 }

@@ -553,7 +553,11 @@ async fn supervise(s: Start) -> i32 {
             hosts: Arc::new(hosts),
         };
         if let Err(e) = serve_status(addr, api, https, control_mode) {
-            error!("status endpoint: cannot listen on {addr}: {e}; no step or worker was started; exiting with code 1");
+            let fix = match e.kind() {
+                std::io::ErrorKind::AddrInUse => status_in_use(&s.src, addr),
+                _ => String::new(),
+            };
+            error!("status endpoint: cannot listen on {addr}: {e}{fix}; no step or worker was started; exiting with code 1");
             return supervisor::EXIT_RUNTIME;
         }
     }
@@ -620,4 +624,32 @@ fn serve_status(
     let scheme = if https { "https" } else { "http" };
     info!("status endpoint on {local} ({scheme}; GET /, /status, /history, /healthz, /readyz, /metrics; control API: {control_mode})");
     listener::start(bound, api)
+}
+
+/// What to do when the status address is taken (most often by another drover).
+fn status_in_use(src: &Source, addr: &ListenAddr) -> String {
+    let url = match addr {
+        ListenAddr::Tcp(a) => format!("http://{a}"),
+        ListenAddr::Unix(p) => format!("unix:{}", p.display()),
+    };
+    let (ask, how) = match src {
+        Source::CommandLine(_) => (
+            format!("drover status --url {url}"),
+            "pass --status off (no status endpoint) or --status 127.0.0.1:PORT (another port)".into(),
+        ),
+        Source::File(p) => (
+            format!("drover status -c {}", p.display()),
+            format!(
+                "set supervisor.status in {} to another address (\"127.0.0.1:PORT\", \"unix:PATH\") or \"off\"",
+                p.display()
+            ),
+        ),
+        Source::Demo => (
+            "drover status".into(),
+            "stop the drover that runs it, or run your own configuration with -c FILE".into(),
+        ),
+    };
+    format!(
+        " (another drover may be running there: `{ask}` asks it); to run this one anyway, {how}"
+    )
 }

@@ -1,5 +1,6 @@
 //! The first day at a terminal: `drover status`, `top` and `ctl` find the drover that `run`
-//! started from the same configuration. (Watching files: tests/watch.rs.)
+//! started from the same configuration; a taken status port says how to get past it. (Watching
+//! files: tests/watch.rs.)
 
 mod common;
 use common::*;
@@ -131,4 +132,40 @@ fn ctl_takes_the_port_and_the_token_file_from_the_configuration() {
     assert!(text(&o).contains("1 -> 2 workers"), "{}", text(&o));
     d.wait_status("two workers", T, |v| all_ready(v, 2));
     d.stop_ok();
+}
+
+#[test]
+fn a_taken_status_port_says_how_to_get_past_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    // one-line mode: the flag that moves it or turns it off
+    let mut d = Drover::start_args(
+        &[
+            "run",
+            "--workers",
+            "1",
+            "--status",
+            &addr,
+            "--",
+            "sleep",
+            "1000",
+        ],
+        &[],
+        &[],
+    );
+    assert_eq!(d.wait_exit(T), 1, "{}", d.stderr());
+    let said = d.messages().join("\n");
+    assert!(said.contains(&format!("cannot listen on {addr}")), "{said}");
+    assert!(said.contains("--status off"), "{said}");
+    assert!(said.contains("--status 127.0.0.1:PORT"), "{said}");
+    // a file: the setting, in that file
+    let mut d = Drover::start(&format!("[supervisor]\nstatus = \"{addr}\"\n\n{PROGRAM}"));
+    assert_eq!(d.wait_exit(T), 1, "{}", d.stderr());
+    let said = d.messages().join("\n");
+    let file = d.path("drover.toml");
+    assert!(
+        said.contains(&format!("set supervisor.status in {}", file.display())),
+        "{said}"
+    );
+    drop(taken);
 }

@@ -1,6 +1,6 @@
 //! The first day at a terminal: `drover status`, `top` and `ctl` find the drover that `run`
-//! started from the same configuration; a taken status port says how to get past it. (Watching
-//! files: tests/watch.rs.)
+//! started from the same configuration; a taken status port says how to get past it; a run
+//! without a terminal says once why its logs are JSON. (Watching files: tests/watch.rs.)
 
 mod common;
 use common::*;
@@ -168,4 +168,34 @@ fn a_taken_status_port_says_how_to_get_past_it() {
         "{said}"
     );
     drop(taken);
+}
+
+#[test]
+fn a_run_without_a_terminal_says_once_why_its_logs_are_json() {
+    const SAID: &str = "logs are JSON lines because stderr is not a terminal";
+    let mut d = Drover::start(&one_program(PROGRAM.trim_start_matches("[program.app]\n")));
+    d.wait_status("ready", T, |v| v["ready"] == true);
+    d.stop_ok();
+    let said = d.messages();
+    assert!(said[0].starts_with(SAID), "first line: {:?}", said[0]);
+    assert!(
+        said[0].contains("log_format"),
+        "how to choose: {:?}",
+        said[0]
+    );
+    assert_eq!(said.iter().filter(|m| m.contains(SAID)).count(), 1);
+    // chosen: nothing to explain, and DROVER_LOG_FORMAT chooses where the file does not
+    let cfg = one_program(PROGRAM.trim_start_matches("[program.app]\n"));
+    let mut d =
+        Drover::start(&cfg.replace("[supervisor]\n", "[supervisor]\nlog_format = \"json\"\n"));
+    d.wait_status("ready", T, |v| v["ready"] == true);
+    d.stop_ok();
+    assert!(!d.logged(SAID), "{}", d.stderr());
+    let mut d = Drover::start_with(&cfg, &[("DROVER_LOG_FORMAT", "text")], &[]);
+    d.wait_status("ready", T, |v| v["ready"] == true);
+    d.stop_ok();
+    let log = d.stderr();
+    assert!(log.contains("status endpoint on"), "{log}");
+    assert!(d.log().is_empty(), "text lines, not JSON: {log}");
+    assert!(!log.contains(SAID), "{log}");
 }

@@ -230,3 +230,91 @@ fn watch_include_and_exclude_choose_the_files() {
     );
     d.stop_ok();
 }
+
+/// A FastAPI app that, like many, logs to a file and keeps an SQLite database beside its code.
+const APP: &str = r#"import os, sqlite3
+from fastapi import FastAPI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VERSION = 1
+app = FastAPI()
+log = open(os.path.join(HERE, "app.log"), "a")
+db = sqlite3.connect(os.path.join(HERE, "data.db"), isolation_level=None, check_same_thread=False)
+db.execute("create table if not exists hits (pid integer)")
+
+
+@app.get("/")
+def hit():
+    db.execute("insert into hits values (?)", (os.getpid(),))
+    log.write(f"hit by {os.getpid()}\n")
+    log.flush()
+    return {"pid": os.getpid(), "version": VERSION}
+"#;
+
+#[test]
+fn a_fastapi_app_writing_its_log_and_database_is_rolled_only_by_its_code() {
+    let Some(py) = fastapi_python() else {
+        skip("no Python with fastapi and uvicorn (set DROVER_TEST_PYTHON)");
+        return;
+    };
+    let app = tempfile::tempdir().unwrap();
+    let main_py = app.path().join("main.py");
+    std::fs::write(&main_py, APP).unwrap();
+    let dir = app.path().to_str().unwrap();
+    let mut d = Drover::start_args(
+        &[
+            "run",
+            "--workers",
+            "2",
+            "--bind",
+            "127.0.0.1:0",
+            "--status",
+            "127.0.0.1:0",
+            "--watch",
+            dir,
+            "--",
+            &py,
+            "-m",
+            "uvicorn",
+            "main:app",
+            "--fd",
+            "3",
+            "--app-dir",
+            dir,
+            "--no-access-log",
+        ],
+        &[],
+        &[],
+    );
+    let addr = d.logged_addr("socket http listening on ");
+    let st = d.wait_status("two ready workers", T, |v| all_ready(v, 2));
+    let old = Drover::worker_pids(&st, "app");
+    for _ in 0..30 {
+        let body = http_get(&addr, "/").expect("GET /");
+        assert!(body.contains("\"version\":1"), "{body}");
+    }
+    let db = std::fs::metadata(app.path().join("data.db")).unwrap().len();
+    assert!(db > 0, "the app wrote its database");
+    // every request wrote the log and the database; only this rolls the workers
+    std::fs::write(&main_py, APP.replace("VERSION = 1", "VERSION = 2")).unwrap();
+    d.wait_status("both workers replaced", T, |v| {
+        let now = Drover::worker_pids(v, "app");
+        all_ready(v, 2)
+            && v["programs"][0]["rolling"] == false
+            && now.iter().all(|p| !old.contains(p))
+    });
+    let body = http_get(&addr, "/").expect("GET / after the roll");
+    assert!(
+        body.contains("\"version\":2"),
+        "the new code serves: {body}"
+    );
+    assert_eq!(
+        roll_lines(&d),
+        [format!(
+            "program app: {} changed; rolling restart",
+            main_py.display()
+        )],
+        "one roll, for main.py"
+    );
+    d.stop_ok();
+}

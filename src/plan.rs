@@ -436,11 +436,11 @@ fn render_checks(o: &mut String, p: &crate::config::ProgramCfg) {
         let w: Vec<String> = p.watch.iter().map(|x| x.display().to_string()).collect();
         let except = match p.watch_exclude.as_slice() {
             [] => String::new(),
-            x => format!(", except {}", x.join(" ")),
+            x => format!(" (not {})", x.join(", ")),
         };
         let _ = writeln!(
             o,
-            "    watch    {} -> rolling restart when {}{except} changes",
+            "    watch    {} -> rolling restart on a change to {}{except}",
             w.join(", "),
             p.watch_include.join(" or ")
         );

@@ -16,7 +16,7 @@
 //!   client, TLS, sd_notify
 //! - `logs`       drover's own logs (queued, written by a thread of their own; the journal's
 //!   datagrams), and worker/step output (prefixes, one writer thread)
-//! - `watch`      dev runner: inotify on `watch` paths -> rolling restart
+//! - `watch`      dev runner: inotify on `watch` paths, include/exclude globs -> rolling restart
 //! - `oneline`    `drover run [flags] -- COMMAND`: flags -> the TOML a file would hold
 //! - `demo`       `drover demo-worker`, a tiny HTTP worker on the inherited fd 3
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tracing::{error, info, warn};
 
+use drover::api::locate::locate;
 use drover::api::snapshot::Snapshot;
 use drover::api::{client, listener, server as status};
 use drover::config::{self, Config, ListenAddr};
@@ -51,6 +52,9 @@ enum Cmd {
         /// One-line mode: TERM, then KILL after this (e.g. 20s)
         #[arg(long, value_name = "DURATION", requires = "command")]
         stop_timeout: Option<String>,
+        /// One-line mode: roll the workers when a *.py file under PATH changes (a dev runner); repeatable
+        #[arg(long, value_name = "PATH", requires = "command")]
+        watch: Vec<String>,
         /// Print the configuration the one-line flags stand for, as TOML, and exit
         #[arg(long, requires = "command")]
         print_config: bool,
@@ -67,9 +71,12 @@ enum Cmd {
     /// is ready, 1 when it runs but is not ready (starting, draining, a program below
     /// min_ready), 2 when it cannot be reached: usable as a container healthcheck.
     Status {
-        /// http://HOST:PORT or unix:/path (default: $DROVER_STATUS_URL or http://127.0.0.1:9900)
+        /// http://HOST:PORT or unix:/path (default: $DROVER_STATUS_URL, else the configuration's supervisor.status, else http://127.0.0.1:9900)
         #[arg(long)]
         url: Option<String>,
+        /// The configuration whose supervisor.status to ask (default: $DROVER_CONFIG, ./drover.toml, /etc/drover/drover.toml)
+        #[arg(short, long)]
+        config: Option<PathBuf>,
         /// Print the raw /status JSON document.
         #[arg(long)]
         json: bool,
@@ -80,18 +87,24 @@ enum Cmd {
     /// A live terminal view of a running drover (programs, workers, CPU, memory, socket
     /// queues), redrawn every second; q quits. One snapshot when stdout is not a terminal.
     Top {
-        /// http://HOST:PORT or unix:/path (default: $DROVER_STATUS_URL or http://127.0.0.1:9900)
+        /// http://HOST:PORT or unix:/path (default: $DROVER_STATUS_URL, else the configuration's supervisor.status, else http://127.0.0.1:9900)
         #[arg(long)]
         url: Option<String>,
+        /// The configuration whose supervisor.status to ask (default: $DROVER_CONFIG, ./drover.toml, /etc/drover/drover.toml)
+        #[arg(short, long)]
+        config: Option<PathBuf>,
     },
     /// A tiny built-in HTTP worker serving on the inherited fd 3 (for the demo and tests).
     DemoWorker,
     /// Control a running drover: restart, reload, scale, stop.
     Ctl {
-        /// http://HOST:PORT or unix:/path (default: $DROVER_STATUS_URL or http://127.0.0.1:9900)
+        /// http://HOST:PORT or unix:/path (default: $DROVER_STATUS_URL, else the configuration's supervisor.status, else http://127.0.0.1:9900)
         #[arg(long)]
         url: Option<String>,
-        /// File holding the bearer token (default: $DROVER_TOKEN)
+        /// The configuration whose supervisor.status and control_token_file to use (default: $DROVER_CONFIG, ./drover.toml, /etc/drover/drover.toml)
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// File holding the bearer token (default: $DROVER_TOKEN, else the configuration's control_token_file)
         #[arg(long)]
         token_file: Option<PathBuf>,
         #[command(subcommand)]
@@ -140,18 +153,10 @@ impl Source {
 }
 
 fn find_config(flag: Option<PathBuf>) -> Source {
-    if let Some(p) = flag {
-        return Source::File(p);
+    match drover::api::locate::config_file(flag) {
+        Some((p, _)) => Source::File(p),
+        None => Source::Demo,
     }
-    if let Some(p) = std::env::var_os("DROVER_CONFIG").filter(|p| !p.is_empty()) {
-        return Source::File(p.into());
-    }
-    for p in ["./drover.toml", "/etc/drover/drover.toml"] {
-        if std::path::Path::new(p).exists() {
-            return Source::File(p.into());
-        }
-    }
-    Source::Demo
 }
 
 /// Read, validate and plan; every problem in one message. With the lines that say what was
@@ -244,6 +249,7 @@ fn main() -> ExitCode {
             status,
             prestart,
             stop_timeout,
+            watch,
             print_config,
             command,
         } => {
@@ -256,6 +262,7 @@ fn main() -> ExitCode {
                     status,
                     prestart,
                     stop_timeout,
+                    watch,
                     command,
                 };
                 if print_config {
@@ -267,14 +274,34 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Check { config } => check(find_config(config)),
-        Cmd::Status { url, json, quiet } => client::status_command(&status_url(url), json, quiet),
-        Cmd::Top { url } => drover::api::top::top_command(&status_url(url)),
+        Cmd::Status {
+            url,
+            config,
+            json,
+            quiet,
+        } => match locate(url, config) {
+            Ok(t) => client::status_command(&t.url, json, quiet),
+            Err(e) => {
+                if !quiet {
+                    eprintln!("drover status: {e}");
+                }
+                2
+            }
+        },
+        Cmd::Top { url, config } => match locate(url, config) {
+            Ok(t) => drover::api::top::top_command(&t.url),
+            Err(e) => {
+                eprintln!("drover top: {e}");
+                2
+            }
+        },
         Cmd::DemoWorker => drover::demo::main(),
         Cmd::Ctl {
             url,
+            config,
             token_file,
             action,
-        } => ctl(url, token_file, action),
+        } => ctl(url, config, token_file, action),
     };
     // drover's own lines are written by a thread of their own: the last ones ("exiting with code
     // 0") reach stderr before the process ends, unless stderr stays blocked
@@ -282,22 +309,21 @@ fn main() -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
-fn status_url(url: Option<String>) -> String {
-    url.or_else(|| std::env::var("DROVER_STATUS_URL").ok())
-        .unwrap_or_else(|| client::DEFAULT_URL.into())
-}
-
-fn ctl(url: Option<String>, token_file: Option<PathBuf>, action: CtlAction) -> i32 {
-    let url = status_url(url);
-    let token = match token_file {
-        Some(p) => match drover::api::control::read_token(&p) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                eprintln!("drover ctl: {e}");
-                return 2;
-            }
-        },
-        None => std::env::var("DROVER_TOKEN").ok().filter(|t| !t.is_empty()),
+fn ctl(
+    url: Option<String>,
+    config: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    action: CtlAction,
+) -> i32 {
+    let (url, token) = match locate(url, config).and_then(|t| {
+        let token = drover::api::locate::token(token_file, &t)?;
+        Ok((t.url, token))
+    }) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("drover ctl: {e}");
+            return 2;
+        }
     };
     let (path, body) = match &action {
         CtlAction::Restart { program } => (format!("/programs/{program}/restart"), None),
@@ -527,7 +553,11 @@ async fn supervise(s: Start) -> i32 {
             hosts: Arc::new(hosts),
         };
         if let Err(e) = serve_status(addr, api, https, control_mode) {
-            error!("status endpoint: cannot listen on {addr}: {e}; no step or worker was started; exiting with code 1");
+            let fix = match e.kind() {
+                std::io::ErrorKind::AddrInUse => status_in_use(&s.src, addr),
+                _ => String::new(),
+            };
+            error!("status endpoint: cannot listen on {addr}: {e}{fix}; no step or worker was started; exiting with code 1");
             return supervisor::EXIT_RUNTIME;
         }
     }
@@ -563,15 +593,21 @@ async fn supervise(s: Start) -> i32 {
 
 /// The dev runner: changes under a program's watch paths become events for the loop.
 fn watch_files(cfg: &Config, events: supervisor::Events) {
-    let watched: Vec<(String, Vec<PathBuf>)> = cfg
-        .programs
-        .iter()
-        .map(|p| (p.name.clone(), supervisor::watch_paths(p)))
-        .collect();
-    let on_change = move |program| {
-        let _ = events.send(supervisor::Event::FilesChanged { program });
+    let mut watched = vec![];
+    for p in &cfg.programs {
+        match drover::watch::Filter::new(&p.watch_include, &p.watch_exclude) {
+            Ok(filter) => watched.push(drover::watch::Watched {
+                program: p.name.clone(),
+                paths: supervisor::watch_paths(p),
+                filter,
+            }),
+            Err(e) => error!("program {}: {e}; its files are not watched", p.name),
+        }
+    }
+    let on_change = move |program, changes| {
+        let _ = events.send(supervisor::Event::FilesChanged { program, changes });
     };
-    if let Err(e) = drover::watch::start(&watched, on_change) {
+    if let Err(e) = drover::watch::start(watched, on_change) {
         error!("cannot watch files for the dev runner: {e}; changes will not restart workers");
     }
 }
@@ -588,4 +624,32 @@ fn serve_status(
     let scheme = if https { "https" } else { "http" };
     info!("status endpoint on {local} ({scheme}; GET /, /status, /history, /healthz, /readyz, /metrics; control API: {control_mode})");
     listener::start(bound, api)
+}
+
+/// What to do when the status address is taken (most often by another drover).
+fn status_in_use(src: &Source, addr: &ListenAddr) -> String {
+    let url = match addr {
+        ListenAddr::Tcp(a) => format!("http://{a}"),
+        ListenAddr::Unix(p) => format!("unix:{}", p.display()),
+    };
+    let (ask, how) = match src {
+        Source::CommandLine(_) => (
+            format!("drover status --url {url}"),
+            "pass --status off (no status endpoint) or --status 127.0.0.1:PORT (another port)".into(),
+        ),
+        Source::File(p) => (
+            format!("drover status -c {}", p.display()),
+            format!(
+                "set supervisor.status in {} to another address (\"127.0.0.1:PORT\", \"unix:PATH\") or \"off\"",
+                p.display()
+            ),
+        ),
+        Source::Demo => (
+            "drover status".into(),
+            "stop the drover that runs it, or run your own configuration with -c FILE".into(),
+        ),
+    };
+    format!(
+        " (another drover may be running there: `{ask}` asks it); to run this one anyway, {how}"
+    )
 }

@@ -17,6 +17,8 @@ pub struct OneLine {
     pub status: Option<String>,
     pub prestart: Vec<String>,
     pub stop_timeout: Option<String>,
+    /// `--watch`: the dev runner's paths (rolling restart when a `*.py` under them changes)
+    pub watch: Vec<String>,
     pub command: Vec<String>,
 }
 
@@ -46,7 +48,10 @@ fn listen(bind: &str) -> String {
 impl OneLine {
     /// A tini-style init: nothing asked beyond the command (status and stop timeout aside).
     pub fn is_init(&self) -> bool {
-        self.workers.is_none() && self.bind.is_empty() && self.prestart.is_empty()
+        self.workers.is_none()
+            && self.bind.is_empty()
+            && self.prestart.is_empty()
+            && self.watch.is_empty()
     }
 
     /// The configuration these flags stand for, as a file would hold it.
@@ -98,6 +103,10 @@ impl OneLine {
         if let Some(t) = &self.stop_timeout {
             o.push_str(&format!("stop_timeout = {}\n", lit(t)));
         }
+        if !self.watch.is_empty() {
+            let paths: Vec<String> = self.watch.iter().map(|p| lit(p)).collect();
+            o.push_str(&format!("watch = [{}]\n", paths.join(", ")));
+        }
         o
     }
 
@@ -115,6 +124,7 @@ impl OneLine {
         if let Some(t) = &self.stop_timeout {
             f.push(format!("--stop-timeout {t}"));
         }
+        f.extend(self.watch.iter().map(|w| format!("--watch {w}")));
         f.join(" ")
     }
 }
@@ -174,6 +184,7 @@ mod tests {
                 "--fd".into(),
                 "3".into(),
             ],
+            ..Default::default()
         };
         let c = parse(&o, &|k| (k == "WEB_CONCURRENCY").then(|| "3".to_string()));
         let p = &c.programs[0];
@@ -200,5 +211,27 @@ mod tests {
         assert_eq!(p.restart, crate::config::RestartPolicy::Always);
         // without WEB_CONCURRENCY: auto
         assert!(parse(&o, &|_| None).programs[0].workers_auto);
+    }
+
+    #[test]
+    fn watch_makes_a_dev_runner_that_rolls_for_python_files() {
+        let o = OneLine {
+            watch: vec!["src".into(), "${HOME}/lib".into()],
+            command: vec!["python".into(), "worker.py".into()],
+            ..Default::default()
+        };
+        assert!(
+            !o.is_init(),
+            "a dev runner restarts its workers, it is no init"
+        );
+        let c = parse(&o, &|_| None);
+        let p = &c.programs[0];
+        let paths: Vec<_> = p.watch.iter().map(|w| w.display().to_string()).collect();
+        assert_eq!(paths, ["src", "${HOME}/lib"], "paths stay as typed");
+        assert_eq!(p.watch_include, ["*.py"]);
+        assert_eq!(p.restart, crate::config::RestartPolicy::Always);
+        assert!(o
+            .to_toml()
+            .contains("# drover run --watch src --watch ${HOME}/lib -- python"));
     }
 }

@@ -434,10 +434,15 @@ fn render_checks(o: &mut String, p: &crate::config::ProgramCfg) {
     }
     if !p.watch.is_empty() {
         let w: Vec<String> = p.watch.iter().map(|x| x.display().to_string()).collect();
+        let except = match p.watch_exclude.as_slice() {
+            [] => String::new(),
+            x => format!(" (not {})", x.join(", ")),
+        };
         let _ = writeln!(
             o,
-            "    watch    {} -> rolling restart on change",
-            w.join(", ")
+            "    watch    {} -> rolling restart on a change to {}{except}",
+            w.join(", "),
+            p.watch_include.join(" or ")
         );
     }
 }

@@ -95,3 +95,226 @@ fn an_overflowed_queue_rolls_every_watching_program() {
     );
     d.stop_ok();
 }
+
+/// The messages that announce a roll for a watched change.
+fn roll_lines(d: &Drover) -> Vec<String> {
+    d.messages()
+        .into_iter()
+        .filter(|m| m.ends_with("; rolling restart"))
+        .collect()
+}
+
+/// Wait until program `app` runs one ready worker that is not `old`; its pid.
+fn replaced(d: &Drover, what: &str, old: i64) -> i64 {
+    let st = d.wait_status(what, T, |v| {
+        let pids = Drover::worker_pids(v, "app");
+        all_ready(v, 1) && v["programs"][0]["rolling"] == false && pids != [old]
+    });
+    Drover::worker_pids(&st, "app")[0]
+}
+
+/// What an app writes under its own directory on every request: a log line, a database page
+/// and its journal, a log in a subdirectory. Each file is opened, appended to and closed.
+fn app_writes(dir: &Path) {
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    for _ in 0..3 {
+        for f in ["app.log", "data.db", "data.db-journal", "logs/access.log"] {
+            use std::io::Write;
+            let mut o = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(f))
+                .unwrap();
+            o.write_all(b"a request\n").unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_one_line_watch_rolls_for_python_files_and_not_for_what_the_app_writes() {
+    let src = tempfile::tempdir().unwrap();
+    let mut d = Drover::start_args(
+        &[
+            "run",
+            "--workers",
+            "1",
+            "--status",
+            "127.0.0.1:0",
+            "--watch",
+            src.path().to_str().unwrap(),
+            "--",
+            "sleep",
+            "1000",
+        ],
+        &[],
+        &[],
+    );
+    let st = d.wait_status("one ready worker", T, |v| all_ready(v, 1));
+    let first = Drover::worker_pids(&st, "app")[0];
+    // the log and database writes are queued before the code change: had they counted, the roll
+    // would name them (or come twice)
+    app_writes(src.path());
+    std::fs::write(src.path().join("main.py"), "v = 2\n").unwrap();
+    let second = replaced(&d, "rolled after main.py changed", first);
+    let main_py = src.path().join("main.py");
+    assert_eq!(
+        roll_lines(&d),
+        [format!(
+            "program app: {} changed; rolling restart",
+            main_py.display()
+        )],
+        "one roll, naming main.py alone"
+    );
+    // and again, with the roll behind it
+    app_writes(src.path());
+    std::fs::create_dir(src.path().join("pkg")).unwrap();
+    std::fs::write(src.path().join("pkg/models.py"), "x = 1\n").unwrap();
+    replaced(&d, "rolled after pkg/models.py appeared", second);
+    let lines = roll_lines(&d);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].contains("pkg/models.py changed"), "{lines:?}");
+    for l in &lines {
+        assert!(!l.contains(".log") && !l.contains(".db"), "{l}");
+    }
+    d.stop_ok();
+}
+
+#[test]
+fn watch_include_and_exclude_choose_the_files() {
+    let (src, etc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::create_dir_all(src.path().join("templates")).unwrap();
+    std::fs::create_dir_all(src.path().join("generated")).unwrap();
+    let settings = etc.path().join("settings.yaml");
+    std::fs::write(&settings, "a: 1\n").unwrap();
+    let mut d = Drover::start(&format!(
+        "[supervisor]\nstatus = \"127.0.0.1:0\"\nshutdown_timeout = \"10s\"\n\n[program.app]\ncommand = [\"sleep\", \"1000\"]\nstop_timeout = \"2s\"\nreadiness = {{ check = \"uptime\", min_uptime = \"100ms\" }}\nwatch = [\"{}\", \"{}\"]\nwatch_include = [\"*.py\", \"templates/*.html\"]\nwatch_exclude = [\"generated\", \"*_test.py\"]\n",
+        src.path().display(),
+        settings.display()
+    ));
+    let st = d.wait_status("one ready worker", T, |v| all_ready(v, 1));
+    let mut pid = Drover::worker_pids(&st, "app")[0];
+    // what counts, each after what must not: a roll names only what counts
+    let steps: [(&[&str], &str); 2] = [
+        (
+            &[
+                "generated/models.py",
+                "app_test.py",
+                "index.html",
+                "notes.txt",
+            ],
+            "templates/index.html",
+        ),
+        (&["generated/schema.py", "static.css"], "api.py"),
+    ];
+    for (i, (ignored, counted)) in steps.iter().enumerate() {
+        for f in *ignored {
+            std::fs::write(src.path().join(f), "x").unwrap();
+        }
+        std::fs::write(src.path().join(counted), "x").unwrap();
+        pid = replaced(&d, &format!("rolled after {counted} changed"), pid);
+        let lines = roll_lines(&d);
+        assert_eq!(lines.len(), i + 1, "{lines:?}");
+        let want = format!(
+            "{} changed; rolling restart",
+            src.path().join(counted).display()
+        );
+        assert!(lines[i].ends_with(&want), "{lines:?}");
+    }
+    // a file named in `watch` itself counts, whatever its name
+    std::fs::write(&settings, "a: 2\n").unwrap();
+    replaced(&d, "rolled after settings.yaml changed", pid);
+    assert!(
+        roll_lines(&d)[2].contains("settings.yaml changed"),
+        "{:?}",
+        roll_lines(&d)
+    );
+    d.stop_ok();
+}
+
+/// A FastAPI app that, like many, logs to a file and keeps an SQLite database beside its code.
+const APP: &str = r#"import os, sqlite3
+from fastapi import FastAPI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VERSION = 1
+app = FastAPI()
+log = open(os.path.join(HERE, "app.log"), "a")
+db = sqlite3.connect(os.path.join(HERE, "data.db"), isolation_level=None, check_same_thread=False)
+db.execute("create table if not exists hits (pid integer)")
+
+
+@app.get("/")
+def hit():
+    db.execute("insert into hits values (?)", (os.getpid(),))
+    log.write(f"hit by {os.getpid()}\n")
+    log.flush()
+    return {"pid": os.getpid(), "version": VERSION}
+"#;
+
+#[test]
+fn a_fastapi_app_writing_its_log_and_database_is_rolled_only_by_its_code() {
+    let Some(py) = fastapi_python() else {
+        skip("no Python with fastapi and uvicorn (set DROVER_TEST_PYTHON)");
+        return;
+    };
+    let app = tempfile::tempdir().unwrap();
+    let main_py = app.path().join("main.py");
+    std::fs::write(&main_py, APP).unwrap();
+    let dir = app.path().to_str().unwrap();
+    let mut d = Drover::start_args(
+        &[
+            "run",
+            "--workers",
+            "2",
+            "--bind",
+            "127.0.0.1:0",
+            "--status",
+            "127.0.0.1:0",
+            "--watch",
+            dir,
+            "--",
+            &py,
+            "-m",
+            "uvicorn",
+            "main:app",
+            "--fd",
+            "3",
+            "--app-dir",
+            dir,
+            "--no-access-log",
+        ],
+        &[],
+        &[],
+    );
+    let addr = d.logged_addr("socket http listening on ");
+    let st = d.wait_status("two ready workers", T, |v| all_ready(v, 2));
+    let old = Drover::worker_pids(&st, "app");
+    for _ in 0..30 {
+        let body = http_get(&addr, "/").expect("GET /");
+        assert!(body.contains("\"version\":1"), "{body}");
+    }
+    let db = std::fs::metadata(app.path().join("data.db")).unwrap().len();
+    assert!(db > 0, "the app wrote its database");
+    // every request wrote the log and the database; only this rolls the workers
+    std::fs::write(&main_py, APP.replace("VERSION = 1", "VERSION = 2")).unwrap();
+    d.wait_status("both workers replaced", T, |v| {
+        let now = Drover::worker_pids(v, "app");
+        all_ready(v, 2)
+            && v["programs"][0]["rolling"] == false
+            && now.iter().all(|p| !old.contains(p))
+    });
+    let body = http_get(&addr, "/").expect("GET / after the roll");
+    assert!(
+        body.contains("\"version\":2"),
+        "the new code serves: {body}"
+    );
+    assert_eq!(
+        roll_lines(&d),
+        [format!(
+            "program app: {} changed; rolling restart",
+            main_py.display()
+        )],
+        "one roll, for main.py"
+    );
+    d.stop_ok();
+}

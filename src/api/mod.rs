@@ -8,6 +8,7 @@ pub mod history;
 pub mod hosts;
 pub mod listener;
 pub mod liveness;
+pub mod locate;
 pub mod metrics;
 pub mod sd_notify;
 pub mod server;

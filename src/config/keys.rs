@@ -55,6 +55,8 @@ pub(super) const PROGRAM_KEYS: &[&str] = &[
     "readiness",
     "health",
     "watch",
+    "watch_include",
+    "watch_exclude",
     "budget",
     "autoscale",
     "max_lifetime",

@@ -326,6 +326,10 @@ pub struct ProgramCfg {
     pub readiness: ReadinessCfg,
     pub health: Option<HealthCfg>,
     pub watch: Vec<PathBuf>,
+    /// which files under `watch` roll the workers (globs; default `*.py`, as `uvicorn --reload`)
+    pub watch_include: Vec<String>,
+    /// files and directories under `watch` that never do
+    pub watch_exclude: Vec<String>,
     /// replace a worker older than this (plus up to `max_lifetime_jitter`) through the rolling path
     pub max_lifetime: Option<Duration>,
     pub max_lifetime_jitter: Duration,

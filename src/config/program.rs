@@ -41,6 +41,11 @@ fn defaults(name: &str) -> ProgramCfg {
         },
         health: None,
         watch: vec![],
+        watch_include: crate::watch::filter::DEFAULT_INCLUDE
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        watch_exclude: vec![],
         workers_auto: false,
         budget: WorkerBudget::default(),
         autoscale: None,
@@ -62,6 +67,7 @@ pub(super) fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<Program
     let mut user: Option<(String, Range<usize>)> = None;
     let mut group: Option<(String, Range<usize>)> = None;
     let mut seen = Seen::default();
+    let mut globs_at = None;
     for (k, _, v) in t {
         let w = format!("program.{name}.{k}");
         match k.as_str() {
@@ -92,6 +98,14 @@ pub(super) fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<Program
                     .map(PathBuf::from)
                     .collect()
             }
+            "watch_include" | "watch_exclude" => {
+                let globs = watch_globs(cx, &w, v);
+                globs_at = globs_at.or(Some((w.clone(), v.span.clone())));
+                match k.as_str() {
+                    "watch_include" => p.watch_include = globs,
+                    _ => p.watch_exclude = globs,
+                }
+            }
             "readiness" => read_readiness(cx, &w, v, &mut p.readiness, &mut seen),
             "budget" => {
                 if let Some(b) = read_worker_budget(cx, &w, v) {
@@ -107,6 +121,12 @@ pub(super) fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<Program
         }
     }
     finish(cx, &what, t, n, &mut p, &seen);
+    if let (Some((w, span)), true) = (globs_at, p.watch.is_empty()) {
+        cx.err(
+            &span,
+            format!("{w}: set without `watch`, so nothing is watched; add the directories, e.g. watch = [\"src\"]"),
+        );
+    }
     let at = user.as_ref().or(group.as_ref()).map(|(_, span)| span.start);
     p.run_as = at.map(|at| {
         let (line, col) = line_col(cx.src, at);
@@ -228,6 +248,23 @@ pub(super) fn strings(cx: &mut Ctx, w: &str, v: &Node, what: &str) -> Vec<String
             vec![]
         }
     }
+}
+
+/// `watch_include` / `watch_exclude`: glob patterns (`watch/filter.rs`), each checked here.
+fn watch_globs(cx: &mut Ctx, w: &str, v: &Node) -> Vec<String> {
+    let items = match &v.v {
+        V::Arr(items) => items.as_slice(),
+        _ => std::slice::from_ref(v),
+    };
+    let mut out = vec![];
+    for it in items {
+        let Some(g) = cx.string(w, it) else { continue };
+        match crate::watch::filter::pattern(&g) {
+            Ok(_) => out.push(g),
+            Err(e) => cx.err(&it.span, format!("{w}: {e}")),
+        }
+    }
+    out
 }
 
 /// `user` or `group`: a name or a numeric id, looked up by `plan`.

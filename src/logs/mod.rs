@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tracing::level_filters::LevelFilter;
-use tracing::{warn, Dispatch};
+use tracing::{info, warn, Dispatch};
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::LogFormat;
@@ -24,9 +24,26 @@ pub enum Style {
     Json,
 }
 
+/// `log_format = "auto"` (the default) settled by `$DROVER_LOG_FORMAT` (`text`, `json`,
+/// `journald`): the one way to choose in one-line mode. A file's explicit setting wins.
+fn chosen(format: LogFormat) -> (LogFormat, Option<String>) {
+    let Ok(v) = std::env::var("DROVER_LOG_FORMAT") else {
+        return (format, None);
+    };
+    match (format, v.as_str()) {
+        (LogFormat::Auto, "text") => (LogFormat::Text, None),
+        (LogFormat::Auto, "json") => (LogFormat::Json, None),
+        (LogFormat::Auto, "journald") => (LogFormat::Journald, None),
+        (LogFormat::Auto, "auto" | "") => (format, None),
+        (LogFormat::Auto, other) => (format, Some(format!("DROVER_LOG_FORMAT={other:?} is none of text, json, journald, auto; choosing by whether stderr is a terminal"))),
+        _ => (format, None),
+    }
+}
+
 /// Install the subscriber and start the writer thread; returns the style worker output should use
 /// to match.
 pub fn init(format: LogFormat) -> Style {
+    let (format, bad_env) = chosen(format);
     let level = match std::env::var("DROVER_LOG").as_deref() {
         Ok("error") => LevelFilter::ERROR,
         Ok("warn") => LevelFilter::WARN,
@@ -72,6 +89,13 @@ pub fn init(format: LogFormat) -> Style {
     flush_on_abort();
     if let Some(e) = unreachable {
         warn!("journald is not reachable ({e}); logging to stderr instead");
+    }
+    if let Some(w) = bad_env {
+        warn!("{w}");
+    }
+    if json && format == LogFormat::Auto {
+        // said once, first: a person who runs drover under a pipe or a service sees why
+        info!("logs are JSON lines because stderr is not a terminal; to choose, set log_format = \"text\" or \"json\" in [supervisor] (or DROVER_LOG_FORMAT=text|json in the environment)");
     }
     if json {
         Style::Json

@@ -78,7 +78,10 @@ pub enum Event {
     /// a worker's memory cgroup crossed memory_soft (cgroup v1 threshold)
     MemoryCrossed { prog: u64, slot: u64 },
     /// files under a program's watch paths changed (or the watch queue overflowed)
-    FilesChanged { program: String },
+    FilesChanged {
+        program: String,
+        changes: crate::watch::Changes,
+    },
     /// a pre-start step's output reached its end; its last lines
     StepOutput { run: u64, tail: Vec<String> },
     /// workers sent sd_notify messages to drover's NOTIFY_SOCKET: they wait in its inbox
@@ -368,7 +371,9 @@ impl Supervisor {
         match ev {
             Event::Probed { prog, outcome } => self.on_http_result(prog, outcome, now),
             Event::MemoryCrossed { prog, slot } => self.on_memory_notice(prog, slot, now),
-            Event::FilesChanged { program } => self.on_files_changed(&program, now),
+            Event::FilesChanged { program, changes } => {
+                self.on_files_changed(&program, changes, now)
+            }
             Event::StepOutput { run, tail } => self.on_step_output(run, tail, now),
             Event::Notified => self.on_notified(now),
             Event::Preloader { prog, pid, said } => self.on_preloader_said(prog, pid, said, now),

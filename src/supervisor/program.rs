@@ -37,6 +37,8 @@ pub(super) struct Program {
     pub removing: bool,
     pub health: ProgramHealth,
     pub watch_due: Option<Instant>,
+    /// what changed under its watch paths since its last roll (named when the roll starts)
+    pub watch_changes: crate::watch::Changes,
     pub autoscaler: Option<Autoscaler>,
     /// above its max_queue: /readyz answers 503
     pub shedding: Option<Shedding>,
@@ -149,6 +151,7 @@ impl Program {
             removing: false,
             health: ProgramHealth::default(),
             watch_due: None,
+            watch_changes: Default::default(),
         };
         p.derive(bound);
         p

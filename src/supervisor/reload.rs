@@ -148,9 +148,15 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn on_files_changed(&mut self, program: &str, now: Instant) {
+    pub(super) fn on_files_changed(
+        &mut self,
+        program: &str,
+        changes: crate::watch::Changes,
+        now: Instant,
+    ) {
         if let Some(p) = self.programs.iter_mut().find(|p| p.cfg.name == program) {
             p.watch_due = Some(now + WATCH_DEBOUNCE);
+            p.watch_changes.merge(changes);
         }
     }
 
@@ -169,9 +175,11 @@ impl Supervisor {
                 continue;
             }
             p.watch_due = None;
+            let changes = std::mem::take(&mut p.watch_changes);
             info!(
-                "program {}: change under its watch paths; rolling restart",
-                p.cfg.name
+                "program {}: {}; rolling restart",
+                p.cfg.name,
+                changes.describe()
             );
             self.start_roll(pi, StopReason::Restart, now);
         }

@@ -11,6 +11,8 @@ use crate::process::signals;
 use crate::process::spawn;
 use crate::resources::sizing;
 
+mod words;
+
 /// Resolve what parsing left to the machine: identities, then worker counts. Returns one line per
 /// derived figure, or every problem found, positioned in `file`.
 pub fn resolve(file: &str, cfg: &mut Config) -> Result<Vec<String>, ConfigErrors> {
@@ -194,13 +196,13 @@ fn render_supervisor(o: &mut String, cfg: &Config) {
     let s = &cfg.supervisor;
     let _ = writeln!(
         o,
-        "supervisor: status {}, shutdown timeout {:?}, log format {:?}",
+        "supervisor: status {}, shutdown timeout {:?}, log format {}",
         s.status
             .as_ref()
             .map(|a| a.to_string())
             .unwrap_or_else(|| "off".into()),
         s.shutdown_timeout,
-        s.log_format
+        words::log_format(s.log_format)
     );
     let _ = writeln!(
         o,
@@ -364,8 +366,11 @@ fn render_program(o: &mut String, p: &crate::config::ProgramCfg) {
     }
     let _ = writeln!(
         o,
-        "    restart  {:?}; backoff {:?} doubling to {:?}, reset after {:?} up",
-        p.restart, p.backoff.initial, p.backoff.max, p.backoff.reset_after
+        "    restart  {}; backoff {:?} doubling to {:?}, reset after {:?} up",
+        words::restart(p.restart),
+        p.backoff.initial,
+        p.backoff.max,
+        p.backoff.reset_after
     );
     let _ = writeln!(
         o,
@@ -373,7 +378,7 @@ fn render_program(o: &mut String, p: &crate::config::ProgramCfg) {
         signals::name(p.stop_signal),
         p.stop_timeout
     );
-    let _ = writeln!(o, "    output   {:?}", p.log);
+    let _ = writeln!(o, "    output   {}", words::log_mode(p.log));
 }
 
 /// Readiness, health and watch lines of one program.
@@ -446,14 +451,14 @@ fn render_budgets(o: &mut String, cfg: &Config) {
     let b = &cfg.budget;
     let _ = writeln!(
         o,
-        "node budget: memory {}, cpu {}, mode {:?}, sampling every {:?}",
+        "node budget: memory {}, cpu {}, mode {}, sampling every {:?}",
         b.memory
             .map(crate::config::fmt_size)
             .unwrap_or_else(|| "unlimited".into()),
         b.cpu
             .map(|c| format!("{c} cores"))
             .unwrap_or_else(|| "unlimited".into()),
-        b.mode,
+        words::budget_mode(b.mode),
         b.sample_interval
     );
     for p in &cfg.programs {

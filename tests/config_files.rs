@@ -112,3 +112,66 @@ fn usage_errors_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("cannot read configuration /nonexistent/drover.toml"));
 }
+
+/// What `drover check` prints for a setting chosen from a list is the file's word for it (or
+/// plain words), never the Rust name of the value (`restart Always`, `log format Auto`).
+#[test]
+fn check_speaks_in_words_not_rust_names() {
+    const RUST_NAMES: [&str; 18] = [
+        "Always",
+        "OnFailure",
+        "Never",
+        "Capture",
+        "Inherit",
+        "Auto",
+        "Text",
+        "Json",
+        "Journald",
+        "Cgroup",
+        "Sample",
+        "Off",
+        "Exit",
+        "Stay",
+        "Listening",
+        "Uptime",
+        "Exec",
+        "Notify",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    // every value of every listed setting the shipped files do not already use
+    let extra = [
+        "[supervisor]\nlog_format = \"text\"\n[budget]\nmode = \"sample\"\nmemory = \"1GiB\"\n[program.a]\ncommand = \"true\"\nrestart = \"on-failure\"\nlog = \"capture\"\n",
+        "[supervisor]\nlog_format = \"journald\"\n[budget]\nmode = \"off\"\n[program.a]\ncommand = \"true\"\nrestart = \"never\"\nlog = \"inherit\"\n",
+        "[supervisor]\nlog_format = \"json\"\n[budget]\nmode = \"cgroup\"\n[program.a]\ncommand = \"true\"\n",
+    ];
+    let mut files: Vec<std::path::PathBuf> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+    for (i, text) in extra.iter().enumerate() {
+        let f = dir.path().join(format!("extra{i}.toml"));
+        std::fs::write(&f, text).unwrap();
+        files.push(f);
+    }
+    for f in files {
+        let out = Command::new(BIN)
+            .arg("check")
+            .arg("-c")
+            .arg(&f)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("programs ("), "{}: {text}", f.display());
+        let rust: Vec<&str> = text
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| RUST_NAMES.contains(w))
+            .collect();
+        assert!(
+            rust.is_empty(),
+            "{}: Rust names {rust:?} in\n{text}",
+            f.display()
+        );
+    }
+}

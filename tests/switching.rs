@@ -63,6 +63,8 @@ fn print_config_is_a_file_that_drover_check_accepts() {
     assert!(out.status.success());
     let toml = String::from_utf8(out.stdout).unwrap();
     assert!(toml.contains("listen = \"0.0.0.0:8000\""), "{toml}");
+    // a number as a number, as a file would have it
+    assert!(toml.contains("\nworkers = 3\n"), "{toml}");
     assert!(
         toml.contains("echo $${HOME} migrated"),
         "the user's text stays literal: {toml}"
@@ -90,6 +92,12 @@ fn print_config_is_a_file_that_drover_check_accepts() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("workers = \"${WEB_CONCURRENCY:-1}\""));
+    // `auto` stays a string
+    let out = Command::new(BIN)
+        .args(["run", "--workers", "auto", "--print-config", "--", "app"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("workers = \"auto\"\n"));
     // --help says what to type instead of uvicorn's, gunicorn's and tini's lines
     let help = Command::new(BIN).args(["run", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);

@@ -340,6 +340,11 @@ fn check(src: Source) -> i32 {
     for d in &derived {
         println!("derived: {d}");
     }
+    // what `run` reads or decides before anything starts, and refuses to start without
+    let mut refused = vec![];
+    if let Err(e) = secrets(&cfg) {
+        refused.extend(e);
+    }
     match enforcement::decide(&cfg, false, None) {
         Ok(b) => {
             println!("budget enforcement: {}", b.mode.as_str());
@@ -347,7 +352,7 @@ fn check(src: Source) -> i32 {
                 println!("  {n}");
             }
         }
-        Err(e) => println!("budget enforcement: at run time drover will exit 1: {e}"),
+        Err(e) => refused.push(format!("budgets: {e}")),
     }
     let warns = plan::warnings(&cfg);
     if !warns.is_empty() {
@@ -355,6 +360,16 @@ fn check(src: Source) -> i32 {
         for w in warns {
             println!("  {w}");
         }
+    }
+    if !refused.is_empty() {
+        for r in &refused {
+            eprintln!("drover: {r}");
+        }
+        eprintln!(
+            "drover: {}: `drover run` would refuse to start with this; nothing was started",
+            src.label()
+        );
+        return 2;
     }
     println!("ok: {} is valid", src.label());
     0
@@ -366,16 +381,20 @@ struct Secrets {
     tls: Option<drover::api::tls::ServerConfig>,
 }
 
-fn secrets(cfg: &Config) -> Result<Secrets, String> {
+/// Every problem, not the first: `check` lists them all, as it does for the file.
+fn secrets(cfg: &Config) -> Result<Secrets, Vec<String>> {
     let token = match &cfg.supervisor.control_token_file {
-        Some(p) => Some(Arc::<str>::from(drover::api::control::read_token(p)?)),
-        None => None,
+        Some(p) => drover::api::control::read_token(p).map(|t| Some(Arc::<str>::from(t))),
+        None => Ok(None),
     };
     let tls = match (&cfg.supervisor.tls_cert, &cfg.supervisor.tls_key) {
-        (Some(c), Some(k)) => Some(drover::api::tls::load(c, k)?),
-        _ => None,
+        (Some(c), Some(k)) => drover::api::tls::load(c, k).map(Some),
+        _ => Ok(None),
     };
-    Ok(Secrets { token, tls })
+    match (token, tls) {
+        (Ok(token), Ok(tls)) => Ok(Secrets { token, tls }),
+        (token, tls) => Err(token.err().into_iter().chain(tls.err()).collect()),
+    }
 }
 
 /// Not PID 1: become the subreaper of everything drover starts, and fork the guard that kills
@@ -397,8 +416,10 @@ fn run(src: Source) -> i32 {
     };
     let secrets = match secrets(&cfg) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("drover: {e}; nothing was started");
+        Err(errors) => {
+            for e in errors {
+                eprintln!("drover: {e}; nothing was started");
+            }
             return 2;
         }
     };

@@ -92,13 +92,6 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
             p.cwd.as_deref(),
         );
     }
-    if let Some(t) = &cfg.supervisor.control_token_file {
-        if let Err(e) = crate::api::control::read_token(t) {
-            w.push(format!(
-                "supervisor: {e} (at run time: drover refuses to start)"
-            ));
-        }
-    }
     for p in &cfg.programs {
         w.extend(server_flags(p));
     }

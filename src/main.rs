@@ -443,6 +443,10 @@ fn run(src: Source) -> i32 {
     for d in &derived {
         info!("{d}");
     }
+    // what `drover check` would warn about, said where one-line users look: the log
+    for w in plan::warnings(&cfg) {
+        warn!("{w}");
+    }
     let budget = match enforcement::decide(&cfg, true, guard.as_ref().map(|g| g.pid)) {
         Ok(b) => b,
         Err(e) => {

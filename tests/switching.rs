@@ -286,3 +286,60 @@ fn drover_status_exit_codes_make_a_healthcheck() {
     assert_eq!(status(&url, true), (Some(0), 0));
     d.stop_ok();
 }
+
+/// A stand-in for a server: an executable named `name` in a temp dir that sleeps.
+fn fake_server(name: &str) -> (tempfile::TempDir, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, "#!/bin/sh\nexec sleep 1000\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let p = path.display().to_string();
+    (dir, p)
+}
+
+/// How many of drover's log lines at `level` contain `text`.
+fn logged_times(d: &Drover, level: &str, text: &str) -> usize {
+    d.log()
+        .iter()
+        .filter(|l| l["level"] == level && l["message"].as_str().is_some_and(|m| m.contains(text)))
+        .count()
+}
+
+#[test]
+fn run_logs_what_check_warns_about_once_in_one_line_and_file_mode() {
+    // one-line users never run `check`: uvicorn without `--fd 3` binds its own socket
+    let (bin, uvicorn) = fake_server("uvicorn");
+    let mut d = Drover::start_args(
+        &[
+            "run",
+            "--bind",
+            "127.0.0.1:0",
+            "--status",
+            "127.0.0.1:0",
+            "--",
+            &uvicorn,
+            "main:app",
+        ],
+        &[],
+        &[],
+    );
+    d.keep.push(bin);
+    d.wait_status("the worker started", T, |v| {
+        v["programs"][0]["workers"][0]["pid"].is_i64()
+    });
+    let said = "uvicorn without `--fd 3` binds its own socket";
+    assert_eq!(logged_times(&d, "WARN", said), 1, "{}", d.stderr());
+    d.stop_ok();
+    // a file: a command not installed here is said at start, not only at each failed spawn
+    let mut d = Drover::start(&one_program(
+        "command = [\"no-such-command-drover\", \"serve\"]\nbackoff = { initial = \"10s\" }",
+    ));
+    d.status_addr();
+    let said = "program w: command `no-such-command-drover` not found in PATH";
+    wait_until(T, "the warning", || {
+        (logged_times(&d, "WARN", said) > 0).then_some(())
+    });
+    assert_eq!(logged_times(&d, "WARN", said), 1, "{}", d.stderr());
+    d.stop_ok();
+}

@@ -343,3 +343,84 @@ fn run_logs_what_check_warns_about_once_in_one_line_and_file_mode() {
     assert_eq!(logged_times(&d, "WARN", said), 1, "{}", d.stderr());
     d.stop_ok();
 }
+
+/// `drover check` on a whole file: its output, whatever the exit code.
+fn check_file(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("drover.toml");
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("-c")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "warnings, not errors: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn check_warns_about_what_cannot_work_as_written() {
+    let sock = "[socket.http]\nlisten = \"127.0.0.1:8000\"\n";
+    // (file, what the warning must say)
+    let cases = [
+        // fd 3 with nothing passed at fd 3
+        (
+            "[program.api]\ncommand = [\"uvicorn\", \"main:app\", \"--fd\", \"3\"]\n".to_string(),
+            "program api: uvicorn `--fd` serves a socket drover passes, but [program.api] has no `sockets`",
+        ),
+        (
+            "[program.api]\ncommand = [\"drover-uvicorn\", \"main:app\"]\n".to_string(),
+            "program api: drover-uvicorn serves the socket drover passes at fd 3",
+        ),
+        // a socket nobody serves
+        (
+            format!("{sock}[socket.admin]\nlisten = \"127.0.0.1:8001\"\n[program.api]\ncommand = [\"drover-uvicorn\", \"main:app\"]\nsockets = [\"http\"]\n"),
+            "socket admin: no program lists it in `sockets`",
+        ),
+        // a protocol the command cannot speak
+        (
+            format!("{sock}[program.api]\ncommand = [\"uvicorn\", \"main:app\", \"--fd\", \"3\"]\nsockets = [\"http\"]\npreload = true\n"),
+            "program api: preload = true, but uvicorn does not speak drover's preload protocol",
+        ),
+        (
+            format!("{sock}[program.api]\ncommand = \"gunicorn -k uvicorn.workers.UvicornWorker main:app\"\nsockets = [\"http\"]\npreload = true\n"),
+            "program api: preload = true, but gunicorn does not speak",
+        ),
+        (
+            format!("{sock}[program.api]\ncommand = [\"uvicorn\", \"main:app\", \"--fd\", \"3\"]\nsockets = [\"http\"]\nreadiness = {{ check = \"notify\" }}\n"),
+            "program api: readiness check = \"notify\", but uvicorn never sends READY=1",
+        ),
+        // uvicorn's own backlog in a script drover cannot add to
+        (
+            format!("{sock}[program.api]\ncommand = \"exec uvicorn main:app --fd 3\"\nsockets = [\"http\"]\n"),
+            "uvicorn listen()s socket http again with its own backlog (2048 unless told), not the socket's 1024: add `--backlog 1024`",
+        ),
+    ];
+    for (file, want) in &cases {
+        let out = check_file(file);
+        assert!(out.contains(want), "wanted `{want}` in\n{out}");
+    }
+    // what the reference setup writes draws none of them; drover passes uvicorn the backlog
+    let out = check_file(&format!("{sock}[program.api]\ncommand = [\"drover-uvicorn\", \"main:app\"]\nsockets = [\"http\"]\npreload = true\nreadiness = {{ check = \"notify\" }}\n"));
+    let warnings = out.split_once("warnings:").map_or("", |(_, w)| w);
+    assert!(
+        warnings
+            .lines()
+            .filter(|l| l.starts_with("  "))
+            .all(|l| l.contains("not found in PATH")),
+        "only drover-uvicorn not being installed here: {out}"
+    );
+    assert!(
+        out.contains("command  drover-uvicorn main:app --backlog 1024"),
+        "{out}"
+    );
+    assert!(
+        out.contains("derived: program api: drover-uvicorn gets `--backlog 1024`"),
+        "{out}"
+    );
+}

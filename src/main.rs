@@ -178,6 +178,19 @@ fn read_config(src: &Source) -> Result<(Config, Vec<String>), String> {
     };
     let mut cfg =
         config::parse(&name, &text, &|k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
+    // relative paths in a file are the file's directory's; with no file, the current one's
+    // (the directory as the kernel sees it: `..` and symlinked directories resolved, the file
+    // itself, if a symlink, not followed)
+    let dir = match src {
+        Source::File(p) => std::path::absolute(p).ok().and_then(|p| {
+            let dir = p.parent()?;
+            Some(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()))
+        }),
+        Source::Demo | Source::CommandLine(_) => std::env::current_dir().ok(),
+    };
+    if let Some(dir) = dir {
+        config::anchor_paths(&mut cfg, &dir);
+    }
     let derived = plan::resolve(&name, &mut cfg).map_err(|e| e.to_string())?;
     Ok((cfg, derived))
 }

@@ -46,34 +46,45 @@ fn a_file_elsewhere_with_a_relative_cwd_and_command_starts_from_any_directory() 
     let root = tempfile::tempdir().unwrap();
     project(root.path());
     let proj = root.path().join("proj");
-    // drover runs in a temp dir of its own, given the file by a path relative to that dir
+    let sock = proj.join("run/http.sock");
+    // from a temp dir of drover's own, given the file by a path relative to it
     let rel = format!(
         "../{}/proj/drover.toml",
         root.path().file_name().unwrap().to_str().unwrap()
     );
-    let mut d = Drover::start_args(&["run", "-c", &rel], &[], &[]);
-    assert_ne!(d.dir.path(), proj.as_path());
-    d.wait_status("the worker ready", T, |v| all_ready(v, 1));
-    // the worker started in proj/app, from proj/app/bin/serve (not proj/app/app/bin/serve)
-    let started = std::fs::read_to_string(proj.join("app/started-in")).unwrap();
-    assert_eq!(started.trim(), proj.join("app").to_str().unwrap());
-    // the socket is proj/run/http.sock, and the worker answers on it
-    let sock = proj.join("run/http.sock");
-    assert!(
-        d.logged(&format!("socket http listening on unix:{}", sock.display())),
-        "{}",
-        d.stderr()
-    );
-    let body = wait_until(T, "an answer through the socket", || {
-        use std::io::{Read, Write};
-        let mut c = std::os::unix::net::UnixStream::connect(&sock).ok()?;
-        c.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-        let mut b = String::new();
-        c.read_to_string(&mut b).ok()?;
-        b.contains("demo-worker web.0").then_some(b)
-    });
-    assert!(body.contains("200 OK"), "{body}");
-    d.stop_ok();
+    // and from the file's own directory (where a relative cwd was joined twice at spawn:
+    // proj/app/app/bin/serve)
+    let cd = format!("cd {} && exec \"$0\" \"$@\"", proj.display());
+    let starts: [Box<dyn Fn() -> Drover>; 2] = [
+        Box::new(move || Drover::start_args(&["run", "-c", &rel], &[], &[])),
+        Box::new(move || {
+            Drover::start_args(&["run", "-c", "drover.toml"], &[], &["sh", "-c", &cd])
+        }),
+    ];
+    for start in starts {
+        let _ = std::fs::remove_file(proj.join("app/started-in"));
+        let mut d = start();
+        d.wait_status("the worker ready", T, |v| all_ready(v, 1));
+        // the worker started in proj/app, from proj/app/bin/serve
+        let started = std::fs::read_to_string(proj.join("app/started-in")).unwrap();
+        assert_eq!(started.trim(), proj.join("app").to_str().unwrap());
+        // the socket is proj/run/http.sock, and the worker answers on it
+        assert!(
+            d.logged(&format!("socket http listening on unix:{}", sock.display())),
+            "{}",
+            d.stderr()
+        );
+        let body = wait_until(T, "an answer through the socket", || {
+            use std::io::{Read, Write};
+            let mut c = std::os::unix::net::UnixStream::connect(&sock).ok()?;
+            c.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+            let mut b = String::new();
+            c.read_to_string(&mut b).ok()?;
+            b.contains("demo-worker web.0").then_some(b)
+        });
+        assert!(body.contains("200 OK"), "{body}");
+        d.stop_ok();
+    }
 }
 
 #[test]

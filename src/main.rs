@@ -524,6 +524,11 @@ async fn supervise(s: Start) -> i32 {
     };
     let bound = match sockets::bind_or_adopt(&s.cfg.sockets, passed) {
         Ok(b) => b,
+        // the file and the unit disagree: no retry can fix that, so the configuration's code
+        Err(e @ sockets::AdoptError::Mismatch { .. }) => {
+            error!("{e}; no step or worker was started; exiting with code 2");
+            return 2;
+        }
         Err(e) => {
             error!("{e}; no step or worker was started; exiting with code 1");
             return supervisor::EXIT_RUNTIME;

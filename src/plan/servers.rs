@@ -132,7 +132,7 @@ fn no_socket_to_serve(p: &ProgramCfg, seen: &Seen) -> Option<String> {
     };
     let name = &p.name;
     Some(format!(
-        "program {name}: {how}, but [program.{name}] has no `sockets`, so fd 3 is not a listening socket and every worker fails at start: add `sockets = [\"http\"]` with a [socket.http] `listen`"
+        "program {name}: {how}, but [program.{name}] has no `sockets`, so fd 3 is not a listening socket and every worker fails at start: give it one (`--bind ADDR` in one-line mode; in a file, `sockets = [\"http\"]` and a [socket.http] `listen`)"
     ))
 }
 

@@ -183,6 +183,19 @@ fn read_config(src: &Source) -> Result<(Config, Vec<String>), String> {
     };
     let mut cfg =
         config::parse(&name, &text, &|k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
+    // relative paths in a file are the file's directory's; with no file, the current one's
+    // (the directory as the kernel sees it: `..` and symlinked directories resolved, the file
+    // itself, if a symlink, not followed)
+    let dir = match src {
+        Source::File(p) => std::path::absolute(p).ok().and_then(|p| {
+            let dir = p.parent()?;
+            Some(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()))
+        }),
+        Source::Demo | Source::CommandLine(_) => std::env::current_dir().ok(),
+    };
+    if let Some(dir) = dir {
+        config::anchor_paths(&mut cfg, &dir);
+    }
     let derived = plan::resolve(&name, &mut cfg).map_err(|e| e.to_string())?;
     Ok((cfg, derived))
 }
@@ -366,6 +379,11 @@ fn check(src: Source) -> i32 {
     for d in &derived {
         println!("derived: {d}");
     }
+    // what `run` reads or decides before anything starts, and refuses to start without
+    let mut refused = vec![];
+    if let Err(e) = secrets(&cfg) {
+        refused.extend(e);
+    }
     match enforcement::decide(&cfg, false, None) {
         Ok(b) => {
             println!("budget enforcement: {}", b.mode.as_str());
@@ -373,7 +391,7 @@ fn check(src: Source) -> i32 {
                 println!("  {n}");
             }
         }
-        Err(e) => println!("budget enforcement: at run time drover will exit 1: {e}"),
+        Err(e) => refused.push(format!("budgets: {e}")),
     }
     let warns = plan::warnings(&cfg);
     if !warns.is_empty() {
@@ -381,6 +399,16 @@ fn check(src: Source) -> i32 {
         for w in warns {
             println!("  {w}");
         }
+    }
+    if !refused.is_empty() {
+        for r in &refused {
+            eprintln!("drover: {r}");
+        }
+        eprintln!(
+            "drover: {}: `drover run` would refuse to start with this; nothing was started",
+            src.label()
+        );
+        return 2;
     }
     println!("ok: {} is valid", src.label());
     0
@@ -392,16 +420,20 @@ struct Secrets {
     tls: Option<drover::api::tls::ServerConfig>,
 }
 
-fn secrets(cfg: &Config) -> Result<Secrets, String> {
+/// Every problem, not the first: `check` lists them all, as it does for the file.
+fn secrets(cfg: &Config) -> Result<Secrets, Vec<String>> {
     let token = match &cfg.supervisor.control_token_file {
-        Some(p) => Some(Arc::<str>::from(drover::api::control::read_token(p)?)),
-        None => None,
+        Some(p) => drover::api::control::read_token(p).map(|t| Some(Arc::<str>::from(t))),
+        None => Ok(None),
     };
     let tls = match (&cfg.supervisor.tls_cert, &cfg.supervisor.tls_key) {
-        (Some(c), Some(k)) => Some(drover::api::tls::load(c, k)?),
-        _ => None,
+        (Some(c), Some(k)) => drover::api::tls::load(c, k).map(Some),
+        _ => Ok(None),
     };
-    Ok(Secrets { token, tls })
+    match (token, tls) {
+        (Ok(token), Ok(tls)) => Ok(Secrets { token, tls }),
+        (token, tls) => Err(token.err().into_iter().chain(tls.err()).collect()),
+    }
 }
 
 /// Not PID 1: become the subreaper of everything drover starts, and fork the guard that kills
@@ -423,8 +455,10 @@ fn run(src: Source) -> i32 {
     };
     let secrets = match secrets(&cfg) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("drover: {e}; nothing was started");
+        Err(errors) => {
+            for e in errors {
+                eprintln!("drover: {e}; nothing was started");
+            }
             return 2;
         }
     };
@@ -447,6 +481,10 @@ fn run(src: Source) -> i32 {
     }
     for d in &derived {
         info!("{d}");
+    }
+    // what `drover check` would warn about, said where one-line users look: the log
+    for w in plan::warnings(&cfg) {
+        warn!("{w}");
     }
     let budget = match enforcement::decide(&cfg, true, guard.as_ref().map(|g| g.pid)) {
         Ok(b) => b,
@@ -512,6 +550,11 @@ async fn supervise(s: Start) -> i32 {
     };
     let bound = match sockets::bind_or_adopt(&s.cfg.sockets, passed) {
         Ok(b) => b,
+        // the file and the unit disagree: no retry can fix that, so the configuration's code
+        Err(e @ sockets::AdoptError::Mismatch { .. }) => {
+            error!("{e}; no step or worker was started; exiting with code 2");
+            return 2;
+        }
         Err(e) => {
             error!("{e}; no step or worker was started; exiting with code 1");
             return supervisor::EXIT_RUNTIME;

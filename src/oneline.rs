@@ -95,7 +95,12 @@ impl OneLine {
         } else {
             let workers = self.workers.as_deref().unwrap_or("${WEB_CONCURRENCY:-1}");
             let sockets: Vec<String> = names.iter().map(|n| quoted(n)).collect();
-            o.push_str(&format!("workers = {}\n", quoted(workers)));
+            // a number as a number, as a file would write it; `auto` and `${...}` are strings
+            let workers = match workers.parse::<u32>() {
+                Ok(n) => n.to_string(),
+                Err(_) => quoted(workers),
+            };
+            o.push_str(&format!("workers = {workers}\n"));
             if !sockets.is_empty() {
                 o.push_str(&format!("sockets = [{}]\n", sockets.join(", ")));
             }

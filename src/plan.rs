@@ -1,7 +1,8 @@
 //! From a parsed configuration to the plan drover runs: user and group names looked up (a
 //! problem is a positioned error, like any other in the file), `workers = "auto"` derived from
 //! the machine, and the warnings a valid file can still earn (a command that is not installed
-//! here: at run time that worker backs off and retries). `render` is what `drover check` prints.
+//! here: at run time that worker backs off and retries; a socket nobody serves; what `servers`
+//! sees in a command). `render` is what `drover check` prints, in the file's words (`words`).
 
 use std::fmt::Write;
 
@@ -10,6 +11,9 @@ use crate::process::identity;
 use crate::process::signals;
 use crate::process::spawn;
 use crate::resources::sizing;
+
+mod servers;
+mod words;
 
 /// Resolve what parsing left to the machine: identities, then worker counts. Returns one line per
 /// derived figure, or every problem found, positioned in `file`.
@@ -32,7 +36,9 @@ pub fn resolve(file: &str, cfg: &mut Config) -> Result<Vec<String>, ConfigErrors
             problems,
         });
     }
-    Ok(derive_workers(cfg))
+    let mut derived = derive_workers(cfg);
+    derived.extend(servers::pass_backlog(cfg));
+    Ok(derived)
 }
 
 /// `user` / `group` to ids. A drover that is not root can only run workers as itself.
@@ -90,15 +96,16 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
             p.cwd.as_deref(),
         );
     }
-    if let Some(t) = &cfg.supervisor.control_token_file {
-        if let Err(e) = crate::api::control::read_token(t) {
+    for p in &cfg.programs {
+        w.extend(servers::warnings(cfg, p));
+    }
+    for s in &cfg.sockets {
+        if !cfg.programs.iter().any(|p| p.sockets.contains(&s.name)) {
             w.push(format!(
-                "supervisor: {e} (at run time: drover refuses to start)"
+                "socket {}: no program lists it in `sockets`: drover binds {} and nothing accepts, so connections wait in its queue until the client gives up; add it to a program's `sockets` or remove [socket.{}]",
+                s.name, s.listen, s.name
             ));
         }
-    }
-    for p in &cfg.programs {
-        w.extend(server_flags(p));
     }
     for p in &cfg.programs {
         if let Some(c) = &p.cwd {
@@ -112,68 +119,6 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
         }
     }
     w
-}
-
-/// uvicorn, gunicorn and hypercorn flags that fight drover's own job in a program with sockets,
-/// each with what to do instead.
-pub fn server_flags(p: &crate::config::ProgramCfg) -> Vec<String> {
-    if p.sockets.is_empty() {
-        return vec![];
-    }
-    // as written: the advice quotes the flags, and a `${VAR}` in them stays unexpanded
-    let shown = p.command.shown_argv();
-    let argv: Vec<String> = if p.command.is_shell() {
-        let script = shown.last().map_or("", String::as_str);
-        script.split_whitespace().map(String::from).collect()
-    } else {
-        shown
-    };
-    let base = |a: &str| a.rsplit('/').next().unwrap_or(a).to_string();
-    let Some(server) = argv
-        .iter()
-        .map(|a| base(a))
-        .find(|b| matches!(b.as_str(), "uvicorn" | "gunicorn" | "hypercorn"))
-    else {
-        return vec![];
-    };
-    let name = &p.name;
-    let mut out = vec![];
-    let mut has_fd = false;
-    for (i, a) in argv.iter().enumerate() {
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) if f.starts_with('-') => (f, Some(v.to_string())),
-            _ => (a.as_str(), None),
-        };
-        let value = inline
-            .or_else(|| argv.get(i + 1).cloned())
-            .unwrap_or_default();
-        let said = format!("program {name}: {server} `{flag} {value}`");
-        let advice = match (server.as_str(), flag) {
-            (_, "--workers") | ("gunicorn" | "hypercorn", "-w") => format!(
-                "drover runs the workers, each a single {server} process: remove it and set `workers = {value}` in [program.{name}]"
-            ),
-            ("uvicorn", "--host" | "--port") | ("uvicorn", "--uds") => format!(
-                "{server} would bind its own socket beside drover's: remove it, and serve drover's with `--fd 3` (set the address in [socket.*] `listen`)"
-            ),
-            ("gunicorn", "--bind" | "-b") => "gunicorn would bind its own socket: remove it; gunicorn takes drover's from LISTEN_FDS (set the address in [socket.*] `listen`)".to_string(),
-            ("hypercorn", "--bind" | "-b") if !value.starts_with("fd://") => "hypercorn would bind its own socket: use `--bind fd://3` to serve drover's (set the address in [socket.*] `listen`)".to_string(),
-            (_, "--reload") => format!(
-                "{server}'s reloader is a second supervisor: remove it and use `watch = [\"src/\"]` in [program.{name}] (a rolling restart on change)"
-            ),
-            ("uvicorn", "--fd") => {
-                has_fd = true;
-                continue;
-            }
-            _ => continue,
-        };
-        out.push(format!("{said}: {advice}"));
-    }
-    if server == "uvicorn" && !has_fd {
-        out.push(format!(
-            "program {name}: uvicorn without `--fd 3` binds its own socket (127.0.0.1:8000 unless told otherwise), not drover's: add `--fd 3`"
-        ));
-    }
-    out
 }
 
 pub fn render(cfg: &Config, source: &str) -> String {
@@ -194,13 +139,13 @@ fn render_supervisor(o: &mut String, cfg: &Config) {
     let s = &cfg.supervisor;
     let _ = writeln!(
         o,
-        "supervisor: status {}, shutdown timeout {:?}, log format {:?}",
+        "supervisor: status {}, shutdown timeout {:?}, log format {}",
         s.status
             .as_ref()
             .map(|a| a.to_string())
             .unwrap_or_else(|| "off".into()),
         s.shutdown_timeout,
-        s.log_format
+        words::log_format(s.log_format)
     );
     let _ = writeln!(
         o,
@@ -364,8 +309,11 @@ fn render_program(o: &mut String, p: &crate::config::ProgramCfg) {
     }
     let _ = writeln!(
         o,
-        "    restart  {:?}; backoff {:?} doubling to {:?}, reset after {:?} up",
-        p.restart, p.backoff.initial, p.backoff.max, p.backoff.reset_after
+        "    restart  {}; backoff {:?} doubling to {:?}, reset after {:?} up",
+        words::restart(p.restart),
+        p.backoff.initial,
+        p.backoff.max,
+        p.backoff.reset_after
     );
     let _ = writeln!(
         o,
@@ -373,7 +321,7 @@ fn render_program(o: &mut String, p: &crate::config::ProgramCfg) {
         signals::name(p.stop_signal),
         p.stop_timeout
     );
-    let _ = writeln!(o, "    output   {:?}", p.log);
+    let _ = writeln!(o, "    output   {}", words::log_mode(p.log));
 }
 
 /// Readiness, health and watch lines of one program.
@@ -451,14 +399,14 @@ fn render_budgets(o: &mut String, cfg: &Config) {
     let b = &cfg.budget;
     let _ = writeln!(
         o,
-        "node budget: memory {}, cpu {}, mode {:?}, sampling every {:?}",
+        "node budget: memory {}, cpu {}, mode {}, sampling every {:?}",
         b.memory
             .map(crate::config::fmt_size)
             .unwrap_or_else(|| "unlimited".into()),
         b.cpu
             .map(|c| format!("{c} cores"))
             .unwrap_or_else(|| "unlimited".into()),
-        b.mode,
+        words::budget_mode(b.mode),
         b.sample_interval
     );
     for p in &cfg.programs {

@@ -75,13 +75,17 @@ fn every_problem_in_a_file_is_listed() {
 #[test]
 fn every_shipped_config_passes_check() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    // container.toml reads its token file from DROVER_TOKEN_FILE, as its pod spec sets it
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secrets.path().join("token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
     let mut n = 0;
     for f in std::fs::read_dir(dir).unwrap().flatten() {
         let out = Command::new(BIN)
             .arg("check")
             .arg("-c")
             .arg(f.path())
-            .env("DROVER_TOKEN_FILE", "/dev/null")
+            .env("DROVER_TOKEN_FILE", &token)
             .output()
             .unwrap();
         assert!(
@@ -111,4 +115,137 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("cannot read configuration /nonexistent/drover.toml"));
+}
+
+/// What `drover check` prints for a setting chosen from a list is the file's word for it (or
+/// plain words), never the Rust name of the value (`restart Always`, `log format Auto`).
+#[test]
+fn check_speaks_in_words_not_rust_names() {
+    const RUST_NAMES: [&str; 18] = [
+        "Always",
+        "OnFailure",
+        "Never",
+        "Capture",
+        "Inherit",
+        "Auto",
+        "Text",
+        "Json",
+        "Journald",
+        "Cgroup",
+        "Sample",
+        "Off",
+        "Exit",
+        "Stay",
+        "Listening",
+        "Uptime",
+        "Exec",
+        "Notify",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    // every value of every listed setting the shipped files do not already use
+    let extra = [
+        "[supervisor]\nlog_format = \"text\"\n[budget]\nmode = \"sample\"\nmemory = \"1GiB\"\n[program.a]\ncommand = \"true\"\nrestart = \"on-failure\"\nlog = \"capture\"\n",
+        "[supervisor]\nlog_format = \"journald\"\n[budget]\nmode = \"off\"\n[program.a]\ncommand = \"true\"\nrestart = \"never\"\nlog = \"inherit\"\n",
+        "[supervisor]\nlog_format = \"json\"\n[budget]\nmode = \"cgroup\"\n[program.a]\ncommand = \"true\"\n",
+    ];
+    let mut files: Vec<std::path::PathBuf> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+    for (i, text) in extra.iter().enumerate() {
+        let f = dir.path().join(format!("extra{i}.toml"));
+        std::fs::write(&f, text).unwrap();
+        files.push(f);
+    }
+    for f in files {
+        let out = Command::new(BIN)
+            .arg("check")
+            .arg("-c")
+            .arg(&f)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("programs ("), "{}: {text}", f.display());
+        let rust: Vec<&str> = text
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| RUST_NAMES.contains(w))
+            .collect();
+        assert!(
+            rust.is_empty(),
+            "{}: Rust names {rust:?} in\n{text}",
+            f.display()
+        );
+    }
+}
+
+/// `drover check` exits 2 on everything `drover run` refuses to start with before anything
+/// starts: a control token it would not accept, TLS files it cannot load. Both say the same.
+#[test]
+fn check_exits_2_where_run_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short-token");
+    std::fs::write(&short, "tooshort\n").unwrap();
+    let good = dir.path().join("good-token");
+    std::fs::write(&good, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let file = |name: &str, supervisor: &str| {
+        let f = dir.path().join(name);
+        let text = format!(
+            "[supervisor]\nstatus = \"127.0.0.1:0\"\n{supervisor}\n[program.w]\ncommand = [\"sleep\", \"1000\"]\n"
+        );
+        std::fs::write(&f, text).unwrap();
+        f
+    };
+    let run = |args: &[&std::ffi::OsStr]| Command::new(BIN).args(args).output().unwrap();
+    let cases = [
+        (
+            file(
+                "short.toml",
+                &format!("control_token_file = \"{}\"", short.display()),
+            ),
+            "shorter than 16 characters",
+        ),
+        (
+            file(
+                "missing.toml",
+                &format!(
+                    "control_token_file = \"{}\"",
+                    dir.path().join("absent").display()
+                ),
+            ),
+            "absent",
+        ),
+        (
+            file(
+                "tls.toml",
+                "tls_cert = \"/nonexistent/tls.crt\"\ntls_key = \"/nonexistent/tls.key\"",
+            ),
+            "tls",
+        ),
+    ];
+    for (f, says) in &cases {
+        let check = run(&["check".as_ref(), "-c".as_ref(), f.as_os_str()]);
+        let err = String::from_utf8_lossy(&check.stderr);
+        assert_eq!(check.status.code(), Some(2), "check {}: {err}", f.display());
+        assert!(err.contains(says), "check {}: {err}", f.display());
+        assert!(err.contains("would refuse to start"), "{err}");
+        // and run does refuse, with nothing started
+        let out = run(&["run".as_ref(), "-c".as_ref(), f.as_os_str()]);
+        let run_err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "run {}: {run_err}", f.display());
+        assert!(run_err.contains(says), "run {}: {run_err}", f.display());
+    }
+    // a token run accepts passes check
+    let ok = file(
+        "good.toml",
+        &format!("control_token_file = \"{}\"", good.display()),
+    );
+    let check = run(&["check".as_ref(), "-c".as_ref(), ok.as_os_str()]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 }

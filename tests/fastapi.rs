@@ -59,3 +59,27 @@ stop_timeout = "10s"
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(30)), 0, "{}", d.stderr());
 }
+
+/// uvicorn calls `listen()` again on the socket it is given, with its own `--backlog` (2048):
+/// drover passes the socket's `backlog` instead, so the kernel's queue is the one configured.
+#[test]
+fn uvicorn_listens_with_the_sockets_backlog() {
+    let Some(py) = fastapi_python() else {
+        skip("no Python with fastapi and uvicorn (run tests/run.sh, or set DROVER_TEST_PYTHON)");
+        return;
+    };
+    let cfg = fastapi_cfg(&py, 1, "").replace("backlog = 2048", "backlog = 100");
+    let mut d = Drover::start(&cfg);
+    let v = d.wait_status("the worker ready", Duration::from_secs(60), |v| {
+        all_ready(v, 1)
+    });
+    // ready means uvicorn waits on the socket, so it has called listen() by now; /status reads
+    // the queue's limit from the socket when it is served
+    println!(
+        "queue_max after uvicorn started: {}",
+        v["sockets"][0]["queue_max"]
+    );
+    assert_eq!(v["sockets"][0]["queue_max"], 100, "{}", d.stderr());
+    assert!(d.logged("uvicorn gets `--backlog 100`"), "{}", d.stderr());
+    d.stop_ok();
+}

@@ -63,6 +63,8 @@ fn print_config_is_a_file_that_drover_check_accepts() {
     assert!(out.status.success());
     let toml = String::from_utf8(out.stdout).unwrap();
     assert!(toml.contains("listen = \"0.0.0.0:8000\""), "{toml}");
+    // a number as a number, as a file would have it
+    assert!(toml.contains("\nworkers = 3\n"), "{toml}");
     assert!(
         toml.contains("echo $${HOME} migrated"),
         "the user's text stays literal: {toml}"
@@ -90,6 +92,12 @@ fn print_config_is_a_file_that_drover_check_accepts() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("workers = \"${WEB_CONCURRENCY:-1}\""));
+    // `auto` stays a string
+    let out = Command::new(BIN)
+        .args(["run", "--workers", "auto", "--print-config", "--", "app"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("workers = \"auto\"\n"));
     // --help says what to type instead of uvicorn's, gunicorn's and tini's lines
     let help = Command::new(BIN).args(["run", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
@@ -294,4 +302,142 @@ fn a_worker_that_prints_and_exits_at_once_never_loses_its_line() {
             d.stdout()
         );
     }
+}
+
+/// A stand-in for a server: an executable named `name` in a temp dir that sleeps.
+fn fake_server(name: &str) -> (tempfile::TempDir, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, "#!/bin/sh\nexec sleep 1000\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let p = path.display().to_string();
+    (dir, p)
+}
+
+/// How many of drover's log lines at `level` contain `text`.
+fn logged_times(d: &Drover, level: &str, text: &str) -> usize {
+    d.log()
+        .iter()
+        .filter(|l| l["level"] == level && l["message"].as_str().is_some_and(|m| m.contains(text)))
+        .count()
+}
+
+#[test]
+fn run_logs_what_check_warns_about_once_in_one_line_and_file_mode() {
+    // one-line users never run `check`: uvicorn without `--fd 3` binds its own socket
+    let (bin, uvicorn) = fake_server("uvicorn");
+    let mut d = Drover::start_args(
+        &[
+            "run",
+            "--bind",
+            "127.0.0.1:0",
+            "--status",
+            "127.0.0.1:0",
+            "--",
+            &uvicorn,
+            "main:app",
+        ],
+        &[],
+        &[],
+    );
+    d.keep.push(bin);
+    d.wait_status("the worker started", T, |v| {
+        v["programs"][0]["workers"][0]["pid"].is_i64()
+    });
+    let said = "uvicorn without `--fd 3` binds its own socket";
+    assert_eq!(logged_times(&d, "WARN", said), 1, "{}", d.stderr());
+    d.stop_ok();
+    // a file: a command not installed here is said at start, not only at each failed spawn
+    let mut d = Drover::start(&one_program(
+        "command = [\"no-such-command-drover\", \"serve\"]\nbackoff = { initial = \"10s\" }",
+    ));
+    d.status_addr();
+    let said = "program w: command `no-such-command-drover` not found in PATH";
+    wait_until(T, "the warning", || {
+        (logged_times(&d, "WARN", said) > 0).then_some(())
+    });
+    assert_eq!(logged_times(&d, "WARN", said), 1, "{}", d.stderr());
+    d.stop_ok();
+}
+
+/// `drover check` on a whole file: its output, whatever the exit code.
+fn check_file(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("drover.toml");
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("-c")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "warnings, not errors: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn check_warns_about_what_cannot_work_as_written() {
+    let sock = "[socket.http]\nlisten = \"127.0.0.1:8000\"\n";
+    // (file, what the warning must say)
+    let cases = [
+        // fd 3 with nothing passed at fd 3
+        (
+            "[program.api]\ncommand = [\"uvicorn\", \"main:app\", \"--fd\", \"3\"]\n".to_string(),
+            "program api: uvicorn `--fd` serves a socket drover passes, but [program.api] has no `sockets`",
+        ),
+        (
+            "[program.api]\ncommand = [\"drover-uvicorn\", \"main:app\"]\n".to_string(),
+            "program api: drover-uvicorn serves the socket drover passes at fd 3",
+        ),
+        // a socket nobody serves
+        (
+            format!("{sock}[socket.admin]\nlisten = \"127.0.0.1:8001\"\n[program.api]\ncommand = [\"drover-uvicorn\", \"main:app\"]\nsockets = [\"http\"]\n"),
+            "socket admin: no program lists it in `sockets`",
+        ),
+        // a protocol the command cannot speak
+        (
+            format!("{sock}[program.api]\ncommand = [\"uvicorn\", \"main:app\", \"--fd\", \"3\"]\nsockets = [\"http\"]\npreload = true\n"),
+            "program api: preload = true, but uvicorn does not speak drover's preload protocol",
+        ),
+        (
+            format!("{sock}[program.api]\ncommand = \"gunicorn -k uvicorn.workers.UvicornWorker main:app\"\nsockets = [\"http\"]\npreload = true\n"),
+            "program api: preload = true, but gunicorn does not speak",
+        ),
+        (
+            format!("{sock}[program.api]\ncommand = [\"uvicorn\", \"main:app\", \"--fd\", \"3\"]\nsockets = [\"http\"]\nreadiness = {{ check = \"notify\" }}\n"),
+            "program api: readiness check = \"notify\", but uvicorn never sends READY=1",
+        ),
+        // uvicorn's own backlog in a script drover cannot add to
+        (
+            format!("{sock}[program.api]\ncommand = \"exec uvicorn main:app --fd 3\"\nsockets = [\"http\"]\n"),
+            "uvicorn listen()s socket http again with its own backlog (2048 unless told), not the socket's 1024: add `--backlog 1024`",
+        ),
+    ];
+    for (file, want) in &cases {
+        let out = check_file(file);
+        assert!(out.contains(want), "wanted `{want}` in\n{out}");
+    }
+    // what the reference setup writes draws none of them; drover passes uvicorn the backlog
+    let out = check_file(&format!("{sock}[program.api]\ncommand = [\"drover-uvicorn\", \"main:app\"]\nsockets = [\"http\"]\npreload = true\nreadiness = {{ check = \"notify\" }}\n"));
+    let warnings = out.split_once("warnings:").map_or("", |(_, w)| w);
+    assert!(
+        warnings
+            .lines()
+            .filter(|l| l.starts_with("  "))
+            .all(|l| l.contains("not found in PATH")),
+        "only drover-uvicorn not being installed here: {out}"
+    );
+    assert!(
+        out.contains("command  drover-uvicorn main:app --backlog 1024"),
+        "{out}"
+    );
+    assert!(
+        out.contains("derived: program api: drover-uvicorn gets `--backlog 1024`"),
+        "{out}"
+    );
 }

@@ -98,10 +98,11 @@ fn socket_activation_adopts_the_named_socket() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("activated.sock");
     let s = sock.to_str().unwrap().to_string();
+    // the file says the address systemd listens on (drover would refuse any other)
     let mut d = Drover::start_with(
         &demo("").replace(
             "listen = \"127.0.0.1:0\"",
-            "listen = \"unix:/nonexistent/never-bound.sock\"",
+            &format!("listen = \"unix:{s}\""),
         ),
         &[],
         &["systemd-socket-activate", "-l", &s, "--fdname=http"],
@@ -125,6 +126,99 @@ fn socket_activation_adopts_the_named_socket() {
         d.stderr()
     );
     d.stop_ok();
+}
+
+/// A socket systemd passes on another address than the file's `listen` is refused before
+/// anything starts: `ListenStream=8000` listens on every address, and a file that says
+/// 127.0.0.1:8000 (behind nginx) must not end up serving the world.
+#[test]
+fn a_passed_socket_on_another_address_than_listen_is_refused() {
+    if !installed("systemd-socket-activate") {
+        skip("systemd-socket-activate is not installed (Debian package systemd)");
+        return;
+    }
+    // a port free on every address, for systemd-socket-activate to listen on
+    let port = wait_until(T, "a free port", || {
+        let p = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        port_free(&format!("[::]:{p}")).then_some(p)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("activated.sock");
+    let s = sock.to_str().unwrap().to_string();
+    let every = port.to_string();
+    // (what systemd listens on, the file's listen, how to connect to wake it, what it says)
+    let cases = [
+        (
+            every.clone(),
+            format!("127.0.0.1:{port}"),
+            format!("tcp:127.0.0.1:{port}"),
+            format!("systemd passed a socket listening on [::]:{port}, but [socket.http] says listen = \"127.0.0.1:{port}\""),
+        ),
+        (
+            s.clone(),
+            "unix:/nonexistent/never-bound.sock".to_string(),
+            format!("unix:{s}"),
+            format!("systemd passed a socket listening on unix:{s}, but [socket.http] says listen = \"unix:/nonexistent/never-bound.sock\""),
+        ),
+    ];
+    for (activate, listen, wake, says) in cases {
+        let mut d = Drover::start_with(
+            &demo("").replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"{listen}\""),
+            ),
+            &[],
+            &["systemd-socket-activate", "-l", &activate, "--fdname=http"],
+        );
+        // systemd-socket-activate execs drover on the first connection
+        wait_until(T, "drover woken by a connection", || {
+            let connected = match wake.split_once(':').unwrap() {
+                ("tcp", a) => std::net::TcpStream::connect(a).is_ok(),
+                (_, p) => std::os::unix::net::UnixStream::connect(p).is_ok(),
+            };
+            connected.then_some(())
+        });
+        let code = d.wait_exit(T);
+        let err = d.stderr();
+        assert_eq!(code, 2, "{err}");
+        assert!(d.logged(&says), "{err}");
+        assert!(
+            d.logged("no step or worker was started; exiting with code 2"),
+            "{err}"
+        );
+        assert!(!d.logged("worker web.0 started"), "{err}");
+    }
+    drop(dir);
+}
+
+/// The shipped socket unit listens where the shipped systemd config says, so the pair starts.
+#[test]
+fn the_shipped_socket_unit_and_config_agree() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let unit = std::fs::read_to_string(format!("{root}/systemd/drover.socket")).unwrap();
+    let stream: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ListenStream="))
+        .collect();
+    let cfg = std::fs::read_to_string(format!("{root}/config/systemd.toml")).unwrap();
+    let listen = cfg
+        .split("[socket.http]")
+        .nth(1)
+        .and_then(|rest| {
+            rest.lines()
+                .find_map(|l| l.trim().strip_prefix("listen = \""))
+                .and_then(|v| v.split('"').next())
+        })
+        .expect("config/systemd.toml: [socket.http] listen");
+    assert_eq!(
+        stream,
+        vec![listen],
+        "drover.socket ListenStream= vs config/systemd.toml listen"
+    );
 }
 
 #[test]

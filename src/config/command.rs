@@ -41,6 +41,15 @@ impl CommandSpec {
         CommandSpec::exec(words.clone(), words)
     }
 
+    /// Add words that drover chose (nothing to expand or hide) to an argv command, where they
+    /// run and where they are shown; a shell script is left as it is.
+    pub fn push_literal(&mut self, words: &[String]) {
+        if !self.shell {
+            self.words.extend_from_slice(words);
+            self.shown.extend_from_slice(words);
+        }
+    }
+
     pub fn is_shell(&self) -> bool {
         self.shell
     }

@@ -18,12 +18,14 @@ use std::time::Duration;
 mod command;
 mod cross;
 mod keys;
+mod paths;
 mod program;
 mod sections;
 mod tree;
 mod values;
 
 pub use command::CommandSpec;
+pub use paths::anchor as anchor_paths;
 pub use tree::line_col;
 pub use values::{did_you_mean, expand_env, fmt_size, parse_duration, parse_listen, parse_size};
 

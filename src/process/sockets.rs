@@ -16,6 +16,22 @@ pub struct BindError {
     pub err: std::io::Error,
 }
 
+/// Why drover did not start with the sockets it was given or told to bind.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// systemd passed a socket whose address is not the file's `listen`: adopting it could
+    /// serve on more addresses than the file says (`ListenStream=8000` is every address)
+    #[error("socket {name}: systemd passed a socket listening on {passed}, but [socket.{name}] says listen = \"{listen}\"; drover does not serve another address than the file says: make the two the same (ListenStream={hint} in the .socket unit, or listen = \"{passed}\" in the file)")]
+    Mismatch {
+        name: String,
+        listen: String,
+        passed: String,
+        hint: String,
+    },
+}
+
 pub struct Bound {
     pub name: String,
     pub cfg_listen: ListenAddr,
@@ -128,31 +144,37 @@ pub fn from_systemd() -> Vec<(String, OwnedFd)> {
         .collect()
 }
 
-/// Bind every socket, adopting the ones systemd passed by name instead of binding them.
+/// Bind every socket, adopting the ones systemd passed by name instead of binding them. A passed
+/// socket must listen on the file's `listen` (port 0 in the file: any port); anything else is
+/// refused, so what the file says is what is exposed.
 pub fn bind_or_adopt(
     cfgs: &[SocketCfg],
     mut passed: Vec<(String, OwnedFd)>,
-) -> Result<Vec<Bound>, BindError> {
+) -> Result<Vec<Bound>, AdoptError> {
     let mut out = vec![];
     for cfg in cfgs {
         if let Some(i) = passed.iter().position(|(n, _)| *n == cfg.name) {
             let (_, fd) = passed.remove(i);
             let sock = Socket::from(fd);
-            let local = match sock.local_addr() {
-                Ok(a) => a
-                    .as_socket()
-                    .map(|s| s.to_string())
-                    .or_else(|| a.as_pathname().map(|p| format!("unix:{}", p.display())))
-                    .unwrap_or_else(|| "passed by systemd".into()),
-                Err(err) => {
-                    return Err(BindError {
-                        name: cfg.name.clone(),
-                        addr: "the fd systemd passed".into(),
-                        err,
-                    })
-                }
-            };
-            if sock.local_addr().is_ok_and(|a| a.as_socket().is_some()) {
+            let addr = sock.local_addr().map_err(|err| BindError {
+                name: cfg.name.clone(),
+                addr: "the fd systemd passed".into(),
+                err,
+            })?;
+            let local = addr
+                .as_socket()
+                .map(|s| s.to_string())
+                .or_else(|| addr.as_pathname().map(|p| format!("unix:{}", p.display())))
+                .unwrap_or_else(|| "an unnamed or abstract address".into());
+            if !same_address(&cfg.listen, &addr) {
+                return Err(AdoptError::Mismatch {
+                    name: cfg.name.clone(),
+                    listen: cfg.listen.to_string(),
+                    passed: local,
+                    hint: cfg.listen.to_string().trim_start_matches("unix:").into(),
+                });
+            }
+            if addr.as_socket().is_some() {
                 let _ = sock.set_tcp_nodelay(true);
             }
             tracing::info!(
@@ -177,4 +199,57 @@ pub fn bind_or_adopt(
         );
     }
     Ok(out)
+}
+
+/// The passed socket listens where the file says: the same IP address and port (any port for
+/// port 0), or the same unix path. `[::]` (every address, IPv4 too) is not `0.0.0.0`, nor
+/// `127.0.0.1`.
+fn same_address(listen: &ListenAddr, passed: &SockAddr) -> bool {
+    match (listen, passed.as_socket(), passed.as_pathname()) {
+        (ListenAddr::Tcp(want), Some(got), _) => {
+            want.ip() == got.ip() && (want.port() == 0 || want.port() == got.port())
+        }
+        (ListenAddr::Unix(want), None, Some(got)) => want == got,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_passed_socket_must_listen_where_the_file_says() {
+        let tcp = |s: &str| SockAddr::from(s.parse::<std::net::SocketAddr>().unwrap());
+        let listen = |s: &str| crate::config::parse_listen(s).unwrap();
+        let cases = [
+            ("127.0.0.1:8000", tcp("127.0.0.1:8000"), true),
+            ("127.0.0.1:0", tcp("127.0.0.1:8123"), true),
+            ("[::]:8000", tcp("[::]:8000"), true),
+            // ListenStream=8000 is every address, IPv4 included
+            ("127.0.0.1:8000", tcp("[::]:8000"), false),
+            ("0.0.0.0:8000", tcp("[::]:8000"), false),
+            ("127.0.0.1:8000", tcp("127.0.0.1:8001"), false),
+            ("127.0.0.1:8000", tcp("10.0.0.1:8000"), false),
+            (
+                "unix:/run/app.sock",
+                SockAddr::unix("/run/app.sock").unwrap(),
+                true,
+            ),
+            (
+                "unix:/run/app.sock",
+                SockAddr::unix("/run/other.sock").unwrap(),
+                false,
+            ),
+            ("unix:/run/app.sock", tcp("127.0.0.1:8000"), false),
+            (
+                "127.0.0.1:8000",
+                SockAddr::unix("/run/app.sock").unwrap(),
+                false,
+            ),
+        ];
+        for (want, got, same) in cases {
+            assert_eq!(same_address(&listen(want), &got), same, "{want} vs {got:?}");
+        }
+    }
 }

@@ -61,9 +61,13 @@ fn a_worker_is_ready_when_it_says_so_and_not_before() {
     std::fs::write(d.path("go2"), "").unwrap();
     let st = d.wait_status("ready by READY=1", T, |v| all_ready(v, 1));
     assert_eq!(worker(&st)["status"], "serving");
-    assert!(d.logged(&format!(
-        "readiness by notification: workers get NOTIFY_SOCKET={sock}"
-    )));
+    assert!(d.logged(&format!("get NOTIFY_SOCKET={sock}")));
+    // only the workers' user (and root) may send to it: its path is no secret
+    let md = std::fs::metadata(&sock).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o777,
+        0o600
+    );
     assert!(d
         .messages()
         .iter()

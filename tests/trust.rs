@@ -451,3 +451,153 @@ fn a_notify_flood_from_a_stranger_costs_no_memory_and_delays_no_ready() {
         "a stranger's STATUS= was taken"
     );
 }
+
+/// A TCP socket whose last close waits: unsent data its peer never reads, and SO_LINGER.
+/// Returns it with its peer (which must outlive the test's use of it).
+fn lingering_socket(secs: i32) -> (std::net::TcpStream, std::net::TcpListener) {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    c.set_nonblocking(true).unwrap();
+    while c.write(&[b'x'; 65536]).is_ok() {}
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: secs,
+    };
+    // SAFETY: setsockopt on a socket we own, with a pointer to a local struct and its size.
+    unsafe {
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    (c, l)
+}
+
+#[test]
+fn an_fd_passed_to_drover_never_blocks_its_loop() {
+    if !root() {
+        skip("needs root to reach the worker's NOTIFY_SOCKET from outside");
+        return;
+    }
+    let cfg = "[supervisor]\nstatus = \"127.0.0.1:0\"\n[program.web]\ncommand = [\"sleep\", \"100000\"]\nreadiness = { check = \"notify\", timeout = \"60s\" }\n[program.other]\ncommand = [\"sleep\", \"100000\"]\nreadiness = { check = \"uptime\", min_uptime = \"10ms\" }\n";
+    let d = Drover::start(cfg);
+    let st = d.wait_status("both workers started", T, |v| {
+        !Drover::worker_pids(v, "web").is_empty() && !Drover::worker_pids(v, "other").is_empty()
+    });
+    let w = Drover::worker_pids(&st, "web")[0];
+    let env = std::fs::read(format!("/proc/{w}/environ")).unwrap();
+    let sock = String::from_utf8_lossy(&env)
+        .split('\0')
+        .find_map(|e| e.strip_prefix("NOTIFY_SOCKET=").map(String::from))
+        .unwrap();
+    // a datagram carrying a socket whose last close would wait 20 s
+    let (lingering, _peer) = lingering_socket(20);
+    let u = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    let fds = [std::os::fd::AsRawFd::as_raw_fd(&lingering)];
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(b"STATUS=hi")];
+    let to = nix::sys::socket::UnixAddr::new(sock.as_str()).unwrap();
+    let sent = nix::sys::socket::sendmsg(
+        std::os::fd::AsRawFd::as_raw_fd(&u),
+        &iov,
+        &cmsg,
+        nix::sys::socket::MsgFlags::empty(),
+        Some(&to),
+    );
+    drop(lingering); // drover's copy, if it took one, is now the last
+    println!("sending a lingering socket to NOTIFY_SOCKET: {sent:?}");
+    // the loop still turns: a killed worker of the other program comes back at once
+    let old = Drover::worker_pids(&st, "other")[0];
+    kill(old, libc::SIGKILL);
+    let t = Instant::now();
+    d.wait_status(
+        "the other program's worker replaced",
+        Duration::from_secs(30),
+        |v| {
+            let p = Drover::worker_pids(v, "other");
+            p.len() == 1 && p[0] != old
+        },
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "the loop was blocked for {:?} by a passed fd",
+        t.elapsed()
+    );
+    assert_eq!(
+        http_get_status(&d.status_addr(), "/healthz").map(|r| r.0),
+        Some(200)
+    );
+}
+
+#[test]
+fn a_worker_that_leaves_its_process_group_is_still_stopped() {
+    if !python3() {
+        skip("needs python3");
+        return;
+    }
+    // the worker moves itself into a group a helper made (same session: allowed), and clears
+    // its parent-death signal; drover's group signal would reach nobody
+    let script = "import ctypes,os,time; ctypes.CDLL(None).prctl(1,0,0,0,0); r,w=os.pipe(); h=os.fork()\nif h==0:\n    os.setpgid(0,0); os.read(r,1); os._exit(0)\nwhile os.getpgid(h)!=h: time.sleep(0.001)\nos.setpgid(0,h); os.write(w,b'x'); os.waitpid(h,0); open(os.environ['MARK'],'w').write(str(os.getpid())); time.sleep(100000)";
+    let cfg = format!(
+        "[supervisor]\nstatus = \"127.0.0.1:0\"\nshutdown_timeout = \"5s\"\n[program.w]\ncommand = [\"python3\", \"-c\", {}]\nstop_timeout = \"1s\"\nenv = {{ MARK = \"{{dir}}/moved\" }}\nreadiness = {{ check = \"uptime\", min_uptime = \"10ms\" }}\n",
+        serde_json::to_string(script).unwrap()
+    );
+    let mut d = Drover::start(&cfg);
+    let pid: i64 = wait_until(T, "the worker to leave its group", || {
+        std::fs::read_to_string(d.path("moved")).ok()?.parse().ok()
+    });
+    assert_ne!(stat_field(pid, 2), pid, "it left its group");
+    d.stop_ok();
+    wait_until(T, "the escaped worker gone", || (!alive(pid)).then_some(()));
+}
+
+#[test]
+fn a_process_of_another_program_cannot_make_a_worker_ready() {
+    if !root() || !python3() {
+        skip("needs root (workers of two users) and python3");
+        return;
+    }
+    // `api` (daemon) never says READY=1; a helper of `evil` (nobody) joins an api worker's
+    // process group and says it for it, on evil's own NOTIFY_SOCKET
+    let hijack = "import os,socket,time\nfor p in os.listdir('/proc'):\n    if p.isdigit():\n        try:\n            if b'API-MARK' in open('/proc/%s/cmdline' % p,'rb').read() and os.getpgid(int(p))==int(p):\n                c=os.fork()\n                if c==0:\n                    os.setpgid(0,int(p)); socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM).sendto(b'READY=1\\nSTATUS=hijacked',os.environ['NOTIFY_SOCKET']); os._exit(0)\n                os.waitpid(c,0); open(os.environ['MARK'],'a').write(p+'\\n')\n        except OSError: pass\nsocket.socket(socket.AF_UNIX,socket.SOCK_DGRAM).sendto(b'READY=1',os.environ['NOTIFY_SOCKET'])\ntime.sleep(100000)";
+    let cfg = format!(
+        "[supervisor]\nstatus = \"127.0.0.1:0\"\n[program.api]\ncommand = [\"sh\", \"-c\", \"exec sleep 100000 API-MARK\"]\nuser = \"daemon\"\nreadiness = {{ check = \"notify\", timeout = \"60s\" }}\n[program.evil]\ncommand = [\"/usr/bin/python3\", \"-c\", {}]\nuser = \"nobody\"\nenv = {{ MARK = \"{{dir}}/spoke\" }}\nreadiness = {{ check = \"notify\", timeout = \"60s\" }}\n",
+        serde_json::to_string(hijack).unwrap()
+    );
+    let d = Drover::start(&cfg);
+    std::fs::set_permissions(
+        d.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    // evil's worker says READY=1 for itself after its helper spoke for api: once evil is ready,
+    // drover has read the helper's datagram too (one socket, in order)
+    let st = d.wait_status("evil ready by its own READY=1", T, |v| {
+        v["programs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "evil" && p["ready_workers"] == 1)
+    });
+    let spoke = std::fs::read_to_string(d.path("spoke")).unwrap_or_default();
+    assert!(
+        !spoke.is_empty(),
+        "evil's helper never spoke for an api worker"
+    );
+    let api = st["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "api")
+        .unwrap();
+    assert_eq!(
+        api["ready_workers"], 0,
+        "another program made api ready: {api}"
+    );
+    assert_ne!(api["workers"][0]["status"], "hijacked");
+}

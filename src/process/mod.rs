@@ -14,3 +14,4 @@ pub mod rundir;
 pub mod signals;
 pub mod sockets;
 pub mod spawn;
+pub mod untrusted;

@@ -16,7 +16,7 @@
 //! Messages are newline-separated `KEY=VALUE` lines (`READY=1`, `STATUS=…`); drover reads
 //! `READY`, `STATUS` and `STOPPING` and ignores the rest.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -72,18 +72,18 @@ pub fn parse(text: &str) -> Message {
 /// Shared between the loop and the reading task: who may speak, and what they said.
 #[derive(Default)]
 pub struct Inbox {
-    /// worker pids (each leads its own process group)
-    workers: Mutex<HashSet<i32>>,
+    /// worker pids (each leads its own process group), and the uid each runs as
+    workers: Mutex<HashMap<i32, u32>>,
     /// per worker, what it said since the loop last looked
     pending: Mutex<HashMap<i32, Message>>,
 }
 
 impl Inbox {
-    pub fn allow(&self, worker: i32) {
+    pub fn allow(&self, worker: i32, uid: u32) {
         self.workers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(worker);
+            .insert(worker, uid);
     }
 
     pub fn forget(&self, worker: i32) {
@@ -102,19 +102,21 @@ impl Inbox {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// A datagram from `sender`: kept (merged) if it comes from a worker's process group, else
+    /// A datagram from `sender` running as `uid` (the kernel's credentials): kept (merged) if it
+    /// comes from a worker itself, or from a process in a worker's group running as the worker's
+    /// user (a process of another program could join the group; it cannot take the uid), else
     /// dropped and counted.
-    fn offer(&self, sender: i32, text: &str) -> Offered {
+    fn offer(&self, sender: i32, uid: u32, text: &str) -> Offered {
         let worker = {
             let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-            if workers.contains(&sender) {
+            if workers.contains_key(&sender) {
                 Some(sender)
             } else {
                 // getpgid is one syscall; a worker's helper processes share its group
                 nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(sender)))
                     .ok()
                     .map(|g| g.as_raw())
-                    .filter(|g| workers.contains(g))
+                    .filter(|g| workers.get(g) == Some(&uid))
             }
         };
         let Some(worker) = worker else {
@@ -151,8 +153,9 @@ pub struct NotifySocket {
 }
 
 impl NotifySocket {
-    /// Bind a socket with a random name in `dir` (drover's runtime directory).
-    pub fn bind(dir: &Path, name: &str) -> std::io::Result<NotifySocket> {
+    /// Bind a socket with a random name in `dir` (drover's runtime directory) that only
+    /// `owner` (uid, gid) and root can send to.
+    pub fn bind(dir: &Path, name: &str, owner: (u32, u32)) -> std::io::Result<NotifySocket> {
         let fd = socket(
             AddressFamily::Unix,
             SockType::Datagram,
@@ -160,11 +163,22 @@ impl NotifySocket {
             None,
         )?;
         setsockopt(&fd, sockopt::PassCred, &true)?;
+        // no fd a sender passes ever reaches drover (or costs its loop a blocking close)
+        super::untrusted::refuse_fds(&fd);
         let path = dir.join(name);
-        bind(fd.as_raw_fd(), &UnixAddr::new(&path)?)?;
-        // workers may run as another user: anyone who has the path may send (the directory
-        // cannot be listed, so having the path is the permission); what they send is filtered
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+        // created 0600 whatever the umask, then given to the workers' user: sending needs write
+        // permission on the file, so other users cannot even reach drover's reader (its path is
+        // no secret: /proc/net/unix lists it)
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let bound = bind(fd.as_raw_fd(), &UnixAddr::new(&path)?);
+        nix::sys::stat::umask(old);
+        bound?;
+        let (uid, gid) = owner;
+        nix::unistd::chown(
+            &path,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )?;
         // SAFETY: the AsyncFd owns the socket, so the fd stays open for as long as it is
         // registered.
         let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
@@ -189,7 +203,7 @@ impl NotifySocket {
             let mut dropped = 0;
             for _ in 0..BATCH {
                 match receive(self.fd.get_ref()) {
-                    Ok(Some((pid, text))) => match inbox.offer(pid, &text) {
+                    Ok(Some((pid, uid, text))) => match inbox.offer(pid, uid, &text) {
                         Offered::Woke if !wake() => return,
                         Offered::Dropped => dropped += 1,
                         _ => {}
@@ -222,7 +236,7 @@ impl Drop for NotifySocket {
     }
 }
 
-fn receive(fd: &OwnedFd) -> std::io::Result<Option<(i32, String)>> {
+fn receive(fd: &OwnedFd) -> std::io::Result<Option<(i32, u32, String)>> {
     let mut buf = [0u8; 4096];
     let mut iov = [IoSliceMut::new(&mut buf)];
     let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials, [std::os::fd::RawFd; 4]);
@@ -236,19 +250,16 @@ fn receive(fd: &OwnedFd) -> std::io::Result<Option<(i32, String)>> {
     let mut pid = None;
     for c in msg.cmsgs().map_err(std::io::Error::from)? {
         match c {
-            ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
-            // sd_notify may pass fds (FDSTORE=1); drover keeps none: close them
-            ControlMessageOwned::ScmRights(fds) => {
-                for f in fds {
-                    let _ = nix::unistd::close(f);
-                }
-            }
+            ControlMessageOwned::ScmCredentials(cred) => pid = Some((cred.pid(), cred.uid())),
+            // sd_notify may pass fds (FDSTORE=1); drover keeps none, and closes them off the
+            // loop thread (a lingering socket's last close blocks)
+            ControlMessageOwned::ScmRights(fds) => super::untrusted::discard(fds),
             _ => {}
         }
     }
     let n = msg.bytes;
     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    Ok(pid.map(|p| (p, text)))
+    Ok(pid.map(|(p, u)| (p, u, text)))
 }
 
 #[cfg(test)]
@@ -273,26 +284,27 @@ mod tests {
     fn the_inbox_keeps_one_merged_entry_per_worker_and_drops_strangers() {
         let inbox = Inbox::default();
         let me = std::process::id() as i32;
+        let uid = nix::unistd::getuid().as_raw();
         let before = dropped_total();
         assert_eq!(
-            inbox.offer(me, "READY=1"),
+            inbox.offer(me, uid, "READY=1"),
             Offered::Dropped,
             "not a worker yet"
         );
         assert!(dropped_total() > before);
-        inbox.allow(me);
+        inbox.allow(me, uid);
         assert_eq!(
-            inbox.offer(me, "STATUS=a"),
+            inbox.offer(me, uid, "STATUS=a"),
             Offered::Woke,
             "the first wakes the loop"
         );
         assert_eq!(
-            inbox.offer(me, "READY=1"),
+            inbox.offer(me, uid, "READY=1"),
             Offered::Merged,
             "the second does not"
         );
         for _ in 0..10_000 {
-            inbox.offer(me, "STATUS=b");
+            inbox.offer(me, uid, "STATUS=b");
         }
         let got = inbox.take();
         assert_eq!(got.len(), 1);
@@ -306,17 +318,21 @@ mod tests {
         );
         assert!(inbox.take().is_empty());
         inbox.forget(me);
-        assert_eq!(inbox.offer(me, "READY=1"), Offered::Dropped);
+        assert_eq!(inbox.offer(me, uid, "READY=1"), Offered::Dropped);
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_datagram_arrives_with_the_senders_pid() {
         let dir = tempfile::tempdir().unwrap();
-        let s = NotifySocket::bind(dir.path(), "notify-test").unwrap();
+        let me = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        let s = NotifySocket::bind(dir.path(), "notify-test", me).unwrap();
         let path = s.path.clone();
         let inbox = Arc::new(Inbox::default());
         let me = std::process::id() as i32;
-        inbox.allow(me);
+        inbox.allow(me, nix::unistd::getuid().as_raw());
         let c = std::os::unix::net::UnixDatagram::unbound().unwrap();
         c.send_to(b"READY=1\nSTATUS=up", &path).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

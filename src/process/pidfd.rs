@@ -81,10 +81,23 @@ impl PidFd {
             None
         };
         let r = r.unwrap_or_else(|| self.signal_group_by_number(sig));
+        // a leader that moved itself into another group (setpgid, within drover's session) is
+        // not in the group it led: it gets the signal itself, through the pidfd, exactly once
+        if self.left_its_group() {
+            let _ = self.signal(Some(sig));
+        }
         match r {
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
             r => r,
         }
+    }
+
+    /// The process is alive (unreaped) and no longer leads the group it was started in. Its
+    /// number is its own while it is unreaped, so asking by number is about this process.
+    fn left_its_group(&self) -> bool {
+        self.unreaped()
+            && nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(self.pid)))
+                .is_ok_and(|g| g.as_raw() != self.pid)
     }
 
     /// Before Linux 6.9: by number, but only while the leader is unreaped (so the number is
@@ -155,5 +168,51 @@ mod tests {
         assert!(!fd.unreaped());
         fd.signal_group(Signal::SIGTERM).unwrap();
         assert!(PidFd::open(0).is_err());
+    }
+
+    #[test]
+    fn a_leader_that_left_its_group_still_gets_the_signal() {
+        // another group in this session, and a child that starts leading its own group, then
+        // moves itself into that one (what a hostile worker can do)
+        let mut other = std::process::Command::new("sleep")
+            .arg("1000")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let target = other.id() as i32;
+        let mut c = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import os,time; os.setpgid(0, int(os.environ['TARGET'])); time.sleep(1000)",
+            ])
+            .env("TARGET", target.to_string())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = c.id() as i32;
+        let fd = PidFd::open(pid).unwrap();
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).ok()
+            != Some(nix::unistd::Pid::from_raw(target))
+        {
+            assert!(std::time::Instant::now() < end, "the child never moved");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        fd.signal_group(Signal::SIGKILL).unwrap();
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let died = loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                break Some(st);
+            }
+            if std::time::Instant::now() > end {
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        let _ = c.kill();
+        let _ = c.wait();
+        let _ = other.kill();
+        let _ = other.wait();
+        assert!(died.is_some(), "the leader escaped its group's SIGKILL");
     }
 }

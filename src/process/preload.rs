@@ -46,6 +46,8 @@ pub fn pair() -> std::io::Result<(Channel, OwnedFd)> {
     // before the other end exists anywhere else: every message it ever sends carries the
     // sender's pid, uid and gid as the kernel knows them
     setsockopt(&a, sockopt::PassCred, &true)?;
+    // and never hands drover an fd (closing one can block the loop)
+    super::untrusted::refuse_fds(&a);
     // the preloader's end blocks, as any program expects of a fresh socket
     nix::fcntl::fcntl(
         &b,
@@ -162,12 +164,9 @@ fn receive(fd: &OwnedFd) -> std::io::Result<Said> {
     for c in msg.cmsgs().map_err(std::io::Error::from)? {
         match c {
             ControlMessageOwned::ScmCredentials(cred) => sender = Some(cred.pid()),
-            // nothing is expected from the preloader but text: close what it passed
-            ControlMessageOwned::ScmRights(fds) => {
-                for f in fds {
-                    let _ = nix::unistd::close(f);
-                }
-            }
+            // nothing is expected from the preloader but text: what it passed anyway (a kernel
+            // without SO_PASSRIGHTS) is closed off the loop thread
+            ControlMessageOwned::ScmRights(fds) => super::untrusted::discard(fds),
             _ => {}
         }
     }

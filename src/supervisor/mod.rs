@@ -165,7 +165,7 @@ pub struct Supervisor {
     saturation: saturation::Saturation,
     /// NOTIFY_SOCKET for workers of programs with readiness check "notify", once bound, and
     /// the inbox its reader fills
-    notify_socket: Option<String>,
+    notify_socket: HashMap<u32, String>,
     notify_inbox: std::sync::Arc<crate::process::notify::Inbox>,
     /// the history ring and its sampler (None: `history = "0s"`)
     history: Option<history::Recorder>,
@@ -209,7 +209,7 @@ impl Supervisor {
             cgroup_gc: Vec::new(),
             next_sample: None,
             saturation: Default::default(),
-            notify_socket: None,
+            notify_socket: HashMap::new(),
             notify_inbox: Default::default(),
             history: history::Recorder::new(
                 cfg.supervisor.history,

@@ -73,15 +73,25 @@ impl Supervisor {
         }
     }
 
-    /// Bind drover's NOTIFY_SOCKET the first time a program needs it (at start, or when a reload
-    /// adds one), in drover's runtime directory, and read it in a task that fills the inbox and
-    /// wakes the loop.
+    /// Bind a NOTIFY_SOCKET for each user notify programs' workers run as, the first time one
+    /// needs it (at start, or when a reload adds one), in drover's runtime directory: owned by
+    /// that user, mode 0600, so only that user's processes (and root) can send to it. Each is
+    /// read by a task that fills the one inbox and wakes the loop.
     pub(super) fn ensure_notify_socket(&mut self) {
-        let wanted = self
+        let me = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        let mut wanted: Vec<(u32, u32)> = self
             .programs
             .iter()
-            .any(|p| p.cfg.readiness.check == ReadyCheck::Notify);
-        if !wanted || self.notify_socket.is_some() {
+            .filter(|p| p.cfg.readiness.check == ReadyCheck::Notify)
+            .map(|p| p.cfg.identity.as_ref().map_or(me, |i| (i.uid, i.gid)))
+            .filter(|(uid, _)| !self.notify_socket.contains_key(uid))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup_by_key(|(uid, _)| *uid);
+        if wanted.is_empty() {
             return;
         }
         let consequence =
@@ -93,22 +103,24 @@ impl Supervisor {
                 return;
             }
         };
-        let name = crate::process::rundir::RunDir::random_name("notify");
-        let sock = match crate::process::notify::NotifySocket::bind(&dir, &name) {
-            Ok(s) => s,
-            Err(e) => {
-                error!("cannot bind the notify socket in {} for readiness check \"notify\": {e}; {consequence}", dir.display());
-                return;
-            }
-        };
-        info!(
-            "readiness by notification: workers get NOTIFY_SOCKET={}",
-            sock.name
-        );
-        self.notify_socket = Some(sock.name.clone());
-        let events = self.events.clone();
-        let wake = move || events.send(super::Event::Notified).is_ok();
-        tokio::spawn(sock.serve(self.notify_inbox.clone(), wake));
+        for owner in wanted {
+            let name = crate::process::rundir::RunDir::random_name("notify");
+            let sock = match crate::process::notify::NotifySocket::bind(&dir, &name, owner) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!("cannot bind the notify socket for uid {} in {} for readiness check \"notify\": {e}; {consequence}", owner.0, dir.display());
+                    continue;
+                }
+            };
+            info!(
+                "readiness by notification: workers running as uid {} get NOTIFY_SOCKET={}",
+                owner.0, sock.name
+            );
+            self.notify_socket.insert(owner.0, sock.name.clone());
+            let events = self.events.clone();
+            let wake = move || events.send(super::Event::Notified).is_ok();
+            tokio::spawn(sock.serve(self.notify_inbox.clone(), wake));
+        }
     }
 
     /// Workers said something on NOTIFY_SOCKET (already filtered to workers' process groups

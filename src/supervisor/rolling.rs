@@ -199,7 +199,14 @@ impl Supervisor {
         let workers = &p.workers;
         let step = roll.next(|id| {
             workers.iter().find(|w| w.id() == id).map(|w| Seen {
-                phase: w.slot.phase().kind(),
+                // a replacement whose fork is asked for, or that waits for a preloader, is
+                // starting, not stopped (its slot is postponed meanwhile)
+                phase: match w.slot.phase().kind() {
+                    PhaseKind::Backoff if w.forking.is_some() || w.awaiting_preloader => {
+                        PhaseKind::Starting
+                    }
+                    k => k,
+                },
                 index: w.slot.index(),
                 last_exit: w.slot.last_exit().map(|e| e.to_string()),
             })

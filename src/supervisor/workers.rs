@@ -76,7 +76,14 @@ impl Supervisor {
         let mut env = prog.env.clone();
         env.push(("DROVER_PROGRAM".into(), prog.cfg.name.clone()));
         env.push(("DROVER_WORKER".into(), index.to_string()));
-        if let (ReadyCheck::Notify, Some(s)) = (prog.cfg.readiness.check, &self.notify_socket) {
+        let uid = prog
+            .cfg
+            .identity
+            .as_ref()
+            .map_or_else(|| nix::unistd::geteuid().as_raw(), |i| i.uid);
+        if let (ReadyCheck::Notify, Some(s)) =
+            (prog.cfg.readiness.check, self.notify_socket.get(&uid))
+        {
             env.push(("NOTIFY_SOCKET".into(), s.clone()));
         }
         if let Some((_, d, _)) = &prog.metrics_dir {
@@ -181,8 +188,13 @@ impl Supervisor {
         w.fresh_process(first_check, retire_at);
         w.slot.spawned(pid, now, &sc);
         self.pids.insert(pid, (prog, id));
-        // its process group may speak on NOTIFY_SOCKET
-        self.notify_inbox.allow(pid);
+        // its process group may speak on NOTIFY_SOCKET, as its user
+        let uid = self.programs[pi]
+            .cfg
+            .identity
+            .as_ref()
+            .map_or_else(|| nix::unistd::geteuid().as_raw(), |i| i.uid);
+        self.notify_inbox.allow(pid, uid);
         let how = if forked {
             ", forked by the preloader"
         } else {

@@ -210,6 +210,21 @@ fn under_journald() -> bool {
     dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
 }
 
+/// Text from a less trusted process (a preloader's error, a worker's STATUS=), fit for drover's
+/// own log and a terminal: control characters (a carriage return that would overwrite the line,
+/// escape sequences) are shown escaped, the rest as it is.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// UTC now as RFC 3339 with microseconds, without a date library.
 pub fn now_rfc3339() -> String {
     let d = std::time::SystemTime::now()
@@ -239,6 +254,14 @@ pub fn now_rfc3339() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(
+            super::printable("ok: é\rX\x1b[2J\t"),
+            "ok: é\\rX\\u{1b}[2J\\t"
+        );
+    }
+
     #[test]
     fn rfc3339_shape() {
         let s = super::now_rfc3339();

@@ -154,8 +154,11 @@ unsafe fn guard_main(sock: OwnedFd) -> ! {
     libc::_exit(0)
 }
 
-/// Ignore the signals meant for drover, hold no terminal or pipe open, be named `drover-guard`.
+/// Ignore the signals meant for drover, hold no terminal or pipe open, be named `drover-guard`,
+/// and lead a process group of its own: `kill -9 -PGID` of drover's group must leave the guard
+/// to clean up after it.
 unsafe fn detach() {
+    libc::setpgid(0, 0);
     // Terminal and service-manager signals are drover's business, not the guard's.
     for s in [
         libc::SIGINT,
@@ -274,8 +277,8 @@ fn parse(t: &str) -> Option<Msg> {
 fn remove_dirs(dirs: &[Dir]) {
     for d in dirs {
         if let Dir::Runtime(p) = d {
-            // remove_dir_all does not follow symlinks a worker may have planted inside
-            let _ = std::fs::remove_dir_all(p);
+            // follows no symlink a worker planted, and holds two fds however deep it nests
+            let _ = super::rundir::remove_tree(p);
         }
     }
     let cgroups: Vec<(&std::path::PathBuf, bool)> = dirs

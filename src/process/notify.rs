@@ -62,7 +62,10 @@ pub fn parse(text: &str) -> Message {
         match line.split_once('=') {
             Some(("READY", "1")) => m.ready = true,
             Some(("STOPPING", "1")) => m.stopping = true,
-            Some(("STATUS", s)) => m.status = Some(s.chars().take(200).collect()),
+            Some(("STATUS", s)) => {
+                let s: String = s.chars().take(200).collect();
+                m.status = Some(crate::logs::printable(&s));
+            }
             _ => {}
         }
     }
@@ -190,38 +193,38 @@ impl NotifySocket {
     }
 
     /// Read datagrams into `inbox` until the socket fails; `wake` is called when the inbox goes
-    /// from empty to not. Yields to the loop every `BATCH` datagrams, however many are queued;
-    /// after a batch of strangers' datagrams it pauses for a millisecond, so a flood costs
-    /// drover at most ~`BATCH` datagrams a millisecond while the kernel's bounded queue makes
-    /// the flooder wait. A worker's message waits behind at most that queue (milliseconds).
+    /// from empty to not. After a full batch of `BATCH` datagrams it pauses for a millisecond,
+    /// whoever sent them, so a flood — a stranger's, or a worker's own — costs drover at most
+    /// ~`BATCH` datagrams a millisecond while the kernel's bounded queue makes the flooder
+    /// wait. A worker's message waits behind at most that queue (milliseconds).
     pub async fn serve(self, inbox: Arc<Inbox>, wake: impl Fn() -> bool) {
         const BATCH: usize = 64;
         loop {
             let Ok(mut ready) = self.fd.readable().await else {
                 return;
             };
-            let mut dropped = 0;
+            let mut full = true;
             for _ in 0..BATCH {
                 match receive(self.fd.get_ref()) {
-                    Ok(Some((pid, uid, text))) => match inbox.offer(pid, uid, &text) {
-                        Offered::Woke if !wake() => return,
-                        Offered::Dropped => dropped += 1,
-                        _ => {}
-                    },
+                    Ok(Some((pid, uid, text))) => {
+                        if inbox.offer(pid, uid, &text) == Offered::Woke && !wake() {
+                            return;
+                        }
+                    }
                     // no credentials: not from a process drover can place
                     Ok(None) => {
                         DROPPED.fetch_add(1, Ordering::Relaxed);
-                        dropped += 1;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         ready.clear_ready();
+                        full = false;
                         break;
                     }
                     Err(_) => return,
                 };
             }
             drop(ready);
-            if dropped >= BATCH / 2 {
+            if full {
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             } else {
                 tokio::task::yield_now().await;

@@ -82,7 +82,8 @@ pub fn parse(text: &str, sender: Option<i32>) -> Said {
         return Said::Ready;
     }
     if let Some(e) = t.strip_prefix("error ") {
-        return Said::Error(e.to_string());
+        // application text, for drover's log and /status: no control character passes
+        return Said::Error(crate::logs::printable(e));
     }
     if let Some(pid) = t.strip_prefix("pid ").and_then(|p| p.parse().ok()) {
         return Said::Pid { pid, sender };

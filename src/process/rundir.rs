@@ -51,8 +51,74 @@ impl RunDir {
 
     /// At exit: the directory and everything in it (symlinks inside are removed, not followed).
     pub fn remove(&self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        if let Err(e) = remove_tree(&self.path) {
+            tracing::error!(
+                "cannot remove drover's runtime directory {}: {e}; remove it by hand",
+                self.path.display()
+            );
+        }
     }
+}
+
+/// Remove `path` and everything below it, however deep, with a bounded number of open fds:
+/// subdirectories are moved up into `path` (flattened) and emptied there, one level at a time.
+/// Symlinks are removed, never followed. (std's remove_dir_all holds an fd per level: a worker
+/// that nests its directories deeper than drover's open-files limit would make it fail.)
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    use nix::fcntl::{openat, renameat};
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let top = match nix::fcntl::open(path, dir_flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let names = |fd: &OwnedFd| -> std::io::Result<Vec<std::ffi::OsString>> {
+        let mut d = nix::dir::Dir::from_fd(fd.try_clone()?)?;
+        Ok(d.iter()
+            .flatten()
+            .map(|e| {
+                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
+                    e.file_name().to_bytes(),
+                )
+                .to_owned()
+            })
+            .filter(|n: &std::ffi::OsString| n != "." && n != "..")
+            .collect())
+    };
+    let mut moved = 0u64;
+    loop {
+        let entries = names(&top)?;
+        if entries.is_empty() {
+            break;
+        }
+        for name in entries {
+            match unlinkat(&top, name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(nix::errno::Errno::ENOENT) => continue,
+                Err(nix::errno::Errno::EISDIR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let sub = openat(&top, name.as_os_str(), dir_flags, Mode::empty())?;
+            for child in names(&sub)? {
+                match unlinkat(&sub, child.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+                    Err(nix::errno::Errno::EISDIR) => {
+                        moved += 1;
+                        let up = format!(".drover-rm-{moved}");
+                        renameat(&sub, child.as_os_str(), &top, up.as_str())?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            drop(sub);
+            match unlinkat(&top, name.as_os_str(), UnlinkatFlags::RemoveDir) {
+                Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    drop(top);
+    std::fs::remove_dir(path)
 }
 
 fn bases() -> Vec<PathBuf> {
@@ -128,5 +194,47 @@ mod tests {
         std::fs::write(d.path().join("x"), b"1").unwrap();
         d.remove();
         assert!(!d.path().exists());
+    }
+
+    #[test]
+    fn a_tree_deeper_than_the_open_files_limit_is_removed() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("deep");
+        // 3,000 levels, built relative to each new level (the path itself gets too long)
+        std::fs::create_dir(&root).unwrap();
+        let mut fd =
+            nix::fcntl::open(&root, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        for i in 0..3000 {
+            nix::sys::stat::mkdirat(&fd, "d", Mode::from_bits_truncate(0o755)).unwrap();
+            if i % 100 == 0 {
+                let f = nix::fcntl::openat(
+                    &fd,
+                    "f",
+                    OFlag::O_CREAT | OFlag::O_WRONLY,
+                    Mode::from_bits_truncate(0o644),
+                )
+                .unwrap();
+                drop(f);
+                std::os::unix::fs::symlink(
+                    "/etc/passwd",
+                    format!("/proc/self/fd/{}/l", std::os::fd::AsRawFd::as_raw_fd(&fd)),
+                )
+                .unwrap();
+            }
+            fd = nix::fcntl::openat(
+                &fd,
+                "d",
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                Mode::empty(),
+            )
+            .unwrap();
+        }
+        drop(fd);
+        remove_tree(&root).unwrap();
+        assert!(!root.exists());
+        assert!(
+            std::path::Path::new("/etc/passwd").exists(),
+            "a symlink is removed, not followed"
+        );
     }
 }

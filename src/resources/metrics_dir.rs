@@ -20,6 +20,10 @@ use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fstat, mkdirat, Mode};
 use nix::unistd::{fchown, unlinkat, Gid, Uid, UnlinkatFlags};
 
+/// `prometheus_client`'s live gauge modes (`Gauge._MULTIPROC_MODES` starting with "live"): a dead
+/// process's files of these modes are removed, every other file keeps its totals.
+const LIVE_MODES: [&str; 5] = ["liveall", "livemin", "livemax", "livesum", "livemostrecent"];
+
 pub struct MetricsDir {
     fd: OwnedFd,
 }
@@ -108,10 +112,20 @@ impl MetricsDir {
         self.remove_where(|n| n.ends_with(".db"))
     }
 
-    /// Remove the live-gauge files of dead process `pid` (what `mark_process_dead` does).
+    /// Remove the live-gauge files of dead process `pid` (what `mark_process_dead` does): the
+    /// few names `prometheus_client` gives them, unlinked by name — never a listing of the
+    /// directory, which a worker could fill with a million files to make every exit slow.
     pub fn remove_live_gauges(&self, pid: i32) -> std::io::Result<usize> {
-        let suffix = format!("_{pid}.db");
-        self.remove_where(|n| n.starts_with("gauge_live") && n.ends_with(&suffix))
+        let mut n = 0;
+        for mode in LIVE_MODES {
+            let name = format!("gauge_{mode}_{pid}.db");
+            match unlinkat(&self.fd, name.as_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) => n += 1,
+                Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(n)
     }
 
     fn remove_where(&self, wanted: impl Fn(&str) -> bool) -> std::io::Result<usize> {

@@ -49,6 +49,8 @@ pub(super) struct Preloader {
     pub then_roll: Option<StopReason>,
     /// fork requests not answered yet, oldest first (the preloader answers in order)
     pending: VecDeque<Pending>,
+    /// the task reading its output
+    pump: Option<tokio::task::AbortHandle>,
 }
 
 /// A fork drover asked for and has not had an answer to.
@@ -84,6 +86,8 @@ pub(super) struct PreloadState {
     pub retry_at: Option<Instant>,
     /// the last failure, shown in /status
     pub error: Option<Failure>,
+    /// old preloaders asked to stop (TERM), and when they get SIGKILL if still there
+    pub retiring: Vec<(i32, Instant)>,
 }
 
 impl Supervisor {
@@ -123,10 +127,10 @@ impl Supervisor {
             }
         };
         drop(theirs);
-        if let Some((r, w)) = pipe {
+        let pump = pipe.map(|(r, w)| {
             drop(w);
-            self.pump(label, &name, None, r);
-        }
+            self.pump(label, &name, None, r)
+        });
         if let Err(e) = self.children.adopt(pid) {
             let f = drover_words(format!("cannot hold it by a pidfd ({e}); killed"));
             return self.preload_failed(pi, f, now);
@@ -149,14 +153,21 @@ impl Supervisor {
             ready: None,
             then_roll,
             pending: VecDeque::new(),
+            pump,
         });
     }
 
     /// Take the program's preloader away (killed with `sig`); slots waiting for one of its forks
     /// wait for the next preloader instead.
     fn drop_preloader(&mut self, pi: usize, sig: Signal, now: Instant) -> Option<Preloader> {
-        let old = self.programs[pi].preload.current.take()?;
+        let mut old = self.programs[pi].preload.current.take()?;
+        Self::retire_pump(old.pump.take());
         self.children.signal_group(old.pid, sig);
+        if sig != Signal::SIGKILL {
+            // one that ignores it is killed at its program's stop_timeout, not kept forever
+            let at = now + self.programs[pi].cfg.stop_timeout;
+            self.programs[pi].preload.retiring.push((old.pid, at));
+        }
         for f in &old.pending {
             if let Some(w) = self.programs[pi].worker_mut(f.slot) {
                 w.forking = None;
@@ -188,10 +199,14 @@ impl Supervisor {
     pub(super) fn preload_due(&self) -> Option<Instant> {
         self.programs
             .iter()
-            .filter_map(|p| match &p.preload.current {
-                Some(l) if l.ready.is_none() => Some(l.since + p.cfg.readiness.timeout),
-                Some(l) => l.pending.front().map(|f| f.deadline),
-                None => p.preload.retry_at,
+            .flat_map(|p| {
+                let own = match &p.preload.current {
+                    Some(l) if l.ready.is_none() => Some(l.since + p.cfg.readiness.timeout),
+                    Some(l) => l.pending.front().map(|f| f.deadline),
+                    None => p.preload.retry_at,
+                };
+                own.into_iter()
+                    .chain(p.preload.retiring.iter().map(|(_, at)| *at))
             })
             .min()
     }
@@ -203,6 +218,14 @@ impl Supervisor {
             return;
         }
         for pi in 0..self.programs.len() {
+            let children = &self.children;
+            self.programs[pi].preload.retiring.retain(|&(pid, at)| {
+                if now >= at {
+                    children.signal_group(pid, Signal::SIGKILL);
+                    return false;
+                }
+                children.holds(pid)
+            });
             let p = &mut self.programs[pi];
             if !p.cfg.preload || p.removing {
                 self.drop_preloader(pi, Signal::SIGKILL, now);

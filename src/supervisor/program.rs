@@ -73,6 +73,8 @@ pub(super) struct Worker {
     pub awaiting_preloader: bool,
     /// a fork was asked of the preloader for it; the answer is due by then
     pub forking: Option<Instant>,
+    /// the task reading its current process's output pipe
+    pub pump: Option<tokio::task::AbortHandle>,
 }
 
 impl Worker {
@@ -89,6 +91,7 @@ impl Worker {
             notify_status: None,
             awaiting_preloader: false,
             forking: None,
+            pump: None,
         }
     }
 

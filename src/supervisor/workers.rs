@@ -7,6 +7,9 @@ use nix::sys::signal::Signal;
 use tracing::{error, info, warn};
 
 use super::{plural, RunState, Supervisor, EXIT_RUNTIME};
+
+/// After a process is reaped, its output pipe is read this much longer, then closed.
+const PUMP_GRACE: Duration = Duration::from_secs(2);
 use crate::config::{LogMode, OnAllExited, OnExhausted, ReadyCheck};
 use crate::logs::output::{color_for, Source};
 use crate::process::reaper::ExitStatus;
@@ -137,7 +140,10 @@ impl Supervisor {
                     // the preloader holds the write end now; the lines come once it forks
                     if let Some((r, w)) = pipe {
                         drop(w);
-                        self.pump(name, &pname, Some(index), r);
+                        let pump = self.pump(name, &pname, Some(index), r);
+                        if let Some(w) = self.programs[pi].worker_mut(id) {
+                            Self::retire_pump(w.pump.replace(pump));
+                        }
                     }
                     return;
                 }
@@ -158,7 +164,10 @@ impl Supervisor {
             Ok(pid) => {
                 if let Some((r, w)) = pipe {
                     drop(w);
-                    self.pump(name, &pname, Some(index), r);
+                    let pump = self.pump(name, &pname, Some(index), r);
+                    if let Some(w) = self.programs[pi].worker_mut(id) {
+                        Self::retire_pump(w.pump.replace(pump));
+                    }
                 }
                 self.started(pi, id, pid, now);
             }
@@ -210,7 +219,7 @@ impl Supervisor {
         program: &str,
         worker: Option<u32>,
         r: std::os::fd::OwnedFd,
-    ) {
+    ) -> tokio::task::AbortHandle {
         let source = Arc::new(Source {
             label,
             program: program.to_string(),
@@ -218,7 +227,20 @@ impl Supervisor {
             color: color_for(program),
         });
         let pumping = self.cx.output.pump(source, r, 0);
-        tokio::spawn(pumping);
+        tokio::spawn(pumping).abort_handle()
+    }
+
+    /// A process is gone: its output pump has `PUMP_GRACE` more to read what it left in the
+    /// pipe, then stops. A pipe still held open by something that outlived the process (a
+    /// `setsid` helper keeping its stdout) would otherwise cost drover a pipe and a task for
+    /// ever, one per restart.
+    pub(super) fn retire_pump(pump: Option<tokio::task::AbortHandle>) {
+        if let Some(h) = pump.filter(|h| !h.is_finished()) {
+            tokio::spawn(async move {
+                tokio::time::sleep(PUMP_GRACE).await;
+                h.abort();
+            });
+        }
     }
 
     /// Spawn the worker's process in its cgroup, held by a pidfd.
@@ -282,7 +304,12 @@ impl Supervisor {
         status: ExitStatus,
         now: Instant,
     ) {
-        // what the worker left in its process group was killed when it was reaped (`on_exit`)
+        // what the worker left in its process group was killed when it was reaped (`on_exit`);
+        // its output pipe gets a moment more, then is closed
+        if let Some(pi) = self.pidx(prog) {
+            let pump = self.programs[pi].worker_mut(id).and_then(|w| w.pump.take());
+            Self::retire_pump(pump);
+        }
         self.notify_inbox.forget(pid);
         if let Some(pi) = self.pidx(prog) {
             self.metrics_files_of_dead(pi, pid);

@@ -95,7 +95,10 @@ impl Roll {
                     self.current = None;
                     return Step::Retire { old };
                 }
-                Some(PhaseKind::Starting | PhaseKind::Idle) => return Step::Wait,
+                // a preloaded replacement waits for its fork: not ready yet, not failed
+                Some(PhaseKind::Starting | PhaseKind::Idle | PhaseKind::Waiting) => {
+                    return Step::Wait
+                }
                 other => {
                     self.pending.clear();
                     self.current = None;
@@ -280,6 +283,12 @@ mod tests {
         // (what the workers look like before the step, the step)
         assert_eq!(r.next(seen(&w)), Step::Replace { old: 1 });
         r.replacing(1, 11);
+        w.insert(11, Waiting);
+        assert_eq!(
+            r.next(seen(&w)),
+            Step::Wait,
+            "its fork is asked of the preloader"
+        );
         w.insert(11, Starting);
         assert_eq!(r.next(seen(&w)), Step::Wait, "the replacement is not ready");
         assert_eq!(r.next(seen(&w)), Step::Wait);

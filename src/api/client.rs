@@ -157,8 +157,12 @@ pub fn render(doc: &serde_json::Value) -> String {
     ));
     if let Some(steps) = doc["steps"].as_array() {
         for st in steps {
+            let took = st["duration_s"]
+                .as_f64()
+                .map(fmt_uptime)
+                .unwrap_or_else(|| "-".into());
             out.push_str(&format!(
-                "step {:<20} {:<11} {}\n",
+                "step {:<20} {:<11} {took:>6}  {}\n",
                 s(&st["name"]),
                 s(&st["state"]),
                 fmt_exit(&st["exit"])

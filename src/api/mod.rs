@@ -10,6 +10,7 @@ pub mod hosts;
 pub mod listener;
 pub mod liveness;
 pub mod metrics;
+pub mod preloader_words;
 pub mod sd_notify;
 pub mod server;
 pub mod snapshot;

@@ -127,7 +127,7 @@ async fn readyz(State(api): State<Api>) -> Response {
     let body = serde_json::json!({
         "ready": s.ready,
         "state": s.state,
-        "why": (!s.ready).then(|| not_ready_because(&s)),
+        "why": (!s.ready).then(|| not_ready_because(&s, d)),
         "programs": s.programs.iter().map(|p| serde_json::json!({
             "name": p.name, "ready_workers": p.ready_workers, "min_ready": p.min_ready,
             "shedding": p.shedding.clone().map(|sh| super::ages::shedding_after(sh, d)),
@@ -141,16 +141,22 @@ async fn readyz(State(api): State<Api>) -> Response {
     (code, Json(body)).into_response()
 }
 
-/// Why /readyz answers 503, in words.
-fn not_ready_because(s: &Snapshot) -> String {
+/// Why /readyz answers 503, in words; `d`: seconds since the snapshot was published.
+fn not_ready_because(s: &Snapshot, d: f64) -> String {
     let mut why = vec![];
     if s.state != "running" {
         why.push(format!("drover is {}", s.state));
     }
     for p in &s.programs {
         if p.ready_workers < p.min_ready {
+            let waiting = p
+                .preloader
+                .as_ref()
+                .and_then(|pre| super::preloader_words::waiting_on(pre, d))
+                .map(|w| format!(": {w}"))
+                .unwrap_or_default();
             why.push(format!(
-                "{}: {} of min_ready {} workers ready",
+                "{}: {} of min_ready {} workers ready{waiting}",
                 p.name, p.ready_workers, p.min_ready
             ));
         }

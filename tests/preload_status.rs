@@ -324,3 +324,41 @@ readiness = {{ check = "notify", timeout = "30s" }}
     }
     d.stop_ok();
 }
+
+#[test]
+fn a_roll_of_preloaded_workers_waits_for_each_fork_while_other_events_arrive() {
+    if !python3() {
+        skip("python3 with socket.recv_fds is not installed");
+        return;
+    }
+    // `noise` exits every few milliseconds, so the loop wakes between a fork request and its
+    // answer: the roll must not take a replacement waiting for its fork for a failed one
+    let cfg = preloaded(&format!("\"python3\", \"{FAKE}\""), 2)
+        .replace("env = {", "watch = [\"{dir}/code.py\"]\nenv = {")
+        + "[program.noise]\ncommand = [\"sh\", \"-c\", \"exit 1\"]\nbackoff = { initial = \"1ms\", max = \"5ms\" }\n";
+    let d = Drover::start(&cfg);
+    std::fs::write(d.path("code.py"), "0").unwrap();
+    let v = d.wait_status("2 preloaded workers ready", T, |v| all_ready(v, 2));
+    let old = Drover::worker_pids(&v, "api");
+    for round in 1..=3 {
+        std::fs::write(d.path("code.py"), round.to_string()).unwrap();
+        wait_until(T, "the roll to end", || {
+            let logged = d.messages();
+            if let Some(a) = logged.iter().find(|m| m.contains("abandoned")) {
+                panic!("roll {round}: {a}");
+            }
+            let done = logged
+                .iter()
+                .filter(|m| m.starts_with("program api: rolling") && m.contains(" done in "))
+                .count();
+            (done >= round).then_some(())
+        });
+    }
+    let v = d.wait_status("2 ready, every one replaced", T, |v| {
+        all_ready(v, 2)
+            && Drover::worker_pids(v, "api")
+                .iter()
+                .all(|p| !old.contains(p))
+    });
+    assert_eq!(v["programs"][0]["rolling"], false);
+}

@@ -57,7 +57,7 @@ fn an_idle_drovers_uptimes_advance_with_the_clock() {
     println!("over {gap:.3}s of wall time: drover's uptime {up1:.3} -> {up2:.3}, the worker's {w1:.3} -> {w2:.3}");
     for (what, a, b) in [("drover's uptime", up1, up2), ("the worker's", w1, w2)] {
         assert!(
-            (b - a - gap).abs() < 0.5,
+            (b - a - gap).abs() < 0.75,
             "{what} grew by {:.3}s over {gap:.3}s",
             b - a
         );

@@ -362,3 +362,22 @@ fn a_roll_of_preloaded_workers_waits_for_each_fork_while_other_events_arrive() {
     });
     assert_eq!(v["programs"][0]["rolling"], false);
 }
+
+#[test]
+fn a_preloader_not_started_yet_is_stopped_not_failed() {
+    // a pre-start step runs first: no preloader exists yet, and none has failed
+    let cfg = preloaded("\"sleep\", \"100000\"", 1)
+        + "[[prestart]]\nname = \"migrate\"\ncommand = [\"sleep\", \"100000\"]\n";
+    let d = Drover::start(&cfg);
+    let v = d.wait_status("the step running", T, |v| {
+        v["steps"][0]["state"] == "running"
+    });
+    let pre = &v["programs"][0]["preloader"];
+    assert_eq!(pre["state"], "stopped", "{pre}");
+    assert!(pre["error"].is_null(), "{pre}");
+    let (code, status) = cli(&d, "status");
+    assert_eq!(code, 1, "{status}");
+    assert!(status.contains("preloader api"), "{status}");
+    assert!(!status.contains("failed"), "{status}");
+    assert!(!status.contains("null"), "{status}");
+}

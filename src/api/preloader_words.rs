@@ -8,7 +8,7 @@ use super::snapshot::PreloaderStatus;
 /// What a preloader is doing, as the facts `/status` publishes about it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Facts<'a> {
-    /// loading | ready | failed
+    /// loading | ready | failed | stopped
     pub state: &'a str,
     pub pid: Option<i64>,
     pub since_s: Option<f64>,
@@ -73,7 +73,7 @@ pub fn waiting_on(p: &PreloaderStatus, d: f64) -> Option<String> {
         ..Facts::of(p)
     };
     match facts.state {
-        "ready" => None,
+        "ready" | "stopped" => None,
         "failed" => Some(format!("its preloader {}", facts.describe())),
         _ => Some(format!("its preloader is {}", facts.describe())),
     }
@@ -132,5 +132,8 @@ mod tests {
             Facts::of(&pre("ready", Some(7), None)).describe(),
             "ready (pid 7, up 2s)"
         );
+        let stopped = pre("stopped", None, None);
+        assert_eq!(Facts::of(&stopped).describe(), "stopped");
+        assert_eq!(waiting_on(&stopped, 0.0), None, "not why workers wait");
     }
 }

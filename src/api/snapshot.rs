@@ -136,7 +136,7 @@ pub struct ProgramStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct PreloaderStatus {
     pub pid: Option<i32>,
-    /// loading | ready | failed
+    /// loading | ready | failed | stopped (none runs: before the workers start, at shutdown)
     pub state: &'static str,
     pub since_s: Option<f64>,
     /// why the last preloader failed, in one line

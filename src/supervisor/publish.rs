@@ -109,7 +109,9 @@ impl Supervisor {
                         state: match l {
                             Some(l) if l.ready.is_some() => "ready",
                             Some(_) => "loading",
-                            None => "failed",
+                            None if p.preload.error.is_some() => "failed",
+                            // before the workers start (pre-start steps), or at shutdown
+                            None => "stopped",
                         },
                         since_s: l.map(|l| now.duration_since(l.since).as_secs_f64()),
                         error: p.preload.error.as_ref().map(|e| e.summary.clone()),

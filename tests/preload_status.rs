@@ -381,3 +381,36 @@ fn a_preloader_not_started_yet_is_stopped_not_failed() {
     assert!(!status.contains("failed"), "{status}");
     assert!(!status.contains("null"), "{status}");
 }
+
+/// Says `ready`, then exits at once: it spoke the protocol, whichever drover sees first.
+const READY_THEN_EXIT: &str = r#"import os, socket, sys
+ctl = socket.socket(fileno=int(os.environ["DROVER_PRELOAD_FD"]))
+ctl.send(b"ready")
+sys.exit(5)
+"#;
+
+#[test]
+fn a_preloader_that_exits_right_after_ready_gets_no_protocol_hint() {
+    if !python3() {
+        skip("python3 with socket.recv_fds is not installed");
+        return;
+    }
+    let d = Drover::start(&preloaded(
+        &format!("\"python3\", \"-c\", {READY_THEN_EXIT:?}"),
+        1,
+    ));
+    let failures = wait_until(T, "3 preloader failures logged", || {
+        let f: Vec<String> = d
+            .messages()
+            .into_iter()
+            .filter(|m| m.contains("the preloader failed"))
+            .collect();
+        (f.len() >= 3).then_some(f)
+    });
+    println!("{failures:#?}");
+    for m in &failures {
+        assert!(!m.contains(HINT), "it spoke the protocol: {m}");
+    }
+    let (_, status) = cli(&d, "status");
+    assert!(!status.contains("null"), "{status}");
+}

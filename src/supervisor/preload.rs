@@ -86,11 +86,12 @@ pub(super) struct Failure {
 /// speak it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Cause {
-    /// drover could not start or reach it, or it stopped answering after it had loaded
+    /// drover could not start or reach it, or it died or stopped answering after it had loaded
     Drover,
     /// it spoke the protocol and said the app cannot load (`error TEXT`)
     App,
-    /// it never said `ready`, or closed or broke the protocol: maybe not a preloader at all
+    /// it never said `ready` (closed its socket or exited first), or broke the protocol: maybe
+    /// not a preloader at all
     Protocol,
 }
 
@@ -279,7 +280,16 @@ impl Supervisor {
         }
         let loading = l.ready.is_none();
         match said {
-            Said::Ready if loading => self.preloader_ready(pi, now),
+            Said::Ready if loading => match l.exited {
+                // read after its exit: it cannot fork anything
+                Some((status, _)) => {
+                    let f = drover_words(format!(
+                        "it (pid {pid}) said ready and exited with {status}"
+                    ));
+                    self.preload_failed(pi, f, now)
+                }
+                None => self.preloader_ready(pi, now),
+            },
             Said::Error(text) if loading => {
                 self.preload_failed(pi, app_words("it could not load the app", text), now)
             }
@@ -298,7 +308,11 @@ impl Supervisor {
             } if !l.pending.is_empty() => self.on_fork_claim(pi, claimed, sender, now),
             Said::Error(text) if !l.pending.is_empty() => self.on_fork_error(pi, text, now),
             Said::Closed => {
-                let f = protocol_words("it closed DROVER_PRELOAD_FD".into());
+                // it said ready, so it speaks the protocol: it died, or dropped its socket
+                let f = drover_words(
+                    "it closed DROVER_PRELOAD_FD after loading (it exited, or closed the socket)"
+                        .into(),
+                );
                 self.preload_failed(pi, f, now)
             }
             other => {

@@ -63,6 +63,10 @@ pub enum Phase {
     },
     /// waiting to respawn
     Backoff { until: Instant },
+    /// nothing to start its process from yet (its program's preloader is loading, or has been
+    /// asked to fork it): spawned when the loop can, or at `until`. `again`: the slot has
+    /// started (or tried to start) a process before, so the next one is a restart
+    Waiting { until: Instant, again: bool },
     /// exited and will not be restarted (policy), or removed
     Done { failed: bool },
 }
@@ -75,6 +79,7 @@ pub enum PhaseKind {
     Running,
     Stopping,
     Backoff,
+    Waiting,
     Done,
 }
 
@@ -86,6 +91,7 @@ impl Phase {
             Phase::Running { .. } => PhaseKind::Running,
             Phase::Stopping { .. } => PhaseKind::Stopping,
             Phase::Backoff { .. } => PhaseKind::Backoff,
+            Phase::Waiting { .. } => PhaseKind::Waiting,
             Phase::Done { .. } => PhaseKind::Done,
         }
     }
@@ -96,16 +102,18 @@ impl Phase {
 pub const TRANSITIONS: &[(PhaseKind, &[PhaseKind])] = {
     use PhaseKind::*;
     &[
-        // spawned; spawn failed; removed before it ever ran
-        (Idle, &[Starting, Backoff, Done]),
+        // spawned; spawn failed; nothing to start it from yet; removed before it ever ran
+        (Idle, &[Starting, Backoff, Waiting, Done]),
         // ready; stopped or start timeout; exited (restart or not)
         (Starting, &[Running, Stopping, Backoff, Done]),
         // stopped; exited (restart or not)
         (Running, &[Stopping, Backoff, Done]),
         // a second stop or the KILL; reaped (respawn or removal)
         (Stopping, &[Stopping, Backoff, Done]),
-        // respawned; spawn failed again; removed while waiting
-        (Backoff, &[Starting, Backoff, Done]),
+        // respawned; spawn failed again; nothing to start it from yet; removed while waiting
+        (Backoff, &[Starting, Backoff, Waiting, Done]),
+        // spawned; spawn failed; still nothing to start it from; removed while waiting
+        (Waiting, &[Starting, Backoff, Waiting, Done]),
         (Done, &[]),
     ]
 };
@@ -115,7 +123,7 @@ pub struct Slot {
     id: u64,
     index: u32,
     phase: Phase,
-    /// processes started in this slot after the first
+    /// processes started (or tried) in this slot after the first
     restarts: u32,
     /// consecutive failures that came before `reset_after` of uptime
     failures: u32,
@@ -219,6 +227,7 @@ impl Slot {
             Phase::Running { .. } => "running",
             Phase::Stopping { .. } => "stopping",
             Phase::Backoff { .. } => "backoff",
+            Phase::Waiting { .. } => "waiting-for-preloader",
             Phase::Done { failed: true } => "failed",
             Phase::Done { failed: false } => "stopped",
         }
@@ -233,8 +242,18 @@ impl Slot {
         }
     }
 
+    /// Whether a process started now would be a restart: the slot has started (or tried to
+    /// start) one before. A fresh slot's first process is not, however long it waited for it.
+    fn again(&self) -> bool {
+        match self.phase {
+            Phase::Idle => false,
+            Phase::Waiting { again, .. } => again,
+            _ => true,
+        }
+    }
+
     pub fn spawned(&mut self, pid: i32, now: Instant, cfg: &SlotCfg) {
-        if !matches!(self.phase, Phase::Idle) {
+        if self.again() {
             self.restarts += 1;
         }
         self.kill = None;
@@ -271,7 +290,7 @@ impl Slot {
 
     /// fork/exec failed: count it as a failure and back off.
     pub fn spawn_failed(&mut self, why: String, now: Instant, cfg: &BackoffCfg, jitter: f64) {
-        if !matches!(self.phase, Phase::Idle) {
+        if self.again() {
             self.restarts += 1;
         }
         self.failures += 1;
@@ -282,11 +301,16 @@ impl Slot {
         });
     }
 
-    /// Nothing to start it from yet (its program's preloader is loading): wait until `until`,
-    /// or until the loop spawns it sooner, without counting a failure.
+    /// Nothing to start it from yet (its program's preloader is loading, or has been asked to
+    /// fork it): wait until `until`, or until the loop spawns it sooner, without counting a
+    /// failure or, for a fresh slot, a restart.
     pub fn postpone(&mut self, until: Instant) {
-        if matches!(self.phase, Phase::Idle | Phase::Backoff { .. }) {
-            self.enter(Phase::Backoff { until });
+        if matches!(
+            self.phase,
+            Phase::Idle | Phase::Backoff { .. } | Phase::Waiting { .. }
+        ) {
+            let again = self.again();
+            self.enter(Phase::Waiting { until, again });
         }
     }
 
@@ -369,11 +393,13 @@ impl Slot {
                 }
             }
             // not ours to reap: ignore
-            Phase::Idle | Phase::Backoff { .. } | Phase::Done { .. } => Exit {
-                actions: vec![],
-                next: Next::Ignored,
-                counted: None,
-            },
+            Phase::Idle | Phase::Backoff { .. } | Phase::Waiting { .. } | Phase::Done { .. } => {
+                Exit {
+                    actions: vec![],
+                    next: Next::Ignored,
+                    counted: None,
+                }
+            }
         }
     }
 
@@ -459,11 +485,13 @@ impl Slot {
                     vec![]
                 }
             }
-            Phase::Idle | Phase::Backoff { .. } => match then {
+            Phase::Idle | Phase::Backoff { .. } | Phase::Waiting { .. } => match then {
                 AfterStop::Remove => {
                     self.enter(Phase::Done { failed: false });
                     vec![Action::Remove]
                 }
+                // no process has started in it yet: the one started now is its first
+                AfterStop::Respawn if !self.again() => vec![Action::Spawn],
                 AfterStop::Respawn => {
                     self.enter(Phase::Backoff { until: now });
                     vec![Action::Spawn]
@@ -520,7 +548,9 @@ impl Slot {
                 AfterStop::Respawn,
                 StopReason::StartTimeout,
             ),
-            Phase::Backoff { until } if now >= until => vec![Action::Spawn],
+            Phase::Backoff { until } | Phase::Waiting { until, .. } if now >= until => {
+                vec![Action::Spawn]
+            }
             Phase::Stopping {
                 pid,
                 since,
@@ -572,7 +602,7 @@ impl Slot {
     pub fn deadline(&self) -> Option<Instant> {
         match self.phase {
             Phase::Starting { ready_by, .. } => Some(ready_by),
-            Phase::Backoff { until } => Some(until),
+            Phase::Backoff { until } | Phase::Waiting { until, .. } => Some(until),
             Phase::Stopping {
                 kill_at,
                 killed: false,
@@ -589,7 +619,8 @@ impl Slot {
 
     /// Crash-looping: this many consecutive quick failures and not running now.
     pub fn crash_looping(&self, threshold: u32) -> bool {
-        self.failures >= threshold && matches!(self.phase, Phase::Backoff { .. })
+        self.failures >= threshold
+            && matches!(self.phase, Phase::Backoff { .. } | Phase::Waiting { .. })
     }
 }
 

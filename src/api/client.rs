@@ -157,8 +157,12 @@ pub fn render(doc: &serde_json::Value) -> String {
     ));
     if let Some(steps) = doc["steps"].as_array() {
         for st in steps {
+            let took = st["duration_s"]
+                .as_f64()
+                .map(fmt_uptime)
+                .unwrap_or_else(|| "-".into());
             out.push_str(&format!(
-                "step {:<20} {:<11} {}\n",
+                "step {:<20} {:<11} {took:>6}  {}\n",
                 s(&st["name"]),
                 s(&st["state"]),
                 fmt_exit(&st["exit"])
@@ -179,8 +183,9 @@ pub fn render(doc: &serde_json::Value) -> String {
         }
     }
     preloaders(&mut out, doc);
+    let sw = state_width(doc);
     out.push_str(&format!(
-        "\n{:<16} {:>3} {:>8} {:<9} {:>8} {:>8} {:>9}  {}\n",
+        "\n{:<16} {:>3} {:>8} {:<sw$} {:>8} {:>8} {:>9}  {}\n",
         "PROGRAM", "#", "PID", "STATE", "RESTARTS", "UPTIME", "RSS", "LAST EXIT"
     ));
     for p in doc["programs"].as_array().into_iter().flatten() {
@@ -198,7 +203,7 @@ pub fn render(doc: &serde_json::Value) -> String {
                 .map(|b| format!("{:.1}MiB", b as f64 / 1048576.0))
                 .unwrap_or_else(|| "-".into());
             out.push_str(&format!(
-                "{:<16} {:>3} {:>8} {:<9} {:>8} {:>8} {:>9}  {}\n",
+                "{:<16} {:>3} {:>8} {:<sw$} {:>8} {:>8} {:>9}  {}\n",
                 s(&p["name"]),
                 w["index"].to_string(),
                 pid,
@@ -213,20 +218,26 @@ pub fn render(doc: &serde_json::Value) -> String {
     out
 }
 
-/// A line per program with a preloader: its pid, state and last error.
+/// The STATE column's width: the longest state shown (`waiting-for-preloader`), at least 9.
+pub fn state_width(doc: &serde_json::Value) -> usize {
+    doc["programs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["workers"].as_array().into_iter().flatten())
+        .filter_map(|w| w["state"].as_str().map(str::len))
+        .fold(9, usize::max)
+}
+
+/// A line per program with a preloader: its state, pid, age and last error (never `pid null`:
+/// a preloader that failed has none).
 fn preloaders(out: &mut String, doc: &serde_json::Value) {
     for p in doc["programs"].as_array().into_iter().flatten() {
-        let pre = &p["preloader"];
-        if pre.is_object() {
+        if let Some(f) = super::preloader_words::Facts::from_json(&p["preloader"]) {
             out.push_str(&format!(
-                "preloader {:<15} pid {} {}{}\n",
+                "preloader {:<15} {}\n",
                 p["name"].as_str().unwrap_or("?"),
-                pre["pid"],
-                pre["state"].as_str().unwrap_or("?"),
-                pre["error"]
-                    .as_str()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
+                f.describe()
             ));
         }
     }

@@ -2,6 +2,7 @@
 //! connections on a thread of their own, the Host allow-list, the loop's liveness), Prometheus
 //! metrics, control requests to the loop, the command-line client, TLS, and sd_notify to systemd.
 
+pub mod ages;
 pub mod client;
 pub mod control;
 pub mod history;
@@ -10,6 +11,7 @@ pub mod listener;
 pub mod liveness;
 pub mod locate;
 pub mod metrics;
+pub mod preloader_words;
 pub mod sd_notify;
 pub mod server;
 pub mod snapshot;

@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -121,13 +122,15 @@ async fn healthz(State(api): State<Api>) -> Response {
 
 async fn readyz(State(api): State<Api>) -> Response {
     let s = api.snap.borrow().clone();
+    // the ages as of now, without copying the whole snapshot for every probe
+    let d = s.age_at(Instant::now());
     let body = serde_json::json!({
         "ready": s.ready,
         "state": s.state,
-        "why": (!s.ready).then(|| not_ready_because(&s)),
+        "why": (!s.ready).then(|| not_ready_because(&s, d)),
         "programs": s.programs.iter().map(|p| serde_json::json!({
             "name": p.name, "ready_workers": p.ready_workers, "min_ready": p.min_ready,
-            "shedding": p.shedding,
+            "shedding": p.shedding.clone().map(|sh| super::ages::shedding_after(sh, d)),
         })).collect::<Vec<_>>(),
     });
     let code = if s.ready {
@@ -138,16 +141,22 @@ async fn readyz(State(api): State<Api>) -> Response {
     (code, Json(body)).into_response()
 }
 
-/// Why /readyz answers 503, in words.
-fn not_ready_because(s: &Snapshot) -> String {
+/// Why /readyz answers 503, in words; `d`: seconds since the snapshot was published.
+fn not_ready_because(s: &Snapshot, d: f64) -> String {
     let mut why = vec![];
     if s.state != "running" {
         why.push(format!("drover is {}", s.state));
     }
     for p in &s.programs {
         if p.ready_workers < p.min_ready {
+            let waiting = p
+                .preloader
+                .as_ref()
+                .and_then(|pre| super::preloader_words::waiting_on(pre, d))
+                .map(|w| format!(": {w}"))
+                .unwrap_or_default();
             why.push(format!(
-                "{}: {} of min_ready {} workers ready",
+                "{}: {} of min_ready {} workers ready{waiting}",
                 p.name, p.ready_workers, p.min_ready
             ));
         }
@@ -182,14 +191,16 @@ async fn live(api: &Api) -> Snapshot {
     match spawned {
         Ok(_) => match rx.await {
             Ok(s) => s,
-            Err(_) => (**api.snap.borrow()).clone(),
+            Err(_) => (**api.snap.borrow()).clone().at(Instant::now()),
         },
         Err(_) => read_live(api),
     }
 }
 
+/// The published snapshot as of now: its ages (`ages.rs`), each worker's memory, CPU time and
+/// each socket's queue read at this moment.
 fn read_live(api: &Api) -> Snapshot {
-    let mut snap: Snapshot = (**api.snap.borrow()).clone();
+    let mut snap: Snapshot = (**api.snap.borrow()).clone().at(Instant::now());
     let pids: Vec<i32> = snap
         .programs
         .iter()
@@ -237,9 +248,11 @@ fn read_live(api: &Api) -> Snapshot {
     for p in &mut snap.programs {
         for w in &mut p.workers {
             let st = w.pid.and_then(|pid| stats.get(&pid));
-            if w.memory_bytes.is_none() {
-                w.memory_bytes = st.map(|s| s.rss_pages * page);
-            }
+            let rss = st.map(|s| s.rss_pages * page);
+            w.memory_bytes = match (&w.memory_cgroup, w.pid) {
+                (Some(cg), Some(_)) => cg.read().or(rss),
+                _ => rss,
+            };
             w.cpu_seconds = st.map(|s| s.cpu_ticks as f64 / hz);
         }
     }

@@ -15,6 +15,8 @@ pub struct Snapshot {
     pub pid: u32,
     pub pid1: bool,
     pub config: String,
+    /// drover's, and every other age below, as of `published`; `Snapshot::at` brings them to the
+    /// moment they are served (`ages.rs`)
     pub uptime_s: f64,
     /// how the mutating routes are protected: token | unix-socket | off
     pub control: &'static str,
@@ -32,6 +34,10 @@ pub struct Snapshot {
     /// the history ring, shared with the loop (served by GET /history)
     #[serde(skip)]
     pub history: Option<std::sync::Arc<super::history::History>>,
+    /// when the loop published it: an idle loop does not wake to publish again, so the ages
+    /// grow from here to the moment they are served
+    #[serde(skip)]
+    pub published: Option<std::time::Instant>,
 }
 
 impl Snapshot {
@@ -130,7 +136,7 @@ pub struct ProgramStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct PreloaderStatus {
     pub pid: Option<i32>,
-    /// loading | ready | failed
+    /// loading | ready | failed | stopped (none runs: before the workers start, at shutdown)
     pub state: &'static str,
     pub since_s: Option<f64>,
     /// why the last preloader failed, in one line
@@ -151,12 +157,17 @@ pub struct WorkerStatus {
     pub uptime_s: Option<f64>,
     pub last_exit: Option<serde_json::Value>,
     pub health_failures: u32,
+    /// read when served: its memory cgroup's working set where drover manages one, else its
+    /// process's resident set
     pub memory_bytes: Option<u64>,
     pub cpu_seconds: Option<f64>,
     /// percent of one core over the last sample interval (when budgets are sampled)
     pub cpu_percent: Option<f64>,
     /// the worker's cgroup directories, where drover manages one
     pub cgroup: Vec<String>,
+    /// its memory cgroup, read for `memory_bytes` when served
+    #[serde(skip)]
+    pub memory_cgroup: Option<crate::resources::cgroup::MemoryGauge>,
     /// the last STATUS= it sent to NOTIFY_SOCKET
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,

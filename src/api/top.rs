@@ -170,8 +170,9 @@ pub fn frame(
 ) -> Vec<String> {
     let mut l = header(doc, now.is_some());
     l.push(String::new());
+    let sw = client::state_width(doc);
     l.push(format!(
-        "{:<14} {:>3} {:>8} {:<9} {:>6} {:>10} {:>8} {:>8}  {}",
+        "{:<14} {:>3} {:>8} {:<sw$} {:>6} {:>10} {:>8} {:>8}  {}",
         "PROGRAM", "#", "PID", "STATE", "CPU%", "MEMORY", "RESTARTS", "UPTIME", "LAST EXIT"
     ));
     for p in doc["programs"].as_array().into_iter().flatten() {
@@ -191,8 +192,11 @@ pub fn frame(
             p["desired"],
             flags.join(" ")
         ));
+        if let Some(f) = super::preloader_words::Facts::from_json(&p["preloader"]) {
+            l.push(format!("{:<14} preloader {}", "", f.describe()));
+        }
         for w in p["workers"].as_array().into_iter().flatten() {
-            l.push(worker_line(w, before, now));
+            l.push(worker_line(w, before, now, sw));
         }
     }
     for line in &mut l {
@@ -243,9 +247,14 @@ fn header(doc: &Value, live: bool) -> Vec<String> {
     l
 }
 
-/// One worker. CPU % is drover's own sample when budgets are sampled, else the change in its
-/// CPU seconds since the previous frame (`before`).
-fn worker_line(w: &Value, before: &HashMap<i64, (f64, Instant)>, now: Option<Instant>) -> String {
+/// One worker, its state in a column `sw` wide. CPU % is drover's own sample when budgets are
+/// sampled, else the change in its CPU seconds since the previous frame (`before`).
+fn worker_line(
+    w: &Value,
+    before: &HashMap<i64, (f64, Instant)>,
+    now: Option<Instant>,
+    sw: usize,
+) -> String {
     let pid = w["pid"].as_i64();
     let cpu = w["cpu_percent"].as_f64().or_else(|| {
         let (was, at) = before.get(&pid?)?;
@@ -254,7 +263,7 @@ fn worker_line(w: &Value, before: &HashMap<i64, (f64, Instant)>, now: Option<Ins
         (dt > 0.0).then_some(used / dt * 100.0)
     });
     format!(
-        "{:<14} {:>3} {:>8} {:<9} {:>6} {:>10} {:>8} {:>8}  {}",
+        "{:<14} {:>3} {:>8} {:<sw$} {:>6} {:>10} {:>8} {:>8}  {}",
         "",
         w["index"].to_string(),
         pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),

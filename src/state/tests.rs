@@ -50,7 +50,7 @@ fn backoff_table() {
 #[test]
 fn the_transition_table_covers_every_phase_once() {
     use PhaseKind::*;
-    for k in [Idle, Starting, Running, Stopping, Backoff, Done] {
+    for k in [Idle, Starting, Running, Stopping, Backoff, Waiting, Done] {
         assert_eq!(
             TRANSITIONS.iter().filter(|(f, _)| *f == k).count(),
             1,
@@ -67,8 +67,14 @@ fn the_transition_table_covers_every_phase_once() {
 #[test]
 fn no_event_breaks_the_table() {
     type Event = fn(&mut Slot, Instant);
-    let waiting = |s: &Slot| matches!(s.phase(), Phase::Idle | Phase::Backoff { .. });
-    let events: [(bool, Event); 10] = [
+    let waiting = |s: &Slot| {
+        matches!(
+            s.phase(),
+            Phase::Idle | Phase::Backoff { .. } | Phase::Waiting { .. }
+        )
+    };
+    let events: [(bool, Event); 11] = [
+        (true, |s, t| s.postpone(t + SEC)),
         (true, |s, t| s.spawned(7, t, &cfg())),
         (true, |s, t| {
             s.spawn_failed("x".into(), t, &cfg().backoff, 0.5)
@@ -504,4 +510,58 @@ fn a_process_that_outlives_its_sigkill_is_given_up_on() {
     // a late reap of the abandoned pid is not the slot's business any more
     let e = s.exited(KILL9, false, t + 30 * SEC, &cfg(), 0.5);
     assert_eq!(e.next, Next::Ignored);
+}
+
+/// A preloaded worker waits for its preloader (loading, or asked to fork it) before its first
+/// process: that process is not a restart, and the slot says what it waits for.
+#[test]
+fn a_fresh_slot_that_waited_for_its_preloader_has_not_restarted() {
+    let t0 = Instant::now();
+    let mut s = Slot::new(1, 0);
+    s.postpone(t0 + SEC);
+    assert_eq!(s.state_name(), "waiting-for-preloader");
+    assert_eq!(s.deadline(), Some(t0 + SEC));
+    assert_eq!(s.tick(t0 + SEC, &cfg()), vec![Action::Spawn]);
+    // still loading when the timer came: it waits again, then a fork is asked for
+    s.postpone(t0 + 2 * SEC);
+    s.postpone(t0 + 12 * SEC);
+    s.spawned(7, t0 + 3 * SEC, &cfg());
+    assert_eq!(s.restarts(), 0, "its first process");
+    assert_eq!(s.failures(), 0);
+    assert!(!s.crash_looping(1));
+    // after a crash it waits for a fork again: the next process is a restart, counted once
+    s.exited(ExitStatus::Code(1), false, t0 + 4 * SEC, &cfg(), 0.5);
+    assert_eq!(s.state_name(), "backoff");
+    s.postpone(t0 + 15 * SEC);
+    assert_eq!(s.state_name(), "waiting-for-preloader");
+    assert!(
+        s.crash_looping(1),
+        "a crash loop waiting for a fork is still one"
+    );
+    s.spawned(8, t0 + 5 * SEC, &cfg());
+    assert_eq!(s.restarts(), 1);
+    // a rolling replacement carries the count; waiting for its fork adds nothing
+    let mut new = Slot::replacing(2, &s);
+    new.postpone(t0 + 16 * SEC);
+    new.spawned(9, t0 + 6 * SEC, &cfg());
+    assert_eq!(new.restarts(), 2);
+    // a fork the preloader could not make is a failed start, not a restart, the first time
+    let mut f = Slot::new(3, 1);
+    f.postpone(t0 + SEC);
+    f.spawn_failed(
+        "the preloader could not fork".into(),
+        t0,
+        &cfg().backoff,
+        0.5,
+    );
+    assert_eq!((f.restarts(), f.failures()), (0, 1));
+    // a roll that restarts a slot still waiting for its first process starts that process
+    let mut r = Slot::new(4, 2);
+    r.postpone(t0 + SEC);
+    assert_eq!(
+        r.restart_in_place(t0, &cfg(), StopReason::Reload),
+        vec![Action::Spawn]
+    );
+    r.spawned(10, t0, &cfg());
+    assert_eq!(r.restarts(), 0);
 }

@@ -37,6 +37,10 @@ use crate::state::{backoff_delay, StopReason};
 /// How long a fork request may take before the preloader counts as broken.
 pub(super) const FORK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long after a loading preloader's exit drover waits for its last words (an `error` it sent
+/// just before exiting may be reaped before it is read), or for its socket's end.
+const LAST_WORDS: Duration = Duration::from_secs(1);
+
 pub(super) struct Preloader {
     pub pid: i32,
     ch: Channel,
@@ -45,6 +49,8 @@ pub(super) struct Preloader {
     expect: Arc<tokio::sync::Semaphore>,
     pub since: Instant,
     pub ready: Option<Instant>,
+    /// it exited while loading: how, and when (its last words are still read)
+    exited: Option<(ExitStatus, Instant)>,
     /// started for a roll: the roll begins once it is ready
     pub then_roll: Option<StopReason>,
     /// fork requests not answered yet, oldest first (the preloader answers in order)
@@ -74,6 +80,21 @@ impl Drop for Preloader {
 pub(super) struct Failure {
     pub summary: String,
     pub detail: Option<String>,
+    /// what the failure says of the command
+    pub cause: Cause,
+}
+
+/// Whose failure it was: the log points at the preload protocol only when the command did not
+/// speak it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cause {
+    /// drover could not start or reach it, or it died or stopped answering after it had loaded
+    Drover,
+    /// it spoke the protocol and said the app cannot load (`error TEXT`)
+    App,
+    /// it never said `ready` (closed its socket or exited first), or broke the protocol: maybe
+    /// not a preloader at all
+    Protocol,
 }
 
 /// Per program: its preloader and what happened to the last ones.
@@ -151,6 +172,7 @@ impl Supervisor {
             expect,
             since: now,
             ready: None,
+            exited: None,
             then_roll,
             pending: VecDeque::new(),
             pump,
@@ -190,7 +212,12 @@ impl Supervisor {
             .as_ref()
             .map(|d| format!(" (it said: {d})"))
             .unwrap_or_default();
-        error!(program = %name, "program {name}: the preloader failed: {}{said}; its workers wait; trying again in {delay:.1?} (preload = true needs a command that speaks drover's preload protocol, docs/worker-protocol.md: drover-uvicorn does)", why.summary);
+        let hint = if why.cause == Cause::Protocol {
+            " (preload = true needs a command that speaks drover's preload protocol, docs/worker-protocol.md: drover-uvicorn does)"
+        } else {
+            ""
+        };
+        error!(program = %name, "program {name}: the preloader failed: {}{said}; its workers wait; trying again in {delay:.1?}{hint}", why.summary);
         p.preload.error = Some(why);
         p.preload.retry_at = Some(now + delay);
     }
@@ -201,7 +228,11 @@ impl Supervisor {
             .iter()
             .flat_map(|p| {
                 let own = match &p.preload.current {
-                    Some(l) if l.ready.is_none() => Some(l.since + p.cfg.readiness.timeout),
+                    Some(l) if l.ready.is_none() => {
+                        let last_words = l.exited.map(|(_, at)| at + LAST_WORDS);
+                        let timeout = l.since + p.cfg.readiness.timeout;
+                        Some(last_words.map_or(timeout, |t| t.min(timeout)))
+                    }
                     Some(l) => l.pending.front().map(|f| f.deadline),
                     None => p.preload.retry_at,
                 };
@@ -237,8 +268,16 @@ impl Supervisor {
                     p.preload.retry_at = None;
                     self.start_preloader(pi, Some(StopReason::Restart), now);
                 }
+                Some(l) if l.exited.is_some_and(|(_, at)| now >= at + LAST_WORDS) => {
+                    let (status, _) = l.exited.expect("checked");
+                    let f = protocol_words(format!(
+                        "it (pid {}) exited with {status} before saying ready",
+                        l.pid
+                    ));
+                    self.preload_failed(pi, f, now);
+                }
                 Some(l) if l.ready.is_none() && now.duration_since(l.since) >= timeout => {
-                    let f = drover_words(format!("it did not say ready on DROVER_PRELOAD_FD within {timeout:?} (readiness.timeout)"));
+                    let f = protocol_words(format!("it did not say ready on DROVER_PRELOAD_FD within {timeout:?} (readiness.timeout)"));
                     self.preload_failed(pi, f, now);
                 }
                 Some(l) if l.pending.front().is_some_and(|f| now >= f.deadline) => {
@@ -264,12 +303,26 @@ impl Supervisor {
         }
         let loading = l.ready.is_none();
         match said {
-            Said::Ready if loading => self.preloader_ready(pi, now),
+            Said::Ready if loading => match l.exited {
+                // read after its exit: it cannot fork anything
+                Some((status, _)) => {
+                    let f = drover_words(format!(
+                        "it (pid {pid}) said ready and exited with {status}"
+                    ));
+                    self.preload_failed(pi, f, now)
+                }
+                None => self.preloader_ready(pi, now),
+            },
             Said::Error(text) if loading => {
                 self.preload_failed(pi, app_words("it could not load the app", text), now)
             }
             Said::Closed if loading => {
-                let f = drover_words("it closed DROVER_PRELOAD_FD without saying ready".into());
+                let f = protocol_words(match l.exited {
+                    Some((status, _)) => {
+                        format!("it (pid {pid}) exited with {status} before saying ready")
+                    }
+                    None => "it closed DROVER_PRELOAD_FD without saying ready".into(),
+                });
                 self.preload_failed(pi, f, now)
             }
             Said::Pid {
@@ -278,11 +331,15 @@ impl Supervisor {
             } if !l.pending.is_empty() => self.on_fork_claim(pi, claimed, sender, now),
             Said::Error(text) if !l.pending.is_empty() => self.on_fork_error(pi, text, now),
             Said::Closed => {
-                let f = drover_words("it closed DROVER_PRELOAD_FD".into());
+                // it said ready, so it speaks the protocol: it died, or dropped its socket
+                let f = drover_words(
+                    "it closed DROVER_PRELOAD_FD after loading (it exited, or closed the socket)"
+                        .into(),
+                );
                 self.preload_failed(pi, f, now)
             }
             other => {
-                let f = drover_words(format!(
+                let f = protocol_words(format!(
                     "it broke the preload protocol ({} while {})",
                     describe(&other),
                     if loading {
@@ -504,15 +561,15 @@ impl Supervisor {
             self.programs[pi].preload.current = None;
             return;
         }
-        let Some(l) = self.programs[pi].preload.current.as_ref() else {
+        let name = self.programs[pi].cfg.name.clone();
+        let Some(l) = self.programs[pi].preload.current.as_mut() else {
             return;
         };
-        let name = self.programs[pi].cfg.name.clone();
         let Some(ready) = l.ready else {
-            let f = drover_words(format!(
-                "it (pid {pid}) exited with {status} before saying ready"
-            ));
-            return self.preload_failed(pi, f, now);
+            // an `error` it sent before exiting may still be unread: its reader delivers that,
+            // or the end of its socket, and `check_preloaders` gives up after LAST_WORDS
+            l.exited = Some((status, now));
+            return;
         };
         let reset_after = self.programs[pi].cfg.backoff.reset_after;
         if now.duration_since(ready) >= reset_after {
@@ -562,6 +619,15 @@ fn drover_words(summary: String) -> Failure {
     Failure {
         summary,
         detail: None,
+        cause: Cause::Drover,
+    }
+}
+
+/// The command did not speak the protocol: the log says what does.
+fn protocol_words(summary: String) -> Failure {
+    Failure {
+        cause: Cause::Protocol,
+        ..drover_words(summary)
     }
 }
 
@@ -571,6 +637,7 @@ fn app_words(summary: &str, detail: String) -> Failure {
             "{summary} (its message is in drover's log and in /status for authenticated clients)"
         ),
         detail: Some(detail),
+        cause: Cause::App,
     }
 }
 

@@ -109,7 +109,9 @@ impl Supervisor {
                         state: match l {
                             Some(l) if l.ready.is_some() => "ready",
                             Some(_) => "loading",
-                            None => "failed",
+                            None if p.preload.error.is_some() => "failed",
+                            // before the workers start (pre-start steps), or at shutdown
+                            None => "stopped",
                         },
                         since_s: l.map(|l| now.duration_since(l.since).as_secs_f64()),
                         error: p.preload.error.as_ref().map(|e| e.summary.clone()),
@@ -135,7 +137,8 @@ impl Supervisor {
                         uptime_s: w.slot.since().map(|t| now.duration_since(t).as_secs_f64()),
                         last_exit: w.slot.last_exit().map(|e| e.to_json()),
                         health_failures: w.health.failures,
-                        memory_bytes: w.usage.memory,
+                        // read when served (`api/server.rs::read_live`)
+                        memory_bytes: None,
                         cpu_seconds: None,
                         cpu_percent: w.usage.cpu_percent,
                         cgroup: w
@@ -152,6 +155,7 @@ impl Supervisor {
                                 v
                             })
                             .unwrap_or_default(),
+                        memory_cgroup: w.cgroup.as_ref().and_then(|(cg, _)| cg.memory_gauge()),
                         status: w.notify_status.clone(),
                     })
                     .collect(),
@@ -191,7 +195,7 @@ impl Supervisor {
                 "sample_interval_s": b.sample.then_some(self.cfg.budget.sample_interval.as_secs_f64()),
                 "cpu_throttling": if b.cgroups.as_ref().is_some_and(|c| c.cpu.is_some()) { "cgroup quota" } else { "none: CPU is measured and reported, not throttled" },
             })),
-            steps: self.steps.status.clone(),
+            steps: self.steps.status_at(now),
             sockets: self
                 .sockets
                 .iter()
@@ -207,6 +211,7 @@ impl Supervisor {
             programs,
             metrics: self.metrics.clone(),
             history: self.history.as_ref().map(|r| r.ring.clone()),
+            published: Some(now),
         };
         self.cx.snapshot.send_replace(Arc::new(snap));
     }

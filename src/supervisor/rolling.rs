@@ -95,7 +95,10 @@ impl Roll {
                     self.current = None;
                     return Step::Retire { old };
                 }
-                Some(PhaseKind::Starting | PhaseKind::Idle) => return Step::Wait,
+                // a preloaded replacement waits for its fork: not ready yet, not failed
+                Some(PhaseKind::Starting | PhaseKind::Idle | PhaseKind::Waiting) => {
+                    return Step::Wait
+                }
                 other => {
                     self.pending.clear();
                     self.current = None;
@@ -199,14 +202,9 @@ impl Supervisor {
         let workers = &p.workers;
         let step = roll.next(|id| {
             workers.iter().find(|w| w.id() == id).map(|w| Seen {
-                // a replacement whose fork is asked for, or that waits for a preloader, is
-                // starting, not stopped (its slot is postponed meanwhile)
-                phase: match w.slot.phase().kind() {
-                    PhaseKind::Backoff if w.forking.is_some() || w.awaiting_preloader => {
-                        PhaseKind::Starting
-                    }
-                    k => k,
-                },
+                // a replacement waiting for its fork or its preloader is `Waiting`: the roll
+                // waits for it too
+                phase: w.slot.phase().kind(),
                 index: w.slot.index(),
                 last_exit: w.slot.last_exit().map(|e| e.to_string()),
             })
@@ -287,6 +285,12 @@ mod tests {
         // (what the workers look like before the step, the step)
         assert_eq!(r.next(seen(&w)), Step::Replace { old: 1 });
         r.replacing(1, 11);
+        w.insert(11, Waiting);
+        assert_eq!(
+            r.next(seen(&w)),
+            Step::Wait,
+            "its fork is asked of the preloader"
+        );
         w.insert(11, Starting);
         assert_eq!(r.next(seen(&w)), Step::Wait, "the replacement is not ready");
         assert_eq!(r.next(seen(&w)), Step::Wait);

@@ -105,6 +105,15 @@ impl Steps {
         self.status.iter().all(|s| s.state == StepState::Succeeded)
     }
 
+    /// Each step's status at `now`: the running one's duration so far (its attempts included).
+    pub fn status_at(&self, now: Instant) -> Vec<StepStatus> {
+        let mut status = self.status.clone();
+        for st in status.iter_mut().filter(|s| s.state == StepState::Running) {
+            st.duration_s = Some(now.saturating_duration_since(self.started).as_secs_f64());
+        }
+        status
+    }
+
     /// A step is being stopped because drover was told to stop.
     pub fn stopping(&self) -> bool {
         matches!(&self.run, Run::Running(a) if a.stop.is_some())

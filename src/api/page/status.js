@@ -17,6 +17,17 @@ function dur(s) {
   return Math.floor(s / 3600) + "h" + String(Math.floor(s / 60) % 60).padStart(2, "0") + "m";
 }
 function mib(b) { return b ? (b / 1048576).toFixed(1) + " MiB" : "-"; }
+// A preloader in words, as `drover status` says it (api/preloader_words.rs): never a null.
+function preloaderText(pre) {
+  const about = [];
+  if (pre.pid !== null && pre.pid !== undefined) about.push("pid " + pre.pid);
+  const what = pre.state === "loading" ? "loading the app" : pre.state;
+  if (pre.since_s !== null && pre.since_s !== undefined) about.push((pre.state === "ready" ? "up " : "for ") + dur(pre.since_s));
+  let out = "preloader " + what + (about.length ? " (" + about.join(", ") + ")" : "");
+  if (pre.state === "failed") out += (pre.error ? ": " + pre.error : "") + "; tried again after its backoff";
+  else if (pre.state === "loading" && pre.error) out += "; the last one failed: " + pre.error;
+  return out;
+}
 function cell(tr, v, cls) { const td = document.createElement("td"); td.textContent = v; if (cls) td.className = cls; tr.appendChild(td); return td; }
 function render(s) {
   document.getElementById("state").textContent = s.state + (s.ready ? " · ready" : " · not ready");
@@ -33,6 +44,12 @@ function render(s) {
       (p.rolling ? " · rolling restart" : "") + (p.crash_looping ? " · CRASH LOOP" : "") + (p.health ? " · " + p.health : "");
     if (p.crash_looping || p.health) h.className = "bad";
     root.appendChild(h);
+    if (p.preloader) {
+      const pre = document.createElement("p");
+      pre.className = "preloader " + (p.preloader.state === "ready" ? "meta" : p.preloader.state === "failed" ? "bad" : "starting");
+      pre.textContent = preloaderText(p.preloader);
+      root.appendChild(pre);
+    }
     const t = document.createElement("table");
     t.className = "workers";
     t.innerHTML = "<thead><tr><th>#</th><th>pid</th><th>state</th><th>restarts</th><th>uptime</th><th>memory</th><th>last exit</th></tr></thead>";

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 mod slot;
 
-pub use slot::SlotCgroup;
+pub use slot::{MemoryGauge, SlotCgroup};
 
 pub(super) const CFS_PERIOD_US: u64 = 100_000;
 

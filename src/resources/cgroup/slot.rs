@@ -23,6 +23,28 @@ pub struct SlotCgroup {
     procs: Vec<OwnedFd>,
 }
 
+/// A worker's memory cgroup, by path: what the status server reads when it is asked (it holds
+/// no fd, so a removed cgroup simply reads as nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryGauge {
+    version: Version,
+    dir: PathBuf,
+}
+
+impl MemoryGauge {
+    /// Working set (usage minus inactive file cache, as the kubelet counts it).
+    pub fn read(&self) -> Option<u64> {
+        let d = &self.dir;
+        let (usage, inactive) = match self.version {
+            Version::V1 => ("memory.usage_in_bytes", "total_inactive_file"),
+            Version::V2 => ("memory.current", "inactive_file"),
+        };
+        let usage = read_u64(&d.join(usage))?;
+        let inactive = keyed(&d.join("memory.stat"), inactive).unwrap_or(0);
+        Some(usage.saturating_sub(inactive))
+    }
+}
+
 impl Cgroups {
     /// Create (or reuse) the cgroup of one slot and apply its budget.
     pub fn slot(&self, name: &str, b: &WorkerBudget) -> std::io::Result<SlotCgroup> {
@@ -96,19 +118,16 @@ impl SlotCgroup {
 
     /// Working set (usage minus inactive file cache, as the kubelet counts it).
     pub fn memory_bytes(&self) -> Option<u64> {
-        let d = self.memory.as_ref()?;
-        match self.version {
-            Version::V1 => {
-                let usage = read_u64(&d.join("memory.usage_in_bytes"))?;
-                let inactive = keyed(&d.join("memory.stat"), "total_inactive_file").unwrap_or(0);
-                Some(usage.saturating_sub(inactive))
-            }
-            Version::V2 => {
-                let usage = read_u64(&d.join("memory.current"))?;
-                let inactive = keyed(&d.join("memory.stat"), "inactive_file").unwrap_or(0);
-                Some(usage.saturating_sub(inactive))
-            }
-        }
+        self.memory_gauge()?.read()
+    }
+
+    /// Its memory cgroup, for reading the working set elsewhere (the status server, at request
+    /// time).
+    pub fn memory_gauge(&self) -> Option<MemoryGauge> {
+        Some(MemoryGauge {
+            version: self.version,
+            dir: self.memory.clone()?,
+        })
     }
 
     /// (periods throttled, total throttled time in ns/us as the kernel reports it)

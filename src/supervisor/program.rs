@@ -169,15 +169,8 @@ impl Program {
             env.retain(|(ek, _)| ek != k);
             env.push((k.into(), v.into()));
         };
-        // as systemd does for User=: the worker's own USER, LOGNAME and HOME, not drover's
-        if let Some(id) = &p.identity {
-            if let Some(n) = &id.name {
-                set("USER", n);
-                set("LOGNAME", n);
-            }
-            if let Some(h) = &id.home {
-                set("HOME", h);
-            }
+        for (k, v) in p.identity.iter().flat_map(|id| id.env()) {
+            set(k, v);
         }
         for (k, v) in &p.env {
             set(k, v);

@@ -15,9 +15,9 @@ use crate::resources::sizing;
 /// derived figure, or every problem found, positioned in `file`.
 pub fn resolve(file: &str, cfg: &mut Config) -> Result<Vec<String>, ConfigErrors> {
     let mut problems = vec![];
-    let mut resolve = |r: &Option<crate::config::RunAs>, what: String| {
+    let mut resolve = |r: &Option<crate::config::RunAs>, what: String, whom: &str| {
         let r = r.as_ref()?;
-        run_as(r)
+        run_as(r, whom)
             .map_err(|message| {
                 problems.push(Problem {
                     line: r.line,
@@ -28,10 +28,10 @@ pub fn resolve(file: &str, cfg: &mut Config) -> Result<Vec<String>, ConfigErrors
             .ok()
     };
     for s in &mut cfg.prestart {
-        s.identity = resolve(&s.run_as, format!("[[prestart]] {}", s.name));
+        s.identity = resolve(&s.run_as, format!("[[prestart]] {}", s.name), "the step");
     }
     for p in &mut cfg.programs {
-        p.identity = resolve(&p.run_as, format!("[program.{}]", p.name));
+        p.identity = resolve(&p.run_as, format!("[program.{}]", p.name), "workers");
     }
     if !problems.is_empty() {
         return Err(ConfigErrors {
@@ -43,13 +43,13 @@ pub fn resolve(file: &str, cfg: &mut Config) -> Result<Vec<String>, ConfigErrors
 }
 
 /// `user` / `group` to ids. A drover that is not root can only run workers and steps as itself.
-fn run_as(r: &crate::config::RunAs) -> Result<identity::Identity, String> {
+fn run_as(r: &crate::config::RunAs, whom: &str) -> Result<identity::Identity, String> {
     // without `user`, only the group changes: the user stays drover's own
     let id = identity::resolve(r.user.as_deref(), r.group.as_deref())?;
     let (euid, egid) = identity::current();
     if euid != 0 && (id.uid != euid || id.gid != egid) {
         return Err(format!(
-            "drover runs as uid {euid}, not root, so it cannot start processes as uid {} gid {}; run drover as root or remove `user`/`group`",
+            "drover runs as uid {euid}, not root, so it cannot start {whom} as uid {} gid {}; run drover as root or remove `user`/`group`",
             id.uid, id.gid
         ));
     }

@@ -9,6 +9,7 @@ pub mod hosts;
 pub mod listener;
 pub mod liveness;
 pub mod metrics;
+pub mod rolls;
 pub mod sd_notify;
 pub mod server;
 pub mod snapshot;

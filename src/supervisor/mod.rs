@@ -25,6 +25,7 @@ mod publish;
 mod readiness;
 mod reconcile;
 mod reload;
+mod roll_outcome;
 mod rolling;
 mod saturation;
 mod shutdown;
@@ -309,6 +310,9 @@ impl Supervisor {
                 sig = signals.recv() => self.on_signal(sig, Instant::now()),
                 Some(req) = self.cx.control.recv() => {
                     let answer = self.on_control(req.command, Instant::now());
+                    // what the client reads next already shows what it asked for (a roll
+                    // started: `drover ctl … --wait` polls /status right after the answer)
+                    self.publish();
                     let _ = req.reply.send(answer);
                 }
                 Some(ev) = events.recv() => self.on_event(ev, Instant::now()),

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tracing::{error, info, warn};
 
+use super::roll_outcome::End;
 use super::{Event, RunState, Supervisor};
 use crate::process::claim::{self, Expected};
 use crate::process::preload::{self, Channel, Said};
@@ -180,8 +181,14 @@ impl Supervisor {
             .map(|d| format!(" (it said: {d})"))
             .unwrap_or_default();
         error!(program = %name, "program {name}: the preloader failed: {}{said}; its workers wait; trying again in {delay:.1?} (preload = true needs a command that speaks drover's preload protocol, docs/worker-protocol.md: drover-uvicorn does)", why.summary);
+        let abandoned = End::Abandoned {
+            worker: None,
+            why: format!("the new preloader failed: {}", why.summary),
+        };
         p.preload.error = Some(why);
         p.preload.retry_at = Some(now + delay);
+        // a roll that waited for this preloader will not happen
+        self.end_deferred_roll(pi, abandoned, now);
     }
 
     /// The nearest thing the preloaders need: a loading timeout, a fork deadline, a retry.
@@ -300,6 +307,9 @@ impl Supervisor {
                 .any(|w| !w.awaiting_preloader && w.slot.pid().is_some())
             {
                 self.start_roll(pi, reason, now);
+            } else {
+                // a roll was asked for, but no worker ran from the old code: nothing to replace
+                self.end_deferred_roll(pi, End::Done, now);
             }
         }
     }

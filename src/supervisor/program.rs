@@ -11,7 +11,7 @@ use crate::process::probe;
 use crate::process::sockets::Bound;
 use crate::resources::autoscale::Autoscaler;
 use crate::resources::cgroup::SlotCgroup;
-use crate::state::{Phase, Slot, SlotCfg};
+use crate::state::{Phase, Slot, SlotCfg, StopReason};
 
 use super::budget::{MemoryAction, Usage};
 use super::health::{HealthState, ProgramHealth};
@@ -33,6 +33,10 @@ pub(super) struct Program {
     pub probe_target: Option<probe::Target>,
     pub crash: CrashLoop,
     pub roll: Option<Roll>,
+    /// a roll asked for that waits for its new preloader (preload = true): why, and when asked
+    pub roll_deferred: Option<(StopReason, Instant)>,
+    /// how the program's last roll ended (`roll_outcome.rs`)
+    pub last_roll: Option<crate::api::snapshot::LastRoll>,
     /// being removed by a reload: dropped once its workers are gone
     pub removing: bool,
     pub health: ProgramHealth,
@@ -146,6 +150,8 @@ impl Program {
             probe_target: None,
             crash: CrashLoop::default(),
             roll: None,
+            roll_deferred: None,
+            last_roll: None,
             removing: false,
             health: ProgramHealth::default(),
             watch_due: None,
@@ -197,6 +203,11 @@ impl Program {
 
     pub fn worker_mut(&mut self, id: u64) -> Option<&mut Worker> {
         self.workers.iter_mut().find(|w| w.id() == id)
+    }
+
+    /// A roll runs, or waits for its new preloader.
+    pub fn rolling(&self) -> bool {
+        self.roll.is_some() || self.roll_deferred.is_some()
     }
 
     pub fn ready_count(&self) -> usize {

@@ -282,6 +282,7 @@ impl Supervisor {
         let running = matches!(self.run, RunState::Running | RunState::Draining { .. });
         let p = &mut self.programs[pi];
         let (sc, name) = (p.slot_cfg, p.cfg.name.clone());
+        let replacement = p.roll.as_ref().and_then(|r| r.replacement()) == Some(id);
         let Some(w) = p.worker_mut(id) else { return };
         if let Some((cg, _)) = &w.cgroup {
             cg.kill_all();
@@ -295,6 +296,14 @@ impl Supervisor {
             .unwrap_or_default();
         let exit = w.slot.exited(status, oom, now, &sc, jitter);
         let (idx, last) = (w.slot.index(), w.slot.last_exit().cloned());
+        if replacement && !matches!(exit.next, Next::Stopped(_) | Next::Ignored) {
+            // a roll's replacement that exits before it is ready is not restarted: the roll is
+            // abandoned, said in one line (not a "restarting in …" that would not happen)
+            let how = last.as_ref().map(|l| l.to_string()).unwrap_or_default();
+            let why = format!("pid {pid} exited with {how} after {uptime:.1?}");
+            self.abandon_roll(pi, id, idx, &why, now);
+            return;
+        }
         log_exit(&name, idx, pid, &exit, last.as_ref(), uptime, &sc);
         let ended = (exit.next == Next::NotRestarting).then_some(status);
         // a rolling replacement inherits the history of the worker it replaced
@@ -376,8 +385,13 @@ impl Supervisor {
             ),
             Why::Stop(StopReason::StartTimeout) => warn!(
                 program = %name, worker = idx, pid,
-                "worker {name}.{idx} did not become ready within {:?} ({:?} check); recycling it",
-                p.slot_cfg.start_timeout, p.cfg.readiness.check
+                "worker {name}.{idx} did not become ready within {:?} ({:?} check); {}",
+                p.slot_cfg.start_timeout, p.cfg.readiness.check,
+                if p.roll.as_ref().and_then(|r| r.replacement()) == Some(id) {
+                    "stopping it: it was a rolling restart's replacement, so the roll is abandoned"
+                } else {
+                    "recycling it"
+                }
             ),
             _ => {}
         }

@@ -33,6 +33,19 @@ function render(s) {
       (p.rolling ? " · rolling restart" : "") + (p.crash_looping ? " · CRASH LOOP" : "") + (p.health ? " · " + p.health : "");
     if (p.crash_looping || p.health) h.className = "bad";
     root.appendChild(h);
+    if (p.roll) {
+      const r = document.createElement("p");
+      r.className = "meta roll";
+      r.textContent = "rolling " + p.roll.reason + ": " + p.roll.replaced + " of " + p.roll.of + " replaced" +
+        (p.roll.waiting_for ? ", waiting for " + p.roll.waiting_for : "");
+      root.appendChild(r);
+    }
+    if (p.last_roll && p.last_roll.outcome === "abandoned") {
+      const r = document.createElement("p");
+      r.className = "bad roll-abandoned";
+      r.textContent = "last roll abandoned " + dur(Date.now() / 1000 - p.last_roll.ended_at) + " ago: " + p.last_roll.message;
+      root.appendChild(r);
+    }
     const t = document.createElement("table");
     t.className = "workers";
     t.innerHTML = "<thead><tr><th>#</th><th>pid</th><th>state</th><th>restarts</th><th>uptime</th><th>memory</th><th>last exit</th></tr></thead>";

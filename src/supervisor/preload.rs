@@ -73,6 +73,9 @@ impl Drop for Preloader {
 pub(super) struct Failure {
     pub summary: String,
     pub detail: Option<String>,
+    /// how it exited, when it exited on its own (the code drover exits with if the app never
+    /// started: `check_exhausted`)
+    pub status: Option<ExitStatus>,
 }
 
 /// Per program: its preloader and what happened to the last ones.
@@ -496,9 +499,12 @@ impl Supervisor {
         };
         let name = self.programs[pi].cfg.name.clone();
         let Some(ready) = l.ready else {
-            let f = drover_words(format!(
-                "it (pid {pid}) exited with {status} before saying ready"
-            ));
+            let f = Failure {
+                status: Some(status),
+                ..drover_words(format!(
+                    "it (pid {pid}) exited with {status} before saying ready"
+                ))
+            };
             return self.preload_failed(pi, f, now);
         };
         let reset_after = self.programs[pi].cfg.backoff.reset_after;
@@ -549,6 +555,7 @@ fn drover_words(summary: String) -> Failure {
     Failure {
         summary,
         detail: None,
+        status: None,
     }
 }
 
@@ -558,6 +565,7 @@ fn app_words(summary: &str, detail: String) -> Failure {
             "{summary} (its message is in drover's log and in /status for authenticated clients)"
         ),
         detail: Some(detail),
+        status: None,
     }
 }
 

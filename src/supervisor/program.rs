@@ -37,6 +37,8 @@ pub(super) struct Program {
     pub roll_deferred: Option<(StopReason, Instant)>,
     /// how the program's last roll ended (`roll_outcome.rs`)
     pub last_roll: Option<crate::api::snapshot::LastRoll>,
+    /// some worker of it has been ready once: a crash loop after that is not a failed deployment
+    pub ever_ready: bool,
     /// being removed by a reload: dropped once its workers are gone
     pub removing: bool,
     pub health: ProgramHealth,
@@ -152,6 +154,7 @@ impl Program {
             roll: None,
             roll_deferred: None,
             last_roll: None,
+            ever_ready: false,
             removing: false,
             health: ProgramHealth::default(),
             watch_due: None,

@@ -211,12 +211,12 @@ fn render_supervisor(o: &mut String, cfg: &Config) {
     );
     let _ = writeln!(
         o,
-        "  crash loop: a program whose every worker failed {} times in a row, each before its reset_after -> {}",
+        "  crash loop: a program whose every worker (or its preloader) failed {} times in a row, each before its reset_after -> {}",
         s.exhausted_after,
         match s.on_exhausted {
-            Some(OnExhausted::Exit) => "exit 1".to_string(),
-            Some(OnExhausted::Stay) => "stay up, degraded".to_string(),
-            None => "exit 1 as PID 1 (containers), stay up otherwise".to_string(),
+            Some(OnExhausted::Exit) => "exit 1; the app's own exit code if it never became ready",
+            Some(OnExhausted::Stay) => "stay up, degraded, retrying (even if it never became ready)",
+            None => "the app's own exit code if it never became ready (a failed deployment); once it had served: exit 1 as PID 1 (containers), stay up otherwise",
         }
     );
     let _ = writeln!(

@@ -10,7 +10,8 @@
 //!
 //! The concerns, one file each, are plain parts of `Supervisor` that take `now` and decide:
 //! `steps` (pre-start steps, the first phase), `workers` (spawn, stop, exit, crash loops),
-//! `readiness`, `health`, `rolling` (ready-first replacement), `budget` (memory, sampling,
+//! `readiness`, `health`, `rolling` (ready-first replacement; `roll_outcome`: how each roll
+//! ended, logged once and kept for /status), `budget` (memory, sampling,
 //! autoscaling), `saturation` (accept queues, load shedding), `history` (the ring's samples),
 //! `reload` (config diff), `shutdown` (signals, drain, stop), `publish` (snapshot, sd_notify,
 //! watchdog). `program` holds the per-program and per-worker data they share.

@@ -17,6 +17,7 @@ BIN=$(readlink -f "${1:-target/debug/drover}")
 [ -x "$BIN" ] || { echo "FAIL: no drover binary at $BIN (cargo build first)"; exit 1; }
 command -v unshare >/dev/null && [ -x /lib/systemd/systemd ] || { echo "SKIPPED: needs unshare and systemd"; [ -z "${DROVER_SKIP_LOG:-}" ] || echo "verify-systemd.sh: needs unshare and systemd" >> "$DROVER_SKIP_LOG"; exit 0; }
 APP_USER=$(sed -n 's/^user = "\([^"]*\)".*/\1/p' config/systemd.toml | head -1)
+[ -n "$APP_USER" ] || { echo "FAIL: config/systemd.toml names no user: its workers would run as root"; exit 1; }
 getent passwd "$APP_USER" >/dev/null && [ -d /srv ] || { echo "SKIPPED: needs the user $APP_USER (config/systemd.toml) and /srv"; [ -z "${DROVER_SKIP_LOG:-}" ] || echo "verify-systemd.sh: needs user $APP_USER and /srv" >> "$DROVER_SKIP_LOG"; exit 0; }
 
 WORK=$(readlink -f target)/systemd-verify.$$

@@ -9,7 +9,8 @@
 //! concern act on `now`, then the loop publishes a fresh `Snapshot` and tells systemd.
 //!
 //! The concerns, one file each, are plain parts of `Supervisor` that take `now` and decide:
-//! `steps` (pre-start steps, the first phase), `workers` (spawn, stop, exit, crash loops),
+//! `steps` (pre-start steps, the first phase), `workers` (spawn, stop, exit, scaling),
+//! `crash_loop` (every worker failing: `on_exhausted`, and the app that never started),
 //! `readiness`, `health`, `rolling` (ready-first replacement; `roll_outcome`: how each roll
 //! ended, logged once and kept for /status), `budget` (memory, sampling,
 //! autoscaling), `saturation` (accept queues, load shedding), `history` (the ring's samples),
@@ -18,6 +19,7 @@
 
 mod app_metrics;
 mod budget;
+mod crash_loop;
 mod health;
 mod history;
 mod preload;

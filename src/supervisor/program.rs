@@ -14,11 +14,11 @@ use crate::resources::cgroup::SlotCgroup;
 use crate::state::{Phase, Slot, SlotCfg, StopReason};
 
 use super::budget::{MemoryAction, Usage};
+use super::crash_loop::CrashLoop;
 use super::health::{HealthState, ProgramHealth};
 use super::preload::PreloadState;
 use super::rolling::Roll;
 use super::saturation::Shedding;
-use super::workers::CrashLoop;
 
 pub(super) struct Program {
     pub id: u64,

@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 
 use drover::api::locate::locate;
 use drover::api::snapshot::Snapshot;
-use drover::api::{client, listener, server as status};
+use drover::api::{client, listener, rolls, server as status};
 use drover::config::{self, Config, ListenAddr};
 use drover::logs::{self as logging, output};
 use drover::process::{guard, reaper, signals, sockets};
@@ -114,10 +114,27 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum CtlAction {
-    /// Rolling restart of a program's workers.
-    Restart { program: String },
-    /// Re-read the configuration file and apply it (like SIGHUP).
-    Reload,
+    /// Rolling restart of a program's workers, one at a time, each replacement ready before the
+    /// worker it replaces is stopped.
+    #[command(after_help = WAIT_HELP)]
+    Restart {
+        program: String,
+        /// Wait until the roll has ended: exit 0 when every worker was replaced, 3 when it was
+        /// abandoned (a replacement never became ready; the old workers keep serving)
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Re-read the configuration file, apply it, and roll every program's workers ready-first
+    /// onto it, changed or not (like SIGHUP and `systemctl reload`): the way to deploy new code.
+    /// An invalid file changes nothing. Programs with restart = "never" roll only when their
+    /// settings changed.
+    #[command(after_help = WAIT_HELP)]
+    Reload {
+        /// Wait until every roll the reload started has ended: exit 0 when all were done, 3 when
+        /// one was abandoned (its old workers keep serving)
+        #[arg(long)]
+        wait: bool,
+    },
     /// Set a program's number of workers.
     Scale { program: String, workers: u32 },
     /// Stop every worker of a program.
@@ -130,6 +147,12 @@ enum Source {
     /// one-line mode: the TOML the flags stand for
     CommandLine(String),
 }
+
+const WAIT_HELP: &str = "\
+Exit codes: 0 done; 1 the request was refused, drover could not be reached, or it began to shut
+down while waiting; 2 a bad --token-file; 3 (--wait) a roll was abandoned (a replacement, or the
+new preloader, never became ready: the old workers keep serving) or cancelled (the program was
+stopped or removed meanwhile). With --wait, progress is printed as workers are replaced.";
 
 const ONE_LINE_HELP: &str = "\
 One-line mode, no file (drover binds the socket and passes it at fd 3 with LISTEN_FDS):
@@ -339,13 +362,32 @@ fn ctl(
         }
     };
     let (path, body) = match &action {
-        CtlAction::Restart { program } => (format!("/programs/{program}/restart"), None),
-        CtlAction::Reload => ("/reload".to_string(), None),
+        CtlAction::Restart { program, .. } => (format!("/programs/{program}/restart"), None),
+        CtlAction::Reload { .. } => ("/reload".to_string(), None),
         CtlAction::Scale { program, workers } => (
             format!("/programs/{program}/scale"),
             Some(format!("{{\"workers\": {workers}}}")),
         ),
         CtlAction::Stop { program } => (format!("/programs/{program}/stop"), None),
+    };
+    let wait = match &action {
+        CtlAction::Restart {
+            program,
+            wait: true,
+        } => Some(rolls::Target::Program(program.clone())),
+        CtlAction::Reload { wait: true } => Some(rolls::Target::All),
+        _ => None,
+    };
+    // which rolls had ended before the request: the ones after it are what --wait waits for
+    let before = match &wait {
+        Some(_) => match rolls::before(&url) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("drover ctl: {e}");
+                return 1;
+            }
+        },
+        None => Default::default(),
     };
     match client::request(&url, "POST", &path, body.as_deref(), token.as_deref()) {
         Ok((code, status, body)) => {
@@ -357,7 +399,10 @@ fn ctl(
                 .unwrap_or(body.trim());
             if (200..300).contains(&code) {
                 println!("{msg}");
-                0
+                match &wait {
+                    Some(target) => rolls::wait(&url, target, &before),
+                    None => 0,
+                }
             } else {
                 eprintln!("drover ctl: {status}: {msg}");
                 1

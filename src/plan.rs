@@ -19,16 +19,23 @@ mod words;
 /// derived figure, or every problem found, positioned in `file`.
 pub fn resolve(file: &str, cfg: &mut Config) -> Result<Vec<String>, ConfigErrors> {
     let mut problems = vec![];
+    let mut resolve = |r: &Option<crate::config::RunAs>, what: String, whom: &str| {
+        let r = r.as_ref()?;
+        run_as(r, whom)
+            .map_err(|message| {
+                problems.push(Problem {
+                    line: r.line,
+                    col: r.col,
+                    message: format!("{what}: {message}"),
+                })
+            })
+            .ok()
+    };
+    for s in &mut cfg.prestart {
+        s.identity = resolve(&s.run_as, format!("[[prestart]] {}", s.name), "the step");
+    }
     for p in &mut cfg.programs {
-        let Some(r) = &p.run_as else { continue };
-        match run_as(r) {
-            Ok(id) => p.identity = Some(id),
-            Err(message) => problems.push(Problem {
-                line: r.line,
-                col: r.col,
-                message: format!("[program.{}]: {message}", p.name),
-            }),
-        }
+        p.identity = resolve(&p.run_as, format!("[program.{}]", p.name), "workers");
     }
     if !problems.is_empty() {
         return Err(ConfigErrors {
@@ -41,14 +48,14 @@ pub fn resolve(file: &str, cfg: &mut Config) -> Result<Vec<String>, ConfigErrors
     Ok(derived)
 }
 
-/// `user` / `group` to ids. A drover that is not root can only run workers as itself.
-fn run_as(r: &crate::config::RunAs) -> Result<identity::Identity, String> {
+/// `user` / `group` to ids. A drover that is not root can only run workers and steps as itself.
+fn run_as(r: &crate::config::RunAs, whom: &str) -> Result<identity::Identity, String> {
     // without `user`, only the group changes: the user stays drover's own
     let id = identity::resolve(r.user.as_deref(), r.group.as_deref())?;
     let (euid, egid) = identity::current();
     if euid != 0 && (id.uid != euid || id.gid != egid) {
         return Err(format!(
-            "drover runs as uid {euid}, not root, so it cannot start workers as uid {} gid {}; run drover as root or remove `user`/`group`",
+            "drover runs as uid {euid}, not root, so it cannot start {whom} as uid {} gid {}; run drover as root or remove `user`/`group`",
             id.uid, id.gid
         ));
     }
@@ -149,12 +156,12 @@ fn render_supervisor(o: &mut String, cfg: &Config) {
     );
     let _ = writeln!(
         o,
-        "  crash loop: a program whose every worker failed {} times in a row, each before its reset_after -> {}",
+        "  crash loop: a program whose every worker (or its preloader) failed {} times in a row, each before its reset_after -> {}",
         s.exhausted_after,
         match s.on_exhausted {
-            Some(OnExhausted::Exit) => "exit 1".to_string(),
-            Some(OnExhausted::Stay) => "stay up, degraded".to_string(),
-            None => "exit 1 as PID 1 (containers), stay up otherwise".to_string(),
+            Some(OnExhausted::Exit) => "exit 1; the app's own exit code if it never became ready",
+            Some(OnExhausted::Stay) => "stay up, degraded, retrying (even if it never became ready)",
+            None => "the app's own exit code if it never became ready (a failed deployment); once it had served: exit 1 as PID 1 (containers), stay up otherwise",
         }
     );
     let _ = writeln!(
@@ -240,6 +247,9 @@ fn render_sockets_and_steps(o: &mut String, cfg: &Config) {
             if st.retries == 1 { "y" } else { "ies" },
             st.retry_delay
         );
+        if let Some(id) = &st.identity {
+            let _ = writeln!(o, "     {:<12} runs as {}", "", runs_as(id));
+        }
         let grace = st.stop_grace(&cfg.supervisor);
         let _ = writeln!(
             o,
@@ -253,6 +263,19 @@ fn render_sockets_and_steps(o: &mut String, cfg: &Config) {
             }
         );
     }
+}
+
+/// `uid 33 gid 33 (www-data), no supplementary groups`
+fn runs_as(id: &identity::Identity) -> String {
+    format!(
+        "uid {} gid {}{}, no supplementary groups",
+        id.uid,
+        id.gid,
+        id.name
+            .as_ref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default()
+    )
 }
 
 fn render_program(o: &mut String, p: &crate::config::ProgramCfg) {
@@ -282,16 +305,7 @@ fn render_program(o: &mut String, p: &crate::config::ProgramCfg) {
         None => {}
     }
     if let Some(id) = &p.identity {
-        let _ = writeln!(
-            o,
-            "    runs as  uid {} gid {}{}, no supplementary groups",
-            id.uid,
-            id.gid,
-            id.name
-                .as_ref()
-                .map(|n| format!(" ({n})"))
-                .unwrap_or_default()
-        );
+        let _ = writeln!(o, "    runs as  {}", runs_as(id));
     }
     if !p.sockets.is_empty() {
         let fds: Vec<String> = p
@@ -523,6 +537,28 @@ mod tests {
         .unwrap();
         let id = ok.programs[0].identity.as_ref().expect("resolved");
         assert_eq!(id.uid, me.as_raw());
+    }
+
+    #[test]
+    fn a_steps_user_is_looked_up_like_a_programs() {
+        let src = "[[prestart]]\nname = \"migrate\"\ncommand = \"x\"\nuser = \"no-such-user-drover\"\n[program.a]\ncommand = \"y\"\n";
+        assert_eq!(
+            planned(src).unwrap_err(),
+            vec!["4:8: [[prestart]] migrate: no user `no-such-user-drover` on this system"]
+        );
+        let me = nix::unistd::geteuid();
+        let ok = planned(&format!(
+            "[[prestart]]\ncommand = \"x\"\nuser = {me}\ngroup = {}\n[program.a]\ncommand = \"y\"\n",
+            nix::unistd::getegid()
+        ))
+        .unwrap();
+        let id = ok.prestart[0].identity.as_ref().expect("resolved");
+        assert_eq!(id.uid, me.as_raw());
+        assert!(
+            ok.programs[0].identity.is_none(),
+            "the program keeps drover's ids"
+        );
+        assert!(render(&ok, "t.toml").contains(&format!("runs as uid {me} ")));
     }
 
     #[test]

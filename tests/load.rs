@@ -96,6 +96,79 @@ fn rolling_restart_under_load_fails_no_request() {
     d.stop_ok();
 }
 
+/// `git pull && systemctl reload drover`: the code changes, drover's file does not. A HUP rolls
+/// every worker ready-first onto the new code, and no request fails.
+#[test]
+fn sighup_with_an_unchanged_file_rolls_every_worker_onto_new_code_under_load() {
+    let Some(py) = fastapi_python() else {
+        skip("no Python with fastapi and uvicorn (run tests/run.sh, or set DROVER_TEST_PYTHON)");
+        return;
+    };
+    // the example app plus a route that says which release it runs
+    let code = tempfile::tempdir().unwrap();
+    let app = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/fastapi");
+    std::fs::write(
+        code.path().join("deployed.py"),
+        format!("import sys\nsys.path.insert(0, {app:?})\nfrom main import app\nimport release\n\n@app.get(\"/release\")\ndef release_():\n    return {{\"release\": release.RELEASE}}\n"),
+    )
+    .unwrap();
+    let release = code.path().join("release.py");
+    std::fs::write(&release, "RELEASE = \"one\"\n").unwrap();
+    let cfg = fastapi_cfg(&py, 4, "")
+        .replace("main:app", "deployed:app")
+        .replace(&format!("cwd = \"{app}\""), &format!("cwd = \"{}\"", code.path().display()))
+        // a .pyc written within the same second would hide the new release.py from Python
+        + "env = { PYTHONDONTWRITEBYTECODE = \"1\" }\n";
+    let mut d = Drover::start(&cfg);
+    d.keep.push(code);
+    let http = d.logged_addr("socket http listening on ");
+    let st = d.wait_status("4 ready", T, |v| ready(v, 4));
+    let old = Drover::worker_pids(&st, "api");
+    assert!(http_get(&http, "/release").unwrap().contains("one"));
+    let file = std::fs::read(d.path("drover.toml")).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&http, "/", CLIENTS, stop.clone());
+    std::thread::sleep(Duration::from_secs(2)); // load before the roll (a warm-up, not an assertion)
+    std::fs::write(&release, "RELEASE = \"two\"\n").unwrap();
+    let t0 = Instant::now();
+    d.signal(libc::SIGHUP);
+    let st = d.wait_status("every worker replaced by the reload", T, |v| {
+        ready(v, 4)
+            && v["programs"][0]["last_roll"]["reason"] == "reload"
+            && Drover::worker_pids(v, "api")
+                .iter()
+                .all(|p| !old.contains(p))
+    });
+    let roll = t0.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let stats = finish_load(load);
+    println!(
+        "FIGURE HUP with an unchanged file, 4 FastAPI workers rolled under load: took {:.2}s; {stats}",
+        roll.as_secs_f64()
+    );
+    assert_eq!(
+        std::fs::read(d.path("drover.toml")).unwrap(),
+        file,
+        "the file never changed"
+    );
+    let last = &st["programs"][0]["last_roll"];
+    assert_eq!(
+        (last["outcome"].as_str(), last["replaced"].as_u64()),
+        (Some("done"), Some(4)),
+        "{last}"
+    );
+    assert!(d.logged("reload: no program's settings changed; api rolling"));
+    // every worker serves the new code: one connection per request, spread by the kernel
+    for _ in 0..20 {
+        let body = http_get(&http, "/release").unwrap();
+        assert!(body.contains("two"), "an old worker answered: {body}");
+    }
+    assert_graceful(&stats);
+    d.stop_ok();
+}
+
 #[test]
 fn sigkill_every_2s_under_load_refuses_no_connection() {
     let Some((mut d, http)) = start(4) else {

@@ -169,3 +169,39 @@ fn status_page_shows_live_pids_in_chromium() {
     }
     assert!(dom.contains("running"), "{dom}");
 }
+
+#[test]
+fn the_page_shows_an_abandoned_roll() {
+    let Some(chrome) = chromium() else {
+        skip("chromium is not installed (tests/run.sh installs Debian's chromium)");
+        return;
+    };
+    // the next start of a worker fails while {dir}/broken exists; a watched file asks the roll
+    let app = tempfile::tempdir().unwrap();
+    let mut d = Drover::start(&format!(
+        "[supervisor]\nstatus = \"127.0.0.1:0\"\n[socket.http]\nlisten = \"127.0.0.1:0\"\n[program.web]\ncommand = [\"sh\", \"-c\", \"if [ -e {{dir}}/broken ]; then exit 3; fi; exec {BIN} demo-worker\"]\nsockets = [\"http\"]\nworkers = 2\nwatch = [\"{}\"]\n",
+        app.path().display()
+    ));
+    d.wait_status("2 ready", Duration::from_secs(30), |v| all_ready(v, 2));
+    std::fs::write(d.path("broken"), "").unwrap();
+    std::fs::write(app.path().join("main.py"), "def oops(:\n").unwrap();
+    d.keep.push(app);
+    d.wait_status("an abandoned roll", Duration::from_secs(30), |v| {
+        v["programs"][0]["last_roll"]["outcome"] == "abandoned"
+    });
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("http://{}/", d.status_addr());
+    let out = headless(chrome, profile.path(), &["--dump-dom"], &url);
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let line = dom
+        .split("class=\"bad roll-abandoned\">")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .unwrap_or_else(|| panic!("no abandoned roll on the page:\n{dom}"));
+    assert!(
+        line.starts_with("last roll abandoned ")
+            && line.contains("the replacement for web.0 did not become ready")
+            && line.contains("the old workers keep serving"),
+        "{line}"
+    );
+}

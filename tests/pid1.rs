@@ -169,7 +169,9 @@ fn as_pid1_a_crash_looping_program_exits_1_by_default() {
         return;
     }
     let mut d = Drover::start_with(
-        "[supervisor]\nstatus = \"127.0.0.1:0\"\nexhausted_after = 3\n[program.bad]\ncommand = \"exit 1\"\nbackoff = { initial = \"10ms\", max = \"40ms\" }\n",
+        // it serves once (ready after 200 ms), then fails at once every time: a crash loop of an
+        // app that did start (one that never did is a deployment error, PID 1 or not)
+        "[supervisor]\nstatus = \"127.0.0.1:0\"\nexhausted_after = 3\n[program.bad]\ncommand = \"if [ -e {dir}/served ]; then exit 1; fi; touch {dir}/served; sleep 1; exit 1\"\nreadiness = { check = \"uptime\", min_uptime = \"200ms\" }\nbackoff = { initial = \"10ms\", max = \"40ms\" }\n",
         &[],
         &["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"],
     );

@@ -474,3 +474,77 @@ fn a_command_that_does_not_speak_the_preload_protocol_gets_a_clear_error() {
     // the workers waited without counting failures
     assert_eq!(st["programs"][0]["workers"][0]["restarts"], 0, "{st}");
 }
+
+#[test]
+fn uvicorn_with_a_mistyped_app_makes_drover_exit_3_like_uvicorn() {
+    let Some(py) = fastapi_python() else {
+        skip("no Python with fastapi and uvicorn (tests/run.sh makes .venv)");
+        return;
+    };
+    // `uvicorn app:ap` exits 3 ("Attribute "ap" not found"); under drover with several workers,
+    // a first-day typo must not leave drover retrying forever with nothing serving
+    let app = tempfile::tempdir().unwrap();
+    std::fs::write(app.path().join("main.py"), "app = None\n").unwrap();
+    let app_dir = app.path().display().to_string();
+    let mut d = Drover::start_args(
+        &[
+            "run",
+            "--workers",
+            "2",
+            "--bind",
+            "127.0.0.1:0",
+            "--status",
+            "off",
+            "--",
+            &py,
+            "-m",
+            "uvicorn",
+            "main:ap",
+            "--app-dir",
+            &app_dir,
+            "--fd",
+            "3",
+        ],
+        &[],
+        &[],
+    );
+    d.keep.push(app);
+    assert_eq!(d.wait_exit(Duration::from_secs(60)), 3, "{}", d.stderr());
+    assert!(
+        d.logged("the app cannot start, a deployment error; shutting down with exit code 3"),
+        "{}",
+        d.stderr()
+    );
+}
+
+#[test]
+fn a_preloaded_app_that_cannot_import_makes_drover_exit_non_zero() {
+    let Some(bin) = drover_uvicorn() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.py"), "def oops(:\n").unwrap();
+    let cwd = dir.path().display().to_string();
+    // no on_exhausted: not PID 1, the default would be "stay" for an app that had started
+    let cfg = config(
+        &bin,
+        &cwd,
+        2,
+        "preload = true\nbackoff = { initial = \"50ms\", max = \"200ms\" }",
+    )
+    .replace("main:app", "broken:app")
+    .replace("[socket.http]", "exhausted_after = 3\n[socket.http]");
+    let mut d = Drover::start(&cfg);
+    d.keep.push(dir);
+    let code = d.wait_exit(Duration::from_secs(60));
+    assert_ne!(code, 0, "{}", d.stderr());
+    assert!(
+        d.logged("program api: its preloader is failing (3+ consecutive quick failures"),
+        "{}",
+        d.stderr()
+    );
+    assert!(
+        d.logged("none of its workers has ever been ready"),
+        "{}",
+        d.stderr()
+    );
+    println!("drover exited {code} for a preloaded app that cannot import");
+}

@@ -540,3 +540,34 @@ command = ["/nonexistent/${SECRET}/tool", "${SECRET}"]
     assert!(!err.contains(SECRET), "drover's log: {err}");
     assert!(!out.contains(SECRET), "drover's output: {out}");
 }
+
+#[test]
+fn a_step_with_user_and_group_runs_as_them() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip("running a step as another user needs drover to run as root");
+        return;
+    }
+    // Debian's nobody (65534) and nogroup (65534); drover itself is root with groups to clear
+    let mut d = Drover::start(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+[[prestart]]
+name = "migrate"
+command = "echo \"step-ids $(id -u) $(id -g) $(id -G) $USER $HOME\""
+user = "nobody"
+group = "nogroup"
+[program.w]
+command = "echo \"worker-ids $(id -u)\"; exec sleep 1000"
+"#,
+    );
+    wait_output(&d, "worker-ids 0");
+    let out = d.stdout();
+    assert!(
+        out.contains("step-ids 65534 65534 65534 nobody /nonexistent"),
+        "the step ran as nobody:nogroup, no supplementary group, its own USER and HOME:\n{out}"
+    );
+    assert_eq!(d.status()["steps"][0]["state"], "succeeded");
+    d.stop_ok();
+}

@@ -32,6 +32,9 @@ fn fake_program(modes: &str, env_extra: &str, extra: &str) -> String {
         r#"[supervisor]
 status = "127.0.0.1:0"
 shutdown_timeout = "5s"
+# a fake preloader lies once per mode before it is honest: that many failures in a row are meant,
+# not a preloader that can never load (which makes drover exit)
+exhausted_after = 10
 [program.api]
 command = ["python3", "{FAKE}"]
 preload = true

@@ -47,9 +47,15 @@ fn kill_9_gets_a_replacement_and_the_socket_keeps_serving() {
     d.stop_ok();
 }
 
+/// `one_program`, with `on_exhausted = "stay"`: a program that never starts keeps drover up.
+fn staying(program: &str) -> String {
+    one_program(program).replace("[supervisor]\n", "[supervisor]\non_exhausted = \"stay\"\n")
+}
+
 #[test]
 fn a_crash_loop_backs_off_instead_of_spinning() {
-    let d = Drover::start(&one_program(
+    // never ready: without on_exhausted = "stay" drover would exit (a failed deployment)
+    let d = Drover::start(&staying(
         "command = \"echo x >> {dir}/spawns; exit 1\"\nbackoff = { initial = \"100ms\", max = \"1s\", reset_after = \"10s\" }",
     ));
     // the delays drover chose, from its log: wait for six quick failures in a row
@@ -103,11 +109,15 @@ fn ms(s: &str) -> f64 {
     }
 }
 
+/// Workers that serve once (ready after 200 ms up, gone after 1.5 s), then exit 7 at once every
+/// time: a program that did start, then broke.
+const SERVED_ONCE: &str = "command = \"if [ -e {dir}/served ]; then exit 7; fi; touch {dir}/served; sleep 1.5; exit 7\"\nworkers = 2\nreadiness = { check = \"uptime\", min_uptime = \"200ms\" }\nbackoff = { initial = \"10ms\", max = \"50ms\" }\n";
+
 #[test]
 fn on_exhausted_exit_stops_drover_with_code_1() {
-    let mut d = Drover::start(
-        "[supervisor]\nstatus = \"127.0.0.1:0\"\non_exhausted = \"exit\"\nexhausted_after = 3\n[program.bad]\ncommand = \"exit 7\"\nworkers = 2\nbackoff = { initial = \"10ms\", max = \"50ms\" }\n",
-    );
+    let mut d = Drover::start(&format!(
+        "[supervisor]\nstatus = \"127.0.0.1:0\"\non_exhausted = \"exit\"\nexhausted_after = 3\n[program.bad]\n{SERVED_ONCE}"
+    ));
     assert_eq!(d.wait_exit(T), 1, "{}", d.stderr());
     let err = d.stderr();
     assert!(
@@ -115,6 +125,50 @@ fn on_exhausted_exit_stops_drover_with_code_1() {
         "{err}"
     );
     assert!(err.contains("exit code 7"), "{err}");
+    assert!(err.contains("on_exhausted = \\\"exit\\\""), "{err}");
+}
+
+#[test]
+fn a_program_that_served_and_then_crash_loops_keeps_drover_up_by_default() {
+    let mut d = Drover::start(&format!(
+        "[supervisor]\nstatus = \"127.0.0.1:0\"\nexhausted_after = 3\n[program.bad]\n{SERVED_ONCE}"
+    ));
+    let st = d.wait_status("the crash loop to be reported", T, |v| {
+        v["programs"][0]["crash_looping"] == true
+    });
+    assert_eq!(st["state"], "running", "not PID 1, it had served: stay");
+    d.stop_ok();
+}
+
+#[test]
+fn an_app_that_never_started_exits_with_its_code_without_on_exhausted() {
+    // the one-line mode users start with: several workers, restarted when they crash
+    let mut d = Drover::start_args(
+        &[
+            "run",
+            "--workers",
+            "3",
+            "--status",
+            "off",
+            "--",
+            "sh",
+            "-c",
+            "echo 'Error loading ASGI app. Attribute \"ap\" not found in module \"app\".' >&2; exit 3",
+        ],
+        &[],
+        &[],
+    );
+    assert_eq!(d.wait_exit(T), 3, "{}", d.stderr());
+    assert!(
+        d.logged("none of its workers has ever been ready: the app cannot start, a deployment error; shutting down with exit code 3"),
+        "{}",
+        d.stderr()
+    );
+    // with a file and on_exhausted = "exit" too: the app's own code, not 1
+    let mut d = Drover::start(
+        "[supervisor]\nstatus = \"127.0.0.1:0\"\non_exhausted = \"exit\"\nexhausted_after = 3\n[program.bad]\ncommand = \"exit 7\"\nworkers = 2\nbackoff = { initial = \"10ms\", max = \"50ms\" }\n",
+    );
+    assert_eq!(d.wait_exit(T), 7, "{}", d.stderr());
 }
 
 #[test]
@@ -330,7 +384,7 @@ fn a_log_flood_of_huge_invalid_lines_is_split_kept_and_does_not_stall_health() {
 #[test]
 fn a_crash_storm_of_100_workers_keeps_memory_flat() {
     // every worker exits after 0.5 s, all together, again and again
-    let d = Drover::start(&one_program(
+    let d = Drover::start(&staying(
         "command = [\"sh\", \"-c\", \"sleep 0.5; exit 1\"]\nworkers = 100\nbackoff = { initial = \"100ms\", max = \"1s\" }",
     ));
     let restarts = |v: &serde_json::Value| -> u64 {

@@ -119,6 +119,8 @@ mod tests {
                     error: None,
                     error_detail: None,
                 }),
+                roll: None,
+                last_roll: None,
                 workers: vec![worker(Some(1.0)), worker(None)],
             }],
             ..Default::default()

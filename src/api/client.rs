@@ -183,6 +183,10 @@ pub fn render(doc: &serde_json::Value) -> String {
         }
     }
     preloaders(&mut out, doc);
+    for l in super::rolls::lines(doc) {
+        out.push_str(&l);
+        out.push('\n');
+    }
     let sw = state_width(doc);
     out.push_str(&format!(
         "\n{:<16} {:>3} {:>8} {:<sw$} {:>8} {:>8} {:>9}  {}\n",
@@ -243,30 +247,48 @@ fn preloaders(out: &mut String, doc: &serde_json::Value) {
     }
 }
 
-/// The status document as text (a table, or the raw JSON), and whether drover is ready (what
-/// /readyz would answer: `ready` in the document).
-pub fn status(url: &str, json: bool) -> Result<(String, bool), ClientError> {
+/// What `drover status` found: the document as text (a table, or the raw JSON), whether drover
+/// is ready (what /readyz would answer: `ready` in the document), and the programs whose last
+/// roll was abandoned.
+pub struct Found {
+    pub text: String,
+    pub ready: bool,
+    pub abandoned: Vec<String>,
+}
+
+pub fn status(url: &str, json: bool) -> Result<Found, ClientError> {
     let body = get(url, "/status")?;
     let doc: serde_json::Value =
         serde_json::from_str(&body).map_err(|e| ClientError::Json(e, url.into()))?;
-    let ready = doc["ready"] == true;
-    Ok((if json { body } else { render(&doc) }, ready))
+    Ok(Found {
+        ready: doc["ready"] == true,
+        abandoned: super::rolls::abandoned(&doc)
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        text: if json { body } else { render(&doc) },
+    })
 }
 
-/// `drover status`: 0 ready, 1 running but not ready, 2 unreachable.
+/// `drover status`: 0 ready, 1 running but not ready, 2 unreachable, 3 ready but the last roll
+/// of some program was abandoned (a deploy that did not happen: the old workers serve).
 pub fn status_command(url: &str, json: bool, quiet: bool) -> i32 {
     match status(url, json) {
-        Ok((text, ready)) => {
+        Ok(Found {
+            text,
+            ready,
+            abandoned,
+        }) => {
             if !quiet {
                 print!("{text}");
                 if json {
                     println!();
                 }
             }
-            if ready {
-                0
-            } else {
-                1
+            match (ready, abandoned.is_empty()) {
+                (false, _) => 1,
+                (true, true) => 0,
+                (true, false) => super::rolls::ROLL_ABANDONED,
             }
         }
         Err(e) => {

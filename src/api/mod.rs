@@ -12,6 +12,7 @@ pub mod liveness;
 pub mod locate;
 pub mod metrics;
 pub mod preloader_words;
+pub mod rolls;
 pub mod sd_notify;
 pub mod server;
 pub mod snapshot;

@@ -129,7 +129,57 @@ pub struct ProgramStatus {
     /// preload = true: its pid, state, since when, and last error
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preloader: Option<PreloaderStatus>,
+    /// the roll in progress (`rolling`), if any
+    pub roll: Option<RollStatus>,
+    /// how the program's last roll ended, if one has
+    pub last_roll: Option<LastRoll>,
     pub workers: Vec<WorkerStatus>,
+}
+
+/// A rolling restart in progress.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollStatus {
+    /// restart | reload | memory | lifetime
+    pub reason: &'static str,
+    /// when it was asked for (unix seconds)
+    pub started_at: u64,
+    /// old workers replaced so far, of how many
+    pub replaced: u32,
+    pub of: u32,
+    /// what it waits for before it can replace anything, when that is not a replacement
+    pub waiting_for: Option<&'static str>,
+}
+
+/// How a program's last rolling restart ended (`done`, `abandoned`: a replacement, or the new
+/// preloader, never became ready and the old workers keep serving; `cancelled`: the program was
+/// stopped or removed meanwhile).
+#[derive(Debug, Clone, Serialize)]
+pub struct LastRoll {
+    /// one more for every roll of the program that ends: what `drover ctl … --wait` compares
+    pub seq: u64,
+    pub reason: &'static str,
+    /// done | abandoned | cancelled
+    pub outcome: &'static str,
+    /// unix seconds
+    pub started_at: u64,
+    pub ended_at: u64,
+    pub took_s: f64,
+    pub replaced: u32,
+    pub of: u32,
+    /// abandoned: the index of the worker whose replacement failed (null: the new preloader did)
+    pub worker: Option<u32>,
+    /// abandoned or cancelled: why, in drover's words
+    pub why: Option<String>,
+    /// the workers running before the roll still serve (abandoned)
+    pub old_workers_kept: bool,
+    /// all of it in one line, as logged
+    pub message: String,
+}
+
+impl LastRoll {
+    pub fn abandoned(&self) -> bool {
+        self.outcome == "abandoned"
+    }
 }
 
 /// A program's preloader (`preload = true`).
@@ -243,6 +293,8 @@ mod tests {
                     error: Some("preloader exited with code 1".into()),
                     error_detail: detail.map(String::from),
                 }),
+                roll: None,
+                last_roll: None,
                 workers: vec![],
             }],
             ..Default::default()

@@ -185,6 +185,19 @@ pub fn frame(
         if !p["shedding"].is_null() {
             flags.push(format!("SHEDDING (queue {})", p["shedding"]["queue"]));
         }
+        if p["roll"].is_object() {
+            flags.push(format!(
+                "{}/{} replaced",
+                p["roll"]["replaced"], p["roll"]["of"]
+            ));
+        }
+        if p["last_roll"]["outcome"] == "abandoned" {
+            // the why names the worker whose replacement failed, or the new preloader
+            flags.push(format!(
+                "LAST ROLL ABANDONED: {}",
+                text(&p["last_roll"]["why"])
+            ));
+        }
         l.push(format!(
             "{:<14} {}/{} ready  {}",
             text(&p["name"]),

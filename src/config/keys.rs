@@ -36,6 +36,8 @@ pub(super) const STEP_KEYS: &[&str] = &[
     "cwd",
     "stop_signal",
     "stop_timeout",
+    "user",
+    "group",
 ];
 pub(super) const SOCKET_KEYS: &[&str] = &["listen", "backlog", "mode"];
 pub(super) const PROGRAM_KEYS: &[&str] = &[

@@ -200,6 +200,10 @@ pub struct StepCfg {
     pub stop_signal: nix::sys::signal::Signal,
     /// then SIGKILL this long after; `None`: `supervisor.shutdown_timeout`
     pub stop_timeout: Option<Duration>,
+    /// `user` / `group` as written, with where (resolved by `plan`, as a program's are)
+    pub run_as: Option<RunAs>,
+    /// who the step runs as, resolved from `run_as` by `plan` (None: drover's own ids)
+    pub identity: Option<crate::process::identity::Identity>,
 }
 
 impl StepCfg {
@@ -350,7 +354,7 @@ pub struct ProgramCfg {
     pub identity: Option<crate::process::identity::Identity>,
 }
 
-/// `user` / `group` of a program as the file gives them, and where.
+/// `user` / `group` of a program or a step as the file gives them, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunAs {
     pub user: Option<String>,

@@ -127,18 +127,28 @@ pub(super) fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<Program
             format!("{w}: set without `watch`, so nothing is watched; add the directories, e.g. watch = [\"src\"]"),
         );
     }
-    let at = user.as_ref().or(group.as_ref()).map(|(_, span)| span.start);
-    p.run_as = at.map(|at| {
-        let (line, col) = line_col(cx.src, at);
-        RunAs {
-            user: user.map(|(u, _)| u),
-            group: group.map(|(g, _)| g),
-            line,
-            col,
-        }
-    });
+    p.run_as = run_as(cx, user, group);
     p.command = command?;
     Some(p)
+}
+
+/// `user` and `group` as read, positioned at the first of them (for `plan`'s look-up errors).
+pub(super) fn run_as(
+    cx: &Ctx,
+    user: Option<(String, Range<usize>)>,
+    group: Option<(String, Range<usize>)>,
+) -> Option<RunAs> {
+    let at = user
+        .as_ref()
+        .or(group.as_ref())
+        .map(|(_, span)| span.start)?;
+    let (line, col) = line_col(cx.src, at);
+    Some(RunAs {
+        user: user.map(|(u, _)| u),
+        group: group.map(|(g, _)| g),
+        line,
+        col,
+    })
 }
 
 /// `max_lifetime`, `max_lifetime_jitter`, `preload`, `prometheus_multiproc_dir`.
@@ -268,7 +278,7 @@ fn watch_globs(cx: &mut Ctx, w: &str, v: &Node) -> Vec<String> {
 }
 
 /// `user` or `group`: a name or a numeric id, looked up by `plan`.
-fn id_name(cx: &mut Ctx, w: &str, k: &str, v: &Node) -> Option<(String, Range<usize>)> {
+pub(super) fn id_name(cx: &mut Ctx, w: &str, k: &str, v: &Node) -> Option<(String, Range<usize>)> {
     let id = match &v.v {
         V::Str(s) if !s.is_empty() => Some(s.clone()),
         V::Int(i) if *i >= 0 && *i < u32::MAX as i64 => Some(i.to_string()),

@@ -213,8 +213,11 @@ pub(super) fn read_step(cx: &mut Ctx, i: usize, n: &Node) -> Option<StepCfg> {
         cwd: None,
         stop_signal: nix::sys::signal::Signal::SIGTERM,
         stop_timeout: None,
+        run_as: None,
+        identity: None,
     };
     let mut ok = true;
+    let (mut user, mut group) = (None, None);
     for (k, _, v) in t {
         let w = format!("{what}.{k}");
         match k.as_str() {
@@ -246,9 +249,12 @@ pub(super) fn read_step(cx: &mut Ctx, i: usize, n: &Node) -> Option<StepCfg> {
                 step.stop_signal = program::stop_signal(cx, &w, v).unwrap_or(step.stop_signal)
             }
             "stop_timeout" => step.stop_timeout = program::stop_timeout(cx, &w, v),
+            "user" => user = program::id_name(cx, &w, k, v),
+            "group" => group = program::id_name(cx, &w, k, v),
             _ => {}
         }
     }
+    step.run_as = program::run_as(cx, user, group);
     if !t.iter().any(|(k, _, _)| k == "command") {
         cx.err(&n.span, format!("{what}: `command` is missing"));
         ok = false;

@@ -56,6 +56,22 @@ pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Identity, Stri
     })
 }
 
+impl Identity {
+    /// What a process started as this user is told of it, as systemd does for `User=`: its own
+    /// USER, LOGNAME and HOME, not drover's.
+    pub fn env(&self) -> Vec<(&'static str, &str)> {
+        let mut v = vec![];
+        if let Some(n) = &self.name {
+            v.push(("USER", n.as_str()));
+            v.push(("LOGNAME", n.as_str()));
+        }
+        if let Some(h) = &self.home {
+            v.push(("HOME", h.as_str()));
+        }
+        v
+    }
+}
+
 /// Drover's own effective ids.
 pub fn current() -> (libc::uid_t, libc::gid_t) {
     (geteuid().as_raw(), getegid().as_raw())

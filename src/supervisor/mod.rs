@@ -9,14 +9,17 @@
 //! concern act on `now`, then the loop publishes a fresh `Snapshot` and tells systemd.
 //!
 //! The concerns, one file each, are plain parts of `Supervisor` that take `now` and decide:
-//! `steps` (pre-start steps, the first phase), `workers` (spawn, stop, exit, crash loops),
-//! `readiness`, `health`, `rolling` (ready-first replacement), `budget` (memory, sampling,
+//! `steps` (pre-start steps, the first phase), `workers` (spawn, stop, exit, scaling),
+//! `crash_loop` (every worker failing: `on_exhausted`, and the app that never started),
+//! `readiness`, `health`, `rolling` (ready-first replacement; `roll_outcome`: how each roll
+//! ended, logged once and kept for /status), `budget` (memory, sampling,
 //! autoscaling), `saturation` (accept queues, load shedding), `history` (the ring's samples),
 //! `reload` (config diff), `shutdown` (signals, drain, stop), `publish` (snapshot, sd_notify,
 //! watchdog). `program` holds the per-program and per-worker data they share.
 
 mod app_metrics;
 mod budget;
+mod crash_loop;
 mod health;
 mod history;
 mod preload;
@@ -25,6 +28,7 @@ mod publish;
 mod readiness;
 mod reconcile;
 mod reload;
+mod roll_outcome;
 mod rolling;
 mod saturation;
 mod shutdown;
@@ -312,6 +316,9 @@ impl Supervisor {
                 sig = signals.recv() => self.on_signal(sig, Instant::now()),
                 Some(req) = self.cx.control.recv() => {
                     let answer = self.on_control(req.command, Instant::now());
+                    // what the client reads next already shows what it asked for (a roll
+                    // started: `drover ctl … --wait` polls /status right after the answer)
+                    self.publish();
                     let _ = req.reply.send(answer);
                 }
                 Some(ev) = events.recv() => self.on_event(ev, Instant::now()),

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tracing::{error, info, warn};
 
+use super::roll_outcome::End;
 use super::{Event, RunState, Supervisor};
 use crate::process::claim::{self, Expected};
 use crate::process::preload::{self, Channel, Said};
@@ -82,6 +83,9 @@ pub(super) struct Failure {
     pub detail: Option<String>,
     /// what the failure says of the command
     pub cause: Cause,
+    /// how it exited, when it exited on its own (the code drover exits with if the app never
+    /// started: `check_exhausted`)
+    pub status: Option<ExitStatus>,
 }
 
 /// Whose failure it was: the log points at the preload protocol only when the command did not
@@ -200,7 +204,15 @@ impl Supervisor {
         Some(old)
     }
 
-    pub(super) fn preload_failed(&mut self, pi: usize, why: Failure, now: Instant) {
+    pub(super) fn preload_failed(&mut self, pi: usize, mut why: Failure, now: Instant) {
+        // how it exited, if it did before the failure was declared (its last words awaited)
+        if why.status.is_none() {
+            why.status = self.programs[pi]
+                .preload
+                .current
+                .as_ref()
+                .and_then(|l| l.exited.map(|(st, _)| st));
+        }
         self.drop_preloader(pi, Signal::SIGKILL, now);
         let jitter = self.jitter();
         let p = &mut self.programs[pi];
@@ -218,8 +230,14 @@ impl Supervisor {
             ""
         };
         error!(program = %name, "program {name}: the preloader failed: {}{said}; its workers wait; trying again in {delay:.1?}{hint}", why.summary);
+        let abandoned = End::Abandoned {
+            worker: None,
+            why: format!("the new preloader failed: {}", why.summary),
+        };
         p.preload.error = Some(why);
         p.preload.retry_at = Some(now + delay);
+        // a roll that waited for this preloader will not happen
+        self.end_deferred_roll(pi, abandoned, now);
     }
 
     /// The nearest thing the preloaders need: a loading timeout, a fork deadline, a retry.
@@ -380,6 +398,9 @@ impl Supervisor {
                 .any(|w| !w.awaiting_preloader && w.slot.pid().is_some())
             {
                 self.start_roll(pi, reason, now);
+            } else {
+                // a roll was asked for, but no worker ran from the old code: nothing to replace
+                self.end_deferred_roll(pi, End::Done, now);
             }
         }
     }
@@ -620,6 +641,7 @@ fn drover_words(summary: String) -> Failure {
         summary,
         detail: None,
         cause: Cause::Drover,
+        status: None,
     }
 }
 
@@ -638,6 +660,7 @@ fn app_words(summary: &str, detail: String) -> Failure {
         ),
         detail: Some(detail),
         cause: Cause::App,
+        status: None,
     }
 }
 

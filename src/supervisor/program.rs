@@ -11,14 +11,14 @@ use crate::process::probe;
 use crate::process::sockets::Bound;
 use crate::resources::autoscale::Autoscaler;
 use crate::resources::cgroup::SlotCgroup;
-use crate::state::{Phase, Slot, SlotCfg};
+use crate::state::{Phase, Slot, SlotCfg, StopReason};
 
 use super::budget::{MemoryAction, Usage};
+use super::crash_loop::CrashLoop;
 use super::health::{HealthState, ProgramHealth};
 use super::preload::PreloadState;
 use super::rolling::Roll;
 use super::saturation::Shedding;
-use super::workers::CrashLoop;
 
 pub(super) struct Program {
     pub id: u64,
@@ -33,6 +33,12 @@ pub(super) struct Program {
     pub probe_target: Option<probe::Target>,
     pub crash: CrashLoop,
     pub roll: Option<Roll>,
+    /// a roll asked for that waits for its new preloader (preload = true): why, and when asked
+    pub roll_deferred: Option<(StopReason, Instant)>,
+    /// how the program's last roll ended (`roll_outcome.rs`)
+    pub last_roll: Option<crate::api::snapshot::LastRoll>,
+    /// some worker of it has been ready once: a crash loop after that is not a failed deployment
+    pub ever_ready: bool,
     /// being removed by a reload: dropped once its workers are gone
     pub removing: bool,
     pub health: ProgramHealth,
@@ -151,6 +157,9 @@ impl Program {
             probe_target: None,
             crash: CrashLoop::default(),
             roll: None,
+            roll_deferred: None,
+            last_roll: None,
+            ever_ready: false,
             removing: false,
             health: ProgramHealth::default(),
             watch_due: None,
@@ -175,15 +184,8 @@ impl Program {
             env.retain(|(ek, _)| ek != k);
             env.push((k.into(), v.into()));
         };
-        // as systemd does for User=: the worker's own USER, LOGNAME and HOME, not drover's
-        if let Some(id) = &p.identity {
-            if let Some(n) = &id.name {
-                set("USER", n);
-                set("LOGNAME", n);
-            }
-            if let Some(h) = &id.home {
-                set("HOME", h);
-            }
+        for (k, v) in p.identity.iter().flat_map(|id| id.env()) {
+            set(k, v);
         }
         for (k, v) in &p.env {
             set(k, v);
@@ -210,6 +212,11 @@ impl Program {
 
     pub fn worker_mut(&mut self, id: u64) -> Option<&mut Worker> {
         self.workers.iter_mut().find(|w| w.id() == id)
+    }
+
+    /// A roll runs, or waits for its new preloader.
+    pub fn rolling(&self) -> bool {
+        self.roll.is_some() || self.roll_deferred.is_some()
     }
 
     pub fn ready_count(&self) -> usize {

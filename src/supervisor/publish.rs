@@ -9,7 +9,9 @@ use tracing::info;
 
 use super::{RunState, Supervisor};
 use crate::api::sd_notify::Notifier;
-use crate::api::snapshot::{PreloaderStatus, ProgramStatus, Snapshot, SocketStatus, WorkerStatus};
+use crate::api::snapshot::{
+    PreloaderStatus, ProgramStatus, RollStatus, Snapshot, SocketStatus, WorkerStatus,
+};
 
 /// What drover has told systemd.
 pub(super) struct Systemd {
@@ -42,7 +44,7 @@ impl Supervisor {
                     p.desired,
                     p.cfg.name
                 );
-                if p.roll.is_some() {
+                if p.rolling() {
                     s.push_str(" (rolling)");
                 }
                 if p.crash.reported {
@@ -92,7 +94,7 @@ impl Supervisor {
                 min_ready: p.cfg.min_ready,
                 ready_workers: p.ready_count() as u32,
                 crash_looping: p.crash.reported,
-                rolling: p.roll.is_some(),
+                rolling: p.rolling(),
                 health: p.health.note.clone(),
                 budget: (p.cfg.budget != Default::default()).then(|| {
                     serde_json::json!({
@@ -118,6 +120,8 @@ impl Supervisor {
                         error_detail: p.preload.error.as_ref().and_then(|e| e.detail.clone()),
                     }
                 }),
+                roll: roll_status(p, now),
+                last_roll: p.last_roll.clone(),
                 shedding: p.shedding.map(|s| {
                     serde_json::json!({
                         "queue": s.queue,
@@ -215,4 +219,26 @@ impl Supervisor {
         };
         self.cx.snapshot.send_replace(Arc::new(snap));
     }
+}
+
+/// The roll in progress, or the one waiting for its new preloader.
+fn roll_status(p: &super::program::Program, now: Instant) -> Option<RollStatus> {
+    let started_at = |t: Instant| super::unix_now().saturating_sub(now.duration_since(t).as_secs());
+    if let Some(r) = &p.roll {
+        return Some(RollStatus {
+            reason: r.reason.as_str(),
+            started_at: started_at(r.started),
+            replaced: r.replaced,
+            of: r.of,
+            waiting_for: None,
+        });
+    }
+    let (reason, since) = p.roll_deferred?;
+    Some(RollStatus {
+        reason: reason.as_str(),
+        started_at: started_at(since),
+        replaced: 0,
+        of: p.workers.iter().filter(|w| !w.slot.is_leaving()).count() as u32,
+        waiting_for: Some("a new preloader to load the app"),
+    })
 }

@@ -158,6 +158,7 @@ impl Supervisor {
         let (idx, pid) = (w.slot.index(), w.slot.pid().unwrap_or(0));
         if let Some(lat) = w.slot.ready(now) {
             w.ready_next = None;
+            self.programs[pi].ever_ready = true;
             self.metrics
                 .ready_latency
                 .entry(name.clone())

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use super::program::Program;
+use super::roll_outcome::End;
 use super::{unix_now, Supervisor};
 use crate::api::control::{self, Command, Refused, Reply};
-use crate::config::{Config, ProgramCfg};
+use crate::config::{Config, ProgramCfg, RestartPolicy};
 use crate::state::StopReason;
 
 /// Changes under a watched path within this window make one rolling restart.
@@ -114,7 +115,7 @@ impl Supervisor {
         match cmd {
             Command::Restart { program } => {
                 let pi = self.find(&program)?;
-                if self.programs[pi].roll.is_some() {
+                if self.programs[pi].rolling() {
                     return Err(Refused::Busy(format!(
                         "program {program} is already rolling; try again when it is done"
                     )));
@@ -138,7 +139,11 @@ impl Supervisor {
             }
             Command::Stop { program } => {
                 let pi = self.find(&program)?;
-                self.programs[pi].roll = None;
+                self.cancel_rolls(
+                    pi,
+                    "the program was stopped (POST /programs/NAME/stop)",
+                    now,
+                );
                 self.scale(pi, 0, now, StopReason::Stop);
                 Ok(format!(
                     "program {program}: stopping every worker (scale up to start it again)"
@@ -233,10 +238,11 @@ impl Supervisor {
             warn!("reload: {w}");
         }
         let mut changes = vec![];
+        let mut rolling = vec![];
         for name in &d.removed {
             let pi = self.find(name).map_err(|e| e.to_string())?;
             self.programs[pi].removing = true;
-            self.programs[pi].roll = None;
+            self.cancel_rolls(pi, "the program was removed from the configuration", now);
             self.scale(pi, 0, now, StopReason::Reload);
             changes.push(format!("{name} removed"));
         }
@@ -255,21 +261,22 @@ impl Supervisor {
                 changes.push(format!("{name} added ({} workers)", np.workers));
                 continue;
             }
-            if !d.changed.contains(name) {
-                continue;
-            }
-            let scaled = d.scaled.iter().find(|(n, ..)| n == name);
-            let rolled = d.rolled.contains(name);
             let pi = self.find(name).map_err(|e| e.to_string())?;
-            self.programs[pi].reconfigure(np.clone(), &self.sockets);
-            self.schedule_health(pi, now);
-            if let Some((_, from, to)) = scaled {
-                self.scale(pi, *to, now, StopReason::Reload);
-                changes.push(format!("{name} scaled {from} -> {to}"));
+            if d.changed.contains(name) {
+                self.programs[pi].reconfigure(np.clone(), &self.sockets);
+                self.schedule_health(pi, now);
+                if let Some((_, from, to)) = d.scaled.iter().find(|(n, ..)| n == name) {
+                    self.scale(pi, *to, now, StopReason::Reload);
+                    changes.push(format!("{name} scaled {from} -> {to}"));
+                }
             }
-            if rolled {
+            // every program rolls onto the file as re-read, changed or not: a reload is how new
+            // code is deployed (`git pull && systemctl reload drover`), as gunicorn's and
+            // uvicorn's HUP restart their workers. Jobs (restart = "never") roll only when their
+            // settings changed: a finished job is not run again, a running one not doubled.
+            if d.rolled.contains(name) || np.restart != RestartPolicy::Never {
                 self.start_roll(pi, StopReason::Reload, now);
-                changes.push(format!("{name} rolling"));
+                rolling.push(format!("{name} rolling"));
             }
         }
         self.cfg = new;
@@ -280,11 +287,18 @@ impl Supervisor {
             info!("reload: the status endpoint's TLS certificate and key were re-read");
             let _ = self.cx.tls.send(tls);
         }
-        Ok(if changes.is_empty() {
-            "no changes".into()
-        } else {
-            changes.join("; ")
-        })
+        if changes.is_empty() && d.changed.is_empty() {
+            changes.push("no program's settings changed".into());
+        }
+        changes.extend(rolling);
+        Ok(changes.join("; "))
+    }
+
+    /// The program's roll, running or waiting for its preloader, ends here: `why`.
+    fn cancel_rolls(&mut self, pi: usize, why: &str, now: Instant) {
+        let end = || End::Cancelled { why: why.into() };
+        self.end_roll(pi, end(), now);
+        self.end_deferred_roll(pi, end(), now);
     }
 }
 

@@ -8,13 +8,13 @@
 //! table-tested. The loop carries the step out and asks again until it has to wait.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use nix::sys::signal::Signal;
-use tracing::{error, info};
+use tracing::info;
 
-use super::{plural, unix_now, RunState, Supervisor};
-use crate::state::{AfterStop, PhaseKind, StopReason};
+use super::roll_outcome::End;
+use super::{plural, RunState, Supervisor};
+use crate::state::{AfterStop, Phase, PhaseKind, StopReason};
 
 #[derive(Debug)]
 pub(super) struct Roll {
@@ -24,6 +24,9 @@ pub(super) struct Roll {
     pending: VecDeque<u64>,
     /// (old slot id, its replacement's slot id)
     current: Option<(u64, u64)>,
+    /// old workers replaced (or restarted in place) so far, of how many planned
+    pub replaced: u32,
+    pub of: u32,
 }
 
 /// What the roll sees of one worker.
@@ -57,15 +60,23 @@ impl Roll {
         Roll {
             reason,
             started: now,
+            of: olds.len() as u32,
             pending: olds,
             current: None,
+            replaced: 0,
         }
+    }
+
+    /// The replacement being waited for, if any.
+    pub fn replacement(&self) -> Option<u64> {
+        self.current.map(|(_, new)| new)
     }
 
     /// Add a worker to replace (a memory recycle during a roll), unless it is already planned.
     pub fn also(&mut self, id: u64) {
         if self.current.is_none_or(|(old, _)| old != id) && !self.pending.contains(&id) {
             self.pending.push_back(id);
+            self.of += 1;
         }
     }
 
@@ -78,6 +89,7 @@ impl Roll {
         for id in ids {
             if !self.pending.contains(&id) {
                 self.pending.push_back(id);
+                self.of += 1;
             }
         }
     }
@@ -93,6 +105,7 @@ impl Roll {
             match s.as_ref().map(|s| s.phase) {
                 Some(PhaseKind::Running) => {
                     self.current = None;
+                    self.replaced += 1;
                     return Step::Retire { old };
                 }
                 // a preloaded replacement waits for its fork: not ready yet, not failed
@@ -114,9 +127,16 @@ impl Roll {
         }
         while let Some(old) = self.pending.pop_front() {
             match seen(old).map(|s| s.phase) {
-                None | Some(PhaseKind::Stopping) => continue,
+                None | Some(PhaseKind::Stopping) => {
+                    // gone or leaving since it was planned: nothing to replace
+                    self.of = self.of.saturating_sub(1);
+                    continue;
+                }
                 Some(PhaseKind::Starting | PhaseKind::Running) => return Step::Replace { old },
-                Some(_) => return Step::RestartInPlace { old },
+                Some(_) => {
+                    self.replaced += 1;
+                    return Step::RestartInPlace { old };
+                }
             }
         }
         Step::Done
@@ -126,9 +146,15 @@ impl Roll {
 impl Supervisor {
     pub(super) fn start_roll(&mut self, pi: usize, reason: StopReason, now: Instant) {
         if self.roll_needs_new_preloader(pi, reason, now) {
+            // the roll begins once the new preloader is ready (or is abandoned if it fails);
+            // it counts from now
+            let p = &mut self.programs[pi];
+            let since = p.roll_deferred.map_or(now, |(_, t)| t);
+            p.roll_deferred = Some((reason, since));
             return;
         }
         let p = &mut self.programs[pi];
+        let asked = p.roll_deferred.take().map_or(now, |(_, t)| t);
         let mut olds: Vec<(u32, u64)> = p
             .workers
             .iter()
@@ -145,7 +171,7 @@ impl Supervisor {
             }
             None => {
                 info!(program = %name, "program {name}: rolling {} of {n} worker{}", reason.as_str(), plural(n));
-                p.roll = Some(Roll::new(reason, now, ids.collect()));
+                p.roll = Some(Roll::new(reason, asked, ids.collect()));
             }
         }
     }
@@ -200,13 +226,25 @@ impl Supervisor {
         };
         let reason = roll.reason;
         let workers = &p.workers;
+        let timeout = p.cfg.readiness.timeout;
         let step = roll.next(|id| {
             workers.iter().find(|w| w.id() == id).map(|w| Seen {
                 // a replacement waiting for its fork or its preloader is `Waiting`: the roll
                 // waits for it too
                 phase: w.slot.phase().kind(),
                 index: w.slot.index(),
-                last_exit: w.slot.last_exit().map(|e| e.to_string()),
+                last_exit: match w.slot.phase() {
+                    Phase::Stopping {
+                        reason: StopReason::StartTimeout,
+                        ..
+                    } => Some(format!(
+                        "not ready within readiness.timeout {timeout:?}; stopped"
+                    )),
+                    Phase::Stopping { reason, .. } => {
+                        Some(format!("drover stopped it: {}", reason.as_str()))
+                    }
+                    _ => w.slot.last_exit().map(|e| e.to_string()),
+                },
             })
         });
         let name = p.cfg.name.clone();
@@ -219,18 +257,7 @@ impl Supervisor {
                 true
             }
             Step::Abandon { new, index, why } => {
-                let msg = format!(
-                    "rolling {} of {name} abandoned: the replacement for {name}.{index} did not become ready ({why}); the old workers keep running",
-                    reason.as_str()
-                );
-                error!(program = %name, "{msg}");
-                if reason == StopReason::Reload {
-                    self.last_reload =
-                        Some(serde_json::json!({"ok": false, "message": msg, "at": unix_now()}));
-                }
-                self.programs[pi].roll = None;
-                let kill = (Signal::SIGKILL, Duration::ZERO);
-                self.stop_worker_with(pi, new, kill, AfterStop::Remove, reason, now);
+                self.abandon_roll(pi, new, index, &why, now);
                 false
             }
             Step::Replace { old } => {
@@ -250,12 +277,7 @@ impl Supervisor {
                 true
             }
             Step::Done => {
-                let took = self.programs[pi]
-                    .roll
-                    .take()
-                    .map(|r| now.duration_since(r.started));
-                let secs = took.unwrap_or_default().as_secs_f64();
-                info!(program = %name, "program {name}: rolling {} done in {secs:.2}s", reason.as_str());
+                self.end_roll(pi, End::Done, now);
                 false
             }
         }

@@ -220,9 +220,15 @@ impl Supervisor {
     fn spawn_step(&mut self, step: &StepCfg, run: u64) -> Result<i32, String> {
         let (r, w) = spawn::pipe().map_err(|e| format!("pipe: {e}"))?;
         let mut env = super::base_env();
-        for (k, v) in &step.env {
+        let mut set = |k: &str, v: &str| {
             env.retain(|(ek, _)| ek != k);
-            env.push((k.clone(), v.clone()));
+            env.push((k.into(), v.into()));
+        };
+        for (k, v) in step.identity.iter().flat_map(|id| id.env()) {
+            set(k, v);
+        }
+        for (k, v) in &step.env {
+            set(k, v);
         }
         env.push(("DROVER_STEP".into(), step.name.clone()));
         let spec = SpawnSpec {
@@ -234,7 +240,8 @@ impl Supervisor {
             parent: self.parent_pid(),
             cgroup_procs: vec![],
             extra_fds: vec![],
-            identity: None, // steps run as drover (migrations usually need its credentials)
+            // `user`/`group` on the step; without them it runs as drover does
+            identity: step.identity.as_ref().map(|i| (i.uid, i.gid)),
         };
         let pid = spawn::spawn(&spec).map_err(|e| step.command.mask_program(&e.to_string()))?;
         drop(w);

@@ -1,4 +1,4 @@
-//! Workers: spawn, stop, exit, the state machine's actions carried out, crash loops, scaling.
+//! Workers: spawn, stop, exit, the state machine's actions carried out, scaling.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -6,50 +6,15 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tracing::{error, info, warn};
 
-use super::{plural, RunState, Supervisor, EXIT_RUNTIME};
+use super::{plural, RunState, Supervisor};
+use crate::config::{LogMode, OnAllExited, ReadyCheck};
 
 /// After a process is reaped, its output pipe is read this much longer, then closed.
 const PUMP_GRACE: Duration = Duration::from_secs(2);
-use crate::config::{LogMode, OnAllExited, OnExhausted, ReadyCheck};
 use crate::logs::output::{color_for, Source};
 use crate::process::reaper::ExitStatus;
 use crate::process::spawn::{self, SpawnSpec, Stdio};
 use crate::state::{Action, AfterStop, Exit, Next, Phase, Slot, StopReason, Why};
-
-/// A program's crash loop, as reported: it begins when every worker is crash-looping and ends
-/// when one has run long enough to forgive its failures.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(super) struct CrashLoop {
-    pub reported: bool,
-}
-
-/// A change worth a log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum CrashChange {
-    Began,
-    Recovered,
-}
-
-impl CrashLoop {
-    /// Look at the program's slots after an event.
-    pub fn update<'a>(
-        &mut self,
-        slots: impl Iterator<Item = &'a Slot> + Clone,
-        threshold: u32,
-    ) -> Option<CrashChange> {
-        let mut all = slots.clone().peekable();
-        let looping = all.peek().is_some() && all.all(|s| s.crash_looping(threshold));
-        if looping && !self.reported {
-            self.reported = true;
-            return Some(CrashChange::Began);
-        }
-        if !looping && self.reported && slots.into_iter().any(|s| s.failures() == 0) {
-            self.reported = false;
-            return Some(CrashChange::Recovered);
-        }
-        None
-    }
-}
 
 impl Supervisor {
     /// A new worker at `index`, spawned at once. Returns its slot id.
@@ -319,6 +284,7 @@ impl Supervisor {
         let running = matches!(self.run, RunState::Running | RunState::Draining { .. });
         let p = &mut self.programs[pi];
         let (sc, name) = (p.slot_cfg, p.cfg.name.clone());
+        let replacement = p.roll.as_ref().and_then(|r| r.replacement()) == Some(id);
         let Some(w) = p.worker_mut(id) else { return };
         if let Some((cg, _)) = &w.cgroup {
             cg.kill_all();
@@ -332,6 +298,14 @@ impl Supervisor {
             .unwrap_or_default();
         let exit = w.slot.exited(status, oom, now, &sc, jitter);
         let (idx, last) = (w.slot.index(), w.slot.last_exit().cloned());
+        if replacement && !matches!(exit.next, Next::Stopped(_) | Next::Ignored) {
+            // a roll's replacement that exits before it is ready is not restarted: the roll is
+            // abandoned, said in one line (not a "restarting in …" that would not happen)
+            let how = last.as_ref().map(|l| l.to_string()).unwrap_or_default();
+            let why = format!("pid {pid} exited with {how} after {uptime:.1?}");
+            self.abandon_roll(pi, id, idx, &why, now);
+            return;
+        }
         log_exit(&name, idx, pid, &exit, last.as_ref(), uptime, &sc);
         let ended = (exit.next == Next::NotRestarting).then_some(status);
         // a rolling replacement inherits the history of the worker it replaced
@@ -413,8 +387,13 @@ impl Supervisor {
             ),
             Why::Stop(StopReason::StartTimeout) => warn!(
                 program = %name, worker = idx, pid,
-                "worker {name}.{idx} did not become ready within {:?} ({:?} check); recycling it",
-                p.slot_cfg.start_timeout, p.cfg.readiness.check
+                "worker {name}.{idx} did not become ready within {:?} ({:?} check); {}",
+                p.slot_cfg.start_timeout, p.cfg.readiness.check,
+                if p.roll.as_ref().and_then(|r| r.replacement()) == Some(id) {
+                    "stopping it: it was a rolling restart's replacement, so the roll is abandoned"
+                } else {
+                    "recycling it"
+                }
             ),
             _ => {}
         }
@@ -437,45 +416,6 @@ impl Supervisor {
                 }
                 self.apply(pi, id, acts, now);
             }
-        }
-    }
-
-    pub(super) fn check_exhausted(&mut self, now: Instant) {
-        if self.run != RunState::Running {
-            return;
-        }
-        let threshold = self.cfg.supervisor.exhausted_after;
-        let on_exhausted = self.on_exhausted();
-        let mut exit = false;
-        for p in &mut self.programs {
-            let change = p.crash.update(p.workers.iter().map(|w| &w.slot), threshold);
-            let name = &p.cfg.name;
-            match change {
-                Some(super::workers::CrashChange::Began) => {
-                    let last = p
-                        .workers
-                        .first()
-                        .and_then(|w| w.slot.last_exit())
-                        .map(|e| e.to_string())
-                        .unwrap_or_default();
-                    let n = p.workers.len();
-                    let head = format!("program {name}: all {n} workers are crash-looping ({threshold}+ consecutive quick failures each; last: {last})");
-                    if on_exhausted == OnExhausted::Exit {
-                        error!(program = %name, "{head}; on_exhausted = \"exit\": shutting down with exit code {EXIT_RUNTIME}");
-                        exit = true;
-                    } else {
-                        error!(program = %name, "{head}; on_exhausted = \"stay\": still retrying with backoff up to {:?}", p.cfg.backoff.max);
-                    }
-                }
-                Some(super::workers::CrashChange::Recovered) => {
-                    info!(program = %name, "program {name} recovered from its crash loop")
-                }
-                None => {}
-            }
-        }
-        if exit {
-            self.exit_code = EXIT_RUNTIME;
-            self.begin_shutdown(false, now);
         }
     }
 
@@ -593,63 +533,5 @@ fn log_exit(
             info!(program = %name, worker = idx, pid, "worker {label} (pid {pid}) exited with {status}; restart = {:?}: not restarting", sc.policy)
         }
         Next::Ignored => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{BackoffCfg, RestartPolicy};
-    use crate::state::SlotCfg;
-
-    fn cfg() -> SlotCfg {
-        SlotCfg {
-            policy: RestartPolicy::Always,
-            backoff: BackoffCfg::default(),
-            stop_signal: Signal::SIGTERM,
-            stop_timeout: Duration::from_secs(5),
-            start_timeout: Duration::from_secs(60),
-        }
-    }
-
-    /// Fail a slot `n` times quickly, starting at `t`.
-    fn failing(id: u64, n: u32, t: Instant) -> Slot {
-        let mut s = Slot::new(id, id as u32);
-        for i in 0..n {
-            s.spawned(100 + i as i32, t, &cfg());
-            s.exited(ExitStatus::Code(1), false, t, &cfg(), 0.5);
-        }
-        s
-    }
-
-    #[test]
-    fn a_crash_loop_is_every_worker_failing_and_ends_when_one_recovers() {
-        let t = Instant::now();
-        let mut c = CrashLoop::default();
-        let (a, b) = (failing(1, 5, t), failing(2, 4, t));
-        assert_eq!(
-            c.update([&a, &b].into_iter(), 5),
-            None,
-            "one worker is not looping yet"
-        );
-        let b = failing(2, 5, t);
-        assert_eq!(c.update([&a, &b].into_iter(), 5), Some(CrashChange::Began));
-        assert_eq!(c.update([&a, &b].into_iter(), 5), None, "reported once");
-        // one worker comes up and stays up past reset_after: its failures are forgiven
-        let mut up = failing(2, 5, t);
-        up.spawned(7, t, &cfg());
-        up.exited(
-            ExitStatus::Code(1),
-            false,
-            t + Duration::from_secs(60),
-            &cfg(),
-            0.5,
-        );
-        assert_eq!(up.failures(), 0);
-        assert_eq!(
-            c.update([&a, &up].into_iter(), 5),
-            Some(CrashChange::Recovered)
-        );
-        assert_eq!(c.update(std::iter::empty(), 5), None, "no workers, no loop");
     }
 }

@@ -50,6 +50,19 @@ function render(s) {
       pre.textContent = preloaderText(p.preloader);
       root.appendChild(pre);
     }
+    if (p.roll) {
+      const r = document.createElement("p");
+      r.className = "meta roll";
+      r.textContent = "rolling " + p.roll.reason + ": " + p.roll.replaced + " of " + p.roll.of + " replaced" +
+        (p.roll.waiting_for ? ", waiting for " + p.roll.waiting_for : "");
+      root.appendChild(r);
+    }
+    if (p.last_roll && p.last_roll.outcome === "abandoned") {
+      const r = document.createElement("p");
+      r.className = "bad roll-abandoned";
+      r.textContent = "last roll abandoned " + dur(Date.now() / 1000 - p.last_roll.ended_at) + " ago: " + p.last_roll.message;
+      root.appendChild(r);
+    }
     const t = document.createElement("table");
     t.className = "workers";
     t.innerHTML = "<thead><tr><th>#</th><th>pid</th><th>state</th><th>restarts</th><th>uptime</th><th>memory</th><th>last exit</th></tr></thead>";

@@ -213,7 +213,10 @@ fn a_syntax_error_saved_in_watch_mode_shows_an_abandoned_roll() {
             "[\"sh\", \"-c\", \". {}/app.sh && exec {{bin}} demo-worker\"]",
             app.path().display()
         ),
-        &format!("watch = [\"{}\"]", app.path().display()),
+        &format!(
+            "watch = [\"{}\"]\nwatch_include = [\"*.sh\"]",
+            app.path().display()
+        ),
     );
     let st = d.wait_status("2 ready", T, |v| all_ready(v, 2));
     let old = Drover::worker_pids(&st, "web");

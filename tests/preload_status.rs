@@ -33,6 +33,9 @@ fn preloaded(command: &str, workers: u32) -> String {
         r#"[supervisor]
 status = "127.0.0.1:0"
 shutdown_timeout = "5s"
+# these apps fail on purpose, over and over: drover must stay up to show it (an app that never
+# started would otherwise end drover with its code, as it should in production)
+on_exhausted = "stay"
 [program.api]
 command = [{command}]
 preload = true

@@ -604,3 +604,102 @@ fn a_process_of_another_program_cannot_make_a_worker_ready() {
     );
     assert_ne!(api["workers"][0]["status"], "hijacked");
 }
+
+/// Processes whose command line contains `mark`.
+fn marked(mark: &str) -> Vec<i64> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i64>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(mark))
+        })
+        .collect()
+}
+
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn output_pipes_kept_open_by_escaped_helpers_do_not_pile_up() {
+    // each worker leaves a helper in a session of its own holding its stdout, and exits at once
+    // the helper's own command line carries a mark only this test uses, to clean up after it
+    let mark = format!(
+        "99999.{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    // the worker exits only once its helper is in a session of its own (else the kill of the
+    // worker's group on its exit would take the helper too)
+    let script = format!("import os,sys,time\npid=os.fork()\nif pid==0:\n    os.setsid(); os.execvp('sleep', ['sleep', '{mark}'])\nwhile os.getsid(pid)!=pid: time.sleep(0.001)\nsys.exit(1)");
+    let cfg = format!(
+        "[supervisor]\nstatus = \"127.0.0.1:0\"\non_exhausted = \"stay\"\n[program.w]\ncommand = [\"python3\", \"-c\", {}]\nbackoff = {{ initial = \"10ms\", max = \"20ms\" }}\n",
+        serde_json::to_string(&script).unwrap()
+    );
+    let mut d = Drover::start(&cfg);
+    let restarts = |v: &serde_json::Value| {
+        v["programs"][0]["workers"][0]["restarts"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    d.wait_status("a few restarts", T, |v| restarts(v) >= 5);
+    let fds0 = open_fds(d.pid);
+    d.wait_status("200 restarts", Duration::from_secs(120), |v| {
+        restarts(v) >= 205
+    });
+    let fds1 = open_fds(d.pid);
+    let keepers = marked(&mark);
+    let keepers_n = keepers.len();
+    println!(
+        "drover's open fds after 5 and 105 restarts: {fds0} -> {fds1}; {} helpers hold pipes",
+        keepers.len()
+    );
+    d.stop_ok();
+    for p in keepers {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    // each pipe is read for 2 s after its worker is reaped, then closed: a bounded number stay
+    // open (before: one per restart, for ever)
+    assert!(
+        keepers_n >= 90,
+        "only {keepers_n} helpers escaped: the test shows nothing"
+    );
+    assert!(
+        fds1 < fds0 + keepers_n / 2,
+        "drover's fds grew from {fds0} to {fds1} over 100 restarts"
+    );
+}
+
+#[test]
+fn an_old_preloader_that_ignores_sigterm_is_killed_at_its_stop_timeout() {
+    if !python3() {
+        skip("needs python3 with socket.recv_fds for the fake preloader");
+        return;
+    }
+    let cfg = fake_program(
+        "honest",
+        ", FAKE_IGNORE_TERM = \"1\"",
+        "watch = [\"{dir}/code.py\"]",
+    );
+    let d = Drover::start(&cfg);
+    std::fs::write(d.path("code.py"), "0").unwrap();
+    let st = d.wait_status("a ready worker", T, |v| all_ready(v, 1));
+    let old = st["programs"][0]["preloader"]["pid"].as_i64().unwrap();
+    // new code: a new preloader; the old one gets TERM, which it ignores
+    std::fs::write(d.path("code.py"), "1").unwrap();
+    d.wait_status("a new preloader", T, |v| {
+        let p = &v["programs"][0]["preloader"];
+        p["state"] == "ready" && p["pid"].as_i64() != Some(old)
+    });
+    // stop_timeout is 2 s: it is killed then, not kept for ever
+    wait_until(Duration::from_secs(20), "the old preloader killed", || {
+        (!alive(old)).then_some(())
+    });
+}

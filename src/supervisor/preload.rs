@@ -33,6 +33,7 @@ use crate::process::claim::{self, Expected};
 use crate::process::preload::{self, Channel, Said};
 use crate::process::reaper::ExitStatus;
 use crate::process::spawn;
+use crate::resources::cgroup::SlotCgroup;
 use crate::state::{backoff_delay, StopReason};
 
 /// How long a fork request may take before the preloader counts as broken.
@@ -58,6 +59,9 @@ pub(super) struct Preloader {
     pending: VecDeque<Pending>,
     /// the task reading its output
     pump: Option<tokio::task::AbortHandle>,
+    /// its own cgroup where drover manages them: what it forks and leaves behind (a helper
+    /// that left its process group) goes with it
+    cgroup: Option<SlotCgroup>,
 }
 
 /// A fork drover asked for and has not had an answer to.
@@ -111,8 +115,9 @@ pub(super) struct PreloadState {
     pub retry_at: Option<Instant>,
     /// the last failure, shown in /status
     pub error: Option<Failure>,
-    /// old preloaders asked to stop (TERM), and when they get SIGKILL if still there
-    pub retiring: Vec<(i32, Instant)>,
+    /// old preloaders asked to stop (TERM), when they get SIGKILL if still there, and their
+    /// cgroups
+    pub retiring: Vec<(i32, Instant, Option<SlotCgroup>)>,
 }
 
 impl Supervisor {
@@ -139,7 +144,21 @@ impl Supervisor {
         let out = pipe
             .as_ref()
             .map(|(_, w)| std::os::fd::AsRawFd::as_raw_fd(w));
+        let cgroup = match self.cx.budget.cgroups.clone() {
+            Some(cgs) => {
+                let slot = format!("{name}.preload-{}", self.new_id());
+                match cgs.slot(&slot, &self.programs[pi].cfg.budget) {
+                    Ok(cg) => Some(cg),
+                    Err(e) => {
+                        let f = drover_words(format!("cannot set up its cgroup: {e}"));
+                        return self.preload_failed(pi, f, now);
+                    }
+                }
+            }
+            None => None,
+        };
         let mut spec = self.spawn_spec(pi, 0, out);
+        spec.cgroup_procs = cgroup.as_ref().map(|c| c.procs_fds()).unwrap_or_default();
         spec.env.retain(|(k, _)| k != "DROVER_WORKER");
         let fd = 3 + spec.sockets.len();
         spec.env.push(("DROVER_PRELOAD_FD".into(), fd.to_string()));
@@ -180,6 +199,7 @@ impl Supervisor {
             then_roll,
             pending: VecDeque::new(),
             pump,
+            cgroup,
         });
     }
 
@@ -189,10 +209,17 @@ impl Supervisor {
         let mut old = self.programs[pi].preload.current.take()?;
         Self::retire_pump(old.pump.take());
         self.children.signal_group(old.pid, sig);
+        let cgroup = old.cgroup.take();
         if sig != Signal::SIGKILL {
             // one that ignores it is killed at its program's stop_timeout, not kept forever
             let at = now + self.programs[pi].cfg.stop_timeout;
-            self.programs[pi].preload.retiring.push((old.pid, at));
+            self.programs[pi]
+                .preload
+                .retiring
+                .push((old.pid, at, cgroup));
+        } else if let Some(cg) = cgroup {
+            cg.kill_all();
+            self.cgroup_gc.push(cg);
         }
         for f in &old.pending {
             if let Some(w) = self.programs[pi].worker_mut(f.slot) {
@@ -255,7 +282,7 @@ impl Supervisor {
                     None => p.preload.retry_at,
                 };
                 own.into_iter()
-                    .chain(p.preload.retiring.iter().map(|(_, at)| *at))
+                    .chain(p.preload.retiring.iter().map(|(_, at, _)| *at))
             })
             .min()
     }
@@ -267,14 +294,22 @@ impl Supervisor {
             return;
         }
         for pi in 0..self.programs.len() {
-            let children = &self.children;
-            self.programs[pi].preload.retiring.retain(|&(pid, at)| {
-                if now >= at {
-                    children.signal_group(pid, Signal::SIGKILL);
-                    return false;
+            let retiring = std::mem::take(&mut self.programs[pi].preload.retiring);
+            for (pid, at, cg) in retiring {
+                let overdue = now >= at;
+                if overdue {
+                    self.children.signal_group(pid, Signal::SIGKILL);
                 }
-                children.holds(pid)
-            });
+                if overdue || !self.children.holds(pid) {
+                    // gone (or made to go): so is anything it left in its cgroup
+                    if let Some(cg) = cg {
+                        cg.kill_all();
+                        self.cgroup_gc.push(cg);
+                    }
+                } else {
+                    self.programs[pi].preload.retiring.push((pid, at, cg));
+                }
+            }
             let p = &mut self.programs[pi];
             if !p.cfg.preload || p.removing {
                 self.drop_preloader(pi, Signal::SIGKILL, now);

@@ -6,7 +6,8 @@
 # Everything (storage, containers, cgroups) stays under target/image and is removed at the end,
 # except the debootstrap rootfs, kept as a cache.
 # Checks: drover is PID 1 and serves the FastAPI app; /readyz is 200; `podman stop` makes it
-# exit 0 within the grace period.
+# exit 0 within the grace period; a one-off as docs/deploy.md writes it (`run IMAGE -- COMMAND`:
+# the arguments go to the ENTRYPOINT, `drover run`) ends with the command's exit code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -76,4 +77,21 @@ code=$(podman "${S[@]}" inspect kf-api-verify --format '{{.State.ExitCode}}')
 took=$(awk "BEGIN{printf \"%.2f\", $(date +%s.%N) - $s0}")
 [ "$code" = 0 ] || { echo "FAIL: exit code $code after podman stop"; podman "${S[@]}" logs kf-api-verify | tail -20; exit 1; }
 echo "ok: podman stop -> exit 0 in ${took}s (grace period 40s)"
+# a one-off (docs/deploy.md: `docker compose run --rm api -- COMMAND`): the arguments follow the
+# ENTRYPOINT `drover run`, so `-- COMMAND` is drover's one-line mode, a bare command whose exit
+# code drover returns; no status port, so it never collides with the service's
+set +e
+ONEOFF=(run --rm --runtime runc --cgroup-manager cgroupfs --cgroup-parent "/$CG" --ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)"
+  --ulimit nproc=4096:4096 --network none --read-only)
+out=$(podman "${S[@]}" "${ONEOFF[@]}" localhost/kf-api:verify -- python3 -c "import main; print('one-off imported the app'); raise SystemExit(3)" 2>&1)
+code=$?
+case "$out" in *"one-off imported the app"*) ;; *) echo "FAIL: the one-off did not run: $out"; exit 1;; esac
+[ "$code" = 3 ] || { echo "FAIL: the one-off exited $code, not its command's 3: $out"; exit 1; }
+echo "ok: one-off \`podman run IMAGE -- python3 -c ...\` ran under drover run and exited with the command's code 3"
+# another drover command: the entrypoint replaced (docs/deploy.md: --entrypoint drover api check)
+out=$(podman "${S[@]}" "${ONEOFF[@]}" --entrypoint drover localhost/kf-api:verify check 2>&1)
+code=$?
+set -e
+[ "$code" = 0 ] && grep -q "is valid" <<<"$out" || { echo "FAIL: --entrypoint drover IMAGE check exited $code: $out"; exit 1; }
+echo "ok: \`podman run --entrypoint drover IMAGE check\` checked the image's /etc/drover/drover.toml"
 echo "PASS: image built and run under podman/runc in $(( $(date +%s) - t0 ))s"

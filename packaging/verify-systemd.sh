@@ -9,7 +9,9 @@
 # fire over 3 x WatchdogSec, `drover status` and `drover ctl` work as root over the config's
 # unix socket (/run/drover/status.sock, the unit's RuntimeDirectory), `systemctl reload` with
 # the file unchanged rolls every worker, `drover ctl reload --wait` rolls them again and exits 0,
-# journald has drover's PROGRAM/WORKER/PID fields, `systemctl stop` is clean.
+# journald has drover's PROGRAM/WORKER/PID fields, `systemctl stop` is clean; and what
+# docs/deploy.md says of the unit: a secret in its EnvironmentFile= reaches the workers, their
+# /tmp is the service's own (PrivateTmp=) and /home is read-only to them (ProtectHome=).
 #   usage: packaging/verify-systemd.sh [path/to/drover]     (default: target/debug/drover)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,10 +33,12 @@ grep -q "127.0.0.1:$PORT" "$WORK/drover.toml" || { echo "FAIL: config/systemd.to
 # inside, /tmp is a fresh tmpfs (and the checkout may live under /tmp): binary and config are
 # copied into the namespace's /run before that, and the units point there
 unit() { sed -e "s|/usr/bin/drover run -c /etc/drover/drover.toml|/run/drover-verify/drover run -c /run/drover-verify/drover.toml|" \
+             -e "s|^EnvironmentFile=-/etc/drover/env$|EnvironmentFile=-/run/drover-verify/env|" \
              -e "s|^WatchdogSec=.*|WatchdogSec=${WD}s|" -e "s|^ListenStream=.*|ListenStream=127.0.0.1:$PORT|" \
              -e '/^After=network-online.target/d' -e '/^Wants=network-online.target/d' \
              -e 's|^\[Unit\]|[Unit]\nDefaultDependencies=no|' "systemd/$1"; }
 unit drover.service > "$WORK/drover.service"
+grep -q "^EnvironmentFile=-/run/drover-verify/env$" "$WORK/drover.service" || { echo "FAIL: systemd/drover.service has no EnvironmentFile=-/etc/drover/env"; exit 1; }
 unit drover.socket > "$WORK/drover.socket"
 cat > "$WORK/boot.sh" <<BOOT
 #!/bin/sh
@@ -44,6 +48,8 @@ mkdir -p /run/systemd/system /run/drover-verify
 cp $WORK/drover.service $WORK/drover.socket /run/systemd/system/
 cp $BIN /run/drover-verify/drover
 cp $WORK/drover.toml /run/drover-verify/drover.toml
+# the unit's EnvironmentFile (/etc/drover/env on a real machine): a secret for the app
+(umask 077; echo 'DROVER_VERIFY_SECRET=s3cret-from-env-file' > /run/drover-verify/env)
 # the app at the config's paths: uvicorn is drover's demo worker, alembic says who ran it
 mount -t tmpfs -o mode=0755 tmpfs /srv
 mkdir -p /srv/app/.venv/bin
@@ -107,6 +113,18 @@ for p in $old; do
   [ "$u" = "$APP_USER" ] || { echo "FAIL: worker $p runs as $u, not $APP_USER"; exit 1; }
 done
 echo "ok: workers $old run as $APP_USER; drover as $(in_ns stat -c %U /proc/$(in_ns systemctl show -p MainPID --value drover.service))"
+# what the unit means for the app (docs/deploy.md): the EnvironmentFile's secret is in every
+# worker's environment; /tmp is the service's own (a unix socket there is invisible to nginx);
+# /home is mounted read-only for it
+in_ns touch /tmp/outside-the-service
+for p in $old; do
+  in_ns cat "/proc/$p/environ" | tr '\0' '\n' | grep -qx "DROVER_VERIFY_SECRET=s3cret-from-env-file" \
+    || { echo "FAIL: worker $p has no DROVER_VERIFY_SECRET from the unit's EnvironmentFile="; exit 1; }
+  ! in_ns test -e "/proc/$p/root/tmp/outside-the-service" || { echo "FAIL: worker $p sees the machine's /tmp (PrivateTmp=)"; exit 1; }
+  in_ns awk '$5 == "/home" { top = $6 } END { split(top, o, ","); print o[1] }' "/proc/$p/mountinfo" | grep -qx ro \
+    || { echo "FAIL: /home is not read-only for worker $p (ProtectHome=read-only)"; exit 1; }
+done
+echo "ok: the workers have the EnvironmentFile's secret, a /tmp of the service's own, /home read-only"
 sleep $((3 * WD + 1))
 [ "$(in_ns systemctl show -p NRestarts --value drover.service)" = 0 ] && [ "$(in_ns systemctl is-active drover.service)" = active ] \
   || { echo "FAIL: the watchdog fired"; in_ns journalctl --no-pager -u drover.service | tail; exit 1; }

@@ -2,7 +2,7 @@
 //! positioned message its first line expects (never a panic); every file in config/ passes.
 
 mod common;
-use common::BIN;
+use common::{skip, BIN};
 use std::process::Command;
 
 #[test]
@@ -102,6 +102,55 @@ fn every_shipped_config_passes_check() {
         n += 1;
     }
     assert!(n >= 4, "config/ holds the demo and one example per use");
+}
+
+/// The README's configuration block ("every key") is a file `drover check` accepts as it is,
+/// once what it names exists on the machine: `$DATABASE_URL`, the user `www-data` and the token
+/// file — the one thing changed here is that file's path, to a token this test writes.
+#[test]
+fn the_readme_configuration_block_passes_check() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("\n## Configuration\n")
+        .nth(1)
+        .and_then(|section| section.split("```toml\n").nth(1))
+        .and_then(|b| b.split("\n```").next())
+        .expect("README.md: a ```toml block under ## Configuration");
+    let known = Command::new("id").args(["-u", "www-data"]).output();
+    if !known.is_ok_and(|o| o.status.success()) {
+        skip("no user www-data here (the README's block runs its workers and step as it)");
+        return;
+    }
+    const TOKEN_FILE: &str = "/run/secrets/drover-token";
+    assert!(block.contains(TOKEN_FILE), "{block}");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("drover-token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let file = dir.path().join("drover.toml");
+    std::fs::write(&file, block.replace(TOKEN_FILE, token.to_str().unwrap())).unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("-c")
+        .arg(&file)
+        .env("DATABASE_URL", "postgresql://app@db.internal/app")
+        .output()
+        .unwrap();
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "drover check on the README's configuration block (exit {:?}):\n{}{plan}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for what in [
+        "control API: on",
+        "pre-start steps (1)",
+        "programs (1)",
+        "api autoscale",
+    ] {
+        assert!(plan.contains(what), "{what} missing in:\n{plan}");
+    }
 }
 
 #[test]

@@ -132,11 +132,22 @@ fn a_one_shot_program_makes_drover_exit_with_its_code() {
         "its output is all there: {}",
         d.stdout()
     );
+    // the log names the policy as the file writes it, not as Rust does (`restart = Never`)
+    assert!(
+        d.logged("exited with exit code 3; restart = \"never\": not restarting"),
+        "{}",
+        d.stderr()
+    );
     // exit 0 under on-failure is done too; with on_all_exited = "stay" drover stays up
     let mut d = Drover::start(&one_program(
         "command = \"exit 0\"\nrestart = \"on-failure\"\nworkers = 2",
     ));
     assert_eq!(d.wait_exit(T), 0);
+    assert!(
+        d.logged("restart = \"on-failure\": not restarting"),
+        "{}",
+        d.stderr()
+    );
     let mut d = Drover::start(
         &one_program("command = \"exit 3\"\nrestart = \"never\"")
             .replace("[supervisor]\n", "[supervisor]\non_all_exited = \"stay\"\n"),

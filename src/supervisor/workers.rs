@@ -530,7 +530,7 @@ fn log_exit(
             plural(failures as usize)
         ),
         Next::NotRestarting => {
-            info!(program = %name, worker = idx, pid, "worker {label} (pid {pid}) exited with {status}; restart = {:?}: not restarting", sc.policy)
+            info!(program = %name, worker = idx, pid, "worker {label} (pid {pid}) exited with {status}; restart = \"{}\": not restarting", sc.policy.word())
         }
         Next::Ignored => {}
     }

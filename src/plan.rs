@@ -12,6 +12,7 @@ use crate::process::signals;
 use crate::process::spawn;
 use crate::resources::sizing;
 
+mod order;
 mod servers;
 mod words;
 
@@ -106,6 +107,7 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
     for p in &cfg.programs {
         w.extend(servers::warnings(cfg, p));
     }
+    w.extend(order::warnings(cfg));
     for s in &cfg.sockets {
         if !cfg.programs.iter().any(|p| p.sockets.contains(&s.name)) {
             w.push(format!(
@@ -138,6 +140,7 @@ pub fn render(cfg: &Config, source: &str) -> String {
         render_program(&mut o, p);
         render_checks(&mut o, p);
     }
+    order::render(&mut o, cfg);
     render_budgets(&mut o, cfg);
     o
 }

@@ -12,6 +12,7 @@ pub(super) fn cross_check(cx: &mut Ctx, cfg: &Config, top: &[(String, Range<usiz
     node_budget(cx, cfg, top);
     socket_references(cx, cfg, top);
     duplicates(cx, cfg, top);
+    super::depends::check(cx, cfg, top);
 }
 
 /// The workers' budgets must fit the node's.

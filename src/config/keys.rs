@@ -65,6 +65,8 @@ pub(super) const PROGRAM_KEYS: &[&str] = &[
     "max_lifetime_jitter",
     "preload",
     "prometheus_multiproc_dir",
+    "depends_on",
+    "essential",
 ];
 pub(super) const PROGRAM_LATER: &[&str] = &[];
 pub(super) const READINESS_KEYS: &[&str] = &[

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 mod command;
 mod cross;
+mod depends;
 mod keys;
 mod paths;
 mod program;
@@ -25,6 +26,7 @@ mod tree;
 mod values;
 
 pub use command::CommandSpec;
+pub use depends::start_order;
 pub use paths::anchor as anchor_paths;
 pub use tree::line_col;
 pub use values::{did_you_mean, expand_env, fmt_size, parse_duration, parse_listen, parse_size};
@@ -118,6 +120,31 @@ impl RestartPolicy {
             RestartPolicy::Always => "always",
             RestartPolicy::OnFailure => "on-failure",
             RestartPolicy::Never => "never",
+        }
+    }
+}
+
+/// What a program waits for in a program it `depends_on` before its own workers start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// a worker of it has started
+    Started,
+    /// it has `min_ready` ready workers (at least one)
+    Ready,
+    /// ready, and its health checks pass
+    Healthy,
+    /// a one-shot program (`restart = "never"` or `"on-failure"`) whose workers all exited 0
+    Succeeded,
+}
+
+impl Condition {
+    /// The value as the file writes it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Condition::Started => "started",
+            Condition::Ready => "ready",
+            Condition::Healthy => "healthy",
+            Condition::Succeeded => "succeeded",
         }
     }
 }
@@ -363,6 +390,10 @@ pub struct ProgramCfg {
     pub run_as: Option<RunAs>,
     /// who the workers run as, resolved from `run_as` by `plan` (None: drover's own ids)
     pub identity: Option<crate::process::identity::Identity>,
+    /// programs whose condition must hold before this one's workers start (file order)
+    pub depends_on: Vec<(String, Condition)>,
+    /// when it ends for good, drover stops everything and exits with its code
+    pub essential: bool,
 }
 
 /// `user` / `group` of a program or a step as the file gives them, and where.

@@ -55,6 +55,8 @@ fn defaults(name: &str) -> ProgramCfg {
         prometheus_multiproc_dir: None,
         run_as: None,
         identity: None,
+        depends_on: vec![],
+        essential: false,
     }
 }
 
@@ -117,6 +119,14 @@ pub(super) fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<Program
             "max_lifetime" | "max_lifetime_jitter" | "preload" | "prometheus_multiproc_dir" => {
                 read_lifetime_and_preload(cx, &w, k, v, &mut p)
             }
+            "depends_on" => p.depends_on = super::depends::read(cx, &w, v),
+            "essential" => match v.v {
+                V::Bool(b) => p.essential = b,
+                _ => cx.err(
+                    &v.span,
+                    format!("{w}: expected true or false, found {}", kind(v)),
+                ),
+            },
             _ => {}
         }
     }

@@ -121,6 +121,8 @@ mod tests {
                 }),
                 roll: None,
                 last_roll: None,
+                waiting_for: None,
+                will_not_start: None,
                 workers: vec![worker(Some(1.0)), worker(None)],
             }],
             ..Default::default()

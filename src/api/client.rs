@@ -193,6 +193,18 @@ pub fn render(doc: &serde_json::Value) -> String {
         "PROGRAM", "#", "PID", "STATE", "RESTARTS", "UPTIME", "RSS", "LAST EXIT"
     ));
     for p in doc["programs"].as_array().into_iter().flatten() {
+        if let Some((state, why)) = gate_words(p) {
+            out.push_str(&format!(
+                "{:<16} {:>3} {:>8} {:<sw$} {:>8} {:>8} {:>9}  {why}\n",
+                s(&p["name"]),
+                "-",
+                "-",
+                state,
+                "-",
+                "-",
+                "-"
+            ));
+        }
         for w in p["workers"].as_array().into_iter().flatten() {
             let pid = w["pid"]
                 .as_i64()
@@ -220,6 +232,16 @@ pub fn render(doc: &serde_json::Value) -> String {
         }
     }
     out
+}
+
+/// A program that has not started (`depends_on`): `waiting` and what for, or `blocked` and
+/// why it never will.
+pub fn gate_words(p: &serde_json::Value) -> Option<(&'static str, String)> {
+    if let Some(w) = p["waiting_for"].as_str() {
+        return Some(("waiting", format!("waiting for {w}")));
+    }
+    let n = p["will_not_start"].as_str()?;
+    Some(("blocked", format!("will not start: {n}")))
 }
 
 /// The STATE column's width: the longest state shown (`waiting-for-preloader`), at least 9.

@@ -155,6 +155,11 @@ fn not_ready_because(s: &Snapshot, d: f64) -> String {
                 .and_then(|pre| super::preloader_words::waiting_on(pre, d))
                 .map(|w| format!(": {w}"))
                 .unwrap_or_default();
+            let waiting = match (&p.waiting_for, &p.will_not_start) {
+                (Some(w), _) => format!(": waiting for {w}"),
+                (_, Some(n)) => format!(": will not start: {n}"),
+                _ => waiting,
+            };
             why.push(format!(
                 "{}: {} of min_ready {} workers ready{waiting}",
                 p.name, p.ready_workers, p.min_ready

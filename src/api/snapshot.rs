@@ -133,6 +133,10 @@ pub struct ProgramStatus {
     pub roll: Option<RollStatus>,
     /// how the program's last roll ended, if one has
     pub last_roll: Option<LastRoll>,
+    /// its workers have not started: what it waits for (`depends_on`), `db: ready 0/1, …`
+    pub waiting_for: Option<String>,
+    /// it never will: the dependency that failed for good
+    pub will_not_start: Option<String>,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -295,6 +299,8 @@ mod tests {
                 }),
                 roll: None,
                 last_roll: None,
+                waiting_for: None,
+                will_not_start: None,
                 workers: vec![],
             }],
             ..Default::default()

@@ -208,6 +208,9 @@ pub fn frame(
         if let Some(f) = super::preloader_words::Facts::from_json(&p["preloader"]) {
             l.push(format!("{:<14} preloader {}", "", f.describe()));
         }
+        if let Some((state, why)) = client::gate_words(p) {
+            l.push(format!("{:<14} {} {why}", "", state.to_uppercase()));
+        }
         for w in p["workers"].as_array().into_iter().flatten() {
             l.push(worker_line(w, before, now, sw));
         }

@@ -65,6 +65,17 @@ impl Supervisor {
         let threshold = self.cfg.supervisor.exhausted_after;
         let (explicit, on_exhausted) = (self.cfg.supervisor.on_exhausted, self.on_exhausted());
         let mut exit = None;
+        // the programs that wait for each one that has not started its dependents (few: only
+        // programs that have not started themselves are looked at)
+        let waiting: Vec<(String, Vec<String>)> = if self.programs.iter().all(|p| p.started()) {
+            vec![]
+        } else {
+            self.programs
+                .iter()
+                .map(|p| (p.cfg.name.clone(), self.waiting_on(&p.cfg.name)))
+                .filter(|(_, w)| !w.is_empty())
+                .collect()
+        };
         for p in &mut self.programs {
             let preloader_looping = p.cfg.preload
                 && p.preload.failures >= threshold
@@ -92,15 +103,29 @@ impl Supervisor {
                     };
                     let head = format!("program {name}: {what} ({threshold}+ consecutive quick failures; last: {last})");
                     let backoff = p.cfg.backoff.max;
+                    let dependents = waiting
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, w)| w.join(", "));
+                    let (never, wait) = match &dependents {
+                        Some(w) => (
+                            format!("; {w} will not start (depends_on {name})"),
+                            format!(
+                                "; {w} keep{} waiting for it (depends_on)",
+                                if w.contains(',') { "" } else { "s" }
+                            ),
+                        ),
+                        None => (String::new(), String::new()),
+                    };
                     if !p.ever_ready && explicit != Some(OnExhausted::Stay) {
                         let code = code.unwrap_or(EXIT_RUNTIME);
-                        error!(program = %name, "{head}, and none of its workers has ever been ready: the app cannot start, a deployment error; shutting down with exit code {code} (its own; on_exhausted = \"stay\" keeps drover up and retrying)");
+                        error!(program = %name, "{head}, and none of its workers has ever been ready: the app cannot start, a deployment error; shutting down with exit code {code} (its own; on_exhausted = \"stay\" keeps drover up and retrying){never}");
                         exit = exit.or(Some(code));
                     } else if on_exhausted == OnExhausted::Exit {
-                        error!(program = %name, "{head}; on_exhausted = \"exit\": shutting down with exit code {EXIT_RUNTIME}");
+                        error!(program = %name, "{head}; on_exhausted = \"exit\": shutting down with exit code {EXIT_RUNTIME}{never}");
                         exit = exit.or(Some(EXIT_RUNTIME));
                     } else {
-                        error!(program = %name, "{head}; on_exhausted = \"stay\": still retrying with backoff up to {backoff:?}");
+                        error!(program = %name, "{head}; on_exhausted = \"stay\": still retrying with backoff up to {backoff:?}{wait}");
                     }
                 }
                 Some(CrashChange::Recovered) => {

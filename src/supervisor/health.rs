@@ -16,6 +16,8 @@ use crate::state::{AfterStop, StopReason};
 pub(super) struct HealthState {
     /// consecutive failed checks
     pub failures: u32,
+    /// an exec or HTTP check has passed (what `depends_on … = "healthy"` waits for)
+    pub passed: bool,
     /// the last liveness sample, to compare the next one with
     pub sample: Option<probe::Sample>,
 }
@@ -35,6 +37,7 @@ impl HealthState {
     pub fn record(&mut self, ok: bool, threshold: u32) -> Verdict {
         if ok {
             self.failures = 0;
+            self.passed = true;
             return Verdict::Healthy;
         }
         self.failures += 1;

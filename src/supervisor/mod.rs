@@ -11,6 +11,7 @@
 //! The concerns, one file each, are plain parts of `Supervisor` that take `now` and decide:
 //! `steps` (pre-start steps, the first phase), `workers` (spawn, stop, exit, scaling),
 //! `crash_loop` (every worker failing: `on_exhausted`, and the app that never started),
+//! `depends` (the dependency gate: a program starts once what it `depends_on` holds),
 //! `readiness`, `health`, `rolling` (ready-first replacement; `roll_outcome`: how each roll
 //! ended, logged once and kept for /status), `budget` (memory, sampling,
 //! autoscaling), `saturation` (accept queues, load shedding), `history` (the ring's samples),
@@ -20,6 +21,7 @@
 mod app_metrics;
 mod budget;
 mod crash_loop;
+mod depends;
 mod health;
 mod history;
 mod preload;
@@ -410,6 +412,7 @@ impl Supervisor {
             self.check_exhausted(now);
             self.check_readiness(now);
             self.check_health(now);
+            self.start_gated(now);
             self.check_watch(now);
             self.check_budgets(now);
             self.check_queues(now);

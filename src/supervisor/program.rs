@@ -15,6 +15,7 @@ use crate::state::{Phase, Slot, SlotCfg, StopReason};
 
 use super::budget::{MemoryAction, Usage};
 use super::crash_loop::CrashLoop;
+use super::depends::Stage;
 use super::health::{HealthState, ProgramHealth};
 use super::preload::PreloadState;
 use super::rolling::Roll;
@@ -41,6 +42,10 @@ pub(super) struct Program {
     pub ever_ready: bool,
     /// being removed by a reload: dropped once its workers are gone
     pub removing: bool,
+    /// waiting for its dependencies, started, or never to start (`depends.rs`)
+    pub stage: Stage,
+    /// a process of it has run (its dependents' `started`)
+    pub ran: bool,
     pub health: ProgramHealth,
     pub watch_due: Option<Instant>,
     /// what changed under its watch paths since its last roll (named when the roll starts)
@@ -161,6 +166,8 @@ impl Program {
             last_roll: None,
             ever_ready: false,
             removing: false,
+            stage: Stage::fresh(),
+            ran: false,
             health: ProgramHealth::default(),
             watch_due: None,
             watch_changes: Default::default(),
@@ -212,6 +219,11 @@ impl Program {
 
     pub fn worker_mut(&mut self, id: u64) -> Option<&mut Worker> {
         self.workers.iter_mut().find(|w| w.id() == id)
+    }
+
+    /// Its dependencies held and its workers were started.
+    pub fn started(&self) -> bool {
+        self.stage == Stage::Started
     }
 
     /// A roll runs, or waits for its new preloader.

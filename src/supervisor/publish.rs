@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use tracing::info;
 
+use super::depends::Stage;
 use super::{RunState, Supervisor};
 use crate::api::sd_notify::Notifier;
 use crate::api::snapshot::{
@@ -49,6 +50,13 @@ impl Supervisor {
                 }
                 if p.crash.reported {
                     s.push_str(" (CRASH LOOP)");
+                }
+                match &p.stage {
+                    Stage::Waiting { on, .. } if !on.is_empty() => {
+                        s.push_str(&format!(" (waiting for {})", on.join(", ")))
+                    }
+                    Stage::WillNotStart { .. } => s.push_str(" (WILL NOT START)"),
+                    _ => {}
                 }
                 s
             })
@@ -122,6 +130,14 @@ impl Supervisor {
                 }),
                 roll: roll_status(p, now),
                 last_roll: p.last_roll.clone(),
+                waiting_for: match &p.stage {
+                    Stage::Waiting { on, .. } if !on.is_empty() => Some(on.join(", ")),
+                    _ => None,
+                },
+                will_not_start: match &p.stage {
+                    Stage::WillNotStart { why, .. } => Some(format!("its dependency {why}")),
+                    _ => None,
+                },
                 shedding: p.shedding.map(|s| {
                     serde_json::json!({
                         "queue": s.queue,

@@ -61,7 +61,7 @@ impl Supervisor {
         }
         for pi in 0..self.programs.len() {
             let p = &self.programs[pi];
-            if p.roll.is_some() || p.removing {
+            if p.roll.is_some() || p.removing || !p.started() {
                 continue;
             }
             let seen: Vec<Seen> = p

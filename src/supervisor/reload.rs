@@ -115,6 +115,12 @@ impl Supervisor {
         match cmd {
             Command::Restart { program } => {
                 let pi = self.find(&program)?;
+                if let super::depends::Stage::Waiting { on, .. } = &self.programs[pi].stage {
+                    return Err(Refused::Busy(format!(
+                        "program {program} has not started yet: it waits for {}",
+                        on.join(", ")
+                    )));
+                }
                 if self.programs[pi].rolling() {
                     return Err(Refused::Busy(format!(
                         "program {program} is already rolling; try again when it is done"
@@ -250,14 +256,9 @@ impl Supervisor {
             let name = &np.name;
             if d.added.contains(name) {
                 let id = self.new_id();
+                // it starts below, through the dependency gate, as at start-up
                 self.programs
                     .push(Program::new(id, np.clone(), &self.sockets));
-                let pi = self.programs.len() - 1;
-                self.prepare_program(pi, now);
-                for i in 0..np.workers {
-                    self.add_worker(pi, i, now);
-                }
-                self.schedule_health(pi, now);
                 changes.push(format!("{name} added ({} workers)", np.workers));
                 continue;
             }
@@ -274,7 +275,10 @@ impl Supervisor {
             // code is deployed (`git pull && systemctl reload drover`), as gunicorn's and
             // uvicorn's HUP restart their workers. Jobs (restart = "never") roll only when their
             // settings changed: a finished job is not run again, a running one not doubled.
-            if d.rolled.contains(name) || np.restart != RestartPolicy::Never {
+            // a program waiting for its dependencies has nothing to roll: it starts on the new
+            // settings when they hold
+            let started = self.programs[pi].started();
+            if started && (d.rolled.contains(name) || np.restart != RestartPolicy::Never) {
                 self.start_roll(pi, StopReason::Reload, now);
                 rolling.push(format!("{name} rolling"));
             }
@@ -282,6 +286,8 @@ impl Supervisor {
         self.cfg = new;
         self.history_configured();
         self.ensure_notify_socket();
+        // added programs, and waiting ones whose depends_on changed, start if theirs hold
+        self.start_gated(now);
         let _ = self.cx.token.send(token);
         if tls.is_some() {
             info!("reload: the status endpoint's TLS certificate and key were re-read");

@@ -387,26 +387,30 @@ impl Supervisor {
         false
     }
 
-    /// Every step succeeded: start every program's workers.
+    /// Every step succeeded: start every program whose dependencies hold (those without any,
+    /// and a chain of `started` ones, in this one pass); the others start when theirs do.
     fn start_workers(&mut self, now: Instant) {
         if self.run != RunState::Steps || self.finished.is_some() {
             return;
         }
         self.run = RunState::Running;
-        for pi in 0..self.programs.len() {
-            self.prepare_program(pi, now);
-            for i in 0..self.programs[pi].desired {
-                self.add_worker(pi, i, now);
-            }
-            self.schedule_health(pi, now);
-        }
+        self.start_gated(now);
         if self.cx.budget.sample {
             self.next_sample = Some(now + self.cfg.budget.sample_interval);
         }
         let total: u32 = self.programs.iter().map(|p| p.desired).sum();
         let n = self.programs.len();
+        let waiting = self.programs.iter().filter(|p| !p.started()).count();
+        let gated = match waiting {
+            0 => String::new(),
+            w => format!(
+                " ({w} program{} waiting for {} dependencies)",
+                plural(w),
+                if w == 1 { "its" } else { "their" }
+            ),
+        };
         info!(
-            "supervising {n} program{} with {total} worker{} in all",
+            "supervising {n} program{} with {total} worker{} in all{gated}",
             plural(n),
             plural(total as usize)
         );

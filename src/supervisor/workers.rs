@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tracing::{error, info, warn};
 
+use super::depends::Stage;
 use super::{plural, RunState, Supervisor};
 use crate::config::{LogMode, OnAllExited, ReadyCheck};
 
@@ -157,6 +158,7 @@ impl Supervisor {
         let retire_at = p.cfg.max_lifetime.map(|l| now + l + spread);
         let (sc, pname, prog) = (p.slot_cfg, p.cfg.name.clone(), p.id);
         let forked = p.cfg.preload;
+        p.ran = true;
         let Some(w) = p.worker_mut(id) else { return };
         let index = w.slot.index();
         w.fresh_process(first_check, retire_at);
@@ -421,27 +423,43 @@ impl Supervisor {
 
     /// Every worker of every program has ended and none will run again (`restart = "never"`, or
     /// exit 0 under `"on-failure"`): the work is done, and drover exits with the code of the last
-    /// worker that ended, as a shell would. A program scaled to zero is not done.
+    /// worker that ended, as a shell would. A program scaled to zero is not done; one that will
+    /// never start (a dependency failed for good) has ended, and drover's exit is then a
+    /// failure's even if the last worker exited 0.
     pub(super) fn check_done(&mut self, now: Instant) {
         if self.run != RunState::Running || self.cfg.supervisor.on_all_exited == OnAllExited::Stay {
             return;
         }
         let ended = |p: &super::program::Program| {
-            p.desired > 0
-                && !p.workers.is_empty()
-                && p.workers
-                    .iter()
-                    .all(|w| matches!(w.slot.phase(), Phase::Done { .. }))
+            matches!(p.stage, Stage::WillNotStart { .. })
+                || (p.desired > 0
+                    && !p.workers.is_empty()
+                    && p.workers
+                        .iter()
+                        .all(|w| matches!(w.slot.phase(), Phase::Done { .. })))
         };
         let Some(last) = self.last_ended else { return };
         if self.programs.is_empty() || !self.programs.iter().all(ended) {
             return;
         }
-        self.exit_code = last.shell_code();
-        info!(
-            "every worker has ended and none will run again; exiting with the last one's code {} ({last}); on_all_exited = \"stay\" keeps drover up",
-            self.exit_code
-        );
+        let blocked = self.programs.iter().find_map(|p| match &p.stage {
+            Stage::WillNotStart { code, .. } => Some((p.cfg.name.as_str(), *code)),
+            _ => None,
+        });
+        self.exit_code = match (last.shell_code(), blocked) {
+            (0, Some((_, code))) => code.max(super::EXIT_RUNTIME),
+            (code, _) => code,
+        };
+        match blocked {
+            None => info!(
+                "every worker has ended and none will run again; exiting with the last one's code {} ({last}); on_all_exited = \"stay\" keeps drover up",
+                self.exit_code
+            ),
+            Some((name, _)) => info!(
+                "every worker has ended and none will run again, and {name} never started (a dependency failed for good); exiting with code {} (the last worker ended with {last}); on_all_exited = \"stay\" keeps drover up",
+                self.exit_code
+            ),
+        }
         if let Some(n) = &self.cx.notify {
             n.stopping();
         }
@@ -454,6 +472,10 @@ impl Supervisor {
         let name = self.programs[pi].cfg.name.clone();
         if from != to {
             info!(program = %name, "program {name}: scaling from {from} to {to} workers");
+        }
+        if !self.programs[pi].started() {
+            // it waits for its dependencies: it starts with `desired` workers when they hold
+            return;
         }
         // the live workers, one per index (a rolling replacement shares its old one's index)
         let mut indexes: Vec<u32> = self.programs[pi]

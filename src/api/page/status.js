@@ -50,6 +50,12 @@ function render(s) {
       pre.textContent = preloaderText(p.preloader);
       root.appendChild(pre);
     }
+    if (p.waiting_for || p.will_not_start) {
+      const g = document.createElement("p");
+      g.className = p.waiting_for ? "starting gate" : "bad gate";
+      g.textContent = p.waiting_for ? "waiting for " + p.waiting_for : "will not start: " + p.will_not_start;
+      root.appendChild(g);
+    }
     if (p.roll) {
       const r = document.createElement("p");
       r.className = "meta roll";

@@ -1,0 +1,332 @@
+//! Programs that work together (issue 20): `depends_on` gated on readiness or success, ordered
+//! shutdown, essential programs. Real processes: each writes what happened to it, with a
+//! timestamp, from its own shell (and its own TERM handler), so the order is observed from the
+//! processes, not from drover's log.
+
+mod common;
+use common::*;
+use std::process::Command;
+use std::time::Instant;
+
+/// A shell command for a worker: `body` runs in `sh -c`, `{dir}` is the test's directory.
+fn sh(body: &str) -> String {
+    format!("[\"sh\", \"-c\", {}]", toml_str(body))
+}
+
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+/// The seconds-since-epoch timestamp a process wrote with `date +%s.%N` into `file`.
+fn stamp(d: &Drover, file: &str) -> Option<f64> {
+    std::fs::read_to_string(d.path(file))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn program<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no program {name} in {v}"))
+}
+
+fn cli(d: &Drover, args: &[&str]) -> String {
+    let url = format!("http://{}", d.status_addr());
+    let o = Command::new(BIN)
+        .args(args)
+        .args(["--url", &url])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `api` depends on `db` being ready: while db is not, no api process exists and /status,
+/// `drover status` and `drover top` say what api waits for; the moment db is ready, api starts.
+#[test]
+fn no_api_worker_exists_until_db_is_ready_then_it_starts_at_once() {
+    let cfg = format!(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+shutdown_timeout = "10s"
+[program.db]
+command = {db}
+readiness = {{ check = "exec", exec = ["test", "-e", "{{dir}}/db-ready"], interval = "50ms" }}
+[program.api]
+command = {api}
+depends_on = {{ db = "ready" }}
+"#,
+        db = sh("sleep 2; date +%s.%N > {dir}/db-ready; exec sleep 1000"),
+        api = sh("date +%s.%N > {dir}/api-started; exec sleep 1000"),
+    );
+    let mut d = Drover::start(&cfg);
+    // while db is not ready: no api process, and everything says what api waits for
+    let v = d.wait_status("db running, api waiting", T, |v| {
+        !Drover::worker_pids(v, "db").is_empty()
+            && program(v, "api")["waiting_for"] == "db: ready 0/1"
+    });
+    assert!(
+        program(&v, "api")["workers"].as_array().unwrap().is_empty(),
+        "{v}"
+    );
+    let status = cli(&d, &["status"]);
+    let top = cli(&d, &["top"]);
+    let checked_at = Instant::now();
+    assert!(
+        stamp(&d, "db-ready").is_none(),
+        "the test's premise: db took 2 s to be ready, and it already is"
+    );
+    assert!(
+        status.contains("waiting for db: ready 0/1") && top.contains("waiting for db: ready 0/1"),
+        "drover status:\n{status}\ndrover top:\n{top}"
+    );
+    let mut polls = 0;
+    let ready_at = wait_until(T, "db to be ready", || {
+        polls += 1;
+        if stamp(&d, "db-ready").is_none() {
+            // nothing of api exists before db is ready, whatever the moment we look
+            assert!(
+                stamp(&d, "api-started").is_none(),
+                "api started before db was ready"
+            );
+        }
+        stamp(&d, "db-ready")
+    });
+    let api_at = wait_until(T, "api to start", || stamp(&d, "api-started"));
+    let gap = api_at - ready_at;
+    println!(
+        "db ready at {ready_at:.3}, api started {:.0} ms later (readiness checked every 50 ms; {polls} polls over {:.1?} before)",
+        gap * 1000.0,
+        checked_at.elapsed()
+    );
+    assert!(gap >= 0.0, "api started {gap:.3} s before db was ready");
+    assert!(
+        gap < 5.0,
+        "api started {gap:.1} s after db was ready: not at once"
+    );
+    let v = d.wait_status("api running", T, |v| {
+        program(v, "api")["waiting_for"].is_null() && Drover::worker_pids(v, "api").len() == 1
+    });
+    assert!(program(&v, "api")["will_not_start"].is_null());
+    assert!(d.logged("program api waits for db: ready 0/1 before it starts"));
+    d.stop_ok();
+}
+
+/// A one-shot migration that must succeed gates the API: the API starts after it exited 0.
+#[test]
+fn a_succeeded_migration_gates_the_api() {
+    let cfg = format!(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+shutdown_timeout = "10s"
+[program.migrate]
+command = {migrate}
+restart = "never"
+[program.api]
+command = {api}
+depends_on = {{ migrate = "succeeded" }}
+"#,
+        migrate = sh("sleep 1.5; date +%s.%N > {dir}/migrated"),
+        api = sh("date +%s.%N > {dir}/api-started; exec sleep 1000"),
+    );
+    let mut d = Drover::start(&cfg);
+    d.wait_status("api waiting for the migration", T, |v| {
+        program(v, "api")["waiting_for"] == "migrate: succeeded"
+    });
+    let migrated = wait_until(T, "the migration to finish", || stamp(&d, "migrated"));
+    let api = wait_until(T, "api to start", || stamp(&d, "api-started"));
+    println!(
+        "migration exited 0 at {migrated:.3}; api started {:.0} ms later",
+        (api - migrated) * 1000.0
+    );
+    assert!(api >= migrated, "api started before the migration ended");
+    d.wait_status("api running, migrate done", T, |v| {
+        Drover::worker_pids(v, "api").len() == 1
+            && program(v, "migrate")["workers"][0]["state"] == "stopped"
+    });
+    d.stop_ok();
+}
+
+/// A migration that fails keeps the API from ever starting, says why in one line, and drover
+/// follows on_all_exited as for a failure: it exits with the migration's code (default), or
+/// stays up showing why the API will not start (`on_all_exited = "stay"`).
+#[test]
+fn a_failing_migration_keeps_the_api_from_starting_and_says_why() {
+    let cfg = |sup: &str| {
+        format!(
+            r#"
+[supervisor]
+status = "127.0.0.1:0"
+shutdown_timeout = "10s"
+{sup}
+[program.migrate]
+command = {migrate}
+restart = "never"
+[program.api]
+command = {api}
+depends_on = {{ migrate = "succeeded" }}
+"#,
+            migrate = sh("sleep 0.5; echo 'relation users already exists' >&2; exit 4"),
+            api = sh("date +%s.%N > {dir}/api-started; exec sleep 1000"),
+        )
+    };
+    let mut d = Drover::start(&cfg(""));
+    let code = d.wait_exit(T);
+    let log = d.stderr();
+    assert_eq!(code, 4, "drover exits with the migration's code\n{log}");
+    assert!(stamp(&d, "api-started").is_none(), "api ran\n{log}");
+    assert!(
+        d.logged("program api will not start: its dependency migrate failed (exit code 4) and will not run again (depends_on migrate = \"succeeded\")"),
+        "{log}"
+    );
+    assert!(d.logged("api never started"), "{log}");
+
+    // on_all_exited = "stay": drover stays up, and /status and `drover status` say why
+    let mut d = Drover::start(&cfg("on_all_exited = \"stay\""));
+    let v = d.wait_status("api will not start", T, |v| {
+        !program(v, "api")["will_not_start"].is_null()
+    });
+    assert_eq!(
+        program(&v, "api")["will_not_start"],
+        "its dependency migrate failed (exit code 4) and will not run again (depends_on migrate = \"succeeded\")"
+    );
+    let status = cli(&d, &["status"]);
+    assert!(
+        status.contains("blocked") && status.contains("will not start: its dependency migrate"),
+        "{status}"
+    );
+    assert!(stamp(&d, "api-started").is_none());
+    d.stop_ok();
+}
+
+/// A dependency crash-looping (an app that never became ready) ends drover with its own code,
+/// as before, and the log names the programs that will not start because of it.
+#[test]
+fn a_crash_looping_dependency_names_the_dependents_that_will_not_start() {
+    let cfg = format!(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+exhausted_after = 2
+[program.db]
+command = {db}
+backoff = {{ initial = "10ms", max = "20ms" }}
+[program.api]
+command = {api}
+depends_on = {{ db = "ready" }}
+"#,
+        db = sh("exit 5"),
+        api = sh("date +%s.%N > {dir}/api-started; exec sleep 1000"),
+    );
+    let mut d = Drover::start(&cfg);
+    let code = d.wait_exit(T);
+    let log = d.stderr();
+    assert_eq!(code, 5, "{log}");
+    assert!(d.logged("api will not start (depends_on db)"), "{log}");
+    assert!(stamp(&d, "api-started").is_none(), "{log}");
+}
+
+/// A reload that adds a program with depends_on applies the gate to it: it waits for what it
+/// names, then starts.
+#[test]
+fn a_program_added_by_reload_waits_for_its_dependencies() {
+    let base = format!(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+shutdown_timeout = "10s"
+[program.db]
+command = {db}
+readiness = {{ check = "exec", exec = ["test", "-e", "{{dir}}/db-ready"], interval = "50ms" }}
+"#,
+        db = sh("exec sleep 1000"),
+    );
+    let mut d = Drover::start(&base);
+    d.wait_status("db running", T, |v| Drover::worker_pids(v, "db").len() == 1);
+    let added = format!(
+        "{}[program.api]\ncommand = {}\ndepends_on = {{ db = \"ready\" }}\n",
+        base.replace("{dir}", d.dir.path().to_str().unwrap()),
+        sh(&format!(
+            "date +%s.%N > {}/api-started; exec sleep 1000",
+            d.dir.path().display()
+        ))
+    );
+    std::fs::write(d.path("drover.toml"), added).unwrap();
+    d.signal(libc::SIGHUP);
+    let v = d.wait_status("api added, waiting", T, |v| {
+        v["programs"].as_array().unwrap().len() == 2
+            && program(v, "api")["waiting_for"] == "db: ready 0/1"
+    });
+    assert!(program(&v, "api")["workers"].as_array().unwrap().is_empty());
+    assert!(stamp(&d, "api-started").is_none());
+    std::fs::write(d.path("db-ready"), "").unwrap();
+    let made_ready = Instant::now();
+    d.wait_status("api started", T, |v| {
+        Drover::worker_pids(v, "api").len() == 1
+    });
+    println!(
+        "api started {:?} after db's ready file appeared",
+        made_ready.elapsed()
+    );
+    wait_until(T, "api's own line", || stamp(&d, "api-started"));
+    d.stop_ok();
+}
+
+/// `drover check` prints the start order it will use; a bad graph is a positioned error.
+#[test]
+fn check_prints_the_start_order_and_positions_a_cycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[program.api]\ncommand = \"sleep 1\"\ndepends_on = { db = \"ready\", migrate = \"succeeded\" }\n[program.migrate]\ncommand = \"true\"\nrestart = \"never\"\ndepends_on = { db = \"ready\" }\n[program.db]\ncommand = \"sleep 1\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{plan}");
+    let order: Vec<&str> = plan
+        .lines()
+        .skip_while(|l| !l.starts_with("start order"))
+        .skip(1)
+        .take(3)
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            "1. db",
+            "2. migrate        after db is ready",
+            "3. api            after db is ready, migrate has succeeded (exited 0)"
+        ],
+        "{plan}"
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[program.api]\ncommand = \"x\"\ndepends_on = { db = \"ready\" }\n[program.db]\ncommand = \"y\"\ndepends_on = { api = \"started\" }\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("bad.toml:3:16: program.api.depends_on: a dependency cycle: api -> db -> api"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was started"), "{err}");
+}

@@ -232,6 +232,89 @@ depends_on = {{ db = "ready" }}
     assert!(stamp(&d, "api-started").is_none(), "{log}");
 }
 
+/// One line of the order file: (who, what, when).
+fn events(d: &Drover) -> Vec<(String, String, f64)> {
+    std::fs::read_to_string(d.path("order"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w[0].to_string(), w[1].to_string(), w[2].parse().unwrap())
+        })
+        .collect()
+}
+
+fn at(ev: &[(String, String, f64)], who: &str, what: &str) -> f64 {
+    ev.iter()
+        .find(|(w, x, _)| w == who && x == what)
+        .unwrap_or_else(|| panic!("no `{who} {what}` in {ev:?}"))
+        .2
+}
+
+/// A worker that, on TERM, writes `NAME term TIME`, takes `delay` to finish, writes
+/// `NAME exit TIME` and exits 0.
+fn trapping(name: &str, delay: &str) -> String {
+    sh(&format!(
+        "trap 'echo \"{name} term $(date +%s.%N)\" >> {{dir}}/order; sleep {delay}; echo \"{name} exit $(date +%s.%N)\" >> {{dir}}/order; exit 0' TERM; echo \"{name} up $(date +%s.%N)\" >> {{dir}}/order; while :; do sleep 0.05; done"
+    ))
+}
+
+/// Shutdown stops the dependent first (its TERM, its drain), its dependency only once the
+/// dependent has exited; an unrelated program gets its TERM at once, in parallel.
+#[test]
+fn shutdown_stops_the_dependent_before_its_dependency() {
+    let cfg = format!(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+shutdown_timeout = "20s"
+[program.db]
+command = {db}
+readiness = {{ check = "uptime", min_uptime = "200ms" }}
+[program.api]
+command = {api}
+depends_on = {{ db = "ready" }}
+readiness = {{ check = "uptime", min_uptime = "200ms" }}
+[program.cron]
+command = {cron}
+"#,
+        db = trapping("db", "0.3"),
+        api = trapping("api", "1"),
+        cron = trapping("cron", "0.3"),
+    );
+    let mut d = Drover::start(&cfg);
+    d.wait_status("all three ready", T, |v| {
+        ["db", "api", "cron"]
+            .iter()
+            .all(|n| program(v, n)["ready_workers"] == 1)
+    });
+    wait_until(T, "the three processes' own lines", || {
+        (events(&d).len() >= 3).then_some(())
+    });
+    d.stop_ok();
+    let ev = events(&d);
+    println!("{ev:?}");
+    let (api_term, api_exit) = (at(&ev, "api", "term"), at(&ev, "api", "exit"));
+    let (db_term, cron_term) = (at(&ev, "db", "term"), at(&ev, "cron", "term"));
+    assert!(
+        api_exit <= db_term,
+        "db got TERM {:.3} s before api had exited: {ev:?}",
+        api_exit - db_term
+    );
+    assert!(
+        cron_term < api_exit,
+        "the unrelated cron waited for api: {ev:?}"
+    );
+    println!(
+        "api TERM -> exit {:.0} ms; db TERM {:.0} ms after api's exit; cron TERM {:.0} ms after api's",
+        (api_exit - api_term) * 1000.0,
+        (db_term - api_exit) * 1000.0,
+        (cron_term - api_term) * 1000.0
+    );
+    assert!(at(&ev, "db", "exit") >= db_term);
+    assert!(d.logged("shutdown: program db is stopped once api has stopped"));
+}
+
 /// A reload that adds a program with depends_on applies the gate to it: it waits for what it
 /// names, then starts.
 #[test]

@@ -409,6 +409,7 @@ impl Supervisor {
         }
         if self.run != RunState::Steps {
             self.tick(now);
+            self.stop_in_order(now);
             self.check_exhausted(now);
             self.check_readiness(now);
             self.check_health(now);

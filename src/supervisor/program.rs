@@ -46,6 +46,8 @@ pub(super) struct Program {
     pub stage: Stage,
     /// a process of it has run (its dependents' `started`)
     pub ran: bool,
+    /// shutting down: its stop waits until its dependents' workers are gone (`shutdown.rs`)
+    pub stop_held: bool,
     pub health: ProgramHealth,
     pub watch_due: Option<Instant>,
     /// what changed under its watch paths since its last roll (named when the roll starts)
@@ -168,6 +170,7 @@ impl Program {
             removing: false,
             stage: Stage::fresh(),
             ran: false,
+            stop_held: false,
             health: ProgramHealth::default(),
             watch_due: None,
             watch_changes: Default::default(),

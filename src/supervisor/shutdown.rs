@@ -1,5 +1,6 @@
 //! Signals and shutdown: TERM/INT graceful (a drain first if configured; twice = fast), QUIT
 //! fast, HUP reload, TTIN/TTOU one worker more or less, USR1/USR2 forwarded to every worker.
+//! A graceful shutdown stops programs in reverse dependency order (`stop_in_order`).
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,7 @@ use tracing::{debug, info};
 
 use super::{RunState, Supervisor, KILL_GRACE};
 use crate::process::signals::name;
-use crate::state::{AfterStop, StopReason};
+use crate::state::{AfterStop, Phase, StopReason};
 
 impl Supervisor {
     pub(super) fn on_signal(&mut self, sig: Signal, now: Instant) {
@@ -77,6 +78,10 @@ impl Supervisor {
         self.stop_everything(fast, now);
     }
 
+    /// Stop every worker. Graceful: dependents first — a program's workers get their stop
+    /// signal only once the workers of every program that depends on it are gone (or were
+    /// SIGKILLed at their stop timeout), so an API drains before the database it uses stops;
+    /// unrelated programs stop in parallel, all within `shutdown_timeout`. Fast: SIGKILL to all.
     pub(super) fn stop_everything(&mut self, fast: bool, now: Instant) {
         let total = self.cfg.supervisor.shutdown_timeout;
         let hard_deadline = match self.run {
@@ -85,17 +90,27 @@ impl Supervisor {
         };
         self.run = RunState::Stopping { hard_deadline };
         self.kill_preloaders(now);
-        for pi in 0..self.programs.len() {
-            self.programs[pi].roll = None;
-            let how = if fast {
-                (Signal::SIGKILL, Duration::ZERO)
-            } else {
-                let c = &self.programs[pi].cfg;
-                (c.stop_signal, c.stop_timeout.min(total))
-            };
-            let ids: Vec<u64> = self.programs[pi].workers.iter().map(|w| w.id()).collect();
-            for id in ids {
-                self.stop_worker_with(pi, id, how, AfterStop::Remove, StopReason::Shutdown, now);
+        for p in &mut self.programs {
+            p.roll = None;
+            p.stop_held = !fast;
+        }
+        if fast {
+            for pi in 0..self.programs.len() {
+                self.stop_program(pi, (Signal::SIGKILL, Duration::ZERO), now);
+            }
+        } else {
+            self.stop_in_order(now);
+            let held = self.programs.iter().filter(|p| p.stop_held);
+            for p in held.filter(|p| p.workers.iter().any(running)) {
+                let name = &p.cfg.name;
+                let first: Vec<&str> = self
+                    .programs
+                    .iter()
+                    .filter(|q| q.cfg.depends_on.iter().any(|(d, _)| d == name))
+                    .filter(|q| q.workers.iter().any(running))
+                    .map(|q| q.cfg.name.as_str())
+                    .collect();
+                info!(program = %name, "shutdown: program {name} is stopped once {} {} stopped (they depend on it)", first.join(", "), if first.len() == 1 { "has" } else { "have" });
             }
         }
         for (pid, p) in self.probes.iter_mut() {
@@ -103,4 +118,55 @@ impl Supervisor {
             self.children.signal_group(*pid, Signal::SIGKILL);
         }
     }
+
+    /// During a graceful shutdown: stop each program still held whose dependents' workers are
+    /// all gone or overdue (SIGKILLed). Runs after every wake-up, so a dependency is stopped in
+    /// the same turn of the loop that reaps its last dependent.
+    pub(super) fn stop_in_order(&mut self, now: Instant) {
+        let RunState::Stopping { hard_deadline } = self.run else {
+            return;
+        };
+        // what is left of shutdown_timeout: a later stop gets no more than that
+        let end = hard_deadline.checked_sub(KILL_GRACE).unwrap_or(now);
+        loop {
+            let free: Vec<usize> = (0..self.programs.len())
+                .filter(|&pi| self.programs[pi].stop_held && !self.dependents_running(pi))
+                .collect();
+            if free.is_empty() {
+                return;
+            }
+            for pi in free {
+                let p = &mut self.programs[pi];
+                p.stop_held = false;
+                let how = (
+                    p.cfg.stop_signal,
+                    p.cfg.stop_timeout.min(end.saturating_duration_since(now)),
+                );
+                self.stop_program(pi, how, now);
+            }
+        }
+    }
+
+    /// Some program that depends on program `pi` still has a worker that has not been
+    /// SIGKILLed (or has not been told to stop at all).
+    fn dependents_running(&self, pi: usize) -> bool {
+        let name = &self.programs[pi].cfg.name;
+        self.programs.iter().enumerate().any(|(qi, q)| {
+            qi != pi
+                && q.cfg.depends_on.iter().any(|(d, _)| d == name)
+                && q.workers.iter().any(running)
+        })
+    }
+
+    fn stop_program(&mut self, pi: usize, how: (Signal, Duration), now: Instant) {
+        let ids: Vec<u64> = self.programs[pi].workers.iter().map(|w| w.id()).collect();
+        for id in ids {
+            self.stop_worker_with(pi, id, how, AfterStop::Remove, StopReason::Shutdown, now);
+        }
+    }
+}
+
+/// A worker whose process is alive and was not SIGKILLed: its dependencies wait for it.
+fn running(w: &super::program::Worker) -> bool {
+    w.slot.pid().is_some() && !matches!(w.slot.phase(), Phase::Stopping { killed: true, .. })
 }

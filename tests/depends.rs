@@ -315,6 +315,74 @@ command = {cron}
     assert!(d.logged("shutdown: program db is stopped once api has stopped"));
 }
 
+/// An essential program that ends ends drover, with its exit code (128 + N for a signal), after
+/// the others were stopped gracefully.
+#[test]
+fn an_essential_programs_exit_ends_drover_with_its_code_and_stops_the_others() {
+    let cfg = |sidecar: &str| {
+        format!(
+            r#"
+[supervisor]
+status = "127.0.0.1:0"
+shutdown_timeout = "10s"
+[program.sidecar]
+command = {sidecar}
+restart = "never"
+essential = true
+[program.api]
+command = {api}
+"#,
+            sidecar = sh(sidecar),
+            api = trapping("api", "0.2"),
+        )
+    };
+    let mut d = Drover::start(&cfg("sleep 1; exit 7"));
+    let code = d.wait_exit(T);
+    let log = d.stderr();
+    assert_eq!(code, 7, "{log}");
+    let ev = events(&d);
+    assert!(
+        at(&ev, "api", "exit") >= at(&ev, "api", "term"),
+        "api stopped through its TERM handler: {ev:?}"
+    );
+    assert!(
+        d.logged("program sidecar is essential and has ended (exit code 7"),
+        "{log}"
+    );
+
+    let mut d = Drover::start(&cfg("sleep 1; kill -KILL $$"));
+    let code = d.wait_exit(T);
+    assert_eq!(code, 128 + 9, "{}", d.stderr());
+    at(&events(&d), "api", "term");
+
+    // crash-looping under on_exhausted = "exit" after it had been ready: its own code, where
+    // any other program's crash loop exits 1
+    let looping = format!(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+shutdown_timeout = "10s"
+on_exhausted = "exit"
+exhausted_after = 2
+[program.sidecar]
+command = {sidecar}
+essential = true
+backoff = {{ initial = "10ms", max = "20ms" }}
+readiness = {{ check = "uptime", min_uptime = "300ms" }}
+[program.api]
+command = {api}
+"#,
+        sidecar = sh("if [ -e {dir}/ran ]; then exit 6; fi; touch {dir}/ran; sleep 1; exit 6"),
+        api = trapping("api", "0.2"),
+    );
+    let mut d = Drover::start(&looping);
+    let code = d.wait_exit(T);
+    let log = d.stderr();
+    assert_eq!(code, 6, "{log}");
+    assert!(d.logged("(its own: it is essential)"), "{log}");
+    at(&events(&d), "api", "term");
+}
+
 /// A reload that adds a program with depends_on applies the gate to it: it waits for what it
 /// names, then starts.
 #[test]

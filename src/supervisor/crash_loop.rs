@@ -122,8 +122,18 @@ impl Supervisor {
                         error!(program = %name, "{head}, and none of its workers has ever been ready: the app cannot start, a deployment error; shutting down with exit code {code} (its own; on_exhausted = \"stay\" keeps drover up and retrying){never}");
                         exit = exit.or(Some(code));
                     } else if on_exhausted == OnExhausted::Exit {
-                        error!(program = %name, "{head}; on_exhausted = \"exit\": shutting down with exit code {EXIT_RUNTIME}{never}");
-                        exit = exit.or(Some(EXIT_RUNTIME));
+                        // an essential program's end is drover's: its own code
+                        let code = match (p.cfg.essential, code) {
+                            (true, Some(c)) => c,
+                            _ => EXIT_RUNTIME,
+                        };
+                        let essential = if p.cfg.essential {
+                            " (its own: it is essential)"
+                        } else {
+                            ""
+                        };
+                        error!(program = %name, "{head}; on_exhausted = \"exit\": shutting down with exit code {code}{essential}{never}");
+                        exit = exit.or(Some(code));
                     } else {
                         error!(program = %name, "{head}; on_exhausted = \"stay\": still retrying with backoff up to {backoff:?}{wait}");
                     }

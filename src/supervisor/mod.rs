@@ -12,6 +12,7 @@
 //! `steps` (pre-start steps, the first phase), `workers` (spawn, stop, exit, scaling),
 //! `crash_loop` (every worker failing: `on_exhausted`, and the app that never started),
 //! `depends` (the dependency gate: a program starts once what it `depends_on` holds),
+//! `essential` (an essential program's end ends drover),
 //! `readiness`, `health`, `rolling` (ready-first replacement; `roll_outcome`: how each roll
 //! ended, logged once and kept for /status), `budget` (memory, sampling,
 //! autoscaling), `saturation` (accept queues, load shedding), `history` (the ring's samples),
@@ -22,6 +23,7 @@ mod app_metrics;
 mod budget;
 mod crash_loop;
 mod depends;
+mod essential;
 mod health;
 mod history;
 mod preload;
@@ -422,6 +424,7 @@ impl Supervisor {
             self.advance_rolls(now);
             self.check_lifetimes(now);
             self.reconcile(now);
+            self.check_essential(now);
             self.check_done(now);
             self.cgroup_gc.retain(|cg| !cg.remove());
             self.children.flush_guard();

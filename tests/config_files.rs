@@ -146,7 +146,8 @@ fn the_readme_configuration_block_passes_check() {
     for what in [
         "control API: on",
         "pre-start steps (1)",
-        "programs (1)",
+        "programs (2)",
+        "2. queue          after api is ready",
         "api autoscale",
     ] {
         assert!(plan.contains(what), "{what} missing in:\n{plan}");

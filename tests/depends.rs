@@ -76,6 +76,7 @@ depends_on = {{ db = "ready" }}
     );
     let status = cli(&d, &["status"]);
     let top = cli(&d, &["top"]);
+    let readyz = http_get_status(&d.status_addr(), "/readyz").expect("GET /readyz");
     let checked_at = Instant::now();
     assert!(
         stamp(&d, "db-ready").is_none(),
@@ -84,6 +85,13 @@ depends_on = {{ db = "ready" }}
     assert!(
         status.contains("waiting for db: ready 0/1") && top.contains("waiting for db: ready 0/1"),
         "drover status:\n{status}\ndrover top:\n{top}"
+    );
+    assert_eq!(readyz.0, 503, "{readyz:?}");
+    assert!(
+        readyz
+            .1
+            .contains("api: 0 of min_ready 1 workers ready: waiting for db: ready 0/1"),
+        "{readyz:?}"
     );
     let mut polls = 0;
     let ready_at = wait_until(T, "db to be ready", || {
@@ -114,6 +122,48 @@ depends_on = {{ db = "ready" }}
     });
     assert!(program(&v, "api")["will_not_start"].is_null());
     assert!(d.logged("program api waits for db: ready 0/1 before it starts"));
+    d.stop_ok();
+}
+
+/// `healthy` waits past readiness for a health check to pass: db is ready at once, and api
+/// starts only once db's exec health check has passed.
+#[test]
+fn healthy_waits_for_a_passing_health_check() {
+    let cfg = format!(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+shutdown_timeout = "10s"
+[program.db]
+command = {db}
+readiness = {{ check = "uptime", min_uptime = "100ms" }}
+health = {{ exec = ["test", "-e", "{{dir}}/db-healthy"], interval = "100ms", failures = 1000 }}
+[program.api]
+command = {api}
+depends_on = {{ db = "healthy" }}
+"#,
+        db = sh("exec sleep 1000"),
+        api = sh("date +%s.%N > {dir}/api-started; exec sleep 1000"),
+    );
+    let mut d = Drover::start(&cfg);
+    d.wait_status("db ready, api waiting for its health", T, |v| {
+        program(v, "db")["ready_workers"] == 1
+            && program(v, "api")["waiting_for"] == "db: healthy (ready, no health check passed yet)"
+    });
+    // its checks fail meanwhile (the file is missing): api still waits
+    wait_until(T, "a failed health check of db", || {
+        d.logged("worker db.0")
+            .then_some(())
+            .filter(|_| d.logged("failed a health check"))
+    });
+    assert!(stamp(&d, "api-started").is_none());
+    std::fs::write(d.path("db-healthy"), "").unwrap();
+    let healthy = Instant::now();
+    wait_until(T, "api to start", || stamp(&d, "api-started"));
+    println!(
+        "api started {:?} after db's health check could pass (checked every 100 ms)",
+        healthy.elapsed()
+    );
     d.stop_ok();
 }
 

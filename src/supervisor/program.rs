@@ -39,6 +39,9 @@ pub(super) struct Program {
     pub last_roll: Option<crate::api::snapshot::LastRoll>,
     /// some worker of it has been ready once: a crash loop after that is not a failed deployment
     pub ever_ready: bool,
+    /// added by a reload while drover ran: its never starting is its own trouble, not a
+    /// deployment that cannot start (other programs are serving)
+    pub added_by_reload: bool,
     /// being removed by a reload: dropped once its workers are gone
     pub removing: bool,
     pub health: ProgramHealth,
@@ -160,6 +163,7 @@ impl Program {
             roll_deferred: None,
             last_roll: None,
             ever_ready: false,
+            added_by_reload: false,
             removing: false,
             health: ProgramHealth::default(),
             watch_due: None,

@@ -253,6 +253,7 @@ impl Supervisor {
                 self.programs
                     .push(Program::new(id, np.clone(), &self.sockets));
                 let pi = self.programs.len() - 1;
+                self.programs[pi].added_by_reload = true;
                 self.prepare_program(pi, now);
                 for i in 0..np.workers {
                     self.add_worker(pi, i, now);
@@ -264,6 +265,8 @@ impl Supervisor {
             let pi = self.find(name).map_err(|e| e.to_string())?;
             if d.changed.contains(name) {
                 self.programs[pi].reconfigure(np.clone(), &self.sockets);
+                // a changed prometheus_multiproc_dir is opened (and emptied) before the roll
+                self.prepare_metrics_dir(pi);
                 self.schedule_health(pi, now);
                 if let Some((_, from, to)) = d.scaled.iter().find(|(n, ..)| n == name) {
                     self.scale(pi, *to, now, StopReason::Reload);

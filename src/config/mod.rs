@@ -17,6 +17,8 @@ use std::time::Duration;
 
 mod command;
 mod cross;
+pub mod dotenv;
+mod env_file;
 mod keys;
 mod paths;
 mod program;
@@ -25,6 +27,7 @@ mod tree;
 mod values;
 
 pub use command::CommandSpec;
+pub use env_file::{EnvFile, FileEnv, ReadFile};
 pub use paths::anchor as anchor_paths;
 pub use tree::line_col;
 pub use values::{did_you_mean, expand_env, fmt_size, parse_duration, parse_listen, parse_size};
@@ -167,6 +170,8 @@ pub struct SupervisorCfg {
     pub history: Duration,
     /// how often a history sample is taken
     pub history_interval: Duration,
+    /// read for every program and step, before their own
+    pub env_file: Vec<EnvFile>,
 }
 
 impl Default for SupervisorCfg {
@@ -185,6 +190,7 @@ impl Default for SupervisorCfg {
             on_all_exited: OnAllExited::Exit,
             history: Duration::from_secs(15 * 60),
             history_interval: Duration::from_secs(10),
+            env_file: Vec::new(),
         }
     }
 }
@@ -206,6 +212,10 @@ pub struct StepCfg {
     pub retries: u32,
     pub retry_delay: Duration,
     pub env: Vec<(String, String)>,
+    /// its own env files (after the supervisor's)
+    pub env_file: Vec<EnvFile>,
+    /// what the supervisor's and its own env files set, read by `plan` (under `env`)
+    pub file_env: FileEnv,
     pub cwd: Option<PathBuf>,
     /// sent to the step's process group when drover is told to stop while it runs
     pub stop_signal: nix::sys::signal::Signal,
@@ -336,6 +346,10 @@ pub struct ProgramCfg {
     pub stop_signal: nix::sys::signal::Signal,
     pub stop_timeout: Duration,
     pub env: Vec<(String, String)>,
+    /// its own env files (after the supervisor's)
+    pub env_file: Vec<EnvFile>,
+    /// what the supervisor's and its own env files set, read by `plan` (under `env`)
+    pub file_env: FileEnv,
     pub cwd: Option<PathBuf>,
     pub log: LogMode,
     pub min_ready: u32,

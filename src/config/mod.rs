@@ -3,8 +3,9 @@
 //! `tree` turns the document into a spanned tree and reads typed values through a positioned
 //! reader; `sections` and `program` read one table each; `cross` checks what spans sections;
 //! `values` parses durations, sizes, addresses and `${VAR}`; `command` holds a command as it
-//! runs (`${VAR}` expanded) and as it is shown (as written). Parsing does no I/O: user and group
-//! names are resolved by `plan`.
+//! runs (`${VAR}` expanded) and as it is shown (as written); `dotenv` reads the `.env` format and
+//! `env_file` the entries that name such files. Parsing does no I/O: user and group names are
+//! resolved, and env files read, by `plan`.
 //!
 //! serde stops at the first error, so the file is parsed with `toml_edit` (which keeps spans)
 //! into a small tree and walked by hand. Each typed field is read through a `Ctx` that records

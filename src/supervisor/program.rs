@@ -180,7 +180,8 @@ impl Program {
         self.derive(bound);
     }
 
-    /// What follows from the configuration: environment, socket fds, probe target.
+    /// What follows from the configuration: environment (drover's, the user's `USER`/`HOME`,
+    /// the env files, then `env`: a later one wins), socket fds, probe target.
     fn derive(&mut self, bound: &[Bound]) {
         let p = &self.cfg;
         let mut env = super::base_env();
@@ -189,6 +190,9 @@ impl Program {
             env.push((k.into(), v.into()));
         };
         for (k, v) in p.identity.iter().flat_map(|id| id.env()) {
+            set(k, v);
+        }
+        for (k, v) in &p.file_env.vars {
             set(k, v);
         }
         for (k, v) in &p.env {

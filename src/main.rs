@@ -83,6 +83,10 @@ enum Cmd {
         /// Print nothing; only the exit code says (a healthcheck).
         #[arg(long, short)]
         quiet: bool,
+        /// Only whether drover is ready: exit 0 ready, 1 not, 2 unreachable. An abandoned roll
+        /// (exit 3 otherwise) is ready: the old workers serve. For container healthchecks.
+        #[arg(long)]
+        ready: bool,
     },
     /// A live terminal view of a running drover (programs, workers, CPU, memory, socket
     /// queues), redrawn every second; q quits. One snapshot when stdout is not a terminal.
@@ -315,8 +319,9 @@ fn main() -> ExitCode {
             config,
             json,
             quiet,
+            ready,
         } => match locate(url, config) {
-            Ok(t) => client::status_command(&t.url, json, quiet),
+            Ok(t) => client::status_command(&t.url, json, quiet, ready),
             Err(e) => {
                 if !quiet {
                     eprintln!("drover status: {e}");

@@ -12,6 +12,7 @@ use crate::process::signals;
 use crate::process::spawn;
 use crate::resources::sizing;
 
+mod env_files;
 mod order;
 mod servers;
 mod words;
@@ -38,7 +39,12 @@ pub fn resolve(file: &str, cfg: &mut Config) -> Result<Vec<String>, ConfigErrors
     for p in &mut cfg.programs {
         p.identity = resolve(&p.run_as, format!("[program.{}]", p.name), "workers");
     }
+    if problems.is_empty() {
+        // who runs what is known: the env files can be checked against it
+        problems = env_files::load(cfg, &|k| std::env::var(k).ok());
+    }
     if !problems.is_empty() {
+        problems.sort_by_key(|p| (p.line, p.col));
         return Err(ConfigErrors {
             file: file.into(),
             problems,
@@ -72,10 +78,13 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
     let mut check = |what: String,
                      cmd: &CommandSpec,
                      env: &[(String, String)],
+                     files: &crate::config::FileEnv,
                      cwd: Option<&std::path::Path>| {
         let Some(argv) = cmd.exec_words() else { return };
+        // `env` over the env files over drover's own
         let p = env
             .iter()
+            .chain(files.vars.iter().rev())
             .find(|(k, _)| k == "PATH")
             .map(|(_, v)| v.clone())
             .or_else(|| path.clone());
@@ -93,6 +102,7 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
             format!("pre-start step {}", s.name),
             &s.command,
             &s.env,
+            &s.file_env,
             s.cwd.as_deref(),
         );
     }
@@ -101,6 +111,7 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
             format!("program {}", p.name),
             &p.command,
             &p.env,
+            &p.file_env,
             p.cwd.as_deref(),
         );
     }
@@ -253,6 +264,9 @@ fn render_sockets_and_steps(o: &mut String, cfg: &Config) {
         if let Some(id) = &st.identity {
             let _ = writeln!(o, "     {:<12} runs as {}", "", runs_as(id));
         }
+        if let Some(files) = env_files_shown(&st.file_env) {
+            let _ = writeln!(o, "     {:<12} env file {files}", "");
+        }
         let grace = st.stop_grace(&cfg.supervisor);
         let _ = writeln!(
             o,
@@ -266,6 +280,27 @@ fn render_sockets_and_steps(o: &mut String, cfg: &Config) {
             }
         );
     }
+}
+
+/// The env files a program or step reads, in order, with the keys each sets: never a value
+/// (they hold secrets).
+fn env_files_shown(e: &crate::config::FileEnv) -> Option<String> {
+    if e.files.is_empty() {
+        return None;
+    }
+    let each: Vec<String> = e
+        .files
+        .iter()
+        .map(|f| match &f.keys {
+            Some(k) if k.is_empty() => format!("{} (sets nothing)", f.path.display()),
+            Some(k) => format!("{} ({})", f.path.display(), k.join(", ")),
+            None => format!("{} (optional, not there)", f.path.display()),
+        })
+        .collect();
+    Some(format!(
+        "{}; then `env`; values not shown",
+        each.join(", then ")
+    ))
 }
 
 /// `uid 33 gid 33 (www-data), no supplementary groups`
@@ -295,6 +330,9 @@ fn render_program(o: &mut String, p: &crate::config::ProgramCfg) {
         }
     );
     let _ = writeln!(o, "    command  {}", p.command);
+    if let Some(files) = env_files_shown(&p.file_env) {
+        let _ = writeln!(o, "    env file {files}");
+    }
     if p.preload {
         let _ = writeln!(o, "    preload  the command runs once as a preloader (DROVER_PRELOAD_FD) and forks each worker; it must speak drover's preload protocol (drover-uvicorn does)");
     }

@@ -123,6 +123,9 @@ fn an_abandoned_restart_is_recorded_shown_and_ctl_wait_exits_3() {
     // drover status: the line, and exit 3 (ready, but the last roll was abandoned)
     let o = drover(&d, &["status"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    // a container healthcheck: serving is healthy, whatever the last deploy did
+    let hc = drover(&d, &["status", "--quiet", "--ready"]);
+    assert_eq!(hc.status.code(), Some(0), "{}", text(&hc));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         out.contains("roll web")

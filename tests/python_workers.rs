@@ -185,7 +185,8 @@ fn a_code_change_rolls_the_workers_onto_a_new_preloader() {
     assert_eq!(preloader(&st)["state"], "ready");
     let body = http_get(&http, "/").unwrap();
     assert!(body.contains("changed"), "the new code serves: {body}");
-    assert!(d.logged("starting a new preloader; the workers roll onto it"));
+    assert!(d.logged("a new preloader started"));
+    assert!(d.logged("the old one stops and the workers roll onto it"));
     d.stop_ok();
 }
 

@@ -703,3 +703,136 @@ fn an_old_preloader_that_ignores_sigterm_is_killed_at_its_stop_timeout() {
         (!alive(old)).then_some(())
     });
 }
+
+/// The fake preloader's program with a unix status socket (the control API without a token).
+fn fake_program_with_control(modes: &str, env_extra: &str, extra: &str) -> String {
+    fake_program(modes, env_extra, extra).replace(
+        "status = \"127.0.0.1:0\"",
+        "status = \"127.0.0.1:0\"\ncontrol_token_file = \"{dir}/token\"",
+    )
+}
+
+#[test]
+fn a_deploy_after_a_preloader_failed_at_boot_loads_the_new_code() {
+    if !python3() {
+        skip("needs python3 with socket.recv_fds for the fake preloader");
+        return;
+    }
+    // the first preloader cannot load (the database is not up yet); its retry can
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "a-token-of-sixteen-or-more").unwrap();
+    let cfg = fake_program_with_control("fail-load,honest", "", "workers = 2")
+        .replace("workers = 1\n", "")
+        .replace(
+            "{dir}/token",
+            &dir.path().join("token").display().to_string(),
+        );
+    let d = Drover::start(&cfg);
+    let st = d.wait_status("2 ready workers after the retry", T, |v| all_ready(v, 2));
+    let (pre, old) = (
+        st["programs"][0]["preloader"]["pid"].as_i64().unwrap(),
+        Drover::worker_pids(&st, "api"),
+    );
+    // a deploy: new code needs a new preloader, and every worker rolls onto it
+    let o = std::process::Command::new(BIN)
+        .args(["ctl", "--url", &format!("http://{}", d.status_addr())])
+        .args(["--token-file", dir.path().join("token").to_str().unwrap()])
+        .args(["reload", "--wait"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let st = d.status();
+    assert_ne!(
+        st["programs"][0]["preloader"]["pid"].as_i64(),
+        Some(pre),
+        "the deploy forked from the old preloader"
+    );
+    let now = Drover::worker_pids(&st, "api");
+    assert!(now.iter().all(|p| !old.contains(p)), "{old:?} -> {now:?}");
+}
+
+#[test]
+fn a_crashed_worker_is_replaced_while_new_code_loads() {
+    if !python3() {
+        skip("needs python3 with socket.recv_fds for the fake preloader");
+        return;
+    }
+    // from its second start the preloader takes until {dir}/load exists to load the app
+    let cfg = fake_program(
+        "honest",
+        ", FAKE_WAIT_FILE = \"{dir}/load\", FAKE_WAIT_FROM = \"1\"",
+        "watch = [\"{dir}/code.py\"]\nworkers = 2",
+    )
+    .replace("workers = 1\n", "");
+    let d = Drover::start(&cfg);
+    std::fs::write(d.path("code.py"), "0").unwrap();
+    let st = d.wait_status("2 ready", T, |v| all_ready(v, 2));
+    let old = Drover::worker_pids(&st, "api");
+    // new code: a new preloader loads it (slowly); the current one keeps forking
+    std::fs::write(d.path("code.py"), "1").unwrap();
+    wait_until(T, "the new preloader to start loading", || {
+        d.logged("a new preloader started").then_some(())
+    });
+    kill(old[0], libc::SIGKILL);
+    let st = d.wait_status("the crashed worker replaced at once", T, |v| {
+        let w = Drover::worker_pids(v, "api");
+        all_ready(v, 2) && !w.contains(&old[0])
+    });
+    assert!(
+        Drover::worker_pids(&st, "api").contains(&old[1]),
+        "the roll has not begun: the new code is still loading"
+    );
+    // the new code loads: every worker rolls onto it
+    std::fs::write(d.path("load"), "").unwrap();
+    d.wait_status("rolled onto the new preloader", T, |v| {
+        let w = Drover::worker_pids(v, "api");
+        all_ready(v, 2) && v["programs"][0]["rolling"] == false && !w.contains(&old[1])
+    });
+}
+
+#[test]
+fn with_log_inherit_preloaded_workers_write_to_drovers_own_stdout() {
+    if !python3() {
+        skip("needs python3 with socket.recv_fds for the fake preloader");
+        return;
+    }
+    let cfg = fake_program(
+        "honest",
+        "",
+        "log = \"inherit\"\nwatch = [\"{dir}/code.py\"]",
+    );
+    let d = Drover::start(&cfg);
+    std::fs::write(d.path("code.py"), "0").unwrap();
+    let st = d.wait_status("a ready worker", T, |v| all_ready(v, 1));
+    let w = Drover::worker_pids(&st, "api")[0];
+    let target = |pid: i64| std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap();
+    // no pipe of drover's between them: a preloader replaced later cannot break their stdout
+    assert_eq!(
+        target(w),
+        target(d.pid as i64),
+        "the worker's stdout is drover's"
+    );
+}
+
+#[test]
+fn a_program_added_by_a_reload_that_never_starts_does_not_end_drover() {
+    let mut d = Drover::start(&demo_web("1", "", ""));
+    d.wait_status("web ready", T, |v| all_ready(v, 1));
+    let cfg = std::fs::read_to_string(d.path("drover.toml")).unwrap()
+        + "[program.newjob]\ncommand = [\"sh\", \"-c\", \"exit 3\"]\nbackoff = { initial = \"10ms\", max = \"20ms\" }\n";
+    std::fs::write(d.path("drover.toml"), cfg).unwrap();
+    d.signal(libc::SIGHUP);
+    wait_until(T, "newjob's crash loop", || {
+        d.logged("program newjob: all 1 workers are crash-looping")
+            .then_some(())
+    });
+    let st = d.status();
+    assert_eq!(st["state"], "running", "a broken new program ended drover");
+    assert!(all_ready(&st, 1), "web still serves");
+    d.stop_ok();
+}

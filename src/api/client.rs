@@ -293,8 +293,9 @@ pub fn status(url: &str, json: bool) -> Result<Found, ClientError> {
 }
 
 /// `drover status`: 0 ready, 1 running but not ready, 2 unreachable, 3 ready but the last roll
-/// of some program was abandoned (a deploy that did not happen: the old workers serve).
-pub fn status_command(url: &str, json: bool, quiet: bool) -> i32 {
+/// of some program was abandoned (a deploy that did not happen: the old workers serve) — unless
+/// `ready_only` (a container healthcheck: serving is healthy, whatever the last deploy did).
+pub fn status_command(url: &str, json: bool, quiet: bool, ready_only: bool) -> i32 {
     match status(url, json) {
         Ok(Found {
             text,
@@ -307,7 +308,7 @@ pub fn status_command(url: &str, json: bool, quiet: bool) -> i32 {
                     println!();
                 }
             }
-            match (ready, abandoned.is_empty()) {
+            match (ready, abandoned.is_empty() || ready_only) {
                 (false, _) => 1,
                 (true, true) => 0,
                 (true, false) => super::rolls::ROLL_ABANDONED,

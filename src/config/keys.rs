@@ -25,6 +25,7 @@ pub(super) const SUP_KEYS: &[&str] = &[
     "on_all_exited",
     "history",
     "history_interval",
+    "env_file",
 ];
 pub(super) const STEP_KEYS: &[&str] = &[
     "name",
@@ -33,6 +34,7 @@ pub(super) const STEP_KEYS: &[&str] = &[
     "retries",
     "retry_delay",
     "env",
+    "env_file",
     "cwd",
     "stop_signal",
     "stop_timeout",
@@ -49,6 +51,7 @@ pub(super) const PROGRAM_KEYS: &[&str] = &[
     "stop_signal",
     "stop_timeout",
     "env",
+    "env_file",
     "cwd",
     "user",
     "group",

@@ -3,8 +3,9 @@
 //! `tree` turns the document into a spanned tree and reads typed values through a positioned
 //! reader; `sections` and `program` read one table each; `cross` checks what spans sections;
 //! `values` parses durations, sizes, addresses and `${VAR}`; `command` holds a command as it
-//! runs (`${VAR}` expanded) and as it is shown (as written). Parsing does no I/O: user and group
-//! names are resolved by `plan`.
+//! runs (`${VAR}` expanded) and as it is shown (as written); `dotenv` reads the `.env` format and
+//! `env_file` the entries that name such files. Parsing does no I/O: user and group names are
+//! resolved, and env files read, by `plan`.
 //!
 //! serde stops at the first error, so the file is parsed with `toml_edit` (which keeps spans)
 //! into a small tree and walked by hand. Each typed field is read through a `Ctx` that records
@@ -18,6 +19,8 @@ use std::time::Duration;
 mod command;
 mod cross;
 mod depends;
+pub mod dotenv;
+mod env_file;
 mod keys;
 mod paths;
 mod program;
@@ -27,6 +30,7 @@ mod values;
 
 pub use command::CommandSpec;
 pub use depends::start_order;
+pub use env_file::{EnvFile, FileEnv, ReadFile};
 pub use paths::anchor as anchor_paths;
 pub use tree::line_col;
 pub use values::{did_you_mean, expand_env, fmt_size, parse_duration, parse_listen, parse_size};
@@ -194,6 +198,8 @@ pub struct SupervisorCfg {
     pub history: Duration,
     /// how often a history sample is taken
     pub history_interval: Duration,
+    /// read for every program and step, before their own
+    pub env_file: Vec<EnvFile>,
 }
 
 impl Default for SupervisorCfg {
@@ -212,6 +218,7 @@ impl Default for SupervisorCfg {
             on_all_exited: OnAllExited::Exit,
             history: Duration::from_secs(15 * 60),
             history_interval: Duration::from_secs(10),
+            env_file: Vec::new(),
         }
     }
 }
@@ -233,6 +240,10 @@ pub struct StepCfg {
     pub retries: u32,
     pub retry_delay: Duration,
     pub env: Vec<(String, String)>,
+    /// its own env files (after the supervisor's)
+    pub env_file: Vec<EnvFile>,
+    /// what the supervisor's and its own env files set, read by `plan` (under `env`)
+    pub file_env: FileEnv,
     pub cwd: Option<PathBuf>,
     /// sent to the step's process group when drover is told to stop while it runs
     pub stop_signal: nix::sys::signal::Signal,
@@ -363,6 +374,10 @@ pub struct ProgramCfg {
     pub stop_signal: nix::sys::signal::Signal,
     pub stop_timeout: Duration,
     pub env: Vec<(String, String)>,
+    /// its own env files (after the supervisor's)
+    pub env_file: Vec<EnvFile>,
+    /// what the supervisor's and its own env files set, read by `plan` (under `env`)
+    pub file_env: FileEnv,
     pub cwd: Option<PathBuf>,
     pub log: LogMode,
     pub min_ready: u32,

@@ -2,9 +2,9 @@
 //! read, so `check`, `run` and a reload all see the same absolute paths:
 //!
 //! - a relative `cwd` (program or step), `watch` path, unix socket path (`[socket.*] listen`,
-//!   `supervisor.status`), `control_token_file`, `tls_cert` or `tls_key` is relative to the
-//!   directory of the configuration file (in one-line mode, which has no file: the current
-//!   directory), wherever drover is started from;
+//!   `supervisor.status`), `control_token_file`, `tls_cert`, `tls_key` or `env_file` entry is
+//!   relative to the directory of the configuration file (in one-line mode, which has no file:
+//!   the current directory), wherever drover is started from;
 //! - a relative command containing a `/` is relative to the worker's `cwd`, as a shell would see
 //!   it after `cd` (`spawn::resolve` joins the two; with no `cwd`, drover's own directory).
 //!
@@ -27,6 +27,9 @@ pub fn anchor(cfg: &mut Config, base: &Path) {
     {
         at(p);
     }
+    for f in &mut s.env_file {
+        at(&mut f.path);
+    }
     for k in &mut cfg.sockets {
         if let ListenAddr::Unix(p) = &mut k.listen {
             at(p);
@@ -36,6 +39,9 @@ pub fn anchor(cfg: &mut Config, base: &Path) {
         if let Some(c) = &mut st.cwd {
             at(c);
         }
+        for f in &mut st.env_file {
+            at(&mut f.path);
+        }
     }
     for p in &mut cfg.programs {
         if let Some(c) = &mut p.cwd {
@@ -43,6 +49,9 @@ pub fn anchor(cfg: &mut Config, base: &Path) {
         }
         for w in &mut p.watch {
             at(w);
+        }
+        for f in &mut p.env_file {
+            at(&mut f.path);
         }
     }
 }

@@ -70,6 +70,7 @@ pub(super) fn read_supervisor(cx: &mut Ctx, n: &Node, s: &mut SupervisorCfg) {
                     s.drain_delay = d
                 }
             }
+            "env_file" => s.env_file = env_file::read(cx, "supervisor.env_file", v),
             "history" => s.history = cx.duration("supervisor.history", v).unwrap_or(s.history),
             "history_interval" => {
                 let w = "supervisor.history_interval";
@@ -210,6 +211,8 @@ pub(super) fn read_step(cx: &mut Ctx, i: usize, n: &Node) -> Option<StepCfg> {
         retries: 0,
         retry_delay: Duration::from_secs(1),
         env: vec![],
+        env_file: vec![],
+        file_env: FileEnv::default(),
         cwd: None,
         stop_signal: nix::sys::signal::Signal::SIGTERM,
         stop_timeout: None,
@@ -244,6 +247,7 @@ pub(super) fn read_step(cx: &mut Ctx, i: usize, n: &Node) -> Option<StepCfg> {
                 }
             }
             "env" => step.env = cx.env_table(&w, v),
+            "env_file" => step.env_file = env_file::read(cx, &w, v),
             "cwd" => step.cwd = cx.string(&w, v).map(PathBuf::from),
             "stop_signal" => {
                 step.stop_signal = program::stop_signal(cx, &w, v).unwrap_or(step.stop_signal)

@@ -43,14 +43,46 @@ pub fn did_you_mean<'a>(word: &str, options: &[&'a str]) -> Option<&'a str> {
 /// `${VAR}`, `${VAR:-default}`; `$${` is a literal `${`. Any other `$` is left alone, so shell
 /// commands keep their `$1`, `$$` and `$HOME`.
 pub fn expand_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
-    scan(s, &mut |name, default| match (env(name), default) {
-        (Some(v), _) if !(v.is_empty() && default.is_some()) => Ok(v),
-        (_, Some(d)) => Ok(d.to_string()),
-        (Some(v), None) => Ok(v),
-        (None, None) => Err(format!(
-            "environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
-        )),
+    scan(s, &mut |name, default| {
+        resolve(env, name, default).ok_or_else(|| unset(name))
     })
+}
+
+/// `expand_env` for text that may be a secret (an env file's value): an error names the
+/// variable at most, never quotes the text.
+pub(super) fn expand_quiet(
+    s: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let mut missing = None;
+    scan(s, &mut |name, default| {
+        resolve(env, name, default).ok_or_else(|| {
+            missing = Some(name.to_string());
+            String::new()
+        })
+    })
+    .map_err(|_| match missing {
+        Some(name) => unset(&name),
+        None => "a `${` that does not start a `${NAME}` reference (a name is letters, digits and `_`; write `$${` for a literal `${`)".into(),
+    })
+}
+
+/// A `${NAME}` or `${NAME:-default}`: empty counts as unset when there is a default, as in a
+/// shell. `None`: unset, no default.
+fn resolve(
+    env: &dyn Fn(&str) -> Option<String>,
+    name: &str,
+    default: Option<&str>,
+) -> Option<String> {
+    match (env(name), default) {
+        (Some(v), _) if !(v.is_empty() && default.is_some()) => Some(v),
+        (_, Some(d)) => Some(d.to_string()),
+        (v, None) => v,
+    }
+}
+
+fn unset(name: &str) -> String {
+    format!("environment variable {name} is not set (write ${{{name}:-default}} to give a default)")
 }
 
 /// `s` as a human is shown it: every `${VAR}` kept as written (its value may be a secret, a DSN

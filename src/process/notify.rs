@@ -220,7 +220,12 @@ impl NotifySocket {
                         full = false;
                         break;
                     }
-                    Err(_) => return,
+                    // one bad datagram must not end the reader: drop it, count it, go on (the
+                    // pause below keeps a persistent error from spinning)
+                    Err(_) => {
+                        DROPPED.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
                 };
             }
             drop(ready);
@@ -242,7 +247,9 @@ impl Drop for NotifySocket {
 fn receive(fd: &OwnedFd) -> std::io::Result<Option<(i32, u32, String)>> {
     let mut buf = [0u8; 4096];
     let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials, [std::os::fd::RawFd; 4]);
+    // room for the most fds one message can carry (SCM_MAX_FD), so none is left for the kernel
+    // to close in this thread, and the control data is never truncated
+    let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials, [std::os::fd::RawFd; 253]);
     let msg = recvmsg::<()>(
         fd.as_raw_fd(),
         &mut iov,
@@ -251,7 +258,11 @@ fn receive(fd: &OwnedFd) -> std::io::Result<Option<(i32, u32, String)>> {
     )
     .map_err(std::io::Error::from)?;
     let mut pid = None;
-    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+    let Ok(cmsgs) = msg.cmsgs() else {
+        // control data drover cannot read: not a message it can place (dropped, counted)
+        return Ok(None);
+    };
+    for c in cmsgs {
         match c {
             ControlMessageOwned::ScmCredentials(cred) => pid = Some((cred.pid(), cred.uid())),
             // sd_notify may pass fds (FDSTORE=1); drover keeps none, and closes them off the
@@ -322,6 +333,57 @@ mod tests {
         assert!(inbox.take().is_empty());
         inbox.forget(me);
         assert_eq!(inbox.offer(me, uid, "READY=1"), Offered::Dropped);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_datagram_with_many_fds_does_not_end_the_reader() {
+        // as on a kernel without SO_PASSRIGHTS: fds reach the socket
+        let dir = tempfile::tempdir().unwrap();
+        let me = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        let s = NotifySocket::bind(dir.path(), "notify-fds", me).unwrap();
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt on the socket this test owns, a pointer to a local int and its size.
+        unsafe {
+            libc::setsockopt(
+                s.fd.get_ref().as_raw_fd(),
+                libc::SOL_SOCKET,
+                83,
+                &on as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        let path = s.path.clone();
+        let inbox = Arc::new(Inbox::default());
+        let pid = std::process::id() as i32;
+        inbox.allow(pid, nix::unistd::getuid().as_raw());
+        let c = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let pipes: Vec<_> = (0..10).map(|_| nix::unistd::pipe().unwrap()).collect();
+        let fds: Vec<std::os::fd::RawFd> = pipes.iter().map(|(r, _)| r.as_raw_fd()).collect();
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        let iov = [std::io::IoSlice::new(b"STATUS=fds")];
+        let to = UnixAddr::new(&path).unwrap();
+        let _ = nix::sys::socket::sendmsg(c.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), Some(&to));
+        c.send_to(b"READY=1", &path).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(s.serve(inbox.clone(), move || tx.send(()).is_ok()));
+        rx.recv().await.unwrap();
+        let mut got = Message::default();
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !got.ready {
+            if let Some(m) = inbox.take().remove(&pid) {
+                got.merge(m);
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "READY=1 after it never read"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(!task.is_finished(), "the reader goes on");
+        task.abort();
     }
 
     #[tokio::test(flavor = "current_thread")]

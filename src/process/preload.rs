@@ -146,7 +146,8 @@ impl Channel {
 fn receive(fd: &OwnedFd) -> std::io::Result<Said> {
     let mut buf = [0u8; 4096];
     let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials, [RawFd; 4]);
+    // room for the most fds one message can carry (SCM_MAX_FD): never truncated control data
+    let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials, [RawFd; 253]);
     let msg = match recvmsg::<()>(
         fd.as_raw_fd(),
         &mut iov,
@@ -162,7 +163,12 @@ fn receive(fd: &OwnedFd) -> std::io::Result<Said> {
         Err(e) => return Err(e.into()),
     };
     let mut sender = None;
-    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+    let Ok(cmsgs) = msg.cmsgs() else {
+        return Ok(Said::Unknown(
+            "a message with control data drover cannot read".into(),
+        ));
+    };
+    for c in cmsgs {
         match c {
             ControlMessageOwned::ScmCredentials(cred) => sender = Some(cred.pid()),
             // nothing is expected from the preloader but text: what it passed anyway (a kernel

@@ -117,7 +117,7 @@ impl Supervisor {
                         ),
                         None => (String::new(), String::new()),
                     };
-                    if !p.ever_ready && explicit != Some(OnExhausted::Stay) {
+                    if !p.ever_ready && !p.added_by_reload && explicit != Some(OnExhausted::Stay) {
                         let code = code.unwrap_or(EXIT_RUNTIME);
                         error!(program = %name, "{head}, and none of its workers has ever been ready: the app cannot start, a deployment error; shutting down with exit code {code} (its own; on_exhausted = \"stay\" keeps drover up and retrying){never}");
                         exit = exit.or(Some(code));

@@ -17,8 +17,14 @@
 //! Until the preloader has said "ready", the program's slots wait (`Slot::postpone`), without
 //! counting failures. A preloader that fails to load, or dies, is logged with the reason and
 //! restarted after the program's backoff (one that had run `backoff.reset_after` is restarted
-//! at once); the workers roll onto the new one. So do reloads, restarts and watched files (new
-//! code needs a new preloader), while memory and lifetime recycling fork from the current one.
+//! at once); the workers roll onto the new one.
+//!
+//! New code (a reload, a restart, a watched file) needs a new preloader: it loads as `next`
+//! while `current` keeps forking the old code (a crashed worker is still replaced at once), and
+//! only once it is ready does it become `current`, the old one is asked to stop, and the workers
+//! roll onto it. A `next` that fails to load abandons that roll: the old workers and the old
+//! preloader keep serving, as any failed deploy leaves them. Memory and lifetime recycling fork
+//! from the current one.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -53,8 +59,6 @@ pub(super) struct Preloader {
     pub ready: Option<Instant>,
     /// it exited while loading: how, and when (its last words are still read)
     exited: Option<(ExitStatus, Instant)>,
-    /// started for a roll: the roll begins once it is ready
-    pub then_roll: Option<StopReason>,
     /// fork requests not answered yet, oldest first (the preloader answers in order)
     pending: VecDeque<Pending>,
     /// the task reading its output
@@ -109,6 +113,8 @@ pub(super) enum Cause {
 #[derive(Default)]
 pub(super) struct PreloadState {
     pub current: Option<Preloader>,
+    /// loading new code for a roll while `current` keeps forking; current once it is ready
+    pub next: Option<Preloader>,
     /// consecutive failures
     pub failures: u32,
     /// start the next preloader then (after a failure)
@@ -126,11 +132,13 @@ impl Supervisor {
     pub(super) fn prepare_program(&mut self, pi: usize, now: Instant) {
         self.prepare_metrics_dir(pi);
         if self.programs[pi].cfg.preload && self.programs[pi].preload.current.is_none() {
-            self.start_preloader(pi, None, now);
+            self.start_preloader(pi, now);
         }
     }
 
-    fn start_preloader(&mut self, pi: usize, then_roll: Option<StopReason>, now: Instant) {
+    /// Start a preloader: the program's `current` one when it has none, else its `next` (new
+    /// code for a roll, replacing a `next` still loading older code).
+    fn start_preloader(&mut self, pi: usize, now: Instant) {
         let name = self.programs[pi].cfg.name.clone();
         let label = format!("{name}.preload");
         let (ch, theirs) = match preload::pair() {
@@ -140,7 +148,12 @@ impl Supervisor {
                 return self.preload_failed(pi, f, now);
             }
         };
-        let pipe = spawn::pipe().ok();
+        // log = "inherit": the preloader, and the workers it forks (which keep its stdout), write
+        // to drover's own; no pipe of drover's sits between them to outlive
+        let pipe = match self.programs[pi].cfg.log {
+            crate::config::LogMode::Capture => spawn::pipe().ok(),
+            crate::config::LogMode::Inherit => None,
+        };
         let out = pipe
             .as_ref()
             .map(|(_, w)| std::os::fd::AsRawFd::as_raw_fd(w));
@@ -187,8 +200,7 @@ impl Supervisor {
             self.programs[pi].id,
             pid,
         ));
-        info!(program = %name, pid, "program {name}: preloader started (pid {pid}); its workers are forked from it once it has loaded the app");
-        self.programs[pi].preload.current = Some(Preloader {
+        let l = Preloader {
             pid,
             ch,
             reader,
@@ -196,11 +208,82 @@ impl Supervisor {
             since: now,
             ready: None,
             exited: None,
-            then_roll,
             pending: VecDeque::new(),
             pump,
             cgroup,
-        });
+        };
+        if self.programs[pi].preload.current.is_none() {
+            info!(program = %name, pid, "program {name}: preloader started (pid {pid}); its workers are forked from it once it has loaded the app");
+            self.programs[pi].preload.current = Some(l);
+        } else {
+            info!(program = %name, pid, "program {name}: a new preloader started (pid {pid}) for new code; the current one keeps forking until it has loaded the app, then the workers roll onto it");
+            self.drop_next(pi, now);
+            self.programs[pi].preload.next = Some(l);
+        }
+    }
+
+    /// Which of the program's preloaders is `pid`.
+    fn role(&self, pi: usize, pid: i32) -> Option<Role> {
+        let p = &self.programs[pi].preload;
+        if p.current.as_ref().is_some_and(|l| l.pid == pid) {
+            Some(Role::Current)
+        } else if p.next.as_ref().is_some_and(|l| l.pid == pid) {
+            Some(Role::Next)
+        } else {
+            None
+        }
+    }
+
+    /// Kill the `next` preloader (it serves nothing yet) and what it left.
+    fn drop_next(&mut self, pi: usize, _now: Instant) {
+        let Some(mut l) = self.programs[pi].preload.next.take() else {
+            return;
+        };
+        Self::retire_pump(l.pump.take());
+        self.children.signal_group(l.pid, Signal::SIGKILL);
+        if let Some(cg) = l.cgroup.take() {
+            cg.kill_all();
+            self.cgroup_gc.push(cg);
+        }
+    }
+
+    /// The `next` preloader failed to load the new code: the roll it was for is abandoned, and
+    /// the old preloader and workers keep serving (no retry: the deploy failed, as a roll whose
+    /// replacement never gets ready does).
+    fn next_failed(&mut self, pi: usize, why: Failure, now: Instant) {
+        self.drop_next(pi, now);
+        let p = &mut self.programs[pi];
+        let name = p.cfg.name.clone();
+        let said = why
+            .detail
+            .as_ref()
+            .map(|d| format!(" (it said: {d})"))
+            .unwrap_or_default();
+        let hint = if why.cause == Cause::Protocol {
+            " (preload = true needs a command that speaks drover's preload protocol, docs/worker-protocol.md: drover-uvicorn does)"
+        } else {
+            ""
+        };
+        let keeps = if p.preload.current.is_some() {
+            "the current preloader and the workers keep serving the old code"
+        } else {
+            "the workers keep serving"
+        };
+        error!(program = %name, "program {name}: the new preloader failed: {}{said}; {keeps}{hint}", why.summary);
+        let abandoned = End::Abandoned {
+            worker: None,
+            why: format!("the new preloader failed: {}", why.summary),
+        };
+        p.preload.error = Some(why);
+        if p.preload.current.is_none() && p.preload.retry_at.is_none() {
+            // nothing loaded at all: something must, after the backoff
+            let jitter = self.jitter();
+            let p = &mut self.programs[pi];
+            p.preload.failures += 1;
+            p.preload.retry_at =
+                Some(now + backoff_delay(&p.cfg.backoff, p.preload.failures, jitter));
+        }
+        self.end_deferred_roll(pi, abandoned, now);
     }
 
     /// Take the program's preloader away (killed with `sig`); slots waiting for one of its forks
@@ -265,6 +348,11 @@ impl Supervisor {
         p.preload.retry_at = Some(now + delay);
         // a roll that waited for this preloader will not happen
         self.end_deferred_roll(pi, abandoned, now);
+        // workers forked from a preloader that is gone roll onto the one that loads next
+        let p = &mut self.programs[pi];
+        if p.preload.next.is_none() && p.workers.iter().any(|w| w.slot.pid().is_some()) {
+            p.roll_deferred = Some((StopReason::Restart, now));
+        }
     }
 
     /// The nearest thing the preloaders need: a loading timeout, a fork deadline, a retry.
@@ -281,7 +369,13 @@ impl Supervisor {
                     Some(l) => l.pending.front().map(|f| f.deadline),
                     None => p.preload.retry_at,
                 };
+                let next = p.preload.next.as_ref().map(|l| {
+                    let timeout = l.since + p.cfg.readiness.timeout;
+                    l.exited
+                        .map_or(timeout, |(_, at)| (at + LAST_WORDS).min(timeout))
+                });
                 own.into_iter()
+                    .chain(next)
                     .chain(p.preload.retiring.iter().map(|(_, at, _)| *at))
             })
             .min()
@@ -313,13 +407,39 @@ impl Supervisor {
             let p = &mut self.programs[pi];
             if !p.cfg.preload || p.removing {
                 self.drop_preloader(pi, Signal::SIGKILL, now);
+                self.drop_next(pi, now);
                 continue;
             }
             let timeout = p.cfg.readiness.timeout;
+            // one that has served reset_after is forgiven its earlier failures
+            if p.preload.failures > 0
+                && p.preload.current.as_ref().is_some_and(|l| {
+                    l.ready
+                        .is_some_and(|r| now.duration_since(r) >= p.cfg.backoff.reset_after)
+                })
+            {
+                p.preload.failures = 0;
+            }
+            if let Some(l) = &p.preload.next {
+                if let Some((status, at)) = l.exited.filter(|(_, at)| now >= *at + LAST_WORDS) {
+                    let _ = at;
+                    let f = protocol_words(format!(
+                        "it (pid {}) exited with {status} before saying ready",
+                        l.pid
+                    ));
+                    self.next_failed(pi, f, now);
+                } else if now.duration_since(l.since) >= timeout {
+                    let f = protocol_words(format!("it did not say ready on DROVER_PRELOAD_FD within {timeout:?} (readiness.timeout)"));
+                    self.next_failed(pi, f, now);
+                }
+            }
+            let p = &mut self.programs[pi];
             match &p.preload.current {
-                None if p.preload.retry_at.is_some_and(|t| now >= t) => {
+                None if p.preload.next.is_none()
+                    && p.preload.retry_at.is_some_and(|t| now >= t) =>
+                {
                     p.preload.retry_at = None;
-                    self.start_preloader(pi, Some(StopReason::Restart), now);
+                    self.start_preloader(pi, now);
                 }
                 Some(l) if l.exited.is_some_and(|(_, at)| now >= at + LAST_WORDS) => {
                     let (status, _) = l.exited.expect("checked");
@@ -347,13 +467,18 @@ impl Supervisor {
     /// A message from program `prog`'s preloader `pid` (or from a worker it forked).
     pub(super) fn on_preloader_said(&mut self, prog: u64, pid: i32, said: Said, now: Instant) {
         let Some(pi) = self.pidx(prog) else { return };
-        let current = self.programs[pi].preload.current.as_ref();
-        let Some(l) = current.filter(|l| l.pid == pid) else {
-            return; // a preloader replaced since
-        };
-        if self.run != RunState::Running {
+        // while draining, workers are still started (a worker's answer must get its `go`)
+        if !matches!(self.run, RunState::Running | RunState::Draining { .. }) {
             return;
         }
+        match self.role(pi, pid) {
+            Some(Role::Current) => {}
+            Some(Role::Next) => return self.on_next_said(pi, pid, said, now),
+            None => return, // a preloader replaced since
+        }
+        let Some(l) = self.programs[pi].preload.current.as_ref() else {
+            return;
+        };
         let loading = l.ready.is_none();
         match said {
             Said::Ready if loading => match l.exited {
@@ -406,6 +531,77 @@ impl Supervisor {
         }
     }
 
+    /// A message from the `next` preloader, loading new code: only its loading can be spoken of.
+    fn on_next_said(&mut self, pi: usize, pid: i32, said: Said, now: Instant) {
+        let Some(l) = self.programs[pi].preload.next.as_ref() else {
+            return;
+        };
+        match said {
+            Said::Ready => match l.exited {
+                Some((status, _)) => {
+                    let f = drover_words(format!(
+                        "it (pid {pid}) said ready and exited with {status}"
+                    ));
+                    self.next_failed(pi, f, now)
+                }
+                None => self.promote_next(pi, now),
+            },
+            Said::Error(text) => {
+                self.next_failed(pi, app_words("it could not load the app", text), now)
+            }
+            Said::Closed => {
+                let f = protocol_words(match l.exited {
+                    Some((status, _)) => {
+                        format!("it (pid {pid}) exited with {status} before saying ready")
+                    }
+                    None => "it closed DROVER_PRELOAD_FD without saying ready".into(),
+                });
+                self.next_failed(pi, f, now)
+            }
+            other => {
+                let f = protocol_words(format!(
+                    "it broke the preload protocol ({} while loading)",
+                    describe(&other)
+                ));
+                self.next_failed(pi, f, now)
+            }
+        }
+    }
+
+    /// The `next` preloader has loaded the new code: it becomes current, the old one is asked to
+    /// stop, and the roll that waited for it begins.
+    fn promote_next(&mut self, pi: usize, now: Instant) {
+        let Some(mut l) = self.programs[pi].preload.next.take() else {
+            return;
+        };
+        l.ready = Some(now);
+        let name = self.programs[pi].cfg.name.clone();
+        let took = now.duration_since(l.since).as_secs_f64();
+        info!(program = %name, pid = l.pid, "program {name}: the new preloader (pid {}) loaded the app in {took:.2}s; the old one stops and the workers roll onto it", l.pid);
+        // forks asked of the old one are asked again of the new one
+        self.drop_preloader(pi, Signal::SIGTERM, now);
+        let p = &mut self.programs[pi];
+        p.preload.current = Some(l);
+        p.preload.error = None;
+        self.spawn_waiting(pi, now);
+        if let Some((reason, _)) = self.programs[pi].roll_deferred {
+            self.begin_roll(pi, reason, now);
+        }
+    }
+
+    /// Slots that waited for a ready preloader are forked now.
+    fn spawn_waiting(&mut self, pi: usize, now: Instant) {
+        let waiting: Vec<u64> = self.programs[pi]
+            .workers
+            .iter()
+            .filter(|w| w.awaiting_preloader)
+            .map(|w| w.id())
+            .collect();
+        for id in waiting {
+            self.spawn_worker(pi, id, now);
+        }
+    }
+
     fn preloader_ready(&mut self, pi: usize, now: Instant) {
         let p = &mut self.programs[pi];
         let name = p.cfg.name.clone();
@@ -416,7 +612,7 @@ impl Supervisor {
         let took = now.duration_since(l.since).as_secs_f64();
         info!(program = %name, pid = l.pid, "program {name}: preloader (pid {}) loaded the app in {took:.2}s", l.pid);
         p.preload.error = None;
-        let roll = l.then_roll;
+        let roll = p.roll_deferred.map(|(reason, _)| reason);
         let waiting: Vec<u64> = p
             .workers
             .iter()
@@ -432,7 +628,8 @@ impl Supervisor {
                 .iter()
                 .any(|w| !w.awaiting_preloader && w.slot.pid().is_some())
             {
-                self.start_roll(pi, reason, now);
+                // this preloader has the new code: the roll needs no other
+                self.begin_roll(pi, reason, now);
             } else {
                 // a roll was asked for, but no worker ran from the old code: nothing to replace
                 self.end_deferred_roll(pi, End::Done, now);
@@ -452,15 +649,21 @@ impl Supervisor {
         if !p.cfg.preload || !matches!(reason, StopReason::Reload | StopReason::Restart) {
             return false;
         }
-        if let Some(l) = &mut p.preload.current {
-            if l.then_roll.take().is_some() && l.ready.is_some() {
-                return false; // this preloader was started for this roll
+        match &p.preload.current {
+            // none loaded (it failed, and waits for its retry): retry now, with the new code
+            None => {
+                if p.preload.next.is_none() {
+                    p.preload.retry_at = Some(now);
+                }
             }
+            // one still loading may have read the old code: start again
+            Some(l) if l.ready.is_none() => {
+                self.drop_preloader(pi, Signal::SIGKILL, now);
+                self.start_preloader(pi, now);
+            }
+            // a `next` loads the new code while this one keeps forking
+            Some(_) => self.start_preloader(pi, now),
         }
-        let name = p.cfg.name.clone();
-        self.drop_preloader(pi, Signal::SIGTERM, now);
-        info!(program = %name, "program {name}: starting a new preloader; the workers roll onto it once it has loaded the app");
-        self.start_preloader(pi, Some(reason), now);
         true
     }
 
@@ -530,6 +733,13 @@ impl Supervisor {
         let verified = claim::verify(claimed, sender.unwrap_or(0), held, &expected);
         let fd = match verified {
             Ok(fd) => fd,
+            // the worker died before drover read its claim (OOM-killed while it waited for
+            // `go`, say): a failed fork of that slot, not a lie
+            Err(claim::Refused::Exited(_) | claim::Refused::NoProcess(_)) => {
+                ch.abort(claimed);
+                let why = format!("worker pid {claimed} was gone before it could be placed");
+                return self.fork_failed_for(pi, f.slot, f.index, why, now);
+            }
             Err(refused) => {
                 error!(program = %name, "program {name}: the preloader's answer for worker {name}.{} is refused: {refused}; drover does not act on that pid. The preloader is killed and retried", f.index);
                 ch.abort(claimed);
@@ -569,22 +779,26 @@ impl Supervisor {
 
     /// The preloader could not fork the oldest request: that slot backs off, counted.
     fn on_fork_error(&mut self, pi: usize, text: String, now: Instant) {
-        let jitter = self.jitter();
-        let p = &mut self.programs[pi];
-        let l = p.preload.current.as_mut().expect("checked");
+        let l = self.programs[pi].preload.current.as_mut().expect("checked");
         let f = l.pending.pop_front().expect("checked");
-        let (name, sc) = (p.cfg.name.clone(), p.slot_cfg);
+        let why = format!("the preloader could not fork it: {text}");
+        self.fork_failed_for(pi, f.slot, f.index, why, now);
+    }
+
+    /// A fork for slot `slot` came to nothing: it backs off, counted, as a failed spawn does.
+    fn fork_failed_for(&mut self, pi: usize, slot: u64, index: u32, why: String, now: Instant) {
+        let jitter = self.jitter();
+        let (name, sc) = (
+            self.programs[pi].cfg.name.clone(),
+            self.programs[pi].slot_cfg,
+        );
         self.metrics.restart(&name, "spawn");
-        if let Some(w) = self.programs[pi].worker_mut(f.slot) {
+        if let Some(w) = self.programs[pi].worker_mut(slot) {
             w.forking = None;
-            w.slot.spawn_failed(
-                format!("the preloader could not fork: {text}"),
-                now,
-                &sc.backoff,
-                jitter,
-            );
+            w.awaiting_preloader = false;
+            w.slot.spawn_failed(why.clone(), now, &sc.backoff, jitter);
             let delay = w.slot.last_delay();
-            error!(program = %name, worker = f.index, "worker {name}.{}: the preloader could not fork it: {text} (retrying in {delay:.1?})", f.index);
+            error!(program = %name, worker = index, "worker {name}.{index}: {why} (retrying in {delay:.1?})");
         }
     }
 
@@ -597,11 +811,9 @@ impl Supervisor {
         }
     }
 
-    /// The program whose current preloader is `pid`.
+    /// The program whose current or next preloader is `pid`.
     pub(super) fn preloader_of(&self, pid: i32) -> Option<usize> {
-        self.programs
-            .iter()
-            .position(|p| p.preload.current.as_ref().is_some_and(|l| l.pid == pid))
+        (0..self.programs.len()).find(|&pi| self.role(pi, pid).is_some())
     }
 
     /// Program `pi`'s preloader `pid` exited: a new one takes its place, after the backoff
@@ -615,6 +827,15 @@ impl Supervisor {
     ) {
         if self.run != RunState::Running {
             self.programs[pi].preload.current = None;
+            self.programs[pi].preload.next = None;
+            return;
+        }
+        if self.role(pi, pid) == Some(Role::Next) {
+            // its last words (an `error` before it exited) are still read; `check_preloaders`
+            // gives up after LAST_WORDS
+            if let Some(l) = self.programs[pi].preload.next.as_mut() {
+                l.exited = Some((status, now));
+            }
             return;
         }
         let name = self.programs[pi].cfg.name.clone();
@@ -632,7 +853,7 @@ impl Supervisor {
             self.programs[pi].preload.failures = 0;
             warn!(program = %name, "program {name}: its preloader (pid {pid}) exited with {status}; starting a new one, the workers keep serving and roll onto it");
             self.drop_preloader(pi, Signal::SIGKILL, now);
-            self.start_preloader(pi, Some(StopReason::Restart), now);
+            self.restart_after_loss(pi, now);
         } else {
             let f = drover_words(format!(
                 "it (pid {pid}) exited with {status} {:.1?} after loading (less than backoff.reset_after {reset_after:?}); the workers keep serving",
@@ -642,12 +863,40 @@ impl Supervisor {
         }
     }
 
-    /// At shutdown: preloaders serve nothing, so they go at once.
+    /// The current preloader is lost (it died): start another, and roll the workers onto it
+    /// once it has loaded — they run code from a preloader that is gone. A `next` already
+    /// loading new code takes its place instead.
+    fn restart_after_loss(&mut self, pi: usize, now: Instant) {
+        let p = &mut self.programs[pi];
+        if p.preload.next.is_none() {
+            if p.roll_deferred.is_none() {
+                p.roll_deferred = Some((StopReason::Restart, now));
+            }
+            self.start_preloader(pi, now);
+        }
+    }
+
+    /// At shutdown: preloaders serve nothing, so they go at once (old ones asked to stop too).
     pub(super) fn kill_preloaders(&mut self, now: Instant) {
         for pi in 0..self.programs.len() {
             self.drop_preloader(pi, Signal::SIGKILL, now);
+            self.drop_next(pi, now);
+            for (pid, _, cg) in std::mem::take(&mut self.programs[pi].preload.retiring) {
+                self.children.signal_group(pid, Signal::SIGKILL);
+                if let Some(cg) = cg {
+                    cg.kill_all();
+                    self.cgroup_gc.push(cg);
+                }
+            }
         }
     }
+}
+
+/// Which of a program's preloaders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Current,
+    Next,
 }
 
 /// Read a preloader's socket, one expected message at a time, into the loop's events.

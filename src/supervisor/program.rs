@@ -40,6 +40,9 @@ pub(super) struct Program {
     pub last_roll: Option<crate::api::snapshot::LastRoll>,
     /// some worker of it has been ready once: a crash loop after that is not a failed deployment
     pub ever_ready: bool,
+    /// added by a reload while drover ran: its never starting is its own trouble, not a
+    /// deployment that cannot start (other programs are serving)
+    pub added_by_reload: bool,
     /// being removed by a reload: dropped once its workers are gone
     pub removing: bool,
     /// waiting for its dependencies, started, or never to start (`depends.rs`)
@@ -167,6 +170,7 @@ impl Program {
             roll_deferred: None,
             last_roll: None,
             ever_ready: false,
+            added_by_reload: false,
             removing: false,
             stage: Stage::fresh(),
             ran: false,
@@ -186,7 +190,8 @@ impl Program {
         self.derive(bound);
     }
 
-    /// What follows from the configuration: environment, socket fds, probe target.
+    /// What follows from the configuration: environment (drover's, the user's `USER`/`HOME`,
+    /// the env files, then `env`: a later one wins), socket fds, probe target.
     fn derive(&mut self, bound: &[Bound]) {
         let p = &self.cfg;
         let mut env = super::base_env();
@@ -195,6 +200,9 @@ impl Program {
             env.push((k.into(), v.into()));
         };
         for (k, v) in p.identity.iter().flat_map(|id| id.env()) {
+            set(k, v);
+        }
+        for (k, v) in &p.file_env.vars {
             set(k, v);
         }
         for (k, v) in &p.env {

@@ -259,12 +259,16 @@ impl Supervisor {
                 // it starts below, through the dependency gate, as at start-up
                 self.programs
                     .push(Program::new(id, np.clone(), &self.sockets));
+                let pi = self.programs.len() - 1;
+                self.programs[pi].added_by_reload = true;
                 changes.push(format!("{name} added ({} workers)", np.workers));
                 continue;
             }
             let pi = self.find(name).map_err(|e| e.to_string())?;
             if d.changed.contains(name) {
                 self.programs[pi].reconfigure(np.clone(), &self.sockets);
+                // a changed prometheus_multiproc_dir is opened (and emptied) before the roll
+                self.prepare_metrics_dir(pi);
                 self.schedule_health(pi, now);
                 if let Some((_, from, to)) = d.scaled.iter().find(|(n, ..)| n == name) {
                     self.scale(pi, *to, now, StopReason::Reload);

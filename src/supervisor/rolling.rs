@@ -112,6 +112,12 @@ impl Roll {
                 Some(PhaseKind::Starting | PhaseKind::Idle | PhaseKind::Waiting) => {
                     return Step::Wait
                 }
+                // the replacement and its old worker are going together (the program was
+                // scaled down past this index): nothing to replace there, the roll goes on
+                _ if matches!(seen(old).map(|o| o.phase), None | Some(PhaseKind::Stopping)) => {
+                    self.current = None;
+                    self.of = self.of.saturating_sub(1);
+                }
                 other => {
                     self.pending.clear();
                     self.current = None;
@@ -153,6 +159,11 @@ impl Supervisor {
             p.roll_deferred = Some((reason, since));
             return;
         }
+        self.begin_roll(pi, reason, now);
+    }
+
+    /// The roll itself, its code in place (a preloaded program's new preloader is ready).
+    pub(super) fn begin_roll(&mut self, pi: usize, reason: StopReason, now: Instant) {
         let p = &mut self.programs[pi];
         let asked = p.roll_deferred.take().map_or(now, |(_, t)| t);
         let mut olds: Vec<(u32, u64)> = p
@@ -362,6 +373,22 @@ mod tests {
         assert_eq!(r.next(seen(&w)), Step::RestartInPlace { old: 3 });
         assert_eq!(r.next(seen(&w)), Step::RestartInPlace { old: 4 });
         assert_eq!(r.next(seen(&w)), Step::Done);
+    }
+
+    #[test]
+    fn a_replacement_scaled_away_with_its_old_worker_is_not_a_failed_roll() {
+        let mut w: HashMap<u64, PhaseKind> = [(1, Running), (2, Running)].into();
+        let mut r = Roll::new(StopReason::Reload, Instant::now(), VecDeque::from([1, 2]));
+        assert_eq!(r.next(seen(&w)), Step::Replace { old: 1 });
+        r.replacing(1, 11);
+        // scaled down past index 1's position: both go (here: the replacement removed, the old
+        // one stopping)
+        w.insert(1, Stopping);
+        assert_eq!(
+            r.next(seen(&w)),
+            Step::Replace { old: 2 },
+            "the roll goes on"
+        );
     }
 
     #[test]

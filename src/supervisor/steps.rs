@@ -227,6 +227,9 @@ impl Supervisor {
         for (k, v) in step.identity.iter().flat_map(|id| id.env()) {
             set(k, v);
         }
+        for (k, v) in &step.file_env.vars {
+            set(k, v);
+        }
         for (k, v) in &step.env {
             set(k, v);
         }

@@ -2,8 +2,9 @@
 """What the dependency gate costs at start-up (and ordered shutdown at the end): N programs in a
 chain, each depending on the one before (`started`, or `ready`), against the same N programs
 independent; beside supervisord with the same N programs, independent and ordered by `priority`
-(its only ordering: it spawns in priority order and waits for nothing in between; the
-dependent-startup plugin is not installed here, so supervisord has no `ready` to compare).
+(its own ordering: it spawns in priority order and waits for nothing in between) and in a
+chain through the supervisord-dependent-startup plugin (each program waits for the one before
+to be RUNNING; with startsecs = 0 that is drover's `started`).
 
     python3 bench/depends.py [--programs 100] [--runs 5]
 
@@ -55,22 +56,42 @@ def drover_config(n, stamps, link):
     return "".join(out)
 
 
-def supervisord_config(n, stamps, tmp, ordered):
+def supervisord_config(n, stamps, tmp, link, conf):
+    """`link`: None (independent), "priority" (ordered spawns) or "dependent" (a chain through
+    the supervisord-dependent-startup plugin, each waiting for the one before to be RUNNING,
+    which with startsecs = 0 is drover's `started`)."""
     out = [f"""[supervisord]
 nodaemon = true
 logfile = {tmp}/supervisord.log
 pidfile = {tmp}/supervisord.pid
 childlogdir = {tmp}
 """]
+    if link == "dependent":
+        # the plugin starts programs through supervisord's XML-RPC interface
+        out.append(f"""[unix_http_server]
+file = {tmp}/supervisor.sock
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+[supervisorctl]
+serverurl = unix://{tmp}/supervisor.sock
+[eventlistener:dependentstartup]
+command = {os.path.join(PEER_VENV, "supervisord-dependent-startup")} -c {conf}
+autostart = true
+events = PROCESS_STATE
+""")
     for i in range(n):
         # lower priority starts first and stops last; equal priorities: no order at all
-        prio = 100 + i if ordered else 999
+        prio = 100 + i if link == "priority" else 999
         out.append(f"""[program:p{i}]
 command = {STAMP} {stamps}
 startsecs = 0
 priority = {prio}
 stopwaitsecs = 10
 """)
+        if link == "dependent":
+            out.append("autostart = false\ndependent_startup = true\n")
+            if i > 0:
+                out.append(f"dependent_startup_wait_for = p{i - 1}:running\n")
     return "".join(out)
 
 
@@ -93,7 +114,7 @@ def one_run(kind, n, link):
     else:
         conf = os.path.join(tmp, "supervisord.conf")
         with open(conf, "w") as f:
-            f.write(supervisord_config(n, stamps, tmp, link is not None))
+            f.write(supervisord_config(n, stamps, tmp, link, conf))
         argv = [os.path.join(PEER_VENV, "supervisord"), "-c", conf]
     log = open(os.path.join(tmp, "log"), "w")
     t0 = time.time()
@@ -142,6 +163,10 @@ def main():
             ("supervisord", None, "independent (one priority)"),
             ("supervisord", "priority", "ordered by `priority`"),
         ]
+        if os.access(os.path.join(PEER_VENV, "supervisord-dependent-startup"), os.X_OK):
+            cases.append(("supervisord", "dependent", "chain, each `running` (dependent-startup plugin)"))
+        else:
+            print("supervisord-dependent-startup not found: bash bench/setup.sh installs it")
     else:
         print(f"supervisord not found in {PEER_VENV}: bash bench/setup.sh (or BENCH_VENV=...)")
     if not os.access(STAMP, os.X_OK):

@@ -14,8 +14,8 @@ if ((${#need[@]})); then
     echo "bench/setup.sh: installing ${need[*]} from Debian"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-if [[ ! -x .venv/bin/circusd ]]; then
-    python3 -m venv .venv
+if [[ ! -x .venv/bin/circusd || ! -x .venv/bin/supervisord-dependent-startup ]]; then
+    [[ -x .venv/bin/pip ]] || python3 -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 fi
 # drover's worker side (drover-uvicorn), from this checkout

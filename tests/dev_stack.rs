@@ -97,7 +97,7 @@ fn the_shipped_dev_stack_starts_in_order_does_a_job_and_stops_dependents_first()
 
     let put = Command::new(&py)
         .args([
-            "examples/fastapi/queue.py",
+            "examples/fastapi/jobqueue.py",
             "put",
             "job-42",
             &queue.to_string(),

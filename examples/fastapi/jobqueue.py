@@ -1,7 +1,7 @@
 """The database-like program of config/dev.toml's local stack: a job queue served on drover's
 socket (fd 3), one line per command — `PUT <job>` answers `OK`, `TAKE` waits for a job and
 answers it. Jobs are kept in memory. A stand-in for the Redis or PostgreSQL a real stack runs,
-needing nothing installed. `python queue.py put JOB [PORT]` gives it a job (port 6390 unless
+needing nothing installed. `python jobqueue.py put JOB [PORT]` gives it a job (port 6390 unless
 told) and prints the answer."""
 
 import asyncio

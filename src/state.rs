@@ -114,7 +114,8 @@ pub const TRANSITIONS: &[(PhaseKind, &[PhaseKind])] = {
         (Backoff, &[Starting, Backoff, Waiting, Done]),
         // spawned; spawn failed; still nothing to start it from; removed while waiting
         (Waiting, &[Starting, Backoff, Waiting, Done]),
-        (Done, &[]),
+        // a finished job run again (`ctl restart`, a reload that changed its settings)
+        (Done, &[Backoff]),
     ]
 };
 
@@ -442,7 +443,9 @@ impl Slot {
                     pid,
                     since,
                     kill_at: now + timeout,
-                    killed: false,
+                    // a stop by SIGKILL (a fast shutdown) is the kill itself: no "did not stop
+                    // in time" follows it
+                    killed: signal == Signal::SIGKILL,
                     then,
                     reason,
                 });
@@ -513,6 +516,12 @@ impl Slot {
         reason: StopReason,
     ) -> Vec<Action> {
         self.failures = 0;
+        if let Phase::Done { .. } = self.phase {
+            // a finished one-shot asked to run again (`ctl restart`, or a reload that changed
+            // its settings): it runs once more, as supervisorctl's restart starts an exited one
+            self.enter(Phase::Backoff { until: now });
+            return vec![Action::Spawn];
+        }
         self.stop(
             now,
             cfg.stop_signal,

@@ -531,3 +531,190 @@ fn check_prints_the_start_order_and_positions_a_cycle() {
     );
     assert!(err.contains("nothing was started"), "{err}");
 }
+
+/// A token file for the control API (0600), in a directory kept as long as `d`.
+fn with_token(cfg: &str) -> (Drover, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let keep = tempfile::tempdir().unwrap();
+    let file = keep.path().join("token");
+    let tok = "a-token-long-enough-for-drover-0123456789";
+    std::fs::write(&file, tok).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = cfg.replace("{token}", file.to_str().unwrap());
+    let mut d = Drover::start(&cfg);
+    d.keep.push(keep);
+    (d, tok.to_string())
+}
+
+fn lines(d: &Drover, file: &str) -> Vec<String> {
+    std::fs::read_to_string(d.path(file))
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// A failed migration blocks the API (and `ctl restart api` says why it cannot); once the
+/// migration is fixed, `ctl restart migrate` runs the finished job again, and the API starts.
+/// Before, the restart of a finished job was counted as done and nothing ran.
+#[test]
+fn a_fixed_migration_restarted_runs_again_and_the_api_starts() {
+    let cfg = format!(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+shutdown_timeout = "10s"
+on_all_exited = "stay"
+control_token_file = "{{token}}"
+[program.migrate]
+command = {migrate}
+restart = "never"
+[program.api]
+command = {api}
+depends_on = {{ migrate = "succeeded" }}
+"#,
+        migrate =
+            sh("echo run >> {dir}/migrate-runs; exit $(cat {dir}/code 2>/dev/null || echo 4)"),
+        api = sh("exec sleep 1000"),
+    );
+    let (d, tok) = with_token(&cfg);
+    let addr = d.status_addr();
+    d.wait_status("api will not start", T, |v| {
+        !program(v, "api")["will_not_start"].is_null()
+    });
+    let (code, body) =
+        http_req(&addr, "POST", "/programs/api/restart", b"", Some(&tok)).expect("POST");
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("api will not start: its dependency migrate failed"),
+        "{body}"
+    );
+    std::fs::write(d.path("code"), "0").unwrap();
+    let (code, body) =
+        http_req(&addr, "POST", "/programs/migrate/restart", b"", Some(&tok)).expect("POST");
+    assert_eq!(code, 200, "{body}");
+    let v = d.wait_status("api to start after the migration ran again", T, |v| {
+        Drover::worker_pids(v, "api").len() == 1
+    });
+    assert!(program(&v, "api")["will_not_start"].is_null(), "{v}");
+    assert_eq!(lines(&d, "migrate-runs"), ["run", "run"]);
+    let mut d = d;
+    d.stop_ok();
+}
+
+/// A reload while a migration (`restart = "on-failure"`, a `succeeded` dependency) runs does
+/// not start a second one beside it, nor stop the first: a job is rolled only when its settings
+/// changed. Before, the reload started a second run and then sent the first TERM.
+#[test]
+fn a_reload_never_doubles_a_running_migration() {
+    let cfg = format!(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+shutdown_timeout = "10s"
+[program.migrate]
+command = {migrate}
+restart = "on-failure"
+[program.api]
+command = {api}
+depends_on = {{ migrate = "succeeded" }}
+"#,
+        migrate = sh(
+            "echo start >> {dir}/runs; trap 'echo term >> {dir}/runs; exit 0' TERM; sleep 2 & wait; echo done >> {dir}/runs"
+        ),
+        api = sh("exec sleep 1000"),
+    );
+    let mut d = Drover::start(&cfg);
+    wait_until(T, "the migration to start", || {
+        (!lines(&d, "runs").is_empty()).then_some(())
+    });
+    d.signal(libc::SIGHUP);
+    wait_until(T, "the reload", || d.logged("reload").then_some(()));
+    d.wait_status("api to start", T, |v| {
+        Drover::worker_pids(v, "api").len() == 1
+    });
+    assert_eq!(lines(&d, "runs"), ["start", "done"], "{}", d.stderr());
+    d.stop_ok();
+}
+
+/// A `ready` dependency that was ready and then ended (a seeding job) has met its condition: the
+/// API starts once its other dependency is ready too. Before, it was "ended before it was
+/// ready" and the API never started.
+#[test]
+fn a_dependency_that_was_ready_and_then_ended_has_met_ready() {
+    let cfg = format!(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+shutdown_timeout = "10s"
+[program.seed]
+command = {seed}
+restart = "never"
+readiness = {{ check = "uptime", min_uptime = "100ms" }}
+[program.slow]
+command = {slow}
+readiness = {{ check = "exec", exec = ["test", "-e", "{{dir}}/slow-ready"], interval = "100ms" }}
+[program.api]
+command = {api}
+depends_on = {{ seed = "ready", slow = "ready" }}
+"#,
+        seed = sh("sleep 1; exit 0"),
+        slow = sh("exec sleep 1000"),
+        api = sh("exec sleep 1000"),
+    );
+    let mut d = Drover::start(&cfg);
+    d.wait_status("seed to have ended", T, |v| {
+        program(v, "seed")["workers"][0]["state"] == "stopped"
+    });
+    std::fs::write(d.path("slow-ready"), "").unwrap();
+    let v = d.wait_status("api to start", T, |v| {
+        Drover::worker_pids(v, "api").len() == 1 || !program(v, "api")["will_not_start"].is_null()
+    });
+    assert!(
+        program(&v, "api")["will_not_start"].is_null(),
+        "{}",
+        program(&v, "api")
+    );
+    d.stop_ok();
+}
+
+/// A watched file that changes while its program waits for its dependencies rolls nothing (a
+/// preloaded program would have imported the app before its dependencies held).
+#[test]
+fn a_watched_change_while_waiting_rolls_nothing() {
+    let cfg = format!(
+        r#"
+[supervisor]
+status = "127.0.0.1:0"
+shutdown_timeout = "10s"
+[program.db]
+command = {db}
+readiness = {{ check = "exec", exec = ["false"], interval = "200ms" }}
+[program.api]
+command = {api}
+watch = ["{{dir}}/src"]
+depends_on = {{ db = "ready" }}
+"#,
+        db = sh("exec sleep 1000"),
+        api = sh("exec sleep 1000"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg.replace("{dir}/src", dir.path().to_str().unwrap());
+    let mut d = Drover::start(&cfg);
+    d.keep.push(dir);
+    d.wait_status("api waiting", T, |v| {
+        program(v, "api")["waiting_for"] == "db: ready 0/1"
+    });
+    std::fs::write(d.keep[0].path().join("app.py"), "x = 1\n").unwrap();
+    // the change is debounced, then looked at: before, it rolled the waiting program
+    wait_until(T, "the change to be looked at", || {
+        d.logged("it has not started yet (depends_on): nothing to roll")
+            .then_some(())
+    });
+    let log = d.stderr();
+    assert!(!d.logged("rolling restart"), "{log}");
+    let v = d.status();
+    assert!(Drover::worker_pids(&v, "api").is_empty(), "{v}");
+    assert!(program(&v, "api")["roll"].is_null(), "{v}");
+    d.stop_ok();
+}

@@ -57,8 +57,9 @@ fn the_transition_table_covers_every_phase_once() {
             "{k:?}"
         );
     }
+    // Done is final but for a job asked to run again, which starts from a backoff of zero
     let done = TRANSITIONS.iter().find(|(f, _)| *f == Done).unwrap().1;
-    assert!(done.is_empty(), "Done is final");
+    assert_eq!(done, &[Backoff], "Done leads only to a new run");
 }
 
 /// Every sequence of four events from a fresh slot (10,000 sequences): none takes a slot where
@@ -465,6 +466,27 @@ fn a_roll_restarts_a_waiting_slot_in_place_and_forgives_its_failures() {
         vec![Action::Spawn]
     );
     assert_eq!(s.failures(), 0);
+}
+
+/// A finished job (restart = "never") asked to run again — `ctl restart`, or a reload that
+/// changed it — runs once more; before, the roll counted it replaced and nothing ran.
+#[test]
+fn a_finished_job_restarted_in_place_runs_again() {
+    let t0 = Instant::now();
+    let never = SlotCfg {
+        policy: RestartPolicy::Never,
+        ..cfg()
+    };
+    let mut s = Slot::new(1, 0);
+    s.spawned(5, t0, &never);
+    s.exited(ExitStatus::Code(4), false, t0, &never, 0.5);
+    assert!(matches!(s.phase(), Phase::Done { failed: true }));
+    assert_eq!(
+        s.restart_in_place(t0, &never, StopReason::Restart),
+        vec![Action::Spawn]
+    );
+    s.spawned(6, t0, &never);
+    assert_eq!(s.pid(), Some(6));
 }
 
 #[test]

@@ -17,7 +17,7 @@ use tracing::{error, info};
 
 use super::program::Program;
 use super::{plural, RunState, Supervisor};
-use crate::config::{Condition, OnAllExited};
+use crate::config::{Condition, OnAllExited, ProgramCfg, RestartPolicy};
 use crate::state::{LastExit, Phase};
 
 /// Where a program is with respect to its dependencies.
@@ -65,6 +65,11 @@ pub(super) struct View {
     /// a worker ended for good with a failure: how, and its exit code as a shell gives it
     pub failed: Option<(String, i32)>,
     pub crash_looping: bool,
+    /// it has met `ready` (or `healthy`) since it started, whatever it is now: a condition
+    /// once met stays met for the gate (`After=`), so a dependency that was ready and then
+    /// ended (a seeding job) does not block its dependents
+    pub was_ready: bool,
+    pub was_healthy: bool,
 }
 
 /// One dependency's condition.
@@ -107,12 +112,12 @@ pub(super) fn holds(name: &str, cond: Condition, v: &View) -> Holds {
     let progress = match cond {
         Condition::Started if v.ran => return Holds::Yes,
         Condition::Started => "started".to_string(),
-        Condition::Ready if v.started && v.ready >= v.need => return Holds::Yes,
+        Condition::Ready if v.started && (v.ready >= v.need || v.was_ready) => return Holds::Yes,
         Condition::Ready => match ended(v) {
             Some(never) => return never,
             None => format!("ready {}/{}", v.ready, v.need),
         },
-        Condition::Healthy if v.started && v.healthy => return Holds::Yes,
+        Condition::Healthy if v.started && (v.healthy || v.was_healthy) => return Holds::Yes,
         Condition::Healthy => match ended(v) {
             Some(never) => return never,
             None if v.ready >= v.need => "healthy (ready, no health check passed yet)".into(),
@@ -208,6 +213,8 @@ pub(super) fn view(p: &Program) -> View {
         }),
         failed,
         crash_looping: p.crash.reported,
+        was_ready: p.met.0,
+        was_healthy: p.met.1,
     }
 }
 
@@ -221,7 +228,24 @@ pub(super) fn shell_code(e: &LastExit) -> i32 {
     }
 }
 
+/// A job runs to an end rather than serving: `restart = "never"`, or a program another one
+/// needs to have `succeeded`. A reload rolls it only when its settings changed, and a roll
+/// stops its running process before running it again, never doubling it (a migration).
+pub(super) fn job(cfg: &ProgramCfg, all: &[ProgramCfg]) -> bool {
+    cfg.restart == RestartPolicy::Never
+        || all.iter().any(|q| {
+            q.depends_on
+                .iter()
+                .any(|(d, c)| *d == cfg.name && *c == Condition::Succeeded)
+        })
+}
+
 impl Supervisor {
+    /// Program `pi` is a job (`job`), by the configuration it runs now.
+    pub(super) fn is_job(&self, pi: usize) -> bool {
+        job(&self.programs[pi].cfg, &self.cfg.programs)
+    }
+
     /// The gate's view of the program named `name` (one not being removed).
     fn view_of(&self, name: &str) -> Option<View> {
         self.programs
@@ -240,6 +264,12 @@ impl Supervisor {
                 .all(|p| p.removing || p.stage == Stage::Started)
         {
             return;
+        }
+        // what each program has met so far, kept for later (`View::was_ready`)
+        for p in &mut self.programs {
+            let v = view(p);
+            p.met.0 |= v.started && v.ready >= v.need;
+            p.met.1 |= v.started && v.healthy;
         }
         let live: Vec<usize> = (0..self.programs.len())
             .filter(|&i| !self.programs[i].removing)
@@ -393,6 +423,31 @@ mod tests {
                 Ready,
                 ended_ok.clone(),
                 never("db ended (exit code 0) before it was ready", 1),
+            ),
+            // ready once, then ended (a seeding job): the condition was met
+            (
+                Ready,
+                View {
+                    was_ready: true,
+                    ..ended_ok.clone()
+                },
+                Holds::Yes,
+            ),
+            (
+                Healthy,
+                View {
+                    was_ready: true,
+                    ..ended_ok.clone()
+                },
+                never("db ended (exit code 0) before it was healthy", 1),
+            ),
+            (
+                Healthy,
+                View {
+                    was_healthy: true,
+                    ..running(0, 1)
+                },
+                Holds::Yes,
             ),
             (
                 Healthy,

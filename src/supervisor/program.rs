@@ -43,6 +43,8 @@ pub(super) struct Program {
     /// added by a reload while drover ran: its never starting is its own trouble, not a
     /// deployment that cannot start (other programs are serving)
     pub added_by_reload: bool,
+    /// `depends_on` conditions it has met since it started: (ready, healthy)
+    pub met: (bool, bool),
     /// being removed by a reload: dropped once its workers are gone
     pub removing: bool,
     /// waiting for its dependencies, started, or never to start (`depends.rs`)
@@ -171,6 +173,7 @@ impl Program {
             last_roll: None,
             ever_ready: false,
             added_by_reload: false,
+            met: (false, false),
             removing: false,
             stage: Stage::fresh(),
             ran: false,

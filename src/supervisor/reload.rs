@@ -13,7 +13,7 @@ use super::program::Program;
 use super::roll_outcome::End;
 use super::{unix_now, Supervisor};
 use crate::api::control::{self, Command, Refused, Reply};
-use crate::config::{Config, ProgramCfg, RestartPolicy};
+use crate::config::{Config, ProgramCfg};
 use crate::state::StopReason;
 
 /// Changes under a watched path within this window make one rolling restart.
@@ -115,11 +115,19 @@ impl Supervisor {
         match cmd {
             Command::Restart { program } => {
                 let pi = self.find(&program)?;
-                if let super::depends::Stage::Waiting { on, .. } = &self.programs[pi].stage {
-                    return Err(Refused::Busy(format!(
-                        "program {program} has not started yet: it waits for {}",
-                        on.join(", ")
-                    )));
+                match &self.programs[pi].stage {
+                    super::depends::Stage::Waiting { on, .. } => {
+                        return Err(Refused::Busy(format!(
+                            "program {program} has not started yet: it waits for {}",
+                            on.join(", ")
+                        )))
+                    }
+                    super::depends::Stage::WillNotStart { why, .. } => {
+                        return Err(Refused::Busy(format!(
+                            "program {program} will not start: its dependency {why}; fix that and reload"
+                        )))
+                    }
+                    super::depends::Stage::Started => {}
                 }
                 if self.programs[pi].rolling() {
                     return Err(Refused::Busy(format!(
@@ -187,6 +195,15 @@ impl Supervisor {
             }
             p.watch_due = None;
             let changes = std::mem::take(&mut p.watch_changes);
+            if !p.started() {
+                // nothing runs yet (it waits for its dependencies): it starts on the new code
+                info!(
+                    "program {}: {}; it has not started yet (depends_on): nothing to roll",
+                    p.cfg.name,
+                    changes.describe()
+                );
+                continue;
+            }
             info!(
                 "program {}: {}; rolling restart",
                 p.cfg.name,
@@ -277,12 +294,13 @@ impl Supervisor {
             }
             // every program rolls onto the file as re-read, changed or not: a reload is how new
             // code is deployed (`git pull && systemctl reload drover`), as gunicorn's and
-            // uvicorn's HUP restart their workers. Jobs (restart = "never") roll only when their
-            // settings changed: a finished job is not run again, a running one not doubled.
-            // a program waiting for its dependencies has nothing to roll: it starts on the new
+            // uvicorn's HUP restart their workers. Jobs (restart = "never", or what another
+            // program needs to have `succeeded`) roll only when their settings changed: a
+            // finished job is then run again, a running one stopped first, never doubled.
+            // A program waiting for its dependencies has nothing to roll: it starts on the new
             // settings when they hold
             let started = self.programs[pi].started();
-            if started && (d.rolled.contains(name) || np.restart != RestartPolicy::Never) {
+            if started && (d.rolled.contains(name) || !super::depends::job(np, &new.programs)) {
                 self.start_roll(pi, StopReason::Reload, now);
                 rolling.push(format!("{name} rolling"));
             }

@@ -271,6 +271,19 @@ impl Supervisor {
                 self.abandon_roll(pi, new, index, &why, now);
                 false
             }
+            // a job (it runs to an end: restart = "never", or a `succeeded` dependency) is
+            // never doubled: its running process is stopped, then run again in place
+            Step::Replace { old } if self.is_job(pi) => {
+                if let Some(r) = self.programs[pi].roll.as_mut() {
+                    r.replaced += 1;
+                }
+                let sc = self.programs[pi].slot_cfg;
+                if let Some(w) = self.programs[pi].worker_mut(old) {
+                    let acts = w.slot.restart_in_place(now, &sc, reason);
+                    self.apply(pi, old, acts, now);
+                }
+                true
+            }
             Step::Replace { old } => {
                 if let Some(new) = self.add_replacement(pi, old, now) {
                     if let Some(r) = self.programs[pi].roll.as_mut() {

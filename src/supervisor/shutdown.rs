@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{RunState, Supervisor, KILL_GRACE};
 use crate::process::signals::name;
@@ -138,10 +138,14 @@ impl Supervisor {
             for pi in free {
                 let p = &mut self.programs[pi];
                 p.stop_held = false;
-                let how = (
-                    p.cfg.stop_signal,
-                    p.cfg.stop_timeout.min(end.saturating_duration_since(now)),
-                );
+                let left = end.saturating_duration_since(now);
+                let how = if left.is_zero() && p.workers.iter().any(running) {
+                    let name = &p.cfg.name;
+                    warn!(program = %name, "shutdown: program {name} gets no time to stop gracefully: the programs that depend on it used up shutdown_timeout ({:?}); sending SIGKILL", self.cfg.supervisor.shutdown_timeout);
+                    (Signal::SIGKILL, Duration::ZERO)
+                } else {
+                    (p.cfg.stop_signal, p.cfg.stop_timeout.min(left))
+                };
                 self.stop_program(pi, how, now);
             }
         }

@@ -308,7 +308,15 @@ impl Supervisor {
             self.abandon_roll(pi, id, idx, &why, now);
             return;
         }
-        log_exit(&name, idx, pid, &exit, last.as_ref(), uptime, &sc);
+        log_exit(
+            &name,
+            (idx, pid),
+            &exit,
+            last.as_ref(),
+            uptime,
+            &sc,
+            !running,
+        );
         let ended = (exit.next == Next::NotRestarting).then_some(status);
         // a rolling replacement inherits the history of the worker it replaced
         if let (Next::Stopped(r), Some(last)) = (exit.next, last) {
@@ -520,12 +528,12 @@ impl Supervisor {
 /// One line per exit, saying what happens next.
 fn log_exit(
     name: &str,
-    idx: u32,
-    pid: i32,
+    (idx, pid): (u32, i32),
     exit: &Exit,
     last: Option<&crate::state::LastExit>,
     uptime: Duration,
     sc: &crate::state::SlotCfg,
+    shutting_down: bool,
 ) {
     let label = format!("{name}.{idx}");
     let status = last.map(|l| l.to_string()).unwrap_or_default();
@@ -540,6 +548,10 @@ fn log_exit(
         _ => status,
     };
     match exit.next {
+        // a worker not yet told to stop (its dependents stop first) that ends meanwhile
+        Next::RestartNow | Next::RestartIn { .. } if shutting_down => {
+            warn!(program = %name, worker = idx, pid, "worker {label} (pid {pid}) exited with {status} after {uptime:.1?}; drover is shutting down: not restarting")
+        }
         Next::Stopped(why) => {
             info!(program = %name, worker = idx, pid, "worker {label} (pid {pid}) stopped ({}): {status}", why.as_str())
         }

@@ -376,7 +376,7 @@ fn render_program(o: &mut String, p: &crate::config::ProgramCfg) {
         signals::name(p.stop_signal),
         p.stop_timeout
     );
-    let _ = writeln!(o, "    output   {}", words::log_mode(p.log));
+    let _ = writeln!(o, "    output   {}", words::log_mode(p));
 }
 
 /// Readiness, health and watch lines of one program.

@@ -71,6 +71,7 @@ pub(super) const PROGRAM_KEYS: &[&str] = &[
     "depends_on",
     "essential",
 ];
+pub(super) const LOG_KEYS: &[&str] = &["mode", "file", "max_size", "backups", "lines"];
 pub(super) const PROGRAM_LATER: &[&str] = &[];
 pub(super) const READINESS_KEYS: &[&str] = &[
     "check",

@@ -23,11 +23,12 @@ mod depends;
 pub mod dotenv;
 mod env_file;
 mod keys;
+pub mod log;
 mod paths;
 mod program;
 mod sections;
 mod tree;
-mod values;
+pub mod values;
 
 pub use command::CommandSpec;
 pub use depends::start_order;
@@ -381,6 +382,10 @@ pub struct ProgramCfg {
     pub file_env: FileEnv,
     pub cwd: Option<PathBuf>,
     pub log: LogMode,
+    /// a file the captured output is also written to, rotated by size (`[program.NAME.log]`)
+    pub log_file: Option<log::LogFileCfg>,
+    /// how many recent output lines the program's ring keeps (`drover logs`)
+    pub log_lines: usize,
     pub min_ready: u32,
     /// `None`: chosen by whether the program has sockets
     pub readiness: ReadinessCfg,

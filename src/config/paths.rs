@@ -50,6 +50,9 @@ pub fn anchor(cfg: &mut Config, base: &Path) {
         for w in &mut p.watch {
             at(w);
         }
+        if let Some(f) = &mut p.log_file {
+            at(&mut f.path);
+        }
         for f in &mut p.env_file {
             at(&mut f.path);
         }

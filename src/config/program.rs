@@ -32,6 +32,8 @@ fn defaults(name: &str) -> ProgramCfg {
         file_env: FileEnv::default(),
         cwd: None,
         log: LogMode::Capture,
+        log_file: None,
+        log_lines: super::log::DEFAULT_RING_LINES,
         min_ready: 1,
         readiness: ReadinessCfg {
             check: ReadyCheck::Uptime,
@@ -87,10 +89,7 @@ pub(super) fn read_program(cx: &mut Ctx, name: &str, n: &Node) -> Option<Program
             "cwd" => p.cwd = cx.string(&w, v).map(PathBuf::from),
             "user" => user = id_name(cx, &w, k, v),
             "group" => group = id_name(cx, &w, k, v),
-            "log" => {
-                let options = [("capture", LogMode::Capture), ("inherit", LogMode::Inherit)];
-                p.log = cx.choice(&w, v, &options).unwrap_or(p.log)
-            }
+            "log" => super::log::read(cx, &w, v, &mut p),
             "min_ready" => {
                 if let Some(i) = cx.uint(&w, v, 0, 10_000) {
                     p.min_ready = i as u32;

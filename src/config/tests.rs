@@ -237,3 +237,53 @@ stop_signal = "INT"
         ListenAddr::Tcp("[::1]:8000".parse().unwrap())
     );
 }
+
+#[test]
+fn log_table_sets_file_rotation_and_ring() {
+    let c = parse(
+        "t.toml",
+        "[program.api]\ncommand = [\"x\"]\n[program.api.log]\nfile = \"/var/log/drover/api.log\"\nmax_size = \"1MiB\"\nbackups = 3\nlines = 50\n",
+        &env,
+    )
+    .unwrap();
+    let p = &c.programs[0];
+    assert_eq!(p.log, LogMode::Capture);
+    assert_eq!(p.log_lines, 50);
+    let f = p.log_file.as_ref().unwrap();
+    assert_eq!(f.path, std::path::PathBuf::from("/var/log/drover/api.log"));
+    assert_eq!((f.max_size, f.backups), (1024 * 1024, 3));
+}
+
+#[test]
+fn log_word_still_works_and_defaults_hold() {
+    let c = parse(
+        "t.toml",
+        "[program.api]\ncommand = [\"x\"]\nlog = \"inherit\"\n",
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.programs[0].log, LogMode::Inherit);
+    assert_eq!(c.programs[0].log_lines, 1000);
+    assert!(c.programs[0].log_file.is_none());
+}
+
+#[test]
+fn log_table_errors_name_the_key() {
+    for (body, says) in [
+        (
+            "mode = \"inherit\"\nfile = \"/tmp/a.log\"",
+            "inherited output never passes",
+        ),
+        ("max_size = \"1MiB\"", "no `file` is set"),
+        ("file = \"/tmp/a.log\"\nmax_size = 10", "too small"),
+        ("file = \"/tmp/\"", "names a directory"),
+        ("lines = -1", "program.api.log.lines"),
+        ("colour = true", "colour"),
+    ] {
+        let e = problems(&format!(
+            "[program.api]\ncommand = [\"x\"]\n[program.api.log]\n{body}\n"
+        ))
+        .join("\n");
+        assert!(e.contains(says), "{body:?}: {e}");
+    }
+}

@@ -11,10 +11,26 @@ pub fn restart(r: RestartPolicy) -> &'static str {
     }
 }
 
-pub fn log_mode(l: LogMode) -> &'static str {
-    match l {
-        LogMode::Capture => "capture: each line through drover, tagged with its worker",
-        LogMode::Inherit => "inherit: written straight to drover's stdout and stderr",
+/// Where a program's output goes, as `drover check` says it.
+pub fn log_mode(p: &crate::config::ProgramCfg) -> String {
+    let ring = match p.log_lines {
+        0 => "no lines kept for `drover logs`".to_string(),
+        n => format!("the last {n} lines kept for `drover logs`"),
+    };
+    match (p.log, &p.log_file) {
+        (LogMode::Inherit, _) => {
+            "inherit: written straight to drover's stdout and stderr; not captured, so `drover logs` has none".into()
+        }
+        (LogMode::Capture, None) => {
+            format!("capture: each line through drover, tagged with its worker, to drover's stdout; {ring}")
+        }
+        (LogMode::Capture, Some(f)) => format!(
+            "capture: each line through drover to {} (rotated at {}, {} old file{} kept), not to drover's stdout; {ring}",
+            f.path.display(),
+            crate::config::values::fmt_size(f.max_size),
+            f.backups,
+            if f.backups == 1 { "" } else { "s" }
+        ),
     }
 }
 

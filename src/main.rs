@@ -625,6 +625,7 @@ async fn supervise(s: Start) -> i32 {
         _ => "off",
     };
     let (liveness, liveness_answers) = drover::api::liveness::pair();
+    let output = output::Output::start(s.style);
     if let Some(addr) = &s.cfg.supervisor.status {
         let hosts = match addr {
             ListenAddr::Tcp(_) => drover::api::hosts::Hosts::new(&s.cfg.supervisor.status_hosts),
@@ -644,6 +645,7 @@ async fn supervise(s: Start) -> i32 {
             )),
             liveness,
             hosts: Arc::new(hosts),
+            rings: output.rings().clone(),
         };
         if let Err(e) = serve_status(addr, api, https, control_mode) {
             let fix = match e.kind() {
@@ -661,7 +663,7 @@ async fn supervise(s: Start) -> i32 {
         config_label: src.label(),
         pid1: s.pid1,
         guard: s.guard,
-        output: output::Output::start(s.style),
+        output,
         snapshot: snap_tx,
         control: ctl_rx,
         events,

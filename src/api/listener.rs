@@ -29,7 +29,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+
 use std::time::Duration;
 
 use axum::body::Body;
@@ -39,12 +39,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::server::{self, Api, MAX_BODY};
 use crate::config::ListenAddr;
+use tracked::Tracked;
 
 /// At most this many open connections (bounded memory: each holds at most `MAX_BUF` of request
 /// plus `MAX_BODY`).
@@ -160,6 +161,8 @@ struct ConnState {
     /// it has sent at least one byte
     sent: AtomicBool,
     in_flight: AtomicU32,
+    /// responses still streaming (`Streaming`): the connection outlives `CONNECTION_LIFETIME`
+    streams: AtomicU32,
     /// told when a request ends and the connection may have become evictable
     idle: Arc<Notify>,
 }
@@ -323,9 +326,20 @@ async fn serve(listener: AsyncFd<Bound>, api: Api) {
                     std::future::pending::<()>().await
                 }
             };
+            // a connection streaming a response (a follower of the output) lives on while it
+            // streams; the followers have their own cap (`logs/ring.rs::MAX_FOLLOWERS`)
+            let lifetime = async {
+                loop {
+                    tokio::time::sleep(CONNECTION_LIFETIME).await;
+                    if state.streams.load(Ordering::Relaxed) == 0 {
+                        break;
+                    }
+                }
+            };
             // whichever comes first ends the connection (dropping it closes the socket)
             tokio::select! {
-                _ = tokio::time::timeout(CONNECTION_LIFETIME, connection(stream, tls, svc, &state)) => {}
+                _ = connection(stream, tls, svc, &state) => {}
+                _ = lifetime => {}
                 _ = evicted => {}
                 _ = first_byte => {}
             }
@@ -461,58 +475,6 @@ where
         .await;
 }
 
-/// A stream that notes whether anything was ever read from it.
-struct Tracked<S> {
-    inner: S,
-    state: Arc<ConnState>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.state.sent.store(true, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
 /// The router's service, handing each request its connection's state (for `received`).
 #[derive(Clone)]
 struct WithConn {
@@ -553,6 +515,27 @@ impl Drop for InFlight {
     }
 }
 
+/// A response that streams (a follower of the output): while it lives, its connection counts a
+/// request in flight, so it is neither evicted as idle nor closed at `CONNECTION_LIFETIME`. It
+/// still holds one of the `MAX_CONNECTIONS` slots.
+pub struct Streaming(InFlight);
+
+impl Streaming {
+    /// For the request whose extensions these are; None outside the listener (tests of the
+    /// router alone).
+    pub fn start(ext: &axum::http::Extensions) -> Option<Streaming> {
+        let c = ext.get::<OnConn>()?;
+        c.0.streams.fetch_add(1, Ordering::Relaxed);
+        Some(Streaming(InFlight::start(c.0.clone())))
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.0 .0.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Middleware (the router's outermost layer but the Host check): read the whole body, within
 /// `HEADER_TIMEOUT` and `MAX_BODY`, before the request counts as in flight. A client trickling
 /// a body stays evictable, and cannot hold a slot past the timeout.
@@ -590,3 +573,4 @@ pub async fn received(req: Request, next: Next) -> Response {
 
 #[cfg(test)]
 mod tests;
+mod tracked;

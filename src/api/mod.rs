@@ -10,6 +10,7 @@ pub mod hosts;
 pub mod listener;
 pub mod liveness;
 pub mod locate;
+pub mod logs;
 pub mod metrics;
 pub mod preloader_words;
 pub mod rolls;

@@ -47,6 +47,8 @@ pub struct Api {
     pub liveness: Probe,
     /// the `Host` values answered (`supervisor.status_hosts`; any on a unix socket)
     pub hosts: Arc<Hosts>,
+    /// each program's recent output (`GET /programs/NAME/logs`)
+    pub rings: Arc<crate::logs::ring::Rings>,
 }
 
 pub fn router(api: Api) -> Router {
@@ -60,6 +62,8 @@ pub fn router(api: Api) -> Router {
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/logs", get(super::logs::all))
+        .route("/programs/{name}/logs", get(super::logs::program))
         .route("/reload", post(reload))
         .route("/programs/{name}/restart", post(restart))
         .route("/programs/{name}/reload", post(reload_program))
@@ -315,8 +319,22 @@ async fn shown(api: &Api, headers: &HeaderMap) -> Snapshot {
     if authenticated(api, headers) {
         snap
     } else {
-        snap.public()
+        snap.public(may_read_output(api, headers).is_ok())
     }
+}
+
+/// Workers' output (`/programs/NAME/logs`, a crashed worker's last words in `/status`) is read
+/// by anyone who may connect, unless `control_token_file` is set: then only with the token (or
+/// on the unix socket), like the control API. A traceback can hold what a worker should not
+/// tell everyone.
+pub(crate) fn may_read_output(api: &Api, headers: &HeaderMap) -> Result<(), Response> {
+    if api.unix || api.token.borrow().is_none() {
+        return Ok(());
+    }
+    authorize(api, headers).map_err(|r| {
+        let Rejection(code, m) = r;
+        error(code, format!("{m}: reading workers' output needs the control token (supervisor.control_token_file is set)"))
+    })
 }
 
 async fn status(State(api): State<Api>, headers: HeaderMap) -> impl IntoResponse {
@@ -329,7 +347,7 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl IntoRespons
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::api::metrics::render(&shown(&api, &headers).await),
+        crate::api::metrics::render(&shown(&api, &headers).await) + &api.rings.metrics(),
     )
 }
 
@@ -374,7 +392,7 @@ async fn history(State(api): State<Api>) -> Response {
 }
 
 async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "no such route; GET /, /status, /history, /healthz, /readyz, /metrics; POST /reload, /programs/NAME/{restart,reload,scale,stop}")
+    error(StatusCode::NOT_FOUND, "no such route; GET /, /status, /history, /healthz, /readyz, /metrics, /logs, /programs/NAME/logs; POST /reload, /programs/NAME/{restart,reload,scale,stop}")
 }
 
 async fn method_not_allowed() -> Response {

@@ -44,8 +44,17 @@ impl Snapshot {
     /// What anyone who can connect may see: the snapshot without its private fields, which only
     /// an authenticated caller (the unix socket, or the bearer token) gets. Every private field
     /// is removed here, in one place.
-    pub fn public(mut self) -> Snapshot {
+    /// `keep_output`: the caller may read workers' output (`server::may_read_output`), so a
+    /// crashed worker's last words stay.
+    pub fn public(mut self, keep_output: bool) -> Snapshot {
         for p in &mut self.programs {
+            if !keep_output {
+                for w in &mut p.workers {
+                    if let Some(serde_json::Value::Object(e)) = &mut w.last_exit {
+                        e.remove("last_words");
+                    }
+                }
+            }
             if let Some(pre) = &mut p.preloader {
                 pre.error_detail = None;
             }
@@ -314,7 +323,7 @@ mod tests {
             full["programs"][0]["preloader"]["error_detail"],
             "KeyError: 'DATABASE_URL'"
         );
-        let public = serde_json::to_value(with_preloader(Some("KeyError")).public()).unwrap();
+        let public = serde_json::to_value(with_preloader(Some("KeyError")).public(false)).unwrap();
         let pre = &public["programs"][0]["preloader"];
         assert!(pre.get("error_detail").is_none(), "{pre}");
         assert_eq!(pre["error"], "preloader exited with code 1");

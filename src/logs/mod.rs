@@ -5,6 +5,7 @@
 
 pub mod journald;
 pub mod output;
+pub mod ring;
 pub mod writer;
 
 use std::io::IsTerminal;

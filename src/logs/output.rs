@@ -12,7 +12,7 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
@@ -38,6 +38,10 @@ pub struct Source {
     pub program: String,
     pub worker: Option<u32>,
     pub color: u8,
+    /// the program's ring, when its lines are kept (`ring.rs`)
+    pub ring: Option<Arc<super::ring::ProgramRing>>,
+    /// the process writing to the pipe, once known (0 before: a preloader forks it later)
+    pub pid: AtomicI32,
 }
 
 /// What the writer thread receives: a line, or a request to flush and say so.
@@ -51,6 +55,8 @@ pub struct Output {
     tx: mpsc::Sender<Msg>,
     /// pumps still reading a pipe, and a wake-up for `settle` when one ends
     pumps: Arc<(AtomicUsize, Notify)>,
+    /// each program's recent lines, shared with the status server
+    rings: Arc<super::ring::Rings>,
 }
 
 /// Counts a pump while it runs, on every path out of it.
@@ -99,7 +105,13 @@ impl Output {
         Output {
             tx,
             pumps: Arc::new((AtomicUsize::new(0), Notify::new())),
+            rings: Arc::default(),
         }
+    }
+
+    /// The rings the pumps fill, for the status server and the loop.
+    pub fn rings(&self) -> &Arc<super::ring::Rings> {
+        &self.rings
     }
 
     /// Before drover exits: let every pump read its pipe to the end (a worker's last lines are
@@ -130,6 +142,17 @@ impl Output {
             error!("worker output: stdout took no line for {within:?} (a full pipe, a stalled log collector, a paused terminal); the output still queued is lost");
         } else if open > 0 {
             error!("{open} output pipe(s) still open {within:?} after their workers ended (held by a process that outlived its worker); their last lines may be lost");
+        }
+        self.end_followers(within).await;
+    }
+
+    /// Every line is in the rings now: followers end their responses, and get at most `within`
+    /// to do so (a follower that does not read is not waited for longer).
+    async fn end_followers(&self, within: Duration) {
+        self.rings.close();
+        let by = tokio::time::Instant::now() + within;
+        while self.rings.following() > 0 && tokio::time::Instant::now() < by {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -197,6 +220,14 @@ impl Output {
         keep: usize,
         tail: &mut VecDeque<String>,
     ) {
+        if let Some(ring) = &source.ring {
+            let pid = source.pid.load(Ordering::Relaxed);
+            let mut line = String::from_utf8_lossy(&text).into_owned();
+            if line.ends_with('\r') {
+                line.pop();
+            }
+            ring.push(source.worker, (pid > 0).then_some(pid), line, split);
+        }
         if keep > 0 {
             if tail.len() == keep {
                 tail.pop_front();

@@ -26,6 +26,7 @@ mod depends;
 mod essential;
 mod health;
 mod history;
+mod last_words;
 mod preload;
 mod program;
 mod publish;
@@ -100,6 +101,8 @@ pub enum Event {
         pid: i32,
         said: crate::process::preload::Said,
     },
+    /// the output pipe of worker `slot`'s process `pid` reached its end
+    OutputEnded { prog: u64, slot: u64, pid: i32 },
 }
 
 /// Where tasks send their `Event`s.
@@ -184,6 +187,8 @@ pub struct Supervisor {
     rundir: Option<crate::process::rundir::RunDir>,
     /// workers given up on, still not reaped after SIGKILL (`Action::Abandon`)
     lost: std::collections::HashSet<i32>,
+    /// exit records waiting for their worker's last lines; the words `/status` shows
+    last_words: last_words::LastWords,
 }
 
 impl Supervisor {
@@ -227,12 +232,14 @@ impl Supervisor {
             last_ended: None,
             rundir: None,
             lost: Default::default(),
+            last_words: Default::default(),
         };
         for p in &cfg.programs {
             let id = s.new_id();
             let prog = program::Program::new(id, p.clone(), &s.sockets);
             s.programs.push(prog);
         }
+        s.cx.output.rings().configure(&cfg.programs);
         s
     }
 
@@ -301,6 +308,8 @@ impl Supervisor {
                     r.remove();
                 }
                 self.cx.output.settle(OUTPUT_GRACE).await;
+                // every pipe has been read: the exit records still waiting get their last words
+                self.last_words_due(Instant::now(), true);
                 return code;
             }
             let deadline = self.next_deadline(Instant::now());
@@ -388,6 +397,7 @@ impl Supervisor {
             Event::StepOutput { run, tail } => self.on_step_output(run, tail, now),
             Event::Notified => self.on_notified(now),
             Event::Preloader { prog, pid, said } => self.on_preloader_said(prog, pid, said, now),
+            Event::OutputEnded { prog, slot, pid } => self.on_output_ended(prog, slot, pid),
         }
     }
 
@@ -404,6 +414,7 @@ impl Supervisor {
 
     /// After every wake-up: each concern acts on `now`.
     fn advance(&mut self, now: Instant) {
+        self.last_words_due(now, false);
         match self.run {
             RunState::Steps => self.advance_steps(now),
             RunState::Draining { until, fast } if now >= until => self.stop_everything(fast, now),
@@ -468,6 +479,7 @@ impl Supervisor {
         take(self.queue_due(now));
         take(self.history_due(now));
         take(self.preload_due());
+        take(self.last_words.due());
         if !self.cgroup_gc.is_empty() {
             take(Some(now + Duration::from_millis(200)));
         }

@@ -93,6 +93,8 @@ pub(super) struct Worker {
     pub forking: Option<Instant>,
     /// the task reading its current process's output pipe
     pub pump: Option<tokio::task::AbortHandle>,
+    /// where that pipe's lines go (its pid is set once known)
+    pub output: Option<std::sync::Arc<crate::logs::output::Source>>,
 }
 
 impl Worker {
@@ -110,6 +112,7 @@ impl Worker {
             awaiting_preloader: false,
             forking: None,
             pump: None,
+            output: None,
         }
     }
 

@@ -155,7 +155,13 @@ impl Supervisor {
                         ready: w.slot.is_ready(),
                         restarts: w.slot.restarts(),
                         uptime_s: w.slot.since().map(|t| now.duration_since(t).as_secs_f64()),
-                        last_exit: w.slot.last_exit().map(|e| e.to_json()),
+                        last_exit: w.slot.last_exit().map(|e| {
+                            let mut j = e.to_json();
+                            if let Some(words) = self.last_words.of(p.id, w.slot.index()) {
+                                j["last_words"] = serde_json::json!(*words);
+                            }
+                            j
+                        }),
                         health_failures: w.health.failures,
                         // read when served (`api/server.rs::read_live`)
                         memory_bytes: None,

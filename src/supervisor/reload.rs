@@ -306,6 +306,7 @@ impl Supervisor {
             }
         }
         self.cfg = new;
+        self.cx.output.rings().configure(&self.cfg.programs);
         self.history_configured();
         self.ensure_notify_socket();
         // added programs, and waiting ones whose depends_on changed, start if theirs hold

@@ -256,6 +256,8 @@ impl Supervisor {
             program: step.name.clone(),
             worker: None,
             color: color_for(&step.name),
+            ring: None,
+            pid: Default::default(),
         });
         let pumping = self.cx.output.pump(source, r, STEP_TAIL);
         let events = self.events.clone();

@@ -7,7 +7,7 @@ use nix::sys::signal::Signal;
 use tracing::{error, info, warn};
 
 use super::depends::Stage;
-use super::{plural, RunState, Supervisor};
+use super::{RunState, Supervisor};
 use crate::config::{LogMode, OnAllExited, ReadyCheck};
 
 /// After a process is reaped, its output pipe is read this much longer, then closed.
@@ -15,7 +15,7 @@ const PUMP_GRACE: Duration = Duration::from_secs(2);
 use crate::logs::output::{color_for, Source};
 use crate::process::reaper::ExitStatus;
 use crate::process::spawn::{self, SpawnSpec, Stdio};
-use crate::state::{Action, AfterStop, Exit, Next, Phase, Slot, StopReason, Why};
+use crate::state::{Action, AfterStop, Next, Phase, Slot, StopReason, Why};
 
 impl Supervisor {
     /// A new worker at `index`, spawned at once. Returns its slot id.
@@ -106,10 +106,7 @@ impl Supervisor {
                     // the preloader holds the write end now; the lines come once it forks
                     if let Some((r, w)) = pipe {
                         drop(w);
-                        let pump = self.pump(name, &pname, Some(index), r);
-                        if let Some(w) = self.programs[pi].worker_mut(id) {
-                            Self::retire_pump(w.pump.replace(pump));
-                        }
+                        self.pump_worker(pi, id, index, 0, r);
                     }
                     return;
                 }
@@ -130,10 +127,7 @@ impl Supervisor {
             Ok(pid) => {
                 if let Some((r, w)) = pipe {
                     drop(w);
-                    let pump = self.pump(name, &pname, Some(index), r);
-                    if let Some(w) = self.programs[pi].worker_mut(id) {
-                        Self::retire_pump(w.pump.replace(pump));
-                    }
+                    self.pump_worker(pi, id, index, pid, r);
                 }
                 self.started(pi, id, pid, now);
             }
@@ -162,6 +156,10 @@ impl Supervisor {
         let Some(w) = p.worker_mut(id) else { return };
         let index = w.slot.index();
         w.fresh_process(first_check, retire_at);
+        if let Some(src) = &w.output {
+            // a forked worker's pipe was pumped before its pid was known
+            src.pid.store(pid, std::sync::atomic::Ordering::Relaxed);
+        }
         w.slot.spawned(pid, now, &sc);
         self.pids.insert(pid, (prog, id));
         // its process group may speak on NOTIFY_SOCKET, as its user
@@ -187,14 +185,47 @@ impl Supervisor {
         worker: Option<u32>,
         r: std::os::fd::OwnedFd,
     ) -> tokio::task::AbortHandle {
-        let source = Arc::new(Source {
+        let pumping = self
+            .cx
+            .output
+            .pump(self.source(label, program, worker), r, 0);
+        tokio::spawn(pumping).abort_handle()
+    }
+
+    /// Where a pipe's lines go: drover's output under `label`, and `program`'s ring.
+    fn source(&self, label: String, program: &str, worker: Option<u32>) -> Arc<Source> {
+        Arc::new(Source {
             label,
             program: program.to_string(),
             worker,
             color: color_for(program),
-        });
-        let pumping = self.cx.output.pump(source, r, 0);
-        tokio::spawn(pumping).abort_handle()
+            ring: self.cx.output.rings().get(program),
+            pid: Default::default(),
+        })
+    }
+
+    /// Pump worker `id`'s pipe (`pid` 0: a preloader forks it later, `started` sets it); when
+    /// the pipe ends the loop is told, for the worker's last words (`last_words.rs`).
+    fn pump_worker(&mut self, pi: usize, id: u64, index: u32, pid: i32, r: std::os::fd::OwnedFd) {
+        let (pname, prog) = (self.programs[pi].cfg.name.clone(), self.programs[pi].id);
+        let source = self.source(format!("{pname}.{index}"), &pname, Some(index));
+        source.pid.store(pid, std::sync::atomic::Ordering::Relaxed);
+        let pumping = self.cx.output.pump(source.clone(), r, 0);
+        let (events, src) = (self.events.clone(), source.clone());
+        let pump = tokio::spawn(async move {
+            pumping.await;
+            let pid = src.pid.load(std::sync::atomic::Ordering::Relaxed);
+            let _ = events.send(super::Event::OutputEnded {
+                prog,
+                slot: id,
+                pid,
+            });
+        })
+        .abort_handle();
+        if let Some(w) = self.programs[pi].worker_mut(id) {
+            Self::retire_pump(w.pump.replace(pump));
+            w.output = Some(source);
+        }
     }
 
     /// A process is gone: its output pump has `PUMP_GRACE` more to read what it left in the
@@ -273,8 +304,10 @@ impl Supervisor {
     ) {
         // what the worker left in its process group was killed when it was reaped (`on_exit`);
         // its output pipe gets a moment more, then is closed
+        let mut output_done = true;
         if let Some(pi) = self.pidx(prog) {
             let pump = self.programs[pi].worker_mut(id).and_then(|w| w.pump.take());
+            output_done = pump.as_ref().is_none_or(|h| h.is_finished());
             Self::retire_pump(pump);
         }
         self.notify_inbox.forget(pid);
@@ -308,7 +341,7 @@ impl Supervisor {
             self.abandon_roll(pi, id, idx, &why, now);
             return;
         }
-        log_exit(
+        let said = super::last_words::exit_record(
             &name,
             (idx, pid),
             &exit,
@@ -329,6 +362,9 @@ impl Supervisor {
                     succ.slot.inherit(last);
                 }
             }
+        }
+        if let Some(record) = said {
+            self.record_exit(prog, id, record, output_done, now);
         }
         self.last_ended = ended.or(self.last_ended);
         if let (Some(reason), true) = (exit.counted, running) {
@@ -522,50 +558,5 @@ impl Supervisor {
                 self.stop_worker(pi, id, AfterStop::Remove, reason, now);
             }
         }
-    }
-}
-
-/// One line per exit, saying what happens next.
-fn log_exit(
-    name: &str,
-    (idx, pid): (u32, i32),
-    exit: &Exit,
-    last: Option<&crate::state::LastExit>,
-    uptime: Duration,
-    sc: &crate::state::SlotCfg,
-    shutting_down: bool,
-) {
-    let label = format!("{name}.{idx}");
-    let status = last.map(|l| l.to_string()).unwrap_or_default();
-    let status = match last {
-        Some(crate::state::LastExit::Killed(st, crate::state::KillCause::Oom)) => {
-            format!("{st} (OOM-killed by the kernel: above memory_hard in its cgroup)")
-        }
-        Some(crate::state::LastExit::Killed(st, _)) => {
-            format!("{st} (killed by drover: above memory_hard)")
-        }
-        Some(crate::state::LastExit::Stopped(st, _)) => st.to_string(),
-        _ => status,
-    };
-    match exit.next {
-        // a worker not yet told to stop (its dependents stop first) that ends meanwhile
-        Next::RestartNow | Next::RestartIn { .. } if shutting_down => {
-            warn!(program = %name, worker = idx, pid, "worker {label} (pid {pid}) exited with {status} after {uptime:.1?}; drover is shutting down: not restarting")
-        }
-        Next::Stopped(why) => {
-            info!(program = %name, worker = idx, pid, "worker {label} (pid {pid}) stopped ({}): {status}", why.as_str())
-        }
-        Next::RestartNow => {
-            warn!(program = %name, worker = idx, pid, "worker {label} (pid {pid}) exited with {status} after {uptime:.1?}; restarting now")
-        }
-        Next::RestartIn { delay, failures } => warn!(
-            program = %name, worker = idx, pid,
-            "worker {label} (pid {pid}) exited with {status} after {uptime:.1?}; restarting in {delay:.1?} ({failures} consecutive quick failure{})",
-            plural(failures as usize)
-        ),
-        Next::NotRestarting => {
-            info!(program = %name, worker = idx, pid, "worker {label} (pid {pid}) exited with {status}; restart = \"{}\": not restarting", sc.policy.word())
-        }
-        Next::Ignored => {}
     }
 }

@@ -98,6 +98,10 @@ enum Cmd {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// A running drover's recent worker output, as tail shows a file's: the last N lines, then
+    /// with -f every new one until Ctrl-C. Exit 0 ok, 1 program unknown or its output not
+    /// captured, 2 drover unreachable.
+    Logs(drover::api::tail::Ask),
     /// A tiny built-in HTTP worker serving on the inherited fd 3 (for the demo and tests).
     DemoWorker,
     /// Control a running drover: restart, reload, scale, stop.
@@ -336,6 +340,7 @@ fn main() -> ExitCode {
                 2
             }
         },
+        Cmd::Logs(ask) => drover::api::tail::logs_command(ask),
         Cmd::DemoWorker => drover::demo::main(),
         Cmd::Ctl {
             url,

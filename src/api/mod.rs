@@ -17,5 +17,6 @@ pub mod rolls;
 pub mod sd_notify;
 pub mod server;
 pub mod snapshot;
+pub mod tail;
 pub mod tls;
 pub mod top;

@@ -49,6 +49,7 @@ const STALLED: Duration = Duration::from_secs(60);
 const NDJSON: &str = "application/x-ndjson";
 
 /// What the query asks.
+#[derive(Debug)]
 struct Ask {
     n: usize,
     worker: Option<u32>,
@@ -99,7 +100,7 @@ pub async fn program(
     headers: HeaderMap,
     req: Request,
 ) -> Response {
-    if let Err(r) = super::server::may_read_output(&api, &headers) {
+    if let Some(r) = super::server::output_refused(&api, &headers) {
         return r;
     }
     let ask = match parse(req.uri().query()) {
@@ -131,7 +132,7 @@ pub async fn program(
     let n = ask.n.min(ring.capacity());
     let permit = match follow_permit(&api, ask.follow) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     let (lines, rx) = ring.last_and_subscribe(n, keep, ask.follow);
     respond(
@@ -146,7 +147,7 @@ pub async fn program(
 
 /// `GET /logs`: every program's lines, by time.
 pub async fn all(State(api): State<Api>, headers: HeaderMap, req: Request) -> Response {
-    if let Err(r) = super::server::may_read_output(&api, &headers) {
+    if let Some(r) = super::server::output_refused(&api, &headers) {
         return r;
     }
     let ask = match parse(req.uri().query()) {
@@ -163,7 +164,7 @@ pub async fn all(State(api): State<Api>, headers: HeaderMap, req: Request) -> Re
     };
     let permit = match follow_permit(&api, ask.follow) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     // subscribed first: a line pushed meanwhile is in both, and sent once (by its seq)
     let rx = ask.follow.then(|| api.rings.subscribe_all());
@@ -181,18 +182,16 @@ pub async fn all(State(api): State<Api>, headers: HeaderMap, req: Request) -> Re
     respond(&api, &req, lines, rx.map(|rx| (rx, None)), |_| true, permit)
 }
 
+/// A follower's place, if it follows; why not, when every place is taken.
 fn follow_permit(
     api: &Api,
     follow: bool,
-) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Response> {
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, String> {
     if !follow {
         return Ok(None);
     }
     api.rings.followers.clone().try_acquire_owned().map(Some).map_err(|_| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{MAX_FOLLOWERS} clients already follow drover's output (the cap); try again when one leaves, or ask without follow=1"),
-        )
+        format!("{MAX_FOLLOWERS} clients already follow drover's output (the cap); try again when one leaves, or ask without follow=1")
     })
 }
 

@@ -319,20 +319,19 @@ async fn shown(api: &Api, headers: &HeaderMap) -> Snapshot {
     if authenticated(api, headers) {
         snap
     } else {
-        snap.public(may_read_output(api, headers).is_ok())
+        snap.public(output_refused(api, headers).is_none())
     }
 }
 
 /// Workers' output (`/programs/NAME/logs`, a crashed worker's last words in `/status`) is read
 /// by anyone who may connect, unless `control_token_file` is set: then only with the token (or
 /// on the unix socket), like the control API. A traceback can hold what a worker should not
-/// tell everyone.
-pub(crate) fn may_read_output(api: &Api, headers: &HeaderMap) -> Result<(), Response> {
+/// tell everyone. The refusal, if the caller may not.
+pub(crate) fn output_refused(api: &Api, headers: &HeaderMap) -> Option<Response> {
     if api.unix || api.token.borrow().is_none() {
-        return Ok(());
+        return None;
     }
-    authorize(api, headers).map_err(|r| {
-        let Rejection(code, m) = r;
+    authorize(api, headers).err().map(|Rejection(code, m)| {
         error(code, format!("{m}: reading workers' output needs the control token (supervisor.control_token_file is set)"))
     })
 }

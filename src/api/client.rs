@@ -144,6 +144,29 @@ pub fn fmt_exit(v: &serde_json::Value) -> String {
     parts.join(" ")
 }
 
+/// A worker's last words (the last lines it printed before it exited unasked), at most `max`
+/// of the newest, escaped for a terminal and indented under its row.
+pub fn last_words(w: &serde_json::Value, max: usize) -> Vec<String> {
+    let words: Vec<&str> = w["last_exit"]["last_words"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.as_str())
+        .collect();
+    let skip = words.len().saturating_sub(max);
+    let mut out: Vec<String> = words[skip..]
+        .iter()
+        .map(|l| format!("      | {}", super::tail::escape(l)))
+        .collect();
+    if skip > 0 {
+        out.insert(
+            0,
+            format!("      ({skip} earlier lines: drover status --json, drover logs)"),
+        );
+    }
+    out
+}
+
 /// Render the status document as a table.
 pub fn render(doc: &serde_json::Value) -> String {
     let mut out = String::new();
@@ -229,6 +252,10 @@ pub fn render(doc: &serde_json::Value) -> String {
                 rss,
                 fmt_exit(&w["last_exit"])
             ));
+            for l in last_words(w, 5) {
+                out.push_str(&l);
+                out.push('\n');
+            }
         }
     }
     out

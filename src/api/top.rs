@@ -213,6 +213,10 @@ pub fn frame(
         }
         for w in p["workers"].as_array().into_iter().flatten() {
             l.push(worker_line(w, before, now, sw));
+            // a worker that is not running now: what it said before it went
+            if w["state"] != "running" {
+                l.extend(client::last_words(w, 3));
+            }
         }
     }
     for line in &mut l {

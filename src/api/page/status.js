@@ -83,6 +83,17 @@ function render(s) {
       cell(tr, mib(w.memory_bytes));
       cell(tr, exitText(w.last_exit));
       tb.appendChild(tr);
+      const words = w.last_exit && w.last_exit.last_words;
+      if (words && words.length && w.state !== "running") {
+        // what a worker printed is text, never markup
+        const wr = document.createElement("tr");
+        const td = cell(wr, "", "last-words");
+        td.colSpan = 7;
+        const pre = document.createElement("pre");
+        pre.textContent = words.join("\n");
+        td.appendChild(pre);
+        tb.appendChild(wr);
+      }
     }
     t.appendChild(tb);
     root.appendChild(t);

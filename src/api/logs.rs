@@ -10,7 +10,8 @@
 //!
 //! A follower is a task on the status thread that reads the program's `broadcast` channel
 //! (bounded, shared by all followers) and hands the body one chunk at a time through a channel of
-//! one: each wake-up gathers what has arrived, up to `CHUNK_BYTES`, into one chunk, and a follower
+//! one: each wake-up gathers what has arrived, up to `CHUNK_BYTES`, into one chunk (each line's JSON is made once and
+//! shared by every follower), and a follower
 //! wakes at most every `CHUNK_EVERY`, so 100 followers of a program printing as fast as it can
 //! cost the thread at most 100 × 50 short wake-ups a second, and `/healthz` keeps answering. A
 //! follower that falls more than the channel's size behind gets `{"skipped": N}` in place of the
@@ -40,8 +41,10 @@ use crate::logs::ring::{Entry, ProgramRing, MAX_FOLLOWERS};
 
 /// Lines answered when `n` is not given.
 pub const DEFAULT_LINES: usize = 100;
-/// A follower's chunk holds at most this much (one more line may take it past).
-const CHUNK_BYTES: usize = 32 * 1024;
+/// A follower's chunk holds at most this much (one more line may take it past): the work of one
+/// wake-up, so the status thread's other tasks (`/healthz`) wait behind at most this per
+/// follower.
+const CHUNK_BYTES: usize = 8 * 1024;
 /// A follower wakes at most this often.
 const CHUNK_EVERY: Duration = Duration::from_millis(20);
 /// A follower whose client has taken no chunk for this long is ended.
@@ -208,7 +211,7 @@ fn respond(
     let Some((rx, ring)) = follow else {
         let mut body = String::new();
         for e in &lines {
-            body.push_str(&e.json());
+            body.push_str(e.json());
             body.push('\n');
         }
         return ([(header::CONTENT_TYPE, NDJSON)], body).into_response();
@@ -258,7 +261,7 @@ impl<K: Fn(&Entry) -> bool> Follower<K> {
     ) {
         let mut chunk = String::new();
         for e in &backlog {
-            chunk.push_str(&e.json());
+            chunk.push_str(e.json());
             chunk.push('\n');
             if chunk.len() >= CHUNK_BYTES && !self.send(&mut chunk).await {
                 return;
@@ -312,7 +315,7 @@ impl<K: Fn(&Entry) -> bool> Follower<K> {
             return;
         }
         *last = e.seq;
-        chunk.push_str(&e.json());
+        chunk.push_str(e.json());
         chunk.push('\n');
     }
 

@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::{broadcast, watch, Semaphore};
 
@@ -50,11 +50,15 @@ pub struct Entry {
     pub text: String,
     /// the line was longer than the pump's 16 KiB: more of it follows in the next entry
     pub split: bool,
+    /// `json()`, made once by the first reader that needs it (on the status thread, never by
+    /// the pump), then shared by every follower
+    json: OnceLock<String>,
 }
 
 impl Entry {
+    /// What it holds in the ring: its text, and its JSON form once made.
     fn cost(&self) -> usize {
-        self.text.len() + ENTRY_OVERHEAD
+        2 * self.text.len() + ENTRY_OVERHEAD
     }
 
     /// `drover.0`, as drover's own stdout labels it.
@@ -67,7 +71,11 @@ impl Entry {
 
     /// The entry as one JSON object. `stream` is "output": a worker's stdout and stderr share one
     /// pipe, so which of the two a line came from is not known.
-    pub fn json(&self) -> String {
+    pub fn json(&self) -> &str {
+        self.json.get_or_init(|| self.to_json())
+    }
+
+    fn to_json(&self) -> String {
         serde_json::json!({
             "seq": self.seq,
             "time": self.time_ms,
@@ -144,6 +152,7 @@ impl ProgramRing {
                 pid,
                 text,
                 split,
+                json: OnceLock::new(),
             });
             if st.cap_lines > 0 {
                 st.bytes += e.cost();

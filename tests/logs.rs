@@ -278,3 +278,99 @@ fn a_traceback_is_in_status_and_in_the_exit_record() {
     );
     d.stop_ok();
 }
+
+const FLOOD: &str = r#"
+[supervisor]
+status = "127.0.0.1:0"
+[program.flood]
+command = "yes 0123456789012345678901234567890123456789012345678901234567890123456789"
+"#;
+
+/// A raw `GET /programs/flood/logs?follow=1`, its response not read yet.
+fn follow_raw(addr: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /programs/flood/logs?n=0&follow=1 HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+    )
+    .unwrap();
+    s
+}
+
+fn lines_printed(addr: &str) -> u64 {
+    let m = http_get(addr, "/metrics").unwrap_or_default();
+    m.lines()
+        .find_map(|l| l.strip_prefix("drover_log_lines_total{program=\"flood\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_follower_that_stops_reading_is_told_what_it_skipped() {
+    use std::io::Read;
+    let mut d = Drover::start(FLOOD);
+    let addr = d.status_addr();
+    let mut s = follow_raw(&addr);
+    s.set_read_timeout(Some(T)).unwrap();
+    let mut head = [0u8; 512];
+    let n = s.read(&mut head).unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+    // not reading while the program prints far more than the follow buffer holds
+    let from = lines_printed(&addr);
+    wait_until(T, "100,000 more lines printed", || {
+        (lines_printed(&addr) > from + 100_000).then_some(())
+    });
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    wait_until(T, "a skipped marker in the follow", || {
+        let n = s.read(&mut buf).ok()?;
+        got.extend_from_slice(&buf[..n]);
+        String::from_utf8_lossy(&got)
+            .contains("{\"skipped\":")
+            .then_some(())
+    });
+    let m = http_get(&addr, "/metrics").unwrap();
+    let skipped: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("drover_log_follow_skipped_total{program=\"flood\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(skipped > 0, "{m}");
+    drop(s);
+    d.stop_ok();
+}
+
+#[test]
+fn followers_are_capped_and_healthz_still_answers() {
+    use std::io::Read;
+    let mut d = Drover::start(FLOOD);
+    let addr = d.status_addr();
+    let mut held = vec![];
+    for _ in 0..128 {
+        let mut s = follow_raw(&addr);
+        s.set_read_timeout(Some(T)).unwrap();
+        let mut head = [0u8; 16];
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(&head[..12], b"HTTP/1.1 200", "a follower under the cap");
+        held.push(s);
+    }
+    let (code, body) = http_get_status(&addr, "/programs/flood/logs?follow=1").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("128 clients already follow"), "{body}");
+    // 128 streams, most of them not read: the probe and a plain read still answer
+    let (code, _) = http_get_status(&addr, "/healthz").unwrap();
+    assert_eq!(code, 200);
+    let (code, body) = http_get_status(&addr, "/programs/flood/logs?n=3").unwrap();
+    assert_eq!((code, body.lines().count()), (200, 3), "{body}");
+    held.clear();
+    // their places come back once they leave
+    wait_until(T, "a follower's place again", || {
+        let mut s = follow_raw(&addr);
+        s.set_read_timeout(Some(T)).unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).ok()?;
+        (&head == b"HTTP/1.1 200").then_some(())
+    });
+    d.stop_ok();
+}

@@ -228,8 +228,9 @@ fn respond(
             keep,
             sent: lines.iter().map(|e| (e.program.clone(), e.seq)).collect(),
             tx,
+            closing,
         };
-        f.run(lines, closing, &rings).await
+        f.run(lines, &rings).await
     });
     (
         [
@@ -250,15 +251,12 @@ struct Follower<K> {
     /// the last seq already sent, by program: a line both in the backlog and the channel is sent once
     sent: HashMap<Arc<str>, u64>,
     tx: mpsc::Sender<Bytes>,
+    /// true when drover is exiting
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl<K: Fn(&Entry) -> bool> Follower<K> {
-    async fn run(
-        mut self,
-        backlog: Vec<Arc<Entry>>,
-        mut closing: tokio::sync::watch::Receiver<bool>,
-        rings: &crate::logs::ring::Rings,
-    ) {
+    async fn run(mut self, backlog: Vec<Arc<Entry>>, rings: &crate::logs::ring::Rings) {
         let mut chunk = String::new();
         for e in &backlog {
             chunk.push_str(e.json());
@@ -273,12 +271,12 @@ impl<K: Fn(&Entry) -> bool> Follower<K> {
         drop(backlog);
         let mut woke = tokio::time::Instant::now();
         loop {
-            if *closing.borrow_and_update() {
+            if *self.closing.borrow_and_update() {
                 return;
             }
             let first = tokio::select! {
                 r = self.rx.recv() => r,
-                _ = closing.changed() => return,
+                _ = self.closing.changed() => return,
             };
             match first {
                 Ok(e) => self.add(&mut chunk, &e),
@@ -327,13 +325,21 @@ impl<K: Fn(&Entry) -> bool> Follower<K> {
         chunk.push_str(&format!("{{\"skipped\":{n}}}\n"));
     }
 
-    /// Hand the chunk to the body; false when the client is gone or stalled.
+    /// Hand the chunk to the body; false when the client is gone or stalled, or drover exits
+    /// meanwhile (a client that does not read must not hold drover's exit).
     async fn send(&mut self, chunk: &mut String) -> bool {
         let bytes = Bytes::from(std::mem::take(chunk));
-        matches!(
-            tokio::time::timeout(STALLED, self.tx.send(bytes)).await,
-            Ok(Ok(()))
-        )
+        let closing = async {
+            while !*self.closing.borrow_and_update() {
+                if self.closing.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            r = tokio::time::timeout(STALLED, self.tx.send(bytes)) => matches!(r, Ok(Ok(()))),
+            _ = closing => false,
+        }
     }
 }
 

@@ -374,3 +374,43 @@ fn followers_are_capped_and_healthz_still_answers() {
     });
     d.stop_ok();
 }
+
+#[test]
+fn reload_resizes_a_ring_and_drops_a_removed_programs() {
+    let cfg = |lines: u32, with_old: bool| {
+        let old = if with_old {
+            "[program.old]\ncommand = \"sh -c 'echo old; exec sleep 1000'\"\n"
+        } else {
+            ""
+        };
+        format!(
+            "[supervisor]\nstatus = \"unix:{{dir}}/s.sock\"\n[program.long]\ncommand = \"sh -c 'head -c 20000 /dev/zero | tr \\\\\\\\0 x; echo; for i in 1 2 3 4 5 6; do echo short $i; done; exec sleep 1000'\"\n[program.long.log]\nlines = {lines}\n{old}"
+        )
+    };
+    let mut d = Drover::start(&cfg(100, true));
+    let url = format!("unix:{}", d.path("s.sock").display());
+    let out = wait_until(T, "the long line and old's line", || {
+        let (_, out, _) = logs(&url, &["-n", "100"]);
+        (out.contains("old.0 | old") && out.contains("[line continues]")).then_some(out)
+    });
+    // 20,000 bytes: one entry of 16 KiB marked as continuing, then the rest
+    let long: Vec<&str> = out.lines().filter(|l| l.contains("xxxx")).collect();
+    assert_eq!(long.len(), 2, "{out}");
+    assert!(long[0].ends_with("x [line continues]") && !long[1].ends_with("[line continues]"));
+    let text = cfg(2, false).replace("{dir}", d.dir.path().to_str().unwrap());
+    std::fs::write(d.path("drover.toml"), text).unwrap();
+    let reload = Command::new(BIN)
+        .args(["ctl", "--url", &url, "reload"])
+        .output()
+        .unwrap();
+    assert!(reload.status.success(), "{reload:?}");
+    let (code, _, err) = logs(&url, &["old"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no program named \"old\""), "{err}");
+    // `long` rolled with the reload and printed its lines again; the ring keeps 2 of them
+    wait_until(T, "the last 2 lines of long", || {
+        let (_, out, _) = logs(&url, &["long", "-n", "100"]);
+        (out == "long.0 | short 5\nlong.0 | short 6\n").then_some(())
+    });
+    d.stop_ok();
+}

@@ -29,10 +29,11 @@ pub const FOLLOW_BUFFER: usize = 1024;
 /// Followers at once, across all programs; more are answered 503.
 pub const MAX_FOLLOWERS: usize = 128;
 
-/// The text a ring of `lines` lines may hold: ~512 bytes a line, at most `MAX_RING_BYTES`, and
-/// always room for one whole line of the longest kind (16 KiB, as the pump splits them).
+/// The bytes a ring of `lines` lines may hold: ~512 a line, at most `MAX_RING_BYTES`, and always
+/// room for one line of the longest kind (16 KiB, as the pump splits them, counted twice: as
+/// read and as JSON).
 pub fn byte_budget(lines: usize) -> usize {
-    (lines.saturating_mul(512)).clamp(super::output::MAX_LINE + ENTRY_OVERHEAD, MAX_RING_BYTES)
+    (lines.saturating_mul(512)).clamp(2 * super::output::MAX_LINE + ENTRY_OVERHEAD, MAX_RING_BYTES)
 }
 
 /// One line a worker printed.

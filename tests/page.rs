@@ -205,3 +205,29 @@ fn the_page_shows_an_abandoned_roll() {
         "{line}"
     );
 }
+
+#[test]
+fn the_page_shows_a_crashed_workers_last_words_as_text() {
+    let Some(chrome) = chromium() else {
+        skip("chromium is not installed (tests/run.sh installs Debian's chromium)");
+        return;
+    };
+    let d = Drover::start(
+        "[supervisor]\nstatus = \"127.0.0.1:0\"\non_exhausted = \"stay\"\n[program.app]\ncommand = \"sh -c 'echo \\\"<b>Traceback</b>\\\"; echo ValueError: boom; sleep 0.3; exit 1'\"\n",
+    );
+    d.wait_status("last words", Duration::from_secs(30), |v| {
+        v["programs"][0]["workers"][0]["last_exit"]["last_words"]
+            .as_array()
+            .is_some_and(|w| w.len() == 2)
+    });
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("http://{}/", d.status_addr());
+    let out = headless(chrome, profile.path(), &["--dump-dom"], &url);
+    let dom = String::from_utf8_lossy(&out.stdout);
+    // what the worker printed is the text of a <pre>, its markup shown, never parsed
+    assert!(
+        dom.contains("<pre>&lt;b&gt;Traceback&lt;/b&gt;\nValueError: boom</pre>"),
+        "{dom}"
+    );
+    assert!(!dom.contains("<b>Traceback</b>"), "{dom}");
+}

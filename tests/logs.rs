@@ -276,6 +276,19 @@ fn a_traceback_is_in_status_and_in_the_exit_record() {
         record.contains("| Traceback (most recent call last):"),
         "{record}"
     );
+    // `drover status` and `drover top` show them under the worker's row
+    for cmd in ["status", "top"] {
+        let out = Command::new(BIN)
+            .args([cmd, "--url", &url(&d)])
+            .env_remove("DROVER_STATUS_URL")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.contains("      | ValueError: boom"),
+            "drover {cmd}:\n{out}"
+        );
+    }
     d.stop_ok();
 }
 

@@ -146,6 +146,9 @@ enum RunState {
     },
 }
 
+/// How long drover waits at start for the programs' log files to open.
+const LOG_FILES_OPEN: Duration = Duration::from_secs(2);
+
 pub struct Supervisor {
     cx: Context,
     /// every unreaped child, held by a pidfd: the only way drover signals a process
@@ -233,6 +236,9 @@ impl Supervisor {
             let prog = program::Program::new(id, p.clone(), &s.sockets);
             s.programs.push(prog);
         }
+        // before any worker starts, so its first lines land in its file, or the error is said
+        s.cx.output.files().configure(&cfg.programs);
+        s.cx.output.files().wait_opened(LOG_FILES_OPEN);
         s
     }
 

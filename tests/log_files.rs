@@ -357,3 +357,79 @@ fn check_says_where_the_lines_go() {
         "{text}"
     );
 }
+
+/// A frozen file system (`fsfreeze` on a loop-mounted ext4 image): writes hang, as on a dead
+/// disk or NFS server. The worker goes on; its lines are dropped as `stalled`, then marked.
+#[test]
+fn a_stalled_disk_drops_counted_marked_lines_and_never_stalls_the_worker() {
+    let d0 = tempfile::tempdir().unwrap();
+    let (img, mnt) = (d0.path().join("img"), d0.path().join("mnt"));
+    std::fs::create_dir(&mnt).unwrap();
+    let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+    if !run("mkfs.ext4", &["-q".as_ref(), img.as_os_str()])
+        || !run("mount", &["-o".as_ref(), "loop".as_ref(), img.as_os_str(), mnt.as_os_str()])
+    {
+        return skip("cannot make and loop-mount an ext4 image (needs root, mkfs.ext4)");
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let beat = d0.path().join("beat");
+    let script = format!(
+        r#"i=0; while true; do echo "n $(printf %08d $i) {pad}"; i=$((i+1)); echo $i > {beat}; sleep 0.002; done"#,
+        pad = "x".repeat(40),
+        beat = beat.display()
+    );
+    let mut d = Drover::start(&cfg(
+        &script,
+        &format!("[program.w.log]\nfile = \"{}/w.log\"\n", mnt.display()),
+    ));
+    let log = mnt.join("w.log");
+    wait_until(T, "lines in w.log", || (!lines(&log).is_empty()).then_some(()));
+    if !run("fsfreeze", &["-f".as_ref(), mnt.as_os_str()]) {
+        return skip("cannot freeze the file system (fsfreeze)");
+    }
+    // thawed before drover is stopped, and before the unmount
+    struct Thaw(PathBuf);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("fsfreeze").arg("-u").arg(&self.0).status();
+        }
+    }
+    let thaw = Thaw(mnt.clone());
+    let reason = "drover_log_file_lines_dropped_total{program=\"w\",reason=\"stalled\"}";
+    wait_until(T, "lines dropped for a stalled disk", || {
+        metric(&d, reason).filter(|&n| n > 0)
+    });
+    let beat_now = || -> u64 {
+        std::fs::read_to_string(&beat)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let b0 = beat_now();
+    wait_until(T, "the worker printing 300 more lines on a stalled disk", || {
+        (beat_now() >= b0 + 300).then_some(())
+    });
+    drop(thaw);
+    let marker = wait_until(T, "a marker line once the disk moves again", || {
+        lines(&log).into_iter().find(|l| l.contains("[drover: "))
+    });
+    assert!(
+        marker.contains("lines dropped: the disk made no progress for 500ms]"),
+        "{marker}"
+    );
+    d.stop_ok();
+}

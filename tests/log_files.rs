@@ -43,9 +43,15 @@ fn numbered(line: &str) -> u64 {
         stamp.len() == 24 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
         "timestamp of {line:?}"
     );
-    let text = rest.strip_prefix("w.0 | n ").unwrap_or_else(|| panic!("label of {line:?}"));
+    let text = rest
+        .strip_prefix("w.0 | n ")
+        .unwrap_or_else(|| panic!("label of {line:?}"));
     let (n, pad) = text.split_at(8);
-    assert_eq!(pad, format!(" {}", "x".repeat(40)), "a whole line: {line:?}");
+    assert_eq!(
+        pad,
+        format!(" {}", "x".repeat(40)),
+        "a whole line: {line:?}"
+    );
     n.parse().unwrap()
 }
 
@@ -86,7 +92,11 @@ fn rotation_keeps_whole_lines_and_exactly_the_backups() {
         let size = std::fs::metadata(f).unwrap().len();
         assert!(size <= 4096, "{} is {size} bytes", f.display());
         let text = std::fs::read_to_string(f).unwrap();
-        assert!(text.ends_with('\n'), "{} ends on a line boundary", f.display());
+        assert!(
+            text.ends_with('\n'),
+            "{} ends on a line boundary",
+            f.display()
+        );
         all.extend(text.lines().map(numbered));
     }
     // the oldest are gone with the files beyond the backups; everything newer is there, in order
@@ -113,7 +123,11 @@ fn lines_are_on_disk_when_drover_exits_and_files_are_private() {
     assert_eq!(d.wait_exit(T), 0, "{}", d.stderr());
     let log = d.path("logs/deep/w.log");
     let got: Vec<u64> = lines(&log).iter().map(|l| numbered(l)).collect();
-    assert_eq!(got, (0..3000).collect::<Vec<_>>(), "every line written before exit");
+    assert_eq!(
+        got,
+        (0..3000).collect::<Vec<_>>(),
+        "every line written before exit"
+    );
     let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640, "a new log file's mode");
     let dmode = std::fs::metadata(d.path("logs/deep")).unwrap().mode() & 0o777;
@@ -135,7 +149,10 @@ fn a_full_disk_drops_counted_marked_lines_and_never_stalls_the_worker() {
     struct Unmount(PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
         }
     }
     let _unmount = Unmount(mnt.clone());
@@ -165,9 +182,11 @@ fn a_full_disk_drops_counted_marked_lines_and_never_stalls_the_worker() {
             .unwrap_or(0)
     };
     let (b0, dropped0) = (beat_now(), metric(&d, reason).unwrap());
-    wait_until(T, "the worker printing 200 more lines on a full disk", || {
-        (beat_now() >= b0 + 200).then_some(())
-    });
+    wait_until(
+        T,
+        "the worker printing 200 more lines on a full disk",
+        || (beat_now() >= b0 + 200).then_some(()),
+    );
     wait_until(T, "more lines dropped while the disk stays full", || {
         metric(&d, reason).filter(|&n| n > dropped0)
     });
@@ -204,7 +223,10 @@ fn a_symlink_planted_at_the_log_is_not_followed() {
     std::os::unix::fs::symlink(outside.path(), dir.path().join("w.log")).unwrap();
     let mut d = Drover::start(&cfg(
         script,
-        &format!("[program.w.log]\nfile = \"{}/w.log\"\n", dir.path().display()),
+        &format!(
+            "[program.w.log]\nfile = \"{}/w.log\"\n",
+            dir.path().display()
+        ),
     ));
     wait_until(T, "the error naming the file", || {
         d.logged("cannot open its log file").then_some(())
@@ -219,7 +241,10 @@ fn a_symlink_planted_at_the_log_is_not_followed() {
     wait_until(T, "the worker's lines on drover's stdout", || {
         d.stdout().contains(r#""line":"tick 3""#).then_some(())
     });
-    assert_eq!(std::fs::read_to_string(outside.path()).unwrap(), "precious\n");
+    assert_eq!(
+        std::fs::read_to_string(outside.path()).unwrap(),
+        "precious\n"
+    );
     d.stop_ok();
 }
 
@@ -244,7 +269,10 @@ fn a_symlink_planted_at_a_backup_is_replaced_not_followed() {
     });
     let b1 = std::fs::symlink_metadata(dir.path().join("w.log.1")).unwrap();
     assert!(b1.file_type().is_file(), "w.log.1 is drover's own file now");
-    assert_eq!(std::fs::read_to_string(outside.path()).unwrap(), "precious\n");
+    assert_eq!(
+        std::fs::read_to_string(outside.path()).unwrap(),
+        "precious\n"
+    );
     d.stop_ok();
 }
 
@@ -277,7 +305,10 @@ fn a_directory_planted_at_a_backup_still_bounds_the_file() {
         .count();
     assert_eq!(said, 1, "said once per failure streak\n{}", d.stderr());
     assert!(planted.is_dir(), "the planted directory is left alone");
-    assert_eq!(std::fs::read_to_string(planted.join("mine")).unwrap(), "worker's\n");
+    assert_eq!(
+        std::fs::read_to_string(planted.join("mine")).unwrap(),
+        "worker's\n"
+    );
     // what is in w.log is whole lines
     for l in lines(&log) {
         numbered(&l);
@@ -291,22 +322,33 @@ fn reload_reopens_a_moved_file_and_follows_a_new_path() {
     let mut d = Drover::start(&cfg(script, "[program.w.log]\nfile = \"{dir}/a.log\"\n"));
     let a = d.path("a.log");
     wait_until(T, "lines in a.log", || {
-        lines(&a).iter().any(|l| l.contains("w.0 | tick 2")).then_some(())
+        lines(&a)
+            .iter()
+            .any(|l| l.contains("w.0 | tick 2"))
+            .then_some(())
     });
     // logrotate without copytruncate: the file is moved away, then drover told to reload
     std::fs::rename(&a, d.path("a.log.old")).unwrap();
     d.signal(libc::SIGHUP);
     wait_until(T, "a fresh a.log after the reload", || {
-        lines(&a).iter().any(|l| l.contains(" | tick ")).then_some(())
+        lines(&a)
+            .iter()
+            .any(|l| l.contains(" | tick "))
+            .then_some(())
     });
     // a new path
     let conf = d.path("drover.toml");
-    let text = std::fs::read_to_string(&conf).unwrap().replace("a.log", "b.log");
+    let text = std::fs::read_to_string(&conf)
+        .unwrap()
+        .replace("a.log", "b.log");
     std::fs::write(&conf, text).unwrap();
     d.signal(libc::SIGHUP);
     let b = d.path("b.log");
     wait_until(T, "lines in b.log after the reload", || {
-        lines(&b).iter().any(|l| l.contains(" | tick ")).then_some(())
+        lines(&b)
+            .iter()
+            .any(|l| l.contains(" | tick "))
+            .then_some(())
     });
     d.stop_ok();
 }
@@ -318,7 +360,10 @@ fn an_unopenable_file_sends_the_lines_to_stdout_and_says_so() {
     std::fs::create_dir(dir.path().join("w.log")).unwrap();
     let mut d = Drover::start(&cfg(
         script,
-        &format!("[program.w.log]\nfile = \"{}/w.log\"\n", dir.path().display()),
+        &format!(
+            "[program.w.log]\nfile = \"{}/w.log\"\n",
+            dir.path().display()
+        ),
     ));
     wait_until(T, "the worker's lines on drover's stdout", || {
         d.stdout().contains(r#""line":"tick 2""#).then_some(())
@@ -373,9 +418,20 @@ fn a_stalled_disk_drops_counted_marked_lines_and_never_stalls_the_worker() {
             .status()
             .is_ok_and(|s| s.success())
     };
-    std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
     if !run("mkfs.ext4", &["-q".as_ref(), img.as_os_str()])
-        || !run("mount", &["-o".as_ref(), "loop".as_ref(), img.as_os_str(), mnt.as_os_str()])
+        || !run(
+            "mount",
+            &[
+                "-o".as_ref(),
+                "loop".as_ref(),
+                img.as_os_str(),
+                mnt.as_os_str(),
+            ],
+        )
     {
         return skip("cannot make and loop-mount an ext4 image (needs root, mkfs.ext4)");
     }
@@ -397,7 +453,9 @@ fn a_stalled_disk_drops_counted_marked_lines_and_never_stalls_the_worker() {
         &format!("[program.w.log]\nfile = \"{}/w.log\"\n", mnt.display()),
     ));
     let log = mnt.join("w.log");
-    wait_until(T, "lines in w.log", || (!lines(&log).is_empty()).then_some(()));
+    wait_until(T, "lines in w.log", || {
+        (!lines(&log).is_empty()).then_some(())
+    });
     if !run("fsfreeze", &["-f".as_ref(), mnt.as_os_str()]) {
         return skip("cannot freeze the file system (fsfreeze)");
     }
@@ -405,7 +463,10 @@ fn a_stalled_disk_drops_counted_marked_lines_and_never_stalls_the_worker() {
     struct Thaw(PathBuf);
     impl Drop for Thaw {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("fsfreeze").arg("-u").arg(&self.0).status();
+            let _ = std::process::Command::new("fsfreeze")
+                .arg("-u")
+                .arg(&self.0)
+                .status();
         }
     }
     let thaw = Thaw(mnt.clone());
@@ -420,9 +481,11 @@ fn a_stalled_disk_drops_counted_marked_lines_and_never_stalls_the_worker() {
             .unwrap_or(0)
     };
     let b0 = beat_now();
-    wait_until(T, "the worker printing 300 more lines on a stalled disk", || {
-        (beat_now() >= b0 + 300).then_some(())
-    });
+    wait_until(
+        T,
+        "the worker printing 300 more lines on a stalled disk",
+        || (beat_now() >= b0 + 300).then_some(()),
+    );
     drop(thaw);
     let marker = wait_until(T, "a marker line once the disk moves again", || {
         lines(&log).into_iter().find(|l| l.contains("[drover: "))

@@ -168,7 +168,8 @@ impl Output {
         let mut tail = VecDeque::new();
         // a worker's or its preloader's lines go to the program's file, if it has one; a
         // step's (`step.NAME`, no worker) never do
-        let preloader = source.worker.is_none() && source.label == format!("{}.preload", source.program);
+        let preloader =
+            source.worker.is_none() && source.label == format!("{}.preload", source.program);
         let file = (source.worker.is_some() || preloader)
             .then(|| self.files.sink(&source.program))
             .flatten();
@@ -203,7 +204,8 @@ impl Output {
             }
         }
         if !pending.is_empty() {
-            self.emit(&source, file, pending, false, keep, &mut tail).await;
+            self.emit(&source, file, pending, false, keep, &mut tail)
+                .await;
         }
         tail
     }

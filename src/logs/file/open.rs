@@ -89,8 +89,8 @@ pub fn open_dir(dir: &Path) -> Result<OwnedFd, String> {
                     .map_err(|e| format!("{}: {e}", dir.display()))?;
                 let target = Path::new(&target);
                 if target.is_absolute() {
-                    at = nix::fcntl::open("/", DIR, Mode::empty())
-                        .map_err(|e| format!("/: {e}"))?;
+                    at =
+                        nix::fcntl::open("/", DIR, Mode::empty()).map_err(|e| format!("/: {e}"))?;
                 }
                 for p in parts(target).into_iter().rev() {
                     todo.push_front(p);
@@ -131,7 +131,8 @@ pub fn open_file(dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<(File, u64
             st.st_nlink
         ));
     }
-    fcntl(&fd, FcntlArg::F_SETFL(OFlag::O_APPEND)).map_err(|e| format!("{}: {e}", shown.display()))?;
+    fcntl(&fd, FcntlArg::F_SETFL(OFlag::O_APPEND))
+        .map_err(|e| format!("{}: {e}", shown.display()))?;
     Ok((File::from(fd), st.st_size.max(0) as u64))
 }
 

@@ -243,7 +243,10 @@ impl Writer {
                     .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
                 self.marked = [0; 4];
                 if self.write_failing {
-                    info!("program {program}: writing {} works again", t.cfg.path.display());
+                    info!(
+                        "program {program}: writing {} works again",
+                        t.cfg.path.display()
+                    );
                     self.write_failing = false;
                 }
             }
@@ -279,7 +282,10 @@ impl Writer {
                     t.size = 0;
                     self.shared.stats.rotations.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => error!("program {program}: cannot truncate {}: {e}", t.cfg.path.display()),
+                Err(e) => error!(
+                    "program {program}: cannot truncate {}: {e}",
+                    t.cfg.path.display()
+                ),
             }
             return;
         }
@@ -307,7 +313,10 @@ impl Writer {
                 }
                 match nix::unistd::ftruncate(t.file.as_fd(), 0) {
                     Ok(()) => t.size = 0,
-                    Err(e) => error!("program {program}: cannot truncate {}: {e}", t.cfg.path.display()),
+                    Err(e) => error!(
+                        "program {program}: cannot truncate {}: {e}",
+                        t.cfg.path.display()
+                    ),
                 }
             }
         }
@@ -325,7 +334,11 @@ impl Writer {
         *tried = Instant::now();
         match open(cfg) {
             Ok(t) => {
-                info!("program {}: {} is open again", self.shared.program, cfg.path.display());
+                info!(
+                    "program {}: {} is open again",
+                    self.shared.program,
+                    cfg.path.display()
+                );
                 self.target = Some(t);
                 self.reopen = None;
                 true

@@ -118,6 +118,8 @@ pub fn open_file(dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<(File, u64
             shown.display()
         ),
         Errno::EISDIR => format!("{} is a directory", shown.display()),
+        // a FIFO nobody reads (O_NONBLOCK makes the open fail rather than wait)
+        Errno::ENXIO => format!("{} is not a regular file", shown.display()),
         e => format!("{}: {e}", shown.display()),
     })?;
     let st = fstat(&fd).map_err(|e| format!("{}: {e}", shown.display()))?;
@@ -154,4 +156,51 @@ fn kind(st: &FileStat) -> SFlag {
 fn trusted(st: &FileStat) -> bool {
     let me = nix::unistd::geteuid().as_raw();
     (st.st_uid == 0 || st.st_uid == me) && st.st_mode & 0o022 == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn dir_mode(p: &Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_is_followed_only_in_a_directory_nobody_else_can_write() {
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        // the admin's link, in a directory only its owner (this process's user) can write
+        dir_mode(t.path(), 0o755);
+        std::os::unix::fs::symlink(&real, t.path().join("link")).unwrap();
+        let fd = open_dir(&t.path().join("link/logs")).unwrap();
+        let (_, size) = open_file(&fd, OsStr::new("a.log"), Path::new("a.log")).unwrap();
+        assert_eq!(size, 0);
+        assert!(
+            real.join("logs/a.log").is_file(),
+            "created through the trusted link"
+        );
+        // a link a worker could have made: in a directory anyone can write
+        let open = t.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        dir_mode(&open, 0o777);
+        std::os::unix::fs::symlink(&real, open.join("link")).unwrap();
+        let e = open_dir(&open.join("link")).unwrap_err();
+        assert!(e.contains("drover does not follow it"), "{e}");
+    }
+
+    #[test]
+    fn a_planted_hard_link_or_fifo_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let fd = open_dir(t.path()).unwrap();
+        std::fs::write(t.path().join("other"), "x").unwrap();
+        std::fs::hard_link(t.path().join("other"), t.path().join("a.log")).unwrap();
+        let e = open_file(&fd, OsStr::new("a.log"), Path::new("a.log")).unwrap_err();
+        assert!(e.contains("2 hard links"), "{e}");
+        nix::unistd::mkfifo(&t.path().join("b.log"), Mode::from_bits_truncate(0o600)).unwrap();
+        let e = open_file(&fd, OsStr::new("b.log"), Path::new("b.log")).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
 }

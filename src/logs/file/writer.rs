@@ -152,12 +152,12 @@ impl Writer {
         let start = self.buf.len();
         self.format(&e);
         self.lines += 1;
-        self.fit(start);
+        self.fit(start, true);
     }
 
-    /// Make room for the line at `buf[start..]`: rotate first when it would take the file past
-    /// its size.
-    fn fit(&mut self, start: usize) {
+    /// Make room for the line at `buf[start..]` (a program's line, or a marker: `counted`
+    /// false): rotate first when it would take the file past its size.
+    fn fit(&mut self, start: usize, counted: bool) {
         let Some(t) = &self.target else { return };
         let len = (self.buf.len() - start) as u64;
         let before = t.size + start as u64;
@@ -165,7 +165,7 @@ impl Writer {
             return;
         }
         let line = self.buf.split_off(start);
-        let counted = u64::from(!line.is_empty());
+        let counted = u64::from(counted);
         self.lines -= counted;
         self.write_batch();
         self.rotate();
@@ -194,7 +194,7 @@ impl Writer {
                 if n == 1 { "" } else { "s" },
                 why.why()
             );
-            self.fit(start);
+            self.fit(start, false);
         }
     }
 
@@ -229,9 +229,14 @@ impl Writer {
         if self.buf.is_empty() {
             return;
         }
-        let program = &self.shared.program;
+        let program = self.shared.program.clone();
         let Some(t) = &mut self.target else {
+            // a rotation could not open a fresh file: what was batched for it is lost, and told
+            self.unmark();
+            self.unmarked[Dropped::Unwritable as usize] += self.lines;
+            self.shared.stats.count(Dropped::Unwritable, self.lines);
             self.buf.clear();
+            self.lines = 0;
             return;
         };
         match t.file.write_all(&self.buf) {
@@ -256,13 +261,13 @@ impl Writer {
                     Some(Errno::ENOSPC | Errno::EDQUOT) => Dropped::DiskFull,
                     _ => Dropped::IoError,
                 };
-                for (u, m) in self.unmarked.iter_mut().zip(self.marked.iter_mut()) {
-                    *u += std::mem::take(m);
-                }
-                self.unmarked[why as usize] += self.lines;
-                self.shared.stats.count(why, self.lines);
-                if !self.write_failing {
-                    error!("program {program}: cannot write {}: {e}; its lines are dropped and counted (drover_log_file_lines_dropped_total) until writing works again, then a marker line says how many", t.cfg.path.display());
+                let (lines, failing) = (self.lines, self.write_failing);
+                let path = t.cfg.path.display().to_string();
+                self.unmark();
+                self.unmarked[why as usize] += lines;
+                self.shared.stats.count(why, lines);
+                if !failing {
+                    error!("program {program}: cannot write {path}: {e}; its lines are dropped and counted (drover_log_file_lines_dropped_total) until writing works again, then a marker line says how many");
                     self.write_failing = true;
                 }
             }
@@ -271,6 +276,13 @@ impl Writer {
         self.lines = 0;
         // the writer moved: pumps may wait for the queue again
         self.shared.stalled.store(false, Ordering::Release);
+    }
+
+    /// The markers batched were not written: their drops are still to be told.
+    fn unmark(&mut self) {
+        for (u, m) in self.unmarked.iter_mut().zip(self.marked.iter_mut()) {
+            *u += std::mem::take(m);
+        }
     }
 
     fn rotate(&mut self) {

@@ -34,7 +34,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peers import BENCH, DROVER, VENV, wait_for  # noqa: E402
+from peers import BENCH, DROVER, VENV, children, wait_for  # noqa: E402
 
 PEER_VENV = os.environ.get("BENCH_VENV", VENV)
 PM2 = os.environ.get("PM2_BIN", os.path.join(BENCH, "node_modules", ".bin", "pm2"))
@@ -169,7 +169,8 @@ class Run:
     def stop(self):
         if self.kind == "pm2":
             subprocess.run([PM2, "kill"], env=self.env, capture_output=True, timeout=60)
-        for pid in [self.pid]:
+        # the printer may have a process group of its own (supervisord's children do)
+        for pid in children(self.pid) + [self.pid]:
             try:
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
             except OSError:

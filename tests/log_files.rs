@@ -317,7 +317,7 @@ fn a_directory_planted_at_a_backup_still_bounds_the_file() {
 }
 
 #[test]
-fn reload_reopens_a_moved_file_and_follows_a_new_path() {
+fn reload_reopens_a_moved_file_follows_a_new_path_and_keeps_the_old_on_error() {
     let script = r#"i=0; while true; do echo "tick $i"; i=$((i+1)); sleep 0.02; done"#;
     let mut d = Drover::start(&cfg(script, "[program.w.log]\nfile = \"{dir}/a.log\"\n"));
     let a = d.path("a.log");
@@ -350,6 +350,27 @@ fn reload_reopens_a_moved_file_and_follows_a_new_path() {
             .any(|l| l.contains(" | tick "))
             .then_some(())
     });
+    // a new path that cannot be opened: the old file goes on, and the log says so
+    std::fs::create_dir(d.path("c.log")).unwrap();
+    let text = std::fs::read_to_string(&conf)
+        .unwrap()
+        .replace("b.log", "c.log");
+    std::fs::write(&conf, text).unwrap();
+    d.signal(libc::SIGHUP);
+    wait_until(T, "the error naming c.log", || {
+        d.messages()
+            .into_iter()
+            .find(|m| m.contains("c.log is a directory"))
+    });
+    let n = lines(&b).len();
+    wait_until(T, "more lines in b.log", || {
+        (lines(&b).len() > n + 3).then_some(())
+    });
+    assert!(
+        d.logged("b.log as before (fix it and reload)"),
+        "{}",
+        d.stderr()
+    );
     d.stop_ok();
 }
 

@@ -134,7 +134,45 @@ pub fn render(s: &Snapshot) -> String {
     );
     // a process-wide count kept by the log writer, not a figure of the loop's snapshot
     let _ = writeln!(o, "# HELP drover_log_lines_dropped_total Lines of drover's own log dropped because stderr or the journal was not taking them (each gap is marked in the log).\n# TYPE drover_log_lines_dropped_total counter\ndrover_log_lines_dropped_total {}", crate::logs::writer::dropped_total());
+    log_files(&mut o);
     o
+}
+
+/// Programs' log files (`logs/file.rs`): process-wide counts kept by their writers.
+fn log_files(o: &mut String) {
+    use crate::logs::file::{stats, Dropped};
+    use std::sync::atomic::Ordering::Relaxed;
+    let all = stats();
+    let _ = writeln!(o, "# HELP drover_log_file_bytes_total Bytes of program output written to its log file.\n# TYPE drover_log_file_bytes_total counter");
+    for (p, st) in &all {
+        let _ = writeln!(
+            o,
+            "drover_log_file_bytes_total{{program=\"{}\"}} {}",
+            esc(p),
+            st.bytes.load(Relaxed)
+        );
+    }
+    let _ = writeln!(o, "# HELP drover_log_file_rotations_total Times a program's log file was rotated (or truncated, backups = 0).\n# TYPE drover_log_file_rotations_total counter");
+    for (p, st) in &all {
+        let _ = writeln!(
+            o,
+            "drover_log_file_rotations_total{{program=\"{}\"}} {}",
+            esc(p),
+            st.rotations.load(Relaxed)
+        );
+    }
+    let _ = writeln!(o, "# HELP drover_log_file_lines_dropped_total Lines of program output not written to its log file, by reason (disk_full, stalled, io_error, unwritable); each gap is marked in the file.\n# TYPE drover_log_file_lines_dropped_total counter");
+    for (p, st) in &all {
+        for why in Dropped::ALL {
+            let _ = writeln!(
+                o,
+                "drover_log_file_lines_dropped_total{{program=\"{}\",reason=\"{}\"}} {}",
+                esc(p),
+                why.label(),
+                st.dropped(why)
+            );
+        }
+    }
 }
 
 /// Each socket's accept queue and its limit; the node's listen-queue overflows.

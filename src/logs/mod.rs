@@ -3,6 +3,7 @@
 //! blocked stderr or journal never stops the event loop. `output` carries the workers' and steps'
 //! lines; both use the `Style` chosen here.
 
+pub mod file;
 pub mod journald;
 pub mod output;
 pub mod ring;
@@ -228,9 +229,15 @@ pub fn printable(s: &str) -> String {
 
 /// UTC now as RFC 3339 with microseconds, without a date library.
 pub fn now_rfc3339() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    rfc3339_at(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+/// `d` after the epoch as `2026-12-05T07:20:01.123456Z`.
+pub fn rfc3339_at(d: Duration) -> String {
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // civil-from-days (Howard Hinnant)

@@ -19,6 +19,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Notify};
 use tracing::error;
 
+use super::file::{Files, Sink};
 use super::{now_rfc3339, Style};
 
 pub const MAX_LINE: usize = 16 * 1024;
@@ -57,6 +58,8 @@ pub struct Output {
     pumps: Arc<(AtomicUsize, Notify)>,
     /// each program's recent lines, shared with the status server
     rings: Arc<super::ring::Rings>,
+    /// programs' log files (`file.rs`): a program's lines go there instead of `tx` when open
+    files: Arc<Files>,
 }
 
 /// Counts a pump while it runs, on every path out of it.
@@ -106,12 +109,18 @@ impl Output {
             tx,
             pumps: Arc::new((AtomicUsize::new(0), Notify::new())),
             rings: Arc::default(),
+            files: Arc::default(),
         }
     }
 
     /// The rings the pumps fill, for the status server and the loop.
     pub fn rings(&self) -> &Arc<super::ring::Rings> {
         &self.rings
+    }
+
+    /// The programs' log files, to (re)configure at start and on reload.
+    pub fn files(&self) -> &Files {
+        &self.files
     }
 
     /// Before drover exits: let every pump read its pipe to the end (a worker's last lines are
@@ -138,6 +147,9 @@ impl Output {
         let asked = tokio::time::timeout_at(by, self.tx.send(Msg::Flush(ack))).await;
         let flushed = matches!(asked, Ok(Ok(())))
             && matches!(tokio::time::timeout_at(by, flushed).await, Ok(Ok(())));
+        if !self.files.flush(by).await {
+            error!("worker output: a log file took no line for {within:?} (a stalled disk); the lines still queued for it are lost");
+        }
         if !flushed {
             error!("worker output: stdout took no line for {within:?} (a full pipe, a stalled log collector, a paused terminal); the output still queued is lost");
         } else if open > 0 {
@@ -177,6 +189,14 @@ impl Output {
 
     async fn read_pipe(&self, source: Arc<Source>, fd: OwnedFd, keep: usize) -> VecDeque<String> {
         let mut tail = VecDeque::new();
+        // a worker's or its preloader's lines go to the program's file, if it has one; a
+        // step's (`step.NAME`, no worker) never do
+        let preloader =
+            source.worker.is_none() && source.label == format!("{}.preload", source.program);
+        let file = (source.worker.is_some() || preloader)
+            .then(|| self.files.sink(&source.program))
+            .flatten();
+        let file = file.as_deref();
         let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
             return tail;
         };
@@ -193,7 +213,7 @@ impl Output {
                     pending.extend_from_slice(&chunk[..i]);
                     chunk = &chunk[i + 1..];
                     let text = std::mem::take(&mut pending);
-                    self.emit(&source, text, false, keep, &mut tail).await;
+                    self.emit(&source, file, text, false, keep, &mut tail).await;
                 } else {
                     let room = MAX_LINE - pending.len();
                     let take = room.min(chunk.len());
@@ -201,13 +221,14 @@ impl Output {
                     chunk = &chunk[take..];
                     if pending.len() >= MAX_LINE {
                         let text = std::mem::take(&mut pending);
-                        self.emit(&source, text, true, keep, &mut tail).await;
+                        self.emit(&source, file, text, true, keep, &mut tail).await;
                     }
                 }
             }
         }
         if !pending.is_empty() {
-            self.emit(&source, pending, false, keep, &mut tail).await;
+            self.emit(&source, file, pending, false, keep, &mut tail)
+                .await;
         }
         tail
     }
@@ -215,6 +236,7 @@ impl Output {
     async fn emit(
         &self,
         source: &Arc<Source>,
+        file: Option<&Sink>,
         text: Vec<u8>,
         split: bool,
         keep: usize,
@@ -236,14 +258,18 @@ impl Output {
             s.truncate(s.floor_char_boundary(512));
             tail.push_back(s);
         }
-        let _ = self
-            .tx
-            .send(Msg::Line(Line {
-                source: source.clone(),
-                text,
-                split,
-            }))
-            .await;
+        let mut line = Line {
+            source: source.clone(),
+            text,
+            split,
+        };
+        if let Some(f) = file {
+            match f.write(line).await {
+                Some(back) => line = back,
+                None => return,
+            }
+        }
+        let _ = self.tx.send(Msg::Line(line)).await;
     }
 }
 

@@ -149,6 +149,9 @@ enum RunState {
     },
 }
 
+/// How long drover waits at start for the programs' log files to open.
+const LOG_FILES_OPEN: Duration = Duration::from_secs(2);
+
 pub struct Supervisor {
     cx: Context,
     /// every unreaped child, held by a pidfd: the only way drover signals a process
@@ -240,6 +243,9 @@ impl Supervisor {
             s.programs.push(prog);
         }
         s.cx.output.rings().configure(&cfg.programs);
+        // before any worker starts, so its first lines land in its file, or the error is said
+        s.cx.output.files().configure(&cfg.programs);
+        s.cx.output.files().wait_opened(LOG_FILES_OPEN);
         s
     }
 

@@ -87,6 +87,8 @@ pub(super) fn diff(
         let only_count = ProgramCfg {
             workers: np.workers,
             min_ready: np.min_ready,
+            // the writer reopens the file: nothing to restart for
+            log_file: np.log_file.clone(),
             ..(*old).clone()
         } == *np;
         if !only_count {
@@ -307,6 +309,8 @@ impl Supervisor {
         }
         self.cfg = new;
         self.cx.output.rings().configure(&self.cfg.programs);
+        // each log file reopened: a changed path, or one logrotate moved away
+        self.cx.output.files().configure(&self.cfg.programs);
         self.history_configured();
         self.ensure_notify_socket();
         // added programs, and waiting ones whose depends_on changed, start if theirs hold

@@ -625,6 +625,7 @@ async fn supervise(s: Start) -> i32 {
         _ => "off",
     };
     let (liveness, liveness_answers) = drover::api::liveness::pair();
+    let feed = Arc::new(drover::api::events::Feed::default());
     if let Some(addr) = &s.cfg.supervisor.status {
         let hosts = match addr {
             ListenAddr::Tcp(_) => drover::api::hosts::Hosts::new(&s.cfg.supervisor.status_hosts),
@@ -644,6 +645,7 @@ async fn supervise(s: Start) -> i32 {
             )),
             liveness,
             hosts: Arc::new(hosts),
+            events: feed.clone(),
         };
         if let Err(e) = serve_status(addr, api, https, control_mode) {
             let fix = match e.kind() {
@@ -678,6 +680,7 @@ async fn supervise(s: Start) -> i32 {
         budget: s.budget,
         notify,
         liveness: liveness_answers,
+        feed,
     };
     supervisor::Supervisor::new(s.cfg, bound, cx)
         .run(reaper, signals, events_rx)

@@ -162,6 +162,10 @@ struct ConnState {
     in_flight: AtomicU32,
     /// told when a request ends and the connection may have become evictable
     idle: Arc<Notify>,
+    /// responses streaming now (`Streaming`): the connection outlives `CONNECTION_LIFETIME`
+    streaming: AtomicU32,
+    /// told to close the connection at once (a stream whose client does not keep up)
+    close: Notify,
 }
 
 /// One open connection, as eviction sees it.
@@ -323,11 +327,20 @@ async fn serve(listener: AsyncFd<Bound>, api: Api) {
                     std::future::pending::<()>().await
                 }
             };
+            // a streaming response is not cut at the lifetime: it ends itself (or is closed)
+            let lifetime = async {
+                tokio::time::sleep(CONNECTION_LIFETIME).await;
+                while state.streaming.load(Ordering::Relaxed) > 0 {
+                    tokio::time::sleep(CONNECTION_LIFETIME).await;
+                }
+            };
             // whichever comes first ends the connection (dropping it closes the socket)
             tokio::select! {
-                _ = tokio::time::timeout(CONNECTION_LIFETIME, connection(stream, tls, svc, &state)) => {}
+                _ = connection(stream, tls, svc, &state) => {}
+                _ = lifetime => {}
                 _ = evicted => {}
                 _ = first_byte => {}
+                _ = state.close.notified() => {}
             }
         });
         // let the new connection read what it was sent before the next is accepted, so that at
@@ -550,6 +563,47 @@ impl Drop for InFlight {
         if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.0.idle.notify_one();
         }
+    }
+}
+
+/// A response that streams (`GET /events`), held by its body: while it lasts its connection
+/// has a request in flight (never evicted as idle) and is not cut at `CONNECTION_LIFETIME`;
+/// `Closer::close` ends the connection at once (no final chunk), for a client that does not
+/// keep up.
+pub struct Streaming {
+    _in_flight: InFlight,
+    closer: Closer,
+}
+
+/// Closes a streaming response's connection.
+#[derive(Clone)]
+pub struct Closer(Arc<ConnState>);
+
+impl Closer {
+    pub fn close(&self) {
+        self.0.close.notify_one();
+    }
+}
+
+impl Streaming {
+    /// For the request whose extensions these are (None outside the listener, in unit tests).
+    pub fn start(ext: &axum::http::Extensions) -> Option<Streaming> {
+        let conn = ext.get::<OnConn>()?.0.clone();
+        conn.streaming.fetch_add(1, Ordering::Relaxed);
+        Some(Streaming {
+            _in_flight: InFlight::start(conn.clone()),
+            closer: Closer(conn),
+        })
+    }
+
+    pub fn closer(&self) -> Closer {
+        self.closer.clone()
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.closer.0.streaming.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -5,6 +5,8 @@
 pub mod ages;
 pub mod client;
 pub mod control;
+pub mod event_stream;
+pub mod events;
 pub mod history;
 pub mod hosts;
 pub mod listener;

@@ -47,6 +47,8 @@ pub struct Api {
     pub liveness: Probe,
     /// the `Host` values answered (`supervisor.status_hosts`; any on a unix socket)
     pub hosts: Arc<Hosts>,
+    /// what happens, for `GET /events` (`events.rs`, `event_stream.rs`)
+    pub events: Arc<super::events::Feed>,
 }
 
 pub fn router(api: Api) -> Router {
@@ -60,6 +62,7 @@ pub fn router(api: Api) -> Router {
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/events", get(super::event_stream::events))
         .route("/reload", post(reload))
         .route("/programs/{name}/restart", post(restart))
         .route("/programs/{name}/reload", post(reload_program))
@@ -329,7 +332,7 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl IntoRespons
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::api::metrics::render(&shown(&api, &headers).await),
+        crate::api::metrics::render(&shown(&api, &headers).await) + &api.events.render_metrics(),
     )
 }
 
@@ -374,7 +377,7 @@ async fn history(State(api): State<Api>) -> Response {
 }
 
 async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "no such route; GET /, /status, /history, /healthz, /readyz, /metrics; POST /reload, /programs/NAME/{restart,reload,scale,stop}")
+    error(StatusCode::NOT_FOUND, "no such route; GET /, /status, /history, /events, /healthz, /readyz, /metrics; POST /reload, /programs/NAME/{restart,reload,scale,stop}")
 }
 
 async fn method_not_allowed() -> Response {

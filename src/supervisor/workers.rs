@@ -8,6 +8,7 @@ use tracing::{error, info, warn};
 
 use super::depends::Stage;
 use super::{plural, RunState, Supervisor};
+use crate::api::events::Event;
 use crate::config::{LogMode, OnAllExited, ReadyCheck};
 
 /// After a process is reaped, its output pipe is read this much longer, then closed.
@@ -163,6 +164,7 @@ impl Supervisor {
         let index = w.slot.index();
         w.fresh_process(first_check, retire_at);
         w.slot.spawned(pid, now, &sc);
+        let restarts = w.slot.restarts();
         self.pids.insert(pid, (prog, id));
         // its process group may speak on NOTIFY_SOCKET, as its user
         let uid = self.programs[pi]
@@ -177,6 +179,20 @@ impl Supervisor {
             ""
         };
         info!(program = %pname, worker = index, pid, "worker {pname}.{index} started (pid {pid}{how})");
+        self.emit(Event::WorkerStarted {
+            program: pname.clone(),
+            worker: index,
+            pid,
+            forked,
+        });
+        if restarts > 0 {
+            self.emit(Event::WorkerRestarted {
+                program: pname,
+                worker: index,
+                pid,
+                restarts,
+            });
+        }
     }
 
     /// Pump a pipe's lines into drover's output under `label`.
@@ -300,6 +316,12 @@ impl Supervisor {
             .unwrap_or_default();
         let exit = w.slot.exited(status, oom, now, &sc, jitter);
         let (idx, last) = (w.slot.index(), w.slot.last_exit().cloned());
+        if exit.next != Next::Ignored {
+            let restarting = running && !replacement;
+            let ev = super::emit::exited((&name, idx, pid), status, last.as_ref(), exit.next, uptime, restarting);
+            self.emit(ev);
+        }
+        let p = &mut self.programs[pi];
         if replacement && !matches!(exit.next, Next::Stopped(_) | Next::Ignored) {
             // a roll's replacement that exits before it is ready is not restarted: the roll is
             // abandoned, said in one line (not a "restarting in …" that would not happen)
@@ -471,6 +493,13 @@ impl Supervisor {
         if let Some(n) = &self.cx.notify {
             n.stopping();
         }
+        self.emit(Event::ShuttingDown {
+            why: format!(
+                "every worker has ended and none will run again: exit code {}",
+                self.exit_code
+            ),
+            fast: false,
+        });
         self.stop_everything(false, now);
     }
 
@@ -480,6 +509,12 @@ impl Supervisor {
         let name = self.programs[pi].cfg.name.clone();
         if from != to {
             info!(program = %name, "program {name}: scaling from {from} to {to} workers");
+            self.emit(Event::Scaled {
+                program: name.clone(),
+                from,
+                to,
+                why: reason.as_str(),
+            });
         }
         if !self.programs[pi].started() {
             // it waits for its dependencies: it starts with `desired` workers when they hold

@@ -91,7 +91,11 @@ fn start(feed: &Feed, seen: Seen) -> (u64, Option<Bytes>) {
                 Resume::Lost { from, .. } | Resume::Unknown { from, .. } => from,
                 Resume::After(n) => n,
             };
-            let why = format!("Last-Event-ID `{}` is not an event id; replaying the {} events kept", crate::logs::printable(&v), feed.newest() - from);
+            let why = format!(
+                "Last-Event-ID `{}` is not an event id; replaying the {} events kept",
+                crate::logs::printable(&v),
+                feed.newest() - from
+            );
             return (from, Some(lost_frame(None, &v, why)));
         }
     };

@@ -170,7 +170,10 @@ struct Record<'a> {
 /// One SSE frame, `id: N\nevent: TYPE\ndata: {json}\n\n`.
 pub fn frame(id: u64, time: &str, event: &Event) -> Bytes {
     let json = serde_json::to_string(&Record { id, time, event }).unwrap_or_default();
-    Bytes::from(format!("id: {id}\nevent: {}\ndata: {json}\n\n", event.kind()))
+    Bytes::from(format!(
+        "id: {id}\nevent: {}\ndata: {json}\n\n",
+        event.kind()
+    ))
 }
 
 /// The backlog and its counts.
@@ -301,7 +304,10 @@ impl Feed {
             .take(max)
             .map(|f| f.1.clone())
             .collect();
-        Ok((out, after + r.frames.len().saturating_sub(skip).min(max) as u64))
+        Ok((
+            out,
+            after + r.frames.len().saturating_sub(skip).min(max) as u64,
+        ))
     }
 
     /// Whether a client that has been handed every id up to `at` has fallen out of the backlog.

@@ -7,6 +7,7 @@ pub mod client;
 pub mod control;
 pub mod event_stream;
 pub mod events;
+pub mod events_cli;
 pub mod history;
 pub mod hosts;
 pub mod listener;

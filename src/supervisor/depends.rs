@@ -301,7 +301,9 @@ impl Supervisor {
                 let name = &p.cfg.name;
                 info!(program = %name, "program {name} waits for {} before it starts (depends_on)", on.join(", "));
                 let (program, on) = (name.clone(), on.clone());
-                self.cx.feed.emit(crate::api::events::Event::DependencyWaiting { program, on });
+                self.cx
+                    .feed
+                    .emit(crate::api::events::Event::DependencyWaiting { program, on });
                 now
             }
         };

@@ -35,11 +35,7 @@ impl Supervisor {
 pub(super) fn status_fields(st: Option<ExitStatus>) -> (Option<i32>, Option<String>, Option<i32>) {
     match st {
         Some(ExitStatus::Code(c)) => (Some(c), None, None),
-        Some(ExitStatus::Signal(s)) => (
-            None,
-            Some(s.as_str().to_string()),
-            Some(s as i32),
-        ),
+        Some(ExitStatus::Signal(s)) => (None, Some(s.as_str().to_string()), Some(s as i32)),
         Some(ExitStatus::OtherSignal(n)) => (None, Some(format!("SIG{n}")), Some(n)),
         None => (None, None, None),
     }

@@ -184,7 +184,11 @@ impl Supervisor {
                 info!(program = %name, "program {name}: rolling {} of {n} worker{}", reason.as_str(), plural(n));
                 p.roll = Some(Roll::new(reason, asked, ids.collect()));
                 let program = name.clone();
-                self.emit(crate::api::events::Event::RollStarted { program, reason: reason.as_str(), workers: n });
+                self.emit(crate::api::events::Event::RollStarted {
+                    program,
+                    reason: reason.as_str(),
+                    workers: n,
+                });
             }
         }
     }
@@ -216,7 +220,11 @@ impl Supervisor {
             let ids = due.into_iter().map(|(_, id)| id).collect();
             p.roll = Some(Roll::new(StopReason::Lifetime, now, ids));
             let (program, workers) = (name.clone(), p.roll.as_ref().map_or(0, |r| r.of as usize));
-            self.emit(crate::api::events::Event::RollStarted { program, reason: StopReason::Lifetime.as_str(), workers });
+            self.emit(crate::api::events::Event::RollStarted {
+                program,
+                reason: StopReason::Lifetime.as_str(),
+                workers,
+            });
             self.advance_rolls(now);
         }
     }

@@ -82,7 +82,11 @@ impl Supervisor {
                     warn!(program = %name, queue, max_queue = max, "{name}: {queue} connections waiting, above max_queue {max}: /readyz answers 503 until the queue falls back to {max}");
                     p.shedding = Some(Shedding { since: now, queue });
                     let program = name.clone();
-                    self.emit(Event::SheddingOn { program, queue, max_queue: max });
+                    self.emit(Event::SheddingOn {
+                        program,
+                        queue,
+                        max_queue: max,
+                    });
                 }
                 (Some(s), true) => s.queue = queue,
                 (Some(s), false) => {
@@ -90,7 +94,12 @@ impl Supervisor {
                     info!(program = %name, queue, max_queue = max, "{name}: queue back to {queue} (max_queue {max}) after {after:.1}s of shedding: /readyz ready again");
                     let program = name.clone();
                     p.shedding = None;
-                    self.emit(Event::SheddingOff { program, queue, max_queue: max, after_seconds: after });
+                    self.emit(Event::SheddingOff {
+                        program,
+                        queue,
+                        max_queue: max,
+                        after_seconds: after,
+                    });
                 }
                 (None, false) => {}
             }

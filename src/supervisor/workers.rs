@@ -318,7 +318,14 @@ impl Supervisor {
         let (idx, last) = (w.slot.index(), w.slot.last_exit().cloned());
         if exit.next != Next::Ignored {
             let restarting = running && !replacement;
-            let ev = super::emit::exited((&name, idx, pid), status, last.as_ref(), exit.next, uptime, restarting);
+            let ev = super::emit::exited(
+                (&name, idx, pid),
+                status,
+                last.as_ref(),
+                exit.next,
+                uptime,
+                restarting,
+            );
             self.emit(ev);
         }
         let p = &mut self.programs[pi];

@@ -14,7 +14,13 @@ fn ids(frames: &[axum::body::Bytes]) -> Vec<u64> {
         .iter()
         .map(|f| {
             let s = std::str::from_utf8(f).unwrap();
-            s.strip_prefix("id: ").unwrap().split('\n').next().unwrap().parse().unwrap()
+            s.strip_prefix("id: ")
+                .unwrap()
+                .split('\n')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
         })
         .collect()
 }
@@ -97,7 +103,13 @@ fn metrics_count_events_by_type() {
     }
     f.emit(Event::ReloadRejected { why: "x".into() });
     let m = f.render_metrics();
-    assert!(m.contains("drover_events_total{type=\"scaled\"} 3\n"), "{m}");
-    assert!(m.contains("drover_events_total{type=\"reload_rejected\"} 1\n"), "{m}");
+    assert!(
+        m.contains("drover_events_total{type=\"scaled\"} 3\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("drover_events_total{type=\"reload_rejected\"} 1\n"),
+        "{m}"
+    );
     assert!(m.contains("drover_events_dropped_clients_total 0\n"), "{m}");
 }

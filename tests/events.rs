@@ -354,3 +354,53 @@ fn drover_events_prints_json_lines_and_exits_with_drover() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("http://127.0.0.1:1"), "{err}");
 }
+
+/// 127 streams and a stalled one are open: the next is refused with 503, and /healthz and
+/// /status keep answering while events flow to all of them.
+#[test]
+fn streams_are_capped_and_healthz_answers_beside_them() {
+    let d = Drover::start(&common::one_program("command = \"sleep 1000\""));
+    let addr = d.status_addr();
+    let pid = pid_of(&d, "w");
+    let mut open: Vec<TcpStream> = (0..127).map(|_| connect(&addr, "/events", "")).collect();
+    let stalled = {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(1024).unwrap();
+        let a: std::net::SocketAddr = addr.parse().unwrap();
+        sock.connect(&a.into()).unwrap();
+        let mut s: TcpStream = sock.into();
+        write!(s, "GET /events HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        s
+    };
+    open.push(stalled);
+    wait_until(T, "128 streams open", || {
+        (metric(&addr, "drover_events_streams")? == 128.0).then_some(())
+    });
+    let (code, body) = common::http_get_status(&addr, "/events").expect("an answer");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("128 event streams"), "{body}");
+    let live = follow_after_cap(&addr, &mut open);
+    kill(pid, libc::SIGKILL);
+    live.next_where("the kill on a stream beside 127 others", |e| {
+        e.kind == "worker_exited" && e.data["pid"] == pid
+    });
+    for _ in 0..20 {
+        let (code, body) = common::http_get_status(&addr, "/healthz").expect("/healthz answers");
+        assert_eq!(code, 200, "{body}");
+    }
+    assert!(http_get(&addr, "/status").is_some());
+    drop(open);
+    wait_until(T, "every stream closed", || {
+        (metric(&addr, "drover_events_streams")? <= 1.0).then_some(())
+    });
+}
+
+/// Close one of the `open` streams to make room for a reader.
+fn follow_after_cap(addr: &str, open: &mut Vec<TcpStream>) -> Stream {
+    drop(open.remove(0));
+    wait_until(T, "a slot free", || {
+        (metric(addr, "drover_events_streams")? < 128.0).then_some(())
+    });
+    follow(addr, "/events", "")
+}

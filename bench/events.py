@@ -3,7 +3,7 @@
 and a stalled one cost the loop (respawn latency) or the status thread (/healthz) anything.
 
     cargo build --release
-    python3 bench/events.py [--kills 30] [--clients 100] [--seconds 20]
+    python3 bench/events.py [--kills 30] [--clients 100] [--seconds 30] [--rounds 3]
 
 (a) A stable worker is SIGKILLed; the figure runs from just before kill(2) to the moment the
     `worker_exited` event carrying its pid has been read off /events by a client (one line
@@ -11,7 +11,8 @@ and a stalled one cost the loop (respawn latency) or the status thread (/healthz
 (b) Respawn latency (kill(2) -> the replacement's first action after exec, a stamp the C worker
     writes, as bench/bench.py respawn measures it) and /healthz p50/p99 (a new connection every
     5 ms) while a second program churns (4 workers that exit every 1.2 s), once with no event
-    client and once with N clients reading /events plus one that connects and never reads.
+    client and once with N clients reading /events plus one that connects and never reads;
+    `--rounds` alternates the two conditions (kills and seconds split across rounds).
 
 Loopback only. drover and its workers are stopped by pid (its process group) at the end of
 each part. Results are printed as Markdown tables.
@@ -250,7 +251,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kills", type=int, default=30)
     ap.add_argument("--clients", type=int, default=100)
-    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     if not os.path.exists(DROVER):
         raise SystemExit(f"{DROVER} is missing: cargo build --release first")
@@ -261,17 +263,22 @@ def main():
     print("| median | p99 | min | max |\n|---|---|---|---|")
     print(f"| {statistics.median(lat):.2f} | {pct(lat, 0.99):.2f} | {min(lat):.2f} | {max(lat):.2f} |")
     print(f"\n### Respawn and /healthz with a program churning (4 workers exiting every 1.2 s)\n")
+    print(f"{a.rounds} rounds of each condition, alternating (a busy machine's drift hits both); load average before: "
+          f"{os.getloadavg()[0]:.2f}\n")
     print("| /events clients | kills | respawn median / p95 (ms) | /healthz probes | p50 / p99 / max (ms) | failed | events | dropped clients |")
     print("|---|---|---|---|---|---|---|---|")
-    for clients in (0, a.clients):
-        respawn, probes, events, dropped = part_b(stamp, a.kills, clients, a.seconds)
+    acc = {c: ([], [], 0, 0) for c in (0, a.clients)}
+    for _ in range(a.rounds):
+        for clients in (0, a.clients):
+            respawn, probes, events, dropped = part_b(stamp, a.kills // a.rounds, clients, a.seconds / a.rounds)
+            r, p, e, d = acc[clients]
+            acc[clients] = (r + respawn, p + probes, e + events, d + dropped)
+    for clients, (respawn, probes, events, dropped) in acc.items():
         ms = [p[0] for p in probes]
         failed = sum(1 for p in probes if not p[1])
         who = f"{clients} + 1 stalled" if clients else "0"
         print(f"| {who} | {len(respawn)} | {statistics.median(respawn):.2f} / {pct(respawn, 0.95):.2f} | {len(probes)} | "
               f"{statistics.median(ms):.2f} / {pct(ms, 0.99):.2f} / {max(ms):.2f} | {failed} | {events} | {dropped} |")
-        sys.stdout.flush()
-
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,8 @@
 //!
 //! Per connection the bookkeeping is: when it opened, whether it has sent a byte (its stream's
 //! reads are counted, `Tracked`), and its requests in flight (counted from the moment a request
-//! has arrived whole, headers and body, until its response is ready: `received`).
+//! has arrived whole, headers and body, until its response is ready: `received`; for a
+//! streaming response, until its body ends: `Streaming`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -58,7 +59,8 @@ pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A client must finish sending a request's headers within this (slowloris); a request's body
 /// too, once its headers are in.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Any connection, however busy, is closed after this (clients reconnect).
+/// Any connection, however busy, is closed after this (clients reconnect) — but for one whose
+/// response is still streaming (`Streaming`: `/events`), which ends by itself or is closed.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Request line plus headers.
 pub const MAX_BUF: usize = 16 * 1024;

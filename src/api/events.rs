@@ -5,20 +5,21 @@
 //! frame once and keeps it in a backlog of the last `BACKLOG` events, shared with the status
 //! thread, which streams from it (`event_stream.rs`). Emitting is O(1) whatever the clients do:
 //! one short lock (the status thread holds it only to copy out at most `MAX_PER_CHUNK` frames),
-//! a push, a pop when full, and a `watch` bump that wakes the streams. Nothing here waits on a
-//! client.
+//! a push, a pop when full, and one `Notify` permit for the status thread's hub task, which
+//! wakes the streams there (`hub`): the loop never touches a stream, however many there are.
+//! Nothing here waits on a client.
 //!
 //! Events are public (served without the token, like /status): they carry names, indexes,
 //! pids, exit statuses, counts and drover's own reasons — never an environment value, argv or a
 //! worker's output.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// Events kept for replay (`Last-Event-ID`); a stream that falls further behind is dropped.
 pub const BACKLOG: usize = 1000;
@@ -201,6 +202,12 @@ pub enum Resume {
 /// newest id to the streams.
 pub struct Feed {
     ring: Mutex<Ring>,
+    /// the newest id issued, as the loop left it
+    last: AtomicU64,
+    /// the loop's one wake-up for the hub, whatever the number of streams
+    wake: Notify,
+    hub_running: AtomicBool,
+    /// the newest id, as the hub passes it on to the streams
     newest: watch::Sender<u64>,
     closed: watch::Sender<bool>,
     /// streams closed for falling more than `BACKLOG` behind
@@ -220,6 +227,9 @@ impl Feed {
     pub fn with_capacity(capacity: usize) -> Feed {
         Feed {
             ring: Mutex::default(),
+            last: AtomicU64::new(0),
+            wake: Notify::new(),
+            hub_running: AtomicBool::new(false),
             newest: watch::channel(0).0,
             closed: watch::channel(false).0,
             dropped_clients: AtomicU64::new(0),
@@ -232,30 +242,36 @@ impl Feed {
         self.ring.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Number, stamp and keep `event`, and wake the streams. O(1).
+    /// Number, stamp and keep `event`, and wake the hub. O(1).
     pub fn emit(&self, event: Event) -> u64 {
         let time = crate::logs::now_rfc3339();
         let id = {
             let mut r = self.lock();
             // only the loop emits: the id is the newest plus one
-            let id = *self.newest.borrow() + 1;
+            let id = self.last.load(Ordering::Relaxed) + 1;
             r.frames.push_back((id, frame(id, &time, &event)));
             if r.frames.len() > self.capacity {
                 r.frames.pop_front();
             }
             *r.totals.entry(event.kind()).or_default() += 1;
+            self.last.store(id, Ordering::Release);
             id
         };
-        self.newest.send_replace(id);
+        self.wake.notify_one();
         id
     }
 
     /// The newest id issued (0: none yet).
     pub fn newest(&self) -> u64 {
-        *self.newest.borrow()
+        self.last.load(Ordering::Acquire)
     }
 
-    pub fn subscribe(&self) -> (watch::Receiver<u64>, watch::Receiver<bool>) {
+    /// The streams' view of the newest id and of the end, with the hub running to move them
+    /// (started by the first stream, on the status thread's runtime).
+    pub fn subscribe(self: &Arc<Self>) -> (watch::Receiver<u64>, watch::Receiver<bool>) {
+        if !self.hub_running.swap(true, Ordering::Relaxed) {
+            tokio::spawn(hub(self.clone()));
+        }
         (self.newest.subscribe(), self.closed.subscribe())
     }
 
@@ -333,6 +349,15 @@ impl Feed {
             self.streams.load(Ordering::Relaxed)
         ));
         out
+    }
+}
+
+/// On the status thread: each wake-up from the loop (however many emits it stands for) moves
+/// the streams' `watch` to the newest id, waking them all there. One task; no timer.
+async fn hub(feed: Arc<Feed>) {
+    loop {
+        feed.wake.notified().await;
+        feed.newest.send_replace(feed.newest());
     }
 }
 

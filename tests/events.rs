@@ -402,5 +402,10 @@ fn follow_after_cap(addr: &str, open: &mut Vec<TcpStream>) -> Stream {
     wait_until(T, "a slot free", || {
         (metric(addr, "drover_events_streams")? < 128.0).then_some(())
     });
-    follow(addr, "/events", "")
+    let s = follow(addr, "/events", "");
+    // it starts from the newest event when drover takes it: counted, it sees what follows
+    wait_until(T, "the reader's stream open", || {
+        (metric(addr, "drover_events_streams")? == 128.0).then_some(())
+    });
+    s
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::Supervisor;
 use crate::api::events::Event;
 use crate::process::reaper::ExitStatus;
-use crate::state::{LastExit, Next};
+use crate::state::{LastExit, Next, StopReason};
 
 /// At exit, open event streams have this long to send their last events and end.
 const STREAMS_GRACE: Duration = Duration::from_secs(1);
@@ -15,6 +15,44 @@ const STREAMS_GRACE: Duration = Duration::from_secs(1);
 impl Supervisor {
     pub(super) fn emit(&self, event: Event) {
         self.cx.feed.emit(event);
+    }
+
+    /// `worker_started`, and `worker_restarted` when the slot had a process before.
+    pub(super) fn emit_started(
+        &self,
+        program: String,
+        worker: u32,
+        pid: i32,
+        forked: bool,
+        restarts: u32,
+    ) {
+        self.emit(Event::WorkerStarted {
+            program: program.clone(),
+            worker,
+            pid,
+            forked,
+        });
+        if restarts > 0 {
+            self.emit(Event::WorkerRestarted {
+                program,
+                worker,
+                pid,
+                restarts,
+            });
+        }
+    }
+
+    pub(super) fn emit_scaled(&self, program: &str, (from, to): (u32, u32), why: StopReason) {
+        self.emit(Event::Scaled {
+            program: program.to_string(),
+            from,
+            to,
+            why: why.as_str(),
+        });
+    }
+
+    pub(super) fn emit_shutting_down(&self, why: String, fast: bool) {
+        self.emit(Event::ShuttingDown { why, fast });
     }
 
     /// drover exits: streams send what is left and end with their final chunk; wait for them
@@ -44,9 +82,7 @@ pub(super) fn status_fields(st: Option<ExitStatus>) -> (Option<i32>, Option<Stri
 /// The `worker_exited` event of an exit: what ended it and what drover does next.
 pub(super) fn exited(
     (program, worker, pid): (&str, u32, i32),
-    status: ExitStatus,
-    last: Option<&LastExit>,
-    next: Next,
+    (status, last, next): (ExitStatus, Option<&LastExit>, Next),
     uptime: Duration,
     restarting: bool,
 ) -> Event {

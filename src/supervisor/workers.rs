@@ -8,7 +8,6 @@ use tracing::{error, info, warn};
 
 use super::depends::Stage;
 use super::{plural, RunState, Supervisor};
-use crate::api::events::Event;
 use crate::config::{LogMode, OnAllExited, ReadyCheck};
 
 /// After a process is reaped, its output pipe is read this much longer, then closed.
@@ -179,20 +178,7 @@ impl Supervisor {
             ""
         };
         info!(program = %pname, worker = index, pid, "worker {pname}.{index} started (pid {pid}{how})");
-        self.emit(Event::WorkerStarted {
-            program: pname.clone(),
-            worker: index,
-            pid,
-            forked,
-        });
-        if restarts > 0 {
-            self.emit(Event::WorkerRestarted {
-                program: pname,
-                worker: index,
-                pid,
-                restarts,
-            });
-        }
+        self.emit_started(pname, index, pid, forked, restarts);
     }
 
     /// Pump a pipe's lines into drover's output under `label`.
@@ -318,15 +304,13 @@ impl Supervisor {
         let (idx, last) = (w.slot.index(), w.slot.last_exit().cloned());
         if exit.next != Next::Ignored {
             let restarting = running && !replacement;
-            let ev = super::emit::exited(
+            let how = (status, last.as_ref(), exit.next);
+            self.emit(super::emit::exited(
                 (&name, idx, pid),
-                status,
-                last.as_ref(),
-                exit.next,
+                how,
                 uptime,
                 restarting,
-            );
-            self.emit(ev);
+            ));
         }
         let p = &mut self.programs[pi];
         if replacement && !matches!(exit.next, Next::Stopped(_) | Next::Ignored) {
@@ -500,13 +484,11 @@ impl Supervisor {
         if let Some(n) = &self.cx.notify {
             n.stopping();
         }
-        self.emit(Event::ShuttingDown {
-            why: format!(
-                "every worker has ended and none will run again: exit code {}",
-                self.exit_code
-            ),
-            fast: false,
-        });
+        let why = format!(
+            "every worker has ended for good: exit code {}",
+            self.exit_code
+        );
+        self.emit_shutting_down(why, false);
         self.stop_everything(false, now);
     }
 
@@ -516,12 +498,7 @@ impl Supervisor {
         let name = self.programs[pi].cfg.name.clone();
         if from != to {
             info!(program = %name, "program {name}: scaling from {from} to {to} workers");
-            self.emit(Event::Scaled {
-                program: name.clone(),
-                from,
-                to,
-                why: reason.as_str(),
-            });
+            self.emit_scaled(&name, (from, to), reason);
         }
         if !self.programs[pi].started() {
             // it waits for its dependencies: it starts with `desired` workers when they hold

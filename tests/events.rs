@@ -342,6 +342,20 @@ fn drover_events_prints_json_lines_and_exits_with_drover() {
     };
     assert_eq!(exited["pid"], pid);
     assert_eq!(exited["signal_number"], 9);
+    // Ctrl-C ends a follow with 0
+    let mut second = std::process::Command::new(common::BIN)
+        .args(["events", "--url", &format!("http://{addr}")])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(T, "the second follower connected", || {
+        (metric(&addr, "drover_events_streams")? >= 2.0).then_some(())
+    });
+    kill(second.id() as i64, libc::SIGINT);
+    let st = wait_until(T, "drover events to end on SIGINT", || {
+        second.try_wait().ok().flatten()
+    });
+    assert_eq!(st.code(), Some(0), "{st:?}");
     d.stop_ok();
     let st = wait_until(T, "drover events to exit", || cli.try_wait().ok().flatten());
     assert_eq!(st.code(), Some(0));
@@ -408,4 +422,59 @@ fn follow_after_cap(addr: &str, open: &mut Vec<TcpStream>) -> Stream {
         (metric(addr, "drover_events_streams")? == 128.0).then_some(())
     });
     s
+}
+
+/// Over a unix status socket too: `drover events` prints the events in words.
+#[test]
+fn drover_events_follows_over_a_unix_socket_in_words() {
+    let mut d = Drover::start(
+        "[supervisor]\nstatus = \"unix:{dir}/status.sock\"\nshutdown_timeout = \"10s\"\n\n[program.w]\ncommand = \"sleep 1000\"\n",
+    );
+    let sock = d.path("status.sock");
+    wait_until(T, "the status socket", || sock.exists().then_some(()));
+    let url = format!("unix:{}", sock.display());
+    let mut cli = std::process::Command::new(common::BIN)
+        .args(["events", "--url", &url])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let out = cli.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // drover's own answer over the socket says when the stream is open
+    let status = |path: &str| -> Option<String> {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut b = String::new();
+        s.read_to_string(&mut b).ok()?;
+        Some(b.split_once("\r\n\r\n")?.1.to_string())
+    };
+    wait_until(T, "drover events connected", || {
+        let m = status("/metrics")?;
+        m.lines()
+            .any(|l| l == "drover_events_streams 1")
+            .then_some(())
+    });
+    let pid = wait_until(T, "a worker", || {
+        let v: serde_json::Value = serde_json::from_str(&status("/status")?).ok()?;
+        Drover::worker_pids(&v, "w").first().copied()
+    });
+    kill(pid, libc::SIGKILL);
+    let want = format!(" w.0 exited (SIGKILL, pid {pid}), restarting in ");
+    let end = Instant::now() + T;
+    loop {
+        let line = rx
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no line with `{want}`"));
+        if line.contains(&want) {
+            break;
+        }
+    }
+    d.stop_ok();
+    let st = wait_until(T, "drover events to exit", || cli.try_wait().ok().flatten());
+    assert_eq!(st.code(), Some(0));
 }

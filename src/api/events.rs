@@ -64,7 +64,7 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         signal_number: Option<i32>,
         /// why it ended: `crashed`, `exited`, `oom`, `memory`, or the stop's reason (`shutdown`, `scale`, ...)
-        reason: String,
+        reason: &'static str,
         uptime_seconds: f64,
         /// whether drover starts it again
         restart: bool,

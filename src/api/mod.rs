@@ -1,6 +1,7 @@
 //! What drover shows and accepts: the status/control HTTP server (its routes, its listener and
-//! connections on a thread of their own, the Host allow-list, the loop's liveness), Prometheus
-//! metrics, control requests to the loop, the command-line client, TLS, and sd_notify to systemd.
+//! connections on a thread of their own, the Host allow-list, the loop's liveness), the events
+//! the loop emits and their streams (`GET /events`, `drover events`), Prometheus metrics,
+//! control requests to the loop, the command-line client, TLS, and sd_notify to systemd.
 
 pub mod ages;
 pub mod client;

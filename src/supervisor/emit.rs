@@ -106,7 +106,7 @@ pub(super) fn exited(
         code,
         signal,
         signal_number,
-        reason: reason.to_string(),
+        reason,
         uptime_seconds: uptime.as_secs_f64(),
         restart: restart_in.is_some(),
         restart_in_seconds: restart_in,

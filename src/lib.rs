@@ -12,8 +12,9 @@
 //!   `waitpid`), signals, the guard, user/group identity, listening sockets, /proc probes
 //! - `resources`  cgroups v2/v1, /proc usage sampling, `workers = "auto"`, autoscale arithmetic
 //! - `api`        snapshot types, the status/control server (on its own thread; connection
-//!   cap, Host allow-list, the loop's liveness), metrics, control requests, the command-line
-//!   client, TLS, sd_notify
+//!   cap, Host allow-list, the loop's liveness), the event backlog and `GET /events`, metrics,
+//!   control requests, the command-line clients (`status`, `top`, `ctl`, `events`), TLS,
+//!   sd_notify
 //! - `logs`       drover's own logs (queued, written by a thread of their own; the journal's
 //!   datagrams), and worker/step output (prefixes, one writer thread)
 //! - `watch`      dev runner: inotify on `watch` paths, include/exclude globs -> rolling restart

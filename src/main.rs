@@ -88,6 +88,19 @@ enum Cmd {
         #[arg(long)]
         ready: bool,
     },
+    /// Follow what a running drover does (GET /events): one line per event, or its JSON with
+    /// --json. Exit 0 when drover exits or on Ctrl-C, 2 when it cannot be reached.
+    Events {
+        /// http://HOST:PORT or unix:/path (default: $DROVER_STATUS_URL, else the configuration's supervisor.status, else http://127.0.0.1:9900)
+        #[arg(long)]
+        url: Option<String>,
+        /// The configuration whose supervisor.status to ask (default: $DROVER_CONFIG, ./drover.toml, /etc/drover/drover.toml)
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Print each event's JSON as sent.
+        #[arg(long)]
+        json: bool,
+    },
     /// A live terminal view of a running drover (programs, workers, CPU, memory, socket
     /// queues), redrawn every second; q quits. One snapshot when stdout is not a terminal.
     Top {
@@ -330,6 +343,13 @@ fn main() -> ExitCode {
                 if !quiet {
                     eprintln!("drover status: {e}");
                 }
+                2
+            }
+        },
+        Cmd::Events { url, config, json } => match locate(url, config) {
+            Ok(t) => drover::api::events_cli::events_command(&t.url, json),
+            Err(e) => {
+                eprintln!("drover events: {e}");
                 2
             }
         },
@@ -631,6 +651,7 @@ async fn supervise(s: Start) -> i32 {
     };
     let (liveness, liveness_answers) = drover::api::liveness::pair();
     let output = output::Output::start(s.style);
+    let feed = Arc::new(drover::api::events::Feed::default());
     if let Some(addr) = &s.cfg.supervisor.status {
         let hosts = match addr {
             ListenAddr::Tcp(_) => drover::api::hosts::Hosts::new(&s.cfg.supervisor.status_hosts),
@@ -651,6 +672,7 @@ async fn supervise(s: Start) -> i32 {
             liveness,
             hosts: Arc::new(hosts),
             rings: output.rings().clone(),
+            events: feed.clone(),
         };
         if let Err(e) = serve_status(addr, api, https, control_mode) {
             let fix = match e.kind() {
@@ -685,6 +707,7 @@ async fn supervise(s: Start) -> i32 {
         budget: s.budget,
         notify,
         liveness: liveness_answers,
+        feed,
     };
     supervisor::Supervisor::new(s.cfg, bound, cx)
         .run(reaper, signals, events_rx)

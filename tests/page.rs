@@ -1,6 +1,11 @@
 //! The web status page, rendered for real in headless Chromium (tests/run.sh installs Debian's
 //! chromium): its worker table must show the live pids, and its history charts must draw data
 //! under the page's own Content-Security-Policy.
+//!
+//! These pages are opened with `?poll`: the page then polls /status instead of following
+//! /events, since headless chromium's `--virtual-time-budget` never runs out while a request
+//! (the event stream) is open. `the_page_follows_events` opens it without, in a browser left
+//! open, and sees drover count its stream. Every run is killed (and fails) after 60 s.
 
 mod common;
 use common::*;
@@ -12,13 +17,26 @@ fn chromium() -> Option<&'static str> {
         .find(|p| std::path::Path::new(p).exists())
 }
 
-/// Chromium's command line for one headless run against `url`, with `extra` flags.
+/// One headless run against `url` with `extra` flags, in virtual time (5 s of it).
 fn headless(
     chrome: &str,
     profile: &std::path::Path,
     extra: &[&str],
     url: &str,
 ) -> std::process::Output {
+    let mut flags = vec!["--virtual-time-budget=5000"];
+    flags.extend_from_slice(extra);
+    chromium_run(chrome, profile, &flags, url)
+}
+
+/// Chromium's command line for one headless run against `url`, with `extra` flags, started.
+fn chromium_start(
+    chrome: &str,
+    profile: &std::path::Path,
+    extra: &[&str],
+    url: &str,
+    out: std::process::Stdio,
+) -> std::process::Child {
     std::process::Command::new(chrome)
         .args([
             "--headless",
@@ -30,14 +48,47 @@ fn headless(
             "--disable-sync",
             "--no-first-run",
             "--disable-quic",
-            "--virtual-time-budget=5000",
         ])
         .args(extra)
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(url)
-        .output()
+        .stdout(out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run chromium")
 }
+
+/// One headless run to its end; killed, and the test failed, after `CHROMIUM_DEADLINE`.
+fn chromium_run(
+    chrome: &str,
+    profile: &std::path::Path,
+    extra: &[&str],
+    url: &str,
+) -> std::process::Output {
+    let child = chromium_start(chrome, profile, extra, url, std::process::Stdio::piped());
+    // a page that never lets virtual time run out (a request left open) must fail the test,
+    // not hang it: chromium is killed at the deadline
+    let pid = child.id() as i32;
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if finished.recv_timeout(CHROMIUM_DEADLINE).is_err() {
+            // SAFETY: kill(2) on the chromium this test started: it has run for the whole
+            // deadline, so it is not reaped (`done` follows wait_with_output at once)
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().expect("wait for chromium");
+    let _ = done.send(());
+    assert!(
+        started.elapsed() < CHROMIUM_DEADLINE,
+        "chromium did not finish within {CHROMIUM_DEADLINE:?} on {url} (killed): a request the page keeps open stops its virtual time"
+    );
+    out
+}
+
+/// Longest a headless chromium run may take before it is killed and the test fails.
+const CHROMIUM_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The response head of `GET path`.
 fn head(addr: &str, path: &str) -> String {
@@ -87,7 +138,7 @@ fn history_charts_draw_data_under_a_strict_csp() {
         "inline code in the page"
     );
     let profile = tempfile::tempdir().unwrap();
-    let url = format!("http://{status}/");
+    let url = format!("http://{status}/?poll");
     let out = headless(
         chrome,
         profile.path(),
@@ -158,7 +209,7 @@ fn status_page_shows_live_pids_in_chromium() {
     });
     let pids = Drover::worker_pids(&st, "web");
     let profile = tempfile::tempdir().unwrap();
-    let url = format!("http://{}/", d.status_addr());
+    let url = format!("http://{}/?poll", d.status_addr());
     let out = headless(chrome, profile.path(), &["--dump-dom"], &url);
     let dom = String::from_utf8_lossy(&out.stdout);
     for pid in pids {
@@ -190,7 +241,7 @@ fn the_page_shows_an_abandoned_roll() {
         v["programs"][0]["last_roll"]["outcome"] == "abandoned"
     });
     let profile = tempfile::tempdir().unwrap();
-    let url = format!("http://{}/", d.status_addr());
+    let url = format!("http://{}/?poll", d.status_addr());
     let out = headless(chrome, profile.path(), &["--dump-dom"], &url);
     let dom = String::from_utf8_lossy(&out.stdout);
     let line = dom
@@ -221,7 +272,7 @@ fn the_page_shows_a_crashed_workers_last_words_as_text() {
             .is_some_and(|w| w.len() == 2)
     });
     let profile = tempfile::tempdir().unwrap();
-    let url = format!("http://{}/", d.status_addr());
+    let url = format!("http://{}/?poll", d.status_addr());
     let out = headless(chrome, profile.path(), &["--dump-dom"], &url);
     let dom = String::from_utf8_lossy(&out.stdout);
     // what the worker printed is the text of a <pre>, its markup shown, never parsed
@@ -230,4 +281,52 @@ fn the_page_shows_a_crashed_workers_last_words_as_text() {
         "{dom}"
     );
     assert!(!dom.contains("<b>Traceback</b>"), "{dom}");
+}
+
+#[test]
+fn the_page_follows_events() {
+    let Some(chrome) = chromium() else {
+        skip("chromium is not installed (tests/run.sh installs Debian's chromium)");
+        return;
+    };
+    let d = Drover::start(&one_program("command = \"sleep 1000\""));
+    let status = d.status_addr();
+    d.wait_status("a worker", T, |v| !Drover::worker_pids(v, "w").is_empty());
+    let streams = move || -> Option<f64> {
+        let m = http_get(&status, "/metrics")?;
+        m.lines()
+            .find_map(|l| l.strip_prefix("drover_events_streams "))
+            .and_then(|n| n.parse().ok())
+    };
+    assert_eq!(streams(), Some(0.0));
+    // the page in a browser that stays open (no dump: nothing ends it) until it is killed
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("http://{}/", d.status_addr());
+    let devtools = ["--remote-debugging-port=0"];
+    let mut page = Killed(chromium_start(
+        chrome,
+        profile.path(),
+        &devtools,
+        &url,
+        std::process::Stdio::null(),
+    ));
+    wait_until(T, "drover to count the page's /events stream", || {
+        (streams()? >= 1.0).then_some(())
+    });
+    let _ = page.0.kill();
+    let _ = page.0.wait();
+    // the browser gone, its stream ends too
+    wait_until(T, "the page's stream to end", || {
+        (streams()? == 0.0).then_some(())
+    });
+}
+
+/// A browser killed when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

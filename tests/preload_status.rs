@@ -12,6 +12,7 @@
 mod common;
 use common::*;
 use std::process::Command;
+use std::time::Duration;
 
 const FAKE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -152,7 +153,9 @@ fn workers_waiting_for_a_loading_preloader_say_so_everywhere() {
     );
 }
 
-/// The page, rendered by headless Chromium, contains every one of `texts`.
+/// The page, rendered by headless Chromium, contains every one of `texts`. The page is opened
+/// with `?poll` (it polls /status instead of following /events: virtual time stands still while
+/// a stream is open), and chromium is killed, failing the test, after 60 s.
 fn page_shows(d: &Drover, texts: &[&str]) {
     let Some(chrome) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()
@@ -162,7 +165,8 @@ fn page_shows(d: &Drover, texts: &[&str]) {
         return;
     };
     let profile = tempfile::tempdir().unwrap();
-    let out = Command::new(chrome)
+    let url = format!("http://{}/?poll", d.status_addr());
+    let child = Command::new(chrome)
         .args([
             "--headless",
             "--no-sandbox",
@@ -173,9 +177,28 @@ fn page_shows(d: &Drover, texts: &[&str]) {
             "--dump-dom",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("http://{}/", d.status_addr()))
-        .output()
+        .arg(&url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
         .expect("run chromium");
+    let deadline = Duration::from_secs(60);
+    let pid = child.id() as i32;
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if finished.recv_timeout(deadline).is_err() {
+            // SAFETY: kill(2) on the chromium this test started: it has run for the whole
+            // deadline, so it is not reaped (`done` follows wait_with_output at once)
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().expect("wait for chromium");
+    let _ = done.send(());
+    assert!(
+        started.elapsed() < deadline,
+        "chromium did not finish within {deadline:?} on {url} (killed)"
+    );
     let dom = String::from_utf8_lossy(&out.stdout);
     for t in texts {
         assert!(dom.contains(t), "the page does not show `{t}`:\n{dom}");

@@ -20,7 +20,8 @@
 //!
 //! Per connection the bookkeeping is: when it opened, whether it has sent a byte (its stream's
 //! reads are counted, `Tracked`), and its requests in flight (counted from the moment a request
-//! has arrived whole, headers and body, until its response is ready: `received`).
+//! has arrived whole, headers and body, until its response is ready: `received`; for a
+//! streaming response, until its body ends: `Streaming`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,18 +33,14 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::Request;
-use axum::http::StatusCode;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Router;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::server::{self, Api, MAX_BODY};
+use super::server::{self, Api};
 use crate::config::ListenAddr;
 use tracked::Tracked;
 
@@ -59,7 +56,8 @@ pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A client must finish sending a request's headers within this (slowloris); a request's body
 /// too, once its headers are in.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Any connection, however busy, is closed after this (clients reconnect).
+/// Any connection, however busy, is closed after this (clients reconnect) — but for one whose
+/// response is still streaming (`Streaming`: `/events`), which ends by itself or is closed.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Request line plus headers.
 pub const MAX_BUF: usize = 16 * 1024;
@@ -161,10 +159,12 @@ struct ConnState {
     /// it has sent at least one byte
     sent: AtomicBool,
     in_flight: AtomicU32,
-    /// responses still streaming (`Streaming`): the connection outlives `CONNECTION_LIFETIME`
-    streams: AtomicU32,
     /// told when a request ends and the connection may have become evictable
     idle: Arc<Notify>,
+    /// responses streaming now (`Streaming`): the connection outlives `CONNECTION_LIFETIME`
+    streaming: AtomicU32,
+    /// told to close the connection at once (a stream whose client does not keep up)
+    close: Notify,
 }
 
 /// One open connection, as eviction sees it.
@@ -326,14 +326,11 @@ async fn serve(listener: AsyncFd<Bound>, api: Api) {
                     std::future::pending::<()>().await
                 }
             };
-            // a connection streaming a response (a follower of the output) lives on while it
-            // streams; the followers have their own cap (`logs/ring.rs::MAX_FOLLOWERS`)
+            // a streaming response is not cut at the lifetime: it ends itself (or is closed)
             let lifetime = async {
-                loop {
+                tokio::time::sleep(CONNECTION_LIFETIME).await;
+                while state.streaming.load(Ordering::Relaxed) > 0 {
                     tokio::time::sleep(CONNECTION_LIFETIME).await;
-                    if state.streams.load(Ordering::Relaxed) == 0 {
-                        break;
-                    }
                 }
             };
             // whichever comes first ends the connection (dropping it closes the socket)
@@ -342,6 +339,7 @@ async fn serve(listener: AsyncFd<Bound>, api: Api) {
                 _ = lifetime => {}
                 _ = evicted => {}
                 _ = first_byte => {}
+                _ = state.close.notified() => {}
             }
         });
         // let the new connection read what it was sent before the next is accepted, so that at
@@ -497,79 +495,8 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for WithConn
     }
 }
 
-/// A request in flight on its connection; ended on drop.
-struct InFlight(Arc<ConnState>);
-
-impl InFlight {
-    fn start(state: Arc<ConnState>) -> InFlight {
-        state.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(state)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.0.idle.notify_one();
-        }
-    }
-}
-
-/// A response that streams (a follower of the output): while it lives, its connection counts a
-/// request in flight, so it is neither evicted as idle nor closed at `CONNECTION_LIFETIME`. It
-/// still holds one of the `MAX_CONNECTIONS` slots.
-pub struct Streaming(InFlight);
-
-impl Streaming {
-    /// For the request whose extensions these are; None outside the listener (tests of the
-    /// router alone).
-    pub fn start(ext: &axum::http::Extensions) -> Option<Streaming> {
-        let c = ext.get::<OnConn>()?;
-        c.0.streams.fetch_add(1, Ordering::Relaxed);
-        Some(Streaming(InFlight::start(c.0.clone())))
-    }
-}
-
-impl Drop for Streaming {
-    fn drop(&mut self) {
-        self.0 .0.streams.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Middleware (the router's outermost layer but the Host check): read the whole body, within
-/// `HEADER_TIMEOUT` and `MAX_BODY`, before the request counts as in flight. A client trickling
-/// a body stays evictable, and cannot hold a slot past the timeout.
-pub async fn received(req: Request, next: Next) -> Response {
-    use http_body_util::{BodyExt, LengthLimitError, Limited};
-    let conn = req.extensions().get::<OnConn>().cloned();
-    let (parts, body) = req.into_parts();
-    let read = Limited::new(body, MAX_BODY).collect();
-    let body = match tokio::time::timeout(HEADER_TIMEOUT, read).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => {
-            return server::error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body too large (limit {MAX_BODY} bytes)"),
-            )
-        }
-        Ok(Err(e)) => {
-            return server::error(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the request body: {e}"),
-            )
-        }
-        Err(_) => {
-            return server::error(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("the request body did not arrive within {HEADER_TIMEOUT:?}; closing"),
-            )
-        }
-    };
-    let _in_flight = conn.map(|c| InFlight::start(c.0));
-    next.run(Request::from_parts(parts, Body::from(body)))
-        .await
-        .into_response()
-}
+mod requests;
+pub use requests::{received, Closer, Streaming};
 
 #[cfg(test)]
 mod tests;

@@ -49,6 +49,8 @@ pub struct Api {
     pub hosts: Arc<Hosts>,
     /// each program's recent output (`GET /programs/NAME/logs`)
     pub rings: Arc<crate::logs::ring::Rings>,
+    /// what happens, for `GET /events` (`events.rs`, `event_stream.rs`)
+    pub events: Arc<super::events::Feed>,
 }
 
 pub fn router(api: Api) -> Router {
@@ -64,6 +66,7 @@ pub fn router(api: Api) -> Router {
         .route("/metrics", get(metrics))
         .route("/logs", get(super::logs::all))
         .route("/programs/{name}/logs", get(super::logs::program))
+        .route("/events", get(super::event_stream::events))
         .route("/reload", post(reload))
         .route("/programs/{name}/restart", post(restart))
         .route("/programs/{name}/reload", post(reload_program))
@@ -346,7 +349,9 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl IntoRespons
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::api::metrics::render(&shown(&api, &headers).await) + &api.rings.metrics(),
+        crate::api::metrics::render(&shown(&api, &headers).await)
+            + &api.rings.metrics()
+            + &api.events.render_metrics(),
     )
 }
 
@@ -391,7 +396,7 @@ async fn history(State(api): State<Api>) -> Response {
 }
 
 async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "no such route; GET /, /status, /history, /healthz, /readyz, /metrics, /logs, /programs/NAME/logs; POST /reload, /programs/NAME/{restart,reload,scale,stop}")
+    error(StatusCode::NOT_FOUND, "no such route; GET /, /status, /history, /events, /healthz, /readyz, /metrics, /logs, /programs/NAME/logs; POST /reload, /programs/NAME/{restart,reload,scale,stop}")
 }
 
 async fn method_not_allowed() -> Response {

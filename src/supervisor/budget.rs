@@ -139,10 +139,18 @@ impl Supervisor {
             fmt_size(used), fmt_size(soft)
         );
         w.memory = Some(MemoryAction::Recycle);
+        let ev = crate::api::events::Event::BudgetRecycle {
+            program: name,
+            worker: idx,
+            pid,
+            memory_bytes: used,
+            memory_soft: soft,
+        };
         match p.roll.as_mut() {
             Some(r) => r.also(id),
             None => p.roll = Some(Roll::new(StopReason::Memory, now, VecDeque::from([id]))),
         }
+        self.emit(ev);
     }
 
     /// Every sample interval: usage, enforcement where no cgroup does it, autoscaling.
@@ -209,6 +217,13 @@ impl Supervisor {
         );
         w.memory = Some(MemoryAction::Kill);
         let acts = w.slot.kill(KillCause::MemoryHard);
+        self.emit(crate::api::events::Event::BudgetKill {
+            program: name,
+            worker: idx,
+            pid,
+            memory_bytes: used,
+            memory_hard: hard,
+        });
         self.apply(pi, id, acts, now);
     }
 

@@ -146,7 +146,8 @@ impl Supervisor {
         }
         if let Some(code) = exit {
             self.exit_code = code;
-            self.begin_shutdown(false, now);
+            let why = format!("a crash loop (on_exhausted = \"exit\"): exit code {code}");
+            self.begin_shutdown(false, now, why);
         }
     }
 }

@@ -300,6 +300,10 @@ impl Supervisor {
             _ => {
                 let name = &p.cfg.name;
                 info!(program = %name, "program {name} waits for {} before it starts (depends_on)", on.join(", "));
+                let (program, on) = (name.clone(), on.clone());
+                self.cx
+                    .feed
+                    .emit(crate::api::events::Event::DependencyWaiting { program, on });
                 now
             }
         };
@@ -346,6 +350,8 @@ impl Supervisor {
                 .collect();
             let after = waited.map_or(String::new(), |w| format!(" after waiting {w:.2?}"));
             info!(program = %name, "program {name}: its dependencies hold ({}){after}; starting {n} worker{}", held.join(", "), plural(n as usize));
+            let program = name.clone();
+            self.emit(crate::api::events::Event::DependencySatisfied { program, held });
         }
         self.prepare_program(pi, now);
         for i in 0..n {

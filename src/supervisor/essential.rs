@@ -67,6 +67,7 @@ impl Supervisor {
         };
         error!(program = %name, "program {name} is essential and {how}: stopping every program, dependents first, and exiting with its code {code}");
         self.exit_code = code;
-        self.begin_shutdown(false, now);
+        let why = format!("program {name} is essential and {how}: exit code {code}");
+        self.begin_shutdown(false, now, why);
     }
 }

@@ -23,6 +23,7 @@ mod app_metrics;
 mod budget;
 mod crash_loop;
 mod depends;
+mod emit;
 mod essential;
 mod health;
 mod history;
@@ -132,6 +133,8 @@ pub struct Context {
     pub notify: Option<crate::api::sd_notify::Notifier>,
     /// answers `/healthz`'s pings: the loop is alive while it comes back to its `select!`
     pub liveness: crate::api::liveness::Responder,
+    /// what happens, for `GET /events` (`emit.rs`)
+    pub feed: Arc<crate::api::events::Feed>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -316,6 +319,7 @@ impl Supervisor {
                 self.cx.output.settle(OUTPUT_GRACE).await;
                 // every pipe has been read: the exit records still waiting get their last words
                 self.last_words_due(Instant::now(), true);
+                self.close_streams().await;
                 return code;
             }
             let deadline = self.next_deadline(Instant::now());

@@ -165,6 +165,12 @@ impl Supervisor {
                 .or_default()
                 .observe(lat.as_secs_f64());
             info!(program = %name, worker = idx, pid, "worker {name}.{idx} (pid {pid}) ready in {:.2}s", lat.as_secs_f64());
+            self.emit(crate::api::events::Event::WorkerReady {
+                program: name,
+                worker: idx,
+                pid,
+                after_seconds: lat.as_secs_f64(),
+            });
         }
     }
 

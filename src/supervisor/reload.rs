@@ -230,11 +230,13 @@ impl Supervisor {
             Ok(m) => {
                 self.metrics.reloads_ok += 1;
                 info!("reload: {m}");
+                self.emit(crate::api::events::Event::ReloadApplied { message: m.clone() });
                 m
             }
             Err(m) => {
                 self.metrics.reloads_failed += 1;
                 error!("reload failed, the running configuration is unchanged: {m}");
+                self.emit(crate::api::events::Event::ReloadRejected { why: m.clone() });
                 m
             }
         };

@@ -124,6 +124,15 @@ impl Supervisor {
             old_workers_kept: serving && matches!(end, End::Abandoned { .. }),
             message: message.clone(),
         });
+        let (program, why) = (
+            name.clone(),
+            p.last_roll.as_ref().and_then(|l| l.why.clone()),
+        );
+        self.emit(crate::api::events::Event::RollFinished {
+            program,
+            outcome,
+            why,
+        });
         if r.reason == StopReason::Reload && outcome == "abandoned" {
             // what the reload asked for did not happen: the README promises it here too
             self.last_reload =

@@ -183,6 +183,12 @@ impl Supervisor {
             None => {
                 info!(program = %name, "program {name}: rolling {} of {n} worker{}", reason.as_str(), plural(n));
                 p.roll = Some(Roll::new(reason, asked, ids.collect()));
+                let program = name.clone();
+                self.emit(crate::api::events::Event::RollStarted {
+                    program,
+                    reason: reason.as_str(),
+                    workers: n,
+                });
             }
         }
     }
@@ -213,6 +219,12 @@ impl Supervisor {
             info!(program = %name, "program {name}: {} worker{} older than max_lifetime {life:?}: replacing, ready first", due.len(), plural(due.len()));
             let ids = due.into_iter().map(|(_, id)| id).collect();
             p.roll = Some(Roll::new(StopReason::Lifetime, now, ids));
+            let (program, workers) = (name.clone(), p.roll.as_ref().map_or(0, |r| r.of as usize));
+            self.emit(crate::api::events::Event::RollStarted {
+                program,
+                reason: StopReason::Lifetime.as_str(),
+                workers,
+            });
             self.advance_rolls(now);
         }
     }

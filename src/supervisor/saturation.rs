@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::{RunState, Supervisor};
+use crate::api::events::Event;
 use crate::resources::queue::Reader;
 
 /// How often queues are read for shedding.
@@ -80,12 +81,25 @@ impl Supervisor {
                 (None, true) => {
                     warn!(program = %name, queue, max_queue = max, "{name}: {queue} connections waiting, above max_queue {max}: /readyz answers 503 until the queue falls back to {max}");
                     p.shedding = Some(Shedding { since: now, queue });
+                    let program = name.clone();
+                    self.emit(Event::SheddingOn {
+                        program,
+                        queue,
+                        max_queue: max,
+                    });
                 }
                 (Some(s), true) => s.queue = queue,
                 (Some(s), false) => {
                     let after = now.duration_since(s.since).as_secs_f64();
                     info!(program = %name, queue, max_queue = max, "{name}: queue back to {queue} (max_queue {max}) after {after:.1}s of shedding: /readyz ready again");
+                    let program = name.clone();
                     p.shedding = None;
+                    self.emit(Event::SheddingOff {
+                        program,
+                        queue,
+                        max_queue: max,
+                        after_seconds: after,
+                    });
                 }
                 (None, false) => {}
             }

@@ -8,6 +8,7 @@ use nix::sys::signal::Signal;
 use tracing::{debug, info, warn};
 
 use super::{RunState, Supervisor, KILL_GRACE};
+use crate::api::events::Event;
 use crate::process::signals::name;
 use crate::state::{AfterStop, Phase, StopReason};
 
@@ -23,15 +24,15 @@ impl Supervisor {
                     "{} received again: fast shutdown (SIGKILL to every worker)",
                     name(sig)
                 );
-                self.begin_shutdown(true, now);
+                self.begin_shutdown(true, now, format!("{} received again", name(sig)));
             }
             Signal::SIGTERM | Signal::SIGINT => {
                 info!("{} received: graceful shutdown", name(sig));
-                self.begin_shutdown(false, now);
+                self.begin_shutdown(false, now, format!("{} received", name(sig)));
             }
             Signal::SIGQUIT => {
                 info!("QUIT received: fast shutdown (SIGKILL to every worker)");
-                self.begin_shutdown(true, now);
+                self.begin_shutdown(true, now, "QUIT received".into());
             }
             Signal::SIGHUP if running => {
                 info!("HUP received: reloading the configuration");
@@ -62,10 +63,12 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn begin_shutdown(&mut self, fast: bool, now: Instant) {
+    /// `why`: for the `shutting_down` event.
+    pub(super) fn begin_shutdown(&mut self, fast: bool, now: Instant, why: String) {
         if let Some(n) = &self.cx.notify {
             n.stopping();
         }
+        self.emit(Event::ShuttingDown { why, fast });
         let drain = self.cfg.supervisor.drain_delay;
         if !fast && !drain.is_zero() && self.run == RunState::Running {
             info!("draining for {drain:?}: /readyz answers 503 while workers keep serving");

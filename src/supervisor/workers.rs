@@ -161,6 +161,7 @@ impl Supervisor {
             src.pid.store(pid, std::sync::atomic::Ordering::Relaxed);
         }
         w.slot.spawned(pid, now, &sc);
+        let restarts = w.slot.restarts();
         self.pids.insert(pid, (prog, id));
         // its process group may speak on NOTIFY_SOCKET, as its user
         let uid = self.programs[pi]
@@ -175,6 +176,7 @@ impl Supervisor {
             ""
         };
         info!(program = %pname, worker = index, pid, "worker {pname}.{index} started (pid {pid}{how})");
+        self.emit_started(pname, index, pid, forked, restarts);
     }
 
     /// Pump a pipe's lines into drover's output under `label`.
@@ -333,6 +335,17 @@ impl Supervisor {
             .unwrap_or_default();
         let exit = w.slot.exited(status, oom, now, &sc, jitter);
         let (idx, last) = (w.slot.index(), w.slot.last_exit().cloned());
+        if exit.next != Next::Ignored {
+            let restarting = running && !replacement;
+            let how = (status, last.as_ref(), exit.next);
+            self.emit(super::emit::exited(
+                (&name, idx, pid),
+                how,
+                uptime,
+                restarting,
+            ));
+        }
+        let p = &mut self.programs[pi];
         if replacement && !matches!(exit.next, Next::Stopped(_) | Next::Ignored) {
             // a roll's replacement that exits before it is ready is not restarted: the roll is
             // abandoned, said in one line (not a "restarting in …" that would not happen)
@@ -507,6 +520,11 @@ impl Supervisor {
         if let Some(n) = &self.cx.notify {
             n.stopping();
         }
+        let why = format!(
+            "every worker has ended for good: exit code {}",
+            self.exit_code
+        );
+        self.emit_shutting_down(why, false);
         self.stop_everything(false, now);
     }
 
@@ -516,6 +534,7 @@ impl Supervisor {
         let name = self.programs[pi].cfg.name.clone();
         if from != to {
             info!(program = %name, "program {name}: scaling from {from} to {to} workers");
+            self.emit_scaled(&name, (from, to), reason);
         }
         if !self.programs[pi].started() {
             // it waits for its dependencies: it starts with `desired` workers when they hold

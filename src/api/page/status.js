@@ -212,5 +212,28 @@ async function refresh() {
     document.getElementById("error").textContent = "cannot reach drover: " + e;
   }
 }
+// Refresh as soon as something happens (GET /events; a burst of events is one refresh), and
+// every 15 s for what changes without an event (CPU, memory, ages, history). Poll every 2 s
+// instead while the stream is down, where the browser has no EventSource, or with ?poll in
+// the page's address (a headless browser's virtual time stands still while a stream is open).
+const EVENT_TYPES = ["worker_started", "worker_restarted", "worker_ready", "worker_exited",
+  "roll_started", "roll_finished", "scaled", "budget_recycle", "budget_kill", "shedding_on",
+  "shedding_off", "reload_applied", "reload_rejected", "dependency_waiting",
+  "dependency_satisfied", "shutting_down", "events_lost"];
+let polling = null, soon = null;
+function every(ms) {
+  if (polling) clearInterval(polling);
+  polling = setInterval(refresh, ms);
+}
+function refreshSoon() {
+  if (!soon) soon = setTimeout(() => { soon = null; refresh(); }, 100);
+}
+function follow() {
+  if (!window.EventSource || new URLSearchParams(location.search).has("poll")) return every(2000);
+  const es = new EventSource("events");
+  es.onopen = () => { every(15000); refresh(); };
+  es.onerror = () => every(2000);
+  for (const t of EVENT_TYPES) es.addEventListener(t, refreshSoon);
+}
 refresh();
-setInterval(refresh, 2000);
+follow();

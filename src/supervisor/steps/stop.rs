@@ -84,6 +84,10 @@ impl Supervisor {
         let i = self.steps.at;
         let step = self.steps.cfg.get(i).cloned();
         let step_name = self.steps.current_name().to_string();
+        self.emit(crate::api::events::Event::ShuttingDown {
+            why: format!("{} received during pre-start step {step_name}", name(sig)),
+            fast: sig == Signal::SIGQUIT,
+        });
         let grace = step
             .as_ref()
             .map_or(Duration::ZERO, |s| s.stop_grace(&self.cfg.supervisor));

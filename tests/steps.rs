@@ -41,12 +41,14 @@ workers = 2
     let st = d.status();
     assert_eq!(st["steps"][0]["state"], "succeeded");
     assert_eq!(st["steps"][1]["state"], "succeeded");
-    // step output is streamed into the log under the step's name
-    let out = d.stdout();
-    assert!(
-        out.contains("first step says hello") && out.contains("step.first"),
-        "{out}"
-    );
+    // step output is streamed into the log under the step's name (by the output thread: it may
+    // land a moment after the workers start)
+    wait_until(T, "the step's line on stdout, under its name", || {
+        let out = d.stdout();
+        out.lines()
+            .any(|l| l.contains("step.first") && l.contains("first step says hello"))
+            .then_some(())
+    });
     d.stop_ok();
 }
 

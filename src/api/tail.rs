@@ -257,16 +257,7 @@ pub fn render(json: &str) -> String {
 /// characters that reorder or hide text (bidi overrides and isolates, zero-width marks) are
 /// shown as escapes.
 pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        let hidden = matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}');
-        if (c.is_control() && c != '\t') || hidden {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::logs::printable_line(s)
 }
 
 #[cfg(test)]

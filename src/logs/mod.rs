@@ -214,11 +214,27 @@ fn under_journald() -> bool {
 
 /// Text from a less trusted process (a preloader's error, a worker's STATUS=), fit for drover's
 /// own log and a terminal: control characters (a carriage return that would overwrite the line,
-/// escape sequences) are shown escaped, the rest as it is.
+/// escape sequences) and the invisible characters that reorder or hide text (`hidden`: a bidi
+/// override that would make `exe.txt` read `txt.exe`) are shown escaped, the rest as it is.
 pub fn printable(s: &str) -> String {
+    escaped(s, false)
+}
+
+/// `printable`, keeping tabs: a line of a worker's output as `drover logs` and `status` show it.
+pub fn printable_line(s: &str) -> String {
+    escaped(s, true)
+}
+
+/// Characters that reorder or hide text without being control characters: bidi marks,
+/// embeddings, overrides and isolates, zero-width marks, line and paragraph separators.
+fn hidden(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+fn escaped(s: &str, keep_tab: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        if c.is_control() {
+        if (c.is_control() && !(keep_tab && c == '\t')) || hidden(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -263,11 +279,16 @@ pub fn rfc3339_at(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn printable_escapes_control_characters_only() {
+    fn printable_escapes_control_and_hidden_characters_only() {
         assert_eq!(
             super::printable("ok: é\rX\x1b[2J\t"),
             "ok: é\\rX\\u{1b}[2J\\t"
         );
+        assert_eq!(
+            super::printable("a\u{202E}b\u{061C}c\u{200B}d\u{2066}e\u{2028}f"),
+            "a\\u{202e}b\\u{61c}c\\u{200b}d\\u{2066}e\\u{2028}f"
+        );
+        assert_eq!(super::printable_line("a\tb\u{1b}"), "a\tb\\u{1b}");
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub const MAX_RING_BYTES: usize = 1 << 20;
 pub const FOLLOW_BUFFER: usize = 1024;
 /// Followers at once, across all programs; more are answered 503.
 pub const MAX_FOLLOWERS: usize = 128;
+/// Ends a last word cut to fit.
+const CUT: &str = " [cut]";
 
 /// The bytes a ring of `lines` lines may hold: ~512 a line, at most `MAX_RING_BYTES`, and always
 /// room for one line of the longest kind (16 KiB, as the pump splits them, counted twice: as
@@ -214,11 +216,24 @@ impl ProgramRing {
             if e.worker != Some(worker) || e.pid != Some(pid) {
                 continue;
             }
-            if out.len() == lines || total + e.text.len() > bytes {
+            if out.len() == lines {
                 break;
             }
-            total += e.text.len();
-            out.push(e.text.clone());
+            // a line longer than a quarter of the budget is cut to that, so one long line (an
+            // exception's message, a JSON record) does not hide the traceback before it
+            let text = if e.text.len() > bytes / 4 {
+                let cut = e
+                    .text
+                    .floor_char_boundary((bytes / 4).saturating_sub(CUT.len()));
+                format!("{}{CUT}", &e.text[..cut])
+            } else {
+                e.text.clone()
+            };
+            if total + text.len() > bytes {
+                break;
+            }
+            total += text.len();
+            out.push(text);
         }
         out.reverse();
         out

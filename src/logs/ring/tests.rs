@@ -84,7 +84,17 @@ fn worker_filter_and_last_words() {
     // another pid at the same index is another process: not its words
     assert!(ring.last_words(0, 999, 20, 4096).is_empty());
     // the byte cap keeps the newest
-    assert_eq!(ring.last_words(0, 100, 20, 12), ["w0-26", "w0-28"]);
+    assert_eq!(
+        ring.last_words(0, 100, 20, 20),
+        ["w0-22", "w0-24", "w0-26", "w0-28"]
+    );
+    // a line longer than a quarter of the cap is cut to that, not dropped with everything
+    // before it
+    ring.push(Some(0), Some(100), "x".repeat(10_000), false);
+    let words = ring.last_words(0, 100, 20, 4096);
+    assert_eq!(words.len(), 16);
+    assert_eq!(words[14], "w0-28");
+    assert!(words[15].len() <= 1024 && words[15].ends_with(" [cut]"));
 }
 
 #[test]

@@ -394,6 +394,17 @@ fn streams_are_capped_and_healthz_answers_beside_them() {
     let (code, body) = common::http_get_status(&addr, "/events").expect("an answer");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("128 event streams"), "{body}");
+    // `drover events` at the cap says why and exits 1
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["events", "--url", &format!("http://{addr}")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("answered 503") && err.contains("128 event streams"),
+        "{err}"
+    );
     let live = follow_after_cap(&addr, &mut open);
     kill(pid, libc::SIGKILL);
     live.next_where("the kill on a stream beside 127 others", |e| {

@@ -118,9 +118,23 @@ fn open(url: &str, last: Option<u64>) -> Result<Box<dyn BufRead>, Open> {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     if code != 200 {
+        // an error answer has a length (read that much, at once) or is chunked
+        let length = head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<u64>().ok())?
+        });
         let mut body = String::new();
-        let _ = Chunked::new(r).read_to_string(&mut body);
-        return Err(Open::Refused(code, body));
+        let _ = match length {
+            Some(n) => r.take(n.min(64 * 1024)).read_to_string(&mut body),
+            None => Chunked::new(r).read_to_string(&mut body),
+        };
+        let reason = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(body);
+        return Err(Open::Refused(code, reason));
     }
     Ok(Box::new(BufReader::new(Chunked::new(r))))
 }

@@ -59,8 +59,41 @@ impl Snapshot {
                 pre.error_detail = None;
             }
         }
+        if !keep_output {
+            if let Some(serde_json::Value::Object(r)) = &mut self.last_reload {
+                if let Some(serde_json::Value::String(m)) = r.get_mut("message") {
+                    *m = without_quotes(m);
+                }
+            }
+        }
         self
     }
+}
+
+/// A configuration error as those who may not read the configuration see it (`/events`, and
+/// `/status` without the token): every quoted text — a command, a value as written — becomes
+/// `"…"`, so a secret written inline is not told; where and what is wrong stays.
+pub fn without_quotes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '"' {
+            out.push('…');
+            let mut escaped = false;
+            for c in chars.by_ref() {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    '"' if !escaped => {
+                        out.push('"');
+                        break;
+                    }
+                    _ => escaped = false,
+                }
+            }
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -314,6 +347,17 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_config_error_loses_its_quoted_values() {
+        let m = "drover.toml:5:11: program.s.command: unclosed `${` in \"sleep --token=SECRET6 ${NOPE\"\nand \"a \\\"quoted\\\" one\" here";
+        let w = super::without_quotes(m);
+        assert!(!w.contains("SECRET6") && !w.contains("quoted"), "{w}");
+        assert_eq!(
+            w,
+            "drover.toml:5:11: program.s.command: unclosed `${` in \"…\"\nand \"…\" here"
+        );
     }
 
     #[test]

@@ -236,7 +236,10 @@ impl Supervisor {
             Err(m) => {
                 self.metrics.reloads_failed += 1;
                 error!("reload failed, the running configuration is unchanged: {m}");
-                self.emit(crate::api::events::Event::ReloadRejected { why: m.clone() });
+                // public: what is wrong and where, not the values quoted
+                self.emit(crate::api::events::Event::ReloadRejected {
+                    why: crate::api::snapshot::without_quotes(m),
+                });
                 m
             }
         };

@@ -65,6 +65,9 @@ impl Supervisor {
 
     /// `why`: for the `shutting_down` event.
     pub(super) fn begin_shutdown(&mut self, fast: bool, now: Instant, why: String) {
+        // exit records still waiting for their workers' last lines are said now, before the
+        // shutdown's own lines, with what the rings hold
+        self.last_words_due(now, true);
         if let Some(n) = &self.cx.notify {
             n.stopping();
         }

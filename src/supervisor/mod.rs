@@ -350,6 +350,12 @@ impl Supervisor {
                 _ = sleep => {}
             }
             self.advance(Instant::now());
+            // one turn each: the tasks this wake-up spawned or woke (output pumps, probes,
+            // readers) run before the loop takes its next wake-up. Without it a loop woken
+            // without pause (workers that exit as fast as they start) kept the runtime for up
+            // to tokio's budget of 128 wake-ups per turn, spawned pumps faster than they were
+            // polled, and held one pipe per restart that no pump had opened yet
+            tokio::task::yield_now().await;
         }
     }
 

@@ -100,6 +100,9 @@ enum Cmd {
         /// Print each event's JSON as sent.
         #[arg(long)]
         json: bool,
+        /// File holding the bearer token (default: $DROVER_TOKEN, else the configuration's control_token_file when readable); events need none, it only gives one of the places kept for it
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// A live terminal view of a running drover (programs, workers, CPU, memory, socket
     /// queues), redrawn every second; q quits. One snapshot when stdout is not a terminal.
@@ -346,8 +349,27 @@ fn main() -> ExitCode {
                 2
             }
         },
-        Cmd::Events { url, config, json } => match locate(url, config) {
-            Ok(t) => drover::api::events_cli::events_command(&t.url, json),
+        Cmd::Events {
+            url,
+            config,
+            json,
+            token_file,
+        } => match locate(url, config) {
+            Ok(t) => {
+                let named = token_file.is_some();
+                match drover::api::locate::token(token_file, &t) {
+                    Ok(token) => {
+                        drover::api::events_cli::events_command(&t.url, token.as_deref(), json)
+                    }
+                    // a token named on the command line must be read; the configuration's is
+                    // a bonus (events are public)
+                    Err(e) if named => {
+                        eprintln!("drover events: {e}");
+                        2
+                    }
+                    Err(_) => drover::api::events_cli::events_command(&t.url, None, json),
+                }
+            }
             Err(e) => {
                 eprintln!("drover events: {e}");
                 2

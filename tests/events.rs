@@ -489,3 +489,65 @@ fn drover_events_follows_over_a_unix_socket_in_words() {
     let st = wait_until(T, "drover events to exit", || cli.try_wait().ok().flatten());
     assert_eq!(st.code(), Some(0));
 }
+
+/// With a token configured, callers without it get at most 112 of the 128 streams: the last
+/// 16 are for the operator (`drover events` sends the token it can read), so anyone who can
+/// connect cannot lock them out.
+#[test]
+fn the_last_streams_are_kept_for_callers_with_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "tok-123456789012345678901234567890\n").unwrap();
+    let cfg = format!(
+        "[supervisor]\nstatus = \"127.0.0.1:0\"\ncontrol_token_file = \"{}\"\n[program.w]\ncommand = \"sleep 1000\"\n",
+        token.display()
+    );
+    let mut d = Drover::start(&cfg);
+    let addr = d.status_addr();
+    let open: Vec<TcpStream> = (0..112).map(|_| connect(&addr, "/events", "")).collect();
+    wait_until(T, "112 public streams open", || {
+        (metric(&addr, "drover_events_streams")? == 112.0).then_some(())
+    });
+    let (code, body) = common::http_get_status(&addr, "/events").expect("an answer");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("kept for callers with the control token"),
+        "{body}"
+    );
+    // the operator's `drover events` still gets a place, and the events
+    let mut ev = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["events", "--json", "--url", &format!("http://{addr}")])
+        .arg("--token-file")
+        .arg(&token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(T, "the operator's stream counted", || {
+        (metric(&addr, "drover_events_streams")? == 113.0).then_some(())
+    });
+    let pid = pid_of(&d, "w");
+    kill(pid, libc::SIGKILL);
+    let out = BufReader::new(ev.stdout.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let by = Instant::now() + T;
+    let mut seen = None;
+    while let Ok(line) = rx.recv_timeout(by.saturating_duration_since(Instant::now())) {
+        if line.contains("\"worker_exited\"") && line.contains(&format!("\"pid\":{pid}")) {
+            seen = Some(line);
+            break;
+        }
+    }
+    let _ = ev.kill();
+    let _ = ev.wait();
+    drop(open);
+    d.stop_ok();
+    assert!(seen.is_some(), "drover events with the token saw no exit");
+}

@@ -34,6 +34,9 @@ use super::server::{error, Api};
 
 /// At most this many event streams are open at once (503 beyond).
 pub const MAX_STREAMS: usize = 128;
+/// Of those, this many are kept for callers with the token (when one is configured): anyone who
+/// can connect may follow events, but cannot take every place from the operator.
+pub const RESERVED_STREAMS: usize = 16;
 /// A comment line this often while a stream is open, so proxies and clients see it alive.
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
 
@@ -154,12 +157,21 @@ pub async fn events(
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let feed = api.events.clone();
-    if feed.streams.fetch_add(1, Ordering::Relaxed) >= MAX_STREAMS {
+    // without the token (when one is configured) the last places are not for this caller
+    let public = super::server::output_refused(&api, &headers).is_some();
+    let cap = if public {
+        MAX_STREAMS - RESERVED_STREAMS
+    } else {
+        MAX_STREAMS
+    };
+    if feed.streams.fetch_add(1, Ordering::Relaxed) >= cap {
         feed.streams.fetch_sub(1, Ordering::Relaxed);
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{MAX_STREAMS} event streams are open already; try again later"),
-        );
+        let why = if public {
+            format!("{cap} event streams are open already, and the last {RESERVED_STREAMS} are kept for callers with the control token; try again later, or send the token")
+        } else {
+            format!("{MAX_STREAMS} event streams are open already; try again later")
+        };
+        return error(StatusCode::SERVICE_UNAVAILABLE, why);
     }
     let counted = Counted(feed.clone());
     let streaming = Streaming::start(&ext);

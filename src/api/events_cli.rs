@@ -22,7 +22,7 @@ enum End {
     Lost(String),
 }
 
-pub fn events_command(url: &str, json: bool) -> i32 {
+pub fn events_command(url: &str, token: Option<&str>, json: bool) -> i32 {
     // Ctrl-C ends a follow normally: exit 0 (every line printed is already flushed)
     extern "C" fn interrupted(_: libc::c_int) {
         // SAFETY: _exit is async-signal-safe.
@@ -38,7 +38,7 @@ pub fn events_command(url: &str, json: bool) -> i32 {
     let mut last: Option<u64> = None;
     let mut lost_since: Option<Instant> = None;
     loop {
-        let stream = match open(url, last) {
+        let stream = match open(url, last, token) {
             Ok(s) => s,
             Err(Open::Refused(code, body)) => {
                 eprintln!("drover events: {url} answered {code}: {}", body.trim());
@@ -78,7 +78,7 @@ enum Open {
 }
 
 /// Connect and send the request; the response's head is read and checked, the body left.
-fn open(url: &str, last: Option<u64>) -> Result<Box<dyn BufRead>, Open> {
+fn open(url: &str, last: Option<u64>, token: Option<&str>) -> Result<Box<dyn BufRead>, Open> {
     let unreachable = |e: std::io::Error| Open::Unreachable(e.to_string());
     let (mut s, host): (Box<dyn ReadWrite>, String) = if let Some(p) = url.strip_prefix("unix:") {
         let s = std::os::unix::net::UnixStream::connect(p).map_err(unreachable)?;
@@ -93,9 +93,11 @@ fn open(url: &str, last: Option<u64>) -> Result<Box<dyn BufRead>, Open> {
         (Box::new(s), hostport.to_string())
     };
     let resume = last.map_or(String::new(), |n| format!("Last-Event-ID: {n}\r\n"));
+    // events are public; the token only gives one of the places kept for it
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "GET /events HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n{resume}\r\n"
+        "GET /events HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n{resume}{auth}\r\n"
     )
     .map_err(unreachable)?;
     let mut r = BufReader::new(s);

@@ -22,6 +22,25 @@ enum End {
     Lost(String),
 }
 
+/// `drover events` against `target`: with the token it can read (one named by `--token-file`
+/// must be read; the configuration's is a bonus, as events are public and the token only gives
+/// one of the places kept for it).
+pub fn events_main(
+    target: &super::locate::Target,
+    token_file: Option<std::path::PathBuf>,
+    json: bool,
+) -> i32 {
+    let named = token_file.is_some();
+    match super::locate::token(token_file, target) {
+        Ok(token) => events_command(&target.url, token.as_deref(), json),
+        Err(e) if named => {
+            eprintln!("drover events: {e}");
+            2
+        }
+        Err(_) => events_command(&target.url, None, json),
+    }
+}
+
 pub fn events_command(url: &str, token: Option<&str>, json: bool) -> i32 {
     // Ctrl-C ends a follow normally: exit 0 (every line printed is already flushed)
     extern "C" fn interrupted(_: libc::c_int) {

@@ -27,7 +27,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peers import (APP_PEERS, BENCH, ROOT, STAMP_PEERS, Circus, Drover, Gunicorn, PM2,  # noqa: E402
-                   Supervisord, Uvicorn, alive, versions, wait_for)
+                   Supervisord, Uvicorn, alive, versions, wait_for, stop_group)
 
 RESULTS = os.path.join(BENCH, "results", "latest.json")
 HZ = os.sysconf("SC_CLK_TCK")
@@ -607,17 +607,6 @@ def _start_drover(binary, tmp):
     return proc, wait_for(addr, f"{binary}: its status address")
 
 
-def _stop_drover(proc):
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
-
-
 def _probe(addr):
     """One GET /healthz on a new connection: (ms, ok)."""
     t0 = time.perf_counter()
@@ -712,7 +701,7 @@ def hold(binaries=None, probes=200, seconds=10.0):
                 stop.set()
                 attacker.join()
             finally:
-                _stop_drover(proc)
+                stop_group(proc)
         data[binary] = {"version": version}
         for phase, res in (("no load", quiet), (f"{HOLD_CONNS} idle connections held", held)):
             ms = [m for m, ok in res if ok]

@@ -31,23 +31,12 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import pct, stamps_of  # noqa: E402
+from peers import alive, stop_group as stop, wait_for  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DROVER = os.path.join(ROOT, "target", "release", "drover")
-
-
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
-
-
-def wait_for(f, what, timeout=30, every=0.005):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = f()
-        if v:
-            return v
-        time.sleep(every)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def stamp_binary(tmp):
@@ -76,17 +65,6 @@ def start(tmp, stamp, stamps, churn):
         m = re.search(r"status endpoint on ([0-9.]+):(\d+)", open(os.path.join(tmp, "drover.log")).read())
         return m and (m.group(1), int(m.group(2)))
     return proc, wait_for(addr, "drover's status address")
-
-
-def stop(proc):
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
 
 
 def get(addr, path):
@@ -129,21 +107,6 @@ class Reader(threading.Thread):
                     elif v["type"] == "worker_started" and v["program"] == "web":
                         self.started.append((t, v["pid"]))
                     self.cond.notify_all()
-
-
-def stamps_of(path):
-    try:
-        return [(int(a), float(b)) for a, b in (l.split() for l in open(path).read().splitlines() if l.strip())]
-    except OSError:
-        return []
-
-
-def alive(pid):
-    try:
-        st = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-        return st not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def kill_stable(stamps, stable=1.2):

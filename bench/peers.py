@@ -40,6 +40,18 @@ def wait_for(cond, what, deadline=30.0, every=0.01):
     raise TimeoutError(f"timed out after {deadline:.0f}s waiting for {what}")
 
 
+def stop_group(proc, grace=15):
+    """TERM a process started with start_new_session, and its group; KILL after `grace` s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
 def children(pid):
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:

@@ -34,6 +34,17 @@ fn connect(addr: &str, path: &str, headers: &str) -> TcpStream {
     s
 }
 
+/// A stream of /events whose client never reads, with a 1 KiB receive window.
+fn stalled_stream(addr: &str) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(1024).unwrap();
+    let a: std::net::SocketAddr = addr.parse().unwrap();
+    sock.connect(&a.into()).unwrap();
+    let mut s: TcpStream = sock.into();
+    write!(s, "GET /events HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    s
+}
+
 fn follow(addr: &str, path: &str, headers: &str) -> Stream {
     let s = connect(addr, path, headers);
     let (tx, rx) = mpsc::channel();
@@ -212,16 +223,7 @@ fn a_stalled_client_is_dropped_and_an_old_id_gives_events_lost() {
     let addr = d.status_addr();
     pid_of(&d, "w");
     // a client that never reads, with a small receive window
-    let stalled = {
-        let sock =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        sock.set_recv_buffer_size(1024).unwrap();
-        let a: std::net::SocketAddr = addr.parse().unwrap();
-        sock.connect(&a.into()).unwrap();
-        let mut s: TcpStream = sock.into();
-        write!(s, "GET /events HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-        s
-    };
+    let stalled = stalled_stream(&addr);
     let live = follow(&addr, "/events", "");
     wait_until(T, "two streams open", || {
         (metric(&addr, "drover_events_streams")? >= 2.0).then_some(())
@@ -377,16 +379,7 @@ fn streams_are_capped_and_healthz_answers_beside_them() {
     let addr = d.status_addr();
     let pid = pid_of(&d, "w");
     let mut open: Vec<TcpStream> = (0..127).map(|_| connect(&addr, "/events", "")).collect();
-    let stalled = {
-        let sock =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        sock.set_recv_buffer_size(1024).unwrap();
-        let a: std::net::SocketAddr = addr.parse().unwrap();
-        sock.connect(&a.into()).unwrap();
-        let mut s: TcpStream = sock.into();
-        write!(s, "GET /events HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-        s
-    };
+    let stalled = stalled_stream(&addr);
     open.push(stalled);
     wait_until(T, "128 streams open", || {
         (metric(&addr, "drover_events_streams")? == 128.0).then_some(())

@@ -146,16 +146,7 @@ fn a_full_disk_drops_counted_marked_lines_and_never_stalls_the_worker() {
     if !matches!(mounted, Ok(s) if s.success()) {
         return skip("cannot mount a 64 KiB tmpfs (needs root)");
     }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(mnt.clone());
+    let _unmount = Undo("umount", &["-l"], mnt.clone());
     let beat = d0.path().join("beat");
     let script = format!(
         r#"i=0; while true; do echo "n $(printf %08d $i) {pad}"; i=$((i+1)); echo $i > {beat}; sleep 0.002; done"#,
@@ -456,13 +447,7 @@ fn a_stalled_disk_drops_counted_marked_lines_and_never_stalls_the_worker() {
     {
         return skip("cannot make and loop-mount an ext4 image (needs root, mkfs.ext4)");
     }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.clone());
+    let _unmount = Undo("umount", &[], mnt.clone());
     let beat = d0.path().join("beat");
     let script = format!(
         r#"i=0; while true; do echo "n $(printf %08d $i) {pad}"; i=$((i+1)); echo $i > {beat}; sleep 0.002; done"#,
@@ -481,16 +466,7 @@ fn a_stalled_disk_drops_counted_marked_lines_and_never_stalls_the_worker() {
         return skip("cannot freeze the file system (fsfreeze)");
     }
     // thawed before drover is stopped, and before the unmount
-    struct Thaw(PathBuf);
-    impl Drop for Thaw {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("fsfreeze")
-                .arg("-u")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let thaw = Thaw(mnt.clone());
+    let thaw = Undo("fsfreeze", &["-u"], mnt.clone());
     let reason = "drover_log_file_lines_dropped_total{program=\"w\",reason=\"stalled\"}";
     wait_until(T, "lines dropped for a stalled disk", || {
         metric(&d, reason).filter(|&n| n > 0)
@@ -516,4 +492,17 @@ fn a_stalled_disk_drops_counted_marked_lines_and_never_stalls_the_worker() {
         "{marker}"
     );
     d.stop_ok();
+}
+
+/// Runs `program args path` when dropped, however the test ends: a mount undone, a file system
+/// thawed.
+struct Undo(&'static str, &'static [&'static str], PathBuf);
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(self.0)
+            .args(self.1)
+            .arg(&self.2)
+            .status();
+    }
 }

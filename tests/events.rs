@@ -34,6 +34,27 @@ fn connect(addr: &str, path: &str, headers: &str) -> TcpStream {
     s
 }
 
+/// `drover events ARGS`, its stdout's lines arriving on the receiver.
+fn events_cli(args: &[&str]) -> (std::process::Child, mpsc::Receiver<String>) {
+    let mut cli = std::process::Command::new(common::BIN)
+        .arg("events")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let out = cli.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (cli, rx)
+}
+
 /// A stream of /events whose client never reads, with a 1 KiB receive window.
 fn stalled_stream(addr: &str) -> TcpStream {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -314,19 +335,7 @@ fn drover_events_prints_json_lines_and_exits_with_drover() {
     let mut d = Drover::start(&common::one_program("command = \"sleep 1000\""));
     let addr = d.status_addr();
     let pid = pid_of(&d, "w");
-    let mut cli = std::process::Command::new(common::BIN)
-        .args(["events", "--json", "--url", &format!("http://{addr}")])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let out = cli.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut cli, rx) = events_cli(&["--json", "--url", &format!("http://{addr}")]);
     // the stream is open once drover counts it: then the kill is surely seen
     wait_until(T, "drover events connected", || {
         (metric(&addr, "drover_events_streams")? >= 1.0).then_some(())
@@ -437,18 +446,7 @@ fn drover_events_follows_over_a_unix_socket_in_words() {
     let sock = d.path("status.sock");
     wait_until(T, "the status socket", || sock.exists().then_some(()));
     let url = format!("unix:{}", sock.display());
-    let mut cli = std::process::Command::new(common::BIN)
-        .args(["events", "--url", &url])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let out = cli.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut cli, rx) = events_cli(&["--url", &url]);
     // drover's own answer over the socket says when the stream is open
     let status = |path: &str| -> Option<String> {
         let mut s = std::os::unix::net::UnixStream::connect(&sock).ok()?;
@@ -508,28 +506,19 @@ fn the_last_streams_are_kept_for_callers_with_the_token() {
         "{body}"
     );
     // the operator's `drover events` still gets a place, and the events
-    let mut ev = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
-        .args(["events", "--json", "--url", &format!("http://{addr}")])
-        .arg("--token-file")
-        .arg(&token)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let token_file = token.to_str().unwrap();
+    let (mut ev, rx) = events_cli(&[
+        "--json",
+        "--url",
+        &format!("http://{addr}"),
+        "--token-file",
+        token_file,
+    ]);
     wait_until(T, "the operator's stream counted", || {
         (metric(&addr, "drover_events_streams")? == 113.0).then_some(())
     });
     let pid = pid_of(&d, "w");
     kill(pid, libc::SIGKILL);
-    let out = BufReader::new(ev.stdout.take().unwrap());
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in out.lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
     let by = Instant::now() + T;
     let mut seen = None;
     while let Ok(line) = rx.recv_timeout(by.saturating_duration_since(Instant::now())) {

@@ -147,12 +147,7 @@ fn a_full_disk_drops_counted_marked_lines_and_never_stalls_the_worker() {
         return skip("cannot mount a 64 KiB tmpfs (needs root)");
     }
     let _unmount = Undo("umount", &["-l"], mnt.clone());
-    let beat = d0.path().join("beat");
-    let script = format!(
-        r#"i=0; while true; do echo "n $(printf %08d $i) {pad}"; i=$((i+1)); echo $i > {beat}; sleep 0.002; done"#,
-        pad = "x".repeat(40),
-        beat = beat.display()
-    );
+    let (beat, script) = beating_printer(d0.path());
     let mut d = Drover::start(&cfg(
         &script,
         &format!(
@@ -448,12 +443,7 @@ fn a_stalled_disk_drops_counted_marked_lines_and_never_stalls_the_worker() {
         return skip("cannot make and loop-mount an ext4 image (needs root, mkfs.ext4)");
     }
     let _unmount = Undo("umount", &[], mnt.clone());
-    let beat = d0.path().join("beat");
-    let script = format!(
-        r#"i=0; while true; do echo "n $(printf %08d $i) {pad}"; i=$((i+1)); echo $i > {beat}; sleep 0.002; done"#,
-        pad = "x".repeat(40),
-        beat = beat.display()
-    );
+    let (beat, script) = beating_printer(d0.path());
     let mut d = Drover::start(&cfg(
         &script,
         &format!("[program.w.log]\nfile = \"{}/w.log\"\n", mnt.display()),
@@ -492,6 +482,18 @@ fn a_stalled_disk_drops_counted_marked_lines_and_never_stalls_the_worker() {
         "{marker}"
     );
     d.stop_ok();
+}
+
+/// A worker that prints numbered lines every 2 ms and writes its count to a heartbeat file after
+/// each: the heartbeat advancing shows the worker is not stalled. Returns (heartbeat, script).
+fn beating_printer(dir: &std::path::Path) -> (PathBuf, String) {
+    let beat = dir.join("beat");
+    let script = format!(
+        r#"i=0; while true; do echo "n $(printf %08d $i) {pad}"; i=$((i+1)); echo $i > {beat}; sleep 0.002; done"#,
+        pad = "x".repeat(40),
+        beat = beat.display()
+    );
+    (beat, script)
 }
 
 /// Runs `program args path` when dropped, however the test ends: a mount undone, a file system
